@@ -1,0 +1,67 @@
+"""Load LoRAJob manifests from YAML with one clear message per problem (never a traceback)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .errors import describe_validation_error
+from .types import API_VERSION, KIND, LoRAJob
+
+
+class SpecError(ValueError):
+    """Invalid input; `problems` holds one human-readable line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def parse_lorajob(obj: Any, source: str = "<object>") -> LoRAJob:
+    if not isinstance(obj, dict):
+        raise SpecError(source, [f"expected a mapping (a LoRAJob object), got {type(obj).__name__}"])
+    problems = []
+    if obj.get("apiVersion") != API_VERSION:
+        problems.append(f"apiVersion: must be {API_VERSION} (got {obj.get('apiVersion')!r})")
+    if obj.get("kind") != KIND:
+        problems.append(f"kind: must be {KIND} (got {obj.get('kind')!r})")
+    if problems:
+        raise SpecError(source, problems)
+    try:
+        return LoRAJob.model_validate(obj)
+    except ValidationError as exc:
+        raise SpecError(source, describe_validation_error(exc)) from None
+
+
+def load_documents(path: str | Path) -> list[Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(str(path), ["file not found"]) from None
+    except OSError as exc:
+        raise SpecError(str(path), [f"cannot read: {exc.strerror}"]) from None
+    try:
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(str(path), [f"malformed YAML{where}: {problem}"]) from None
+
+
+def load_lorajobs(path: str | Path) -> list[LoRAJob]:
+    """Every LoRAJob in a (multi-document) YAML file; other kinds are skipped."""
+    docs = load_documents(path)
+    jobs = [
+        parse_lorajob(doc, f"{path}[{i}]" if len(docs) > 1 else str(path))
+        for i, doc in enumerate(docs)
+        if not isinstance(doc, dict) or doc.get("kind", KIND) == KIND
+    ]
+    if not jobs:
+        raise SpecError(str(path), ["no LoRAJob found in the file"])
+    return jobs

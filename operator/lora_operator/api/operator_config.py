@@ -1,0 +1,76 @@
+"""The operator's own configuration: the chart renders it into a ConfigMap (`config.yaml`), the
+operator reloads it without restart, and the memory model takes its GPU catalog from it."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .types import DNS_LABEL_PATTERN, _Model
+
+
+class GpuType(_Model):
+    """One catalog entry. `memoryGiB` is what the card reports (e.g. 80 for an A100-80GB)."""
+
+    name: str = Field(min_length=1, max_length=63)
+    memory_gib: float = Field(gt=0, le=4096)
+    resource_name: str = Field(default="nvidia.com/gpu")
+    cuda: bool = Field(default=True, description="bitsandbytes/DeepSpeed CUDA kernels available.")
+    bf16: bool = Field(default=True, description="Native bf16 support (Ampere or newer).")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels that select nodes with this GPU."
+    )
+    max_per_node: int = Field(default=8, ge=1, le=64)
+
+
+class Quota(_Model):
+    """GPU limits; null means unlimited."""
+
+    gpus: int | None = Field(default=None, ge=0, description="Total GPUs across all types.")
+    gpu_types: dict[str, int] = Field(
+        default_factory=dict, description="Per GPU type limits, e.g. {H100-80GB: 8}."
+    )
+
+
+class Quotas(_Model):
+    namespaces: dict[str, Quota] = Field(default_factory=dict, description="Per namespace.")
+    default: Quota = Field(default_factory=Quota, description="Namespaces not listed above.")
+    cluster: Quota = Field(default_factory=Quota, description="Across all namespaces.")
+
+
+class SecretRefConfig(_Model):
+    name: str = Field(pattern=DNS_LABEL_PATTERN)
+    access_key_key: str = "accessKey"
+    secret_key_key: str = "secretKey"
+
+
+class S3Defaults(_Model):
+    """Used when a LoRAJob's output omits endpoint or credentials (e.g. the bundled MinIO)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    credentials_secret: SecretRefConfig | None = None
+
+
+class KueueConfig(_Model):
+    enabled: bool = Field(default=False, description="Defer admission of every job to Kueue.")
+    default_queue: str | None = Field(default=None, description="LocalQueue when spec has none.")
+
+
+class OperatorConfig(_Model):
+    trainer_image: str = "ghcr.io/lora-operator/trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    gpu_catalog: list[GpuType] = Field(
+        default_factory=list, description="Extra or overriding catalog entries."
+    )
+    quotas: Quotas = Field(default_factory=Quotas)
+    kueue: KueueConfig = Field(default_factory=KueueConfig)
+    s3: S3Defaults = Field(default_factory=S3Defaults)
+    model_cache_claim: str | None = Field(
+        default=None, description="PVC with a Hugging Face cache, mounted for hf:// models."
+    )
+    trainer_service_account: str | None = Field(
+        default=None, description="ServiceAccount for trainer pods (no API access needed)."
+    )
+    progress_interval_seconds: float = Field(default=15, gt=0, le=3600)
+    rendezvous_port: int = Field(default=29500, ge=1, le=65535)
+    backoff_limit_per_index: int = Field(default=3, ge=0, le=100)

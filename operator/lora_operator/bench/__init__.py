@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): memory-model accuracy, operator scale, trainer throughput."""

@@ -1,0 +1,42 @@
+"""`lorajob`: plan, validate, generate CRDs, run the operator, run the demo.
+
+Each subcommand lives in its own module with a `main(argv) -> int`; this file only dispatches,
+importing lazily so `lorajob plan` does not pay for kopf and `lorajob run` not for matplotlib.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("lora_operator.memory.report", "print the GPU memory breakdown and placement of a LoRAJob"),
+    "validate": ("lora_operator.api.validate_cmd", "check LoRAJob files against the API"),
+    "crds": ("lora_operator.api.crd", "print, write or check the generated CRD YAML"),
+    "run": ("lora_operator.controller.main", "run the operator (kopf) against the current cluster"),
+    "demo": ("lora_operator.demo", "the whole flow locally: emulated cluster + S3, real training"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: lorajob <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`lorajob <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    if args[0] not in COMMANDS:
+        print(f"lorajob: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[args[0]][0])
+    code: int = module.main(args[1:])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
