@@ -10,7 +10,10 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "plan": ("lora_operator.memory.report", "print the GPU memory breakdown and placement of a LoRAJob"),
+    "plan": (
+        "lora_operator.memory.report",
+        "print the GPU memory breakdown and placement of a LoRAJob",
+    ),
     "validate": ("lora_operator.api.validate_cmd", "check LoRAJob files against the API"),
     "crds": ("lora_operator.api.crd", "print, write or check the generated CRD YAML"),
     "run": ("lora_operator.controller.main", "run the operator (kopf) against the current cluster"),

@@ -1,4 +1,4 @@
-"""The LoRAJob API types, the run layout in the bucket, and helpers shared by operator and trainer."""
+"""LoRAJob API types, the run layout in the bucket, and helpers shared by operator and trainer."""
 
 from .errors import describe_validation_error
 from .hashing import training_spec_hash

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from .types import (
+    BUCKET_PATTERN,
+    DATA_URI_PATTERN,
+    DNS_LABEL_PATTERN,
+    MODEL_URI_PATTERN,
+    QUANTITY_PATTERN,
+)
+
+PATTERN_HINTS = {
+    MODEL_URI_PATTERN: "must be hf://org/name, s3://bucket/prefix or pvc://claim/path",
+    DATA_URI_PATTERN: "must be s3://bucket/key, pvc://claim/path, file:///path or an absolute path",
+    BUCKET_PATTERN: "must be a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
+    DNS_LABEL_PATTERN: "must be a DNS label (lowercase letters, digits and '-')",
+    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 8, 500m, 32Gi",
+}
+
 
 def field_path(loc: tuple[int | str, ...], root: str = "") -> str:
     parts = [root] if root else []
@@ -27,6 +43,9 @@ def describe_validation_error(exc: ValidationError, root: str = "") -> list[str]
         suffix = ""
         if err["type"] not in ("missing", "model_type") and not isinstance(got, dict | list):
             suffix = f" (got {got!r})"
+        pattern = (err.get("ctx") or {}).get("pattern")
+        if err["type"] == "string_pattern_mismatch" and pattern in PATTERN_HINTS:
+            msg = PATTERN_HINTS[pattern]
         if err["type"] == "extra_forbidden":
             msg, suffix = "unknown field", ""
         lines.append(f"{path}: {msg}{suffix}")

@@ -1,11 +1,11 @@
 """Where a run's artifacts live in the bucket; shared by the trainer (writer) and operator (reader).
 
-    s3://<bucket>/<prefix>/<job>/<run>/
-        checkpoint-<step>/      adapter + resume state; MANIFEST.json written last = complete
-        final/                  the final adapter (adapter_model.safetensors, adapter_config.json)
-        metrics.jsonl           one JSON object per logged step
-        progress.json           latest values (`Progress`), read by the operator
-        loss.png                train/eval loss curve
+s3://<bucket>/<prefix>/<job>/<run>/
+    checkpoint-<step>/      adapter + resume state; MANIFEST.json written last = complete
+    final/                  the final adapter (adapter_model.safetensors, adapter_config.json)
+    metrics.jsonl           one JSON object per logged step
+    progress.json           latest values (`Progress`), read by the operator
+    loss.png                train/eval loss curve
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ class SpecError(ValueError):
 
 def parse_lorajob(obj: Any, source: str = "<object>") -> LoRAJob:
     if not isinstance(obj, dict):
-        raise SpecError(source, [f"expected a mapping (a LoRAJob object), got {type(obj).__name__}"])
+        raise SpecError(
+            source, [f"expected a mapping (a LoRAJob object), got {type(obj).__name__}"]
+        )
     problems = []
     if obj.get("apiVersion") != API_VERSION:
         problems.append(f"apiVersion: must be {API_VERSION} (got {obj.get('apiVersion')!r})")

@@ -37,7 +37,7 @@ EXIT_TRANSIENT = 75
 
 
 class _Model(BaseModel):
-    """Base: camelCase aliases, unknown fields rejected (a typo is an error, not a silent default)."""
+    """camelCase aliases; unknown fields rejected (a typo is an error, not a silent default)."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -206,7 +206,9 @@ class DatasetSpec(_Model):
     fields: FieldMapping | None = Field(default=None, description="Column name overrides.")
     eval_split: float = Field(default=0.05, ge=0, le=0.5, description="Fraction held out for eval.")
     eval_source: str | None = Field(
-        default=None, pattern=DATA_URI_PATTERN, description="Separate eval file (overrides evalSplit)."
+        default=None,
+        pattern=DATA_URI_PATTERN,
+        description="Separate eval file (overrides evalSplit).",
     )
     max_seq_length: int = Field(default=2048, ge=16, le=1048576)
     packing: bool = Field(default=False, description="Pack several examples per sequence.")
@@ -244,12 +246,17 @@ class DistributedSpec(_Model):
     nodes: int | None = Field(default=None, ge=1, le=1024, description="Omit for automatic.")
     gpus_per_node: int | None = Field(default=None, ge=1, le=64, description="Omit for automatic.")
     strategy: Strategy = Strategy.auto
-    offload: Offload = Field(default=Offload.none, description="ZeRO CPU offload of optimizer/params.")
+    offload: Offload = Field(
+        default=Offload.none, description="ZeRO CPU offload of optimizer/params."
+    )
 
     @model_validator(mode="after")
     def _explicit_pair(self) -> DistributedSpec:
         if (self.nodes is None) != (self.gpus_per_node is None):
             raise ValueError("set both nodes and gpusPerNode, or neither for automatic placement")
+        explicit = self.nodes is not None and self.gpus_per_node is not None
+        if explicit and (self.nodes or 0) * (self.gpus_per_node or 0) > 4096:
+            raise ValueError("nodes x gpusPerNode must be at most 4096")
         if self.offload == Offload.cpu and self.strategy == Strategy.ddp:
             raise ValueError("offload: cpu needs a DeepSpeed strategy (or auto), not ddp")
         return self
@@ -281,7 +288,9 @@ class ResourcesSpec(_Model):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = Field(default=None, max_length=253)
-    requests: ResourceOverrides | None = Field(default=None, description="Override planned requests.")
+    requests: ResourceOverrides | None = Field(
+        default=None, description="Override planned requests."
+    )
     limits: ResourceOverrides | None = Field(default=None, description="Override planned limits.")
 
 
@@ -337,8 +346,8 @@ class LoRAJobSpec(_Model):
             )
         if on_cpu and self.training.optimizer in KBIT_OPTIMIZERS:
             raise ValueError(
-                f"training.optimizer {self.training.optimizer.value} needs a CUDA GPU "
-                "(bitsandbytes): use adamw_torch with resources.gpuType 'cpu'"
+                "8-bit and paged optimizers need a CUDA GPU (bitsandbytes): use adamw_torch "
+                f"with resources.gpuType 'cpu' (optimizer is {self.training.optimizer.value})"
             )
         has_eval = self.dataset.eval_split > 0 or self.dataset.eval_source is not None
         if self.training.early_stopping_patience is not None and not has_eval:
@@ -459,7 +468,7 @@ class ObjectMeta(BaseModel):
 
 class LoRAJob(_Model):
     api_version: Literal["finetune.lora-operator.io/v1alpha1"] = Field(
-        default=API_VERSION, alias="apiVersion"
+        default="finetune.lora-operator.io/v1alpha1", alias="apiVersion"
     )
     kind: Literal["LoRAJob"] = "LoRAJob"
     metadata: ObjectMeta
@@ -468,7 +477,7 @@ class LoRAJob(_Model):
 
 
 class TrainerConfig(_Model):
-    """What the operator renders into the run's ConfigMap and the trainer reads: no second schema."""
+    """What the operator renders into the run ConfigMap and the trainer reads (no second schema)."""
 
     job_name: str
     namespace: str = "default"

@@ -1,0 +1,47 @@
+"""`lorajob validate FILE...`: check LoRAJob manifests against the API types and the CRD schema."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .loading import SpecError, load_documents, parse_lorajob
+from .schema_check import check_against_crd
+from .types import KIND
+
+
+def validate_file(path: str) -> list[str]:
+    """Problems found in one file (empty: valid). Both checks run so every problem is listed."""
+    docs = load_documents(path)
+    jobs = [d for d in docs if not isinstance(d, dict) or d.get("kind", KIND) == KIND]
+    if not jobs:
+        return [f"{path}: no LoRAJob found in the file"]
+    problems = []
+    for i, doc in enumerate(jobs):
+        where = f"{path}[{i}]" if len(jobs) > 1 else path
+        try:
+            parse_lorajob(doc, where)
+        except SpecError as exc:
+            problems += [f"{where}: {p}" for p in exc.problems]
+            continue
+        problems += [f"{where}: CRD schema: {p}" for p in check_against_crd(doc)]
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lorajob validate", description=__doc__)
+    parser.add_argument("files", nargs="+", metavar="FILE")
+    args = parser.parse_args(argv)
+    failed = False
+    for path in args.files:
+        try:
+            problems = validate_file(path)
+        except SpecError as exc:
+            problems = [f"{exc.source}: {p}" for p in exc.problems]
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        if problems:
+            failed = True
+        else:
+            print(f"ok: {path}")
+    return 2 if failed else 0
