@@ -20,9 +20,8 @@ def main(argv: list[str]) -> int:
         print(f"\n=== {title} ===", flush=True)
         started = time.monotonic()
         code = importlib.import_module(module_name).main()
-        print(
-            f"--- {title}: {'ok' if code == 0 else f'exit {code}'} in {time.monotonic() - started:.1f} s"
-        )
+        outcome = "ok" if code == 0 else f"exit {code}"
+        print(f"--- {title}: {outcome} in {time.monotonic() - started:.1f} s")
         failures += code != 0
     return 1 if failures else 0
 
