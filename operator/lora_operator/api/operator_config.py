@@ -9,7 +9,7 @@ from .types import DNS_LABEL_PATTERN, _Model
 
 
 class GpuType(_Model):
-    """One catalog entry. `memoryGiB` is what the card reports (e.g. 80 for an A100-80GB)."""
+    """One catalog entry. `memoryGib` is what the card reports (e.g. 80 for an A100-80GB)."""
 
     name: str = Field(min_length=1, max_length=63)
     memory_gib: float = Field(gt=0, le=4096)

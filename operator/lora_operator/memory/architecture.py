@@ -1,0 +1,243 @@
+"""Load a model's config.json and count its parameters exactly, module by module, on the meta
+device (no weights, no memory): the memory model needs exact counts of the quantizable linears,
+the 16-bit rest, and the in/out sizes of every module LoRA may adapt.
+
+Mixtral in transformers 5 stores its experts as fused 3-D parameters (`experts.gate_up_proj` of
+shape experts x 2*intermediate x hidden and `experts.down_proj`), not as nn.Linear modules, so
+PEFT's `all-linear` does not reach them. They are counted as `ExpertWeight`s: quantizable like
+linears, and adaptable when targeted by name (`gate_up_proj`, `down_proj`, or the older names
+`w1`/`w3` for the two halves of `gate_up_proj` and `w2` for `down_proj`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import PlanningError
+from .registry import shipped_config_path, shipped_names
+
+URL_TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class LinearModule:
+    """One nn.Linear inside the model (or one half of a fused expert weight)."""
+
+    name: str  # full dotted module name, e.g. model.layers.0.self_attn.q_proj
+    in_features: int
+    out_features: int
+    copies: int = 1  # number of experts sharing this name in a fused 3-D weight
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+    @property
+    def params(self) -> int:
+        return self.copies * self.in_features * self.out_features
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the memory model needs from a config: sizes and exact parameter counts."""
+
+    source: str
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    num_experts: int
+    experts_per_token: int
+    total_params: int
+    quantizable_params: int  # decoder linears and expert weights (what bitsandbytes quantizes)
+    quantizable_rows: int  # output rows of those weights (LLM.int8 keeps one fp32 scale per row)
+    linears: tuple[LinearModule, ...]  # every adaptable linear except lm_head
+    largest_layer_params: int  # parameters of one decoder layer (ZeRO-3 gathers one at a time)
+
+    @property
+    def unquantized_params(self) -> int:
+        """Embeddings, lm_head, norms, biases, routers: kept in 16-bit under quantization."""
+        return self.total_params - self.quantizable_params
+
+    @property
+    def module_names(self) -> list[str]:
+        return sorted({m.short_name for m in self.linears})
+
+
+def read_config(name: str, config_ref: str | None) -> tuple[str, dict[str, Any]]:
+    """(identity, config dict) from spec.baseModel.config if given, else the shipped file."""
+    if config_ref:
+        if config_ref.startswith(("http://", "https://")):
+            return config_ref, _fetch_url(config_ref)
+        return _read_file(Path(config_ref).expanduser(), "spec.baseModel.config")
+    path = shipped_config_path(name)
+    if path is None:
+        raise PlanningError(
+            f"spec.baseModel.name: unknown model {name!r}; shipped: {', '.join(shipped_names())}"
+            " (or set spec.baseModel.config to the model's config.json path or URL)"
+        )
+    return _read_file(path, "spec.baseModel.name")
+
+
+def _read_file(path: Path, field: str) -> tuple[str, dict[str, Any]]:
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        text = path.read_text()
+        stamp = os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        raise PlanningError(f"{field}: config file {str(path)!r} not found") from None
+    except OSError as exc:
+        raise PlanningError(f"{field}: cannot read {str(path)!r}: {exc.strerror}") from None
+    return f"{path.resolve()}@{stamp}", _parse_json(text, f"{field}: {str(path)!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def _fetch_url_text(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response:
+            body: bytes = response.read(4 * 1024 * 1024)
+            return body.decode("utf-8")
+    except (urllib.error.URLError, OSError, ValueError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise PlanningError(
+            f"spec.baseModel.config: cannot fetch {url!r} ({reason}); the operator may be "
+            "offline: use a shipped model name or a local config.json path"
+        ) from None
+
+
+def _fetch_url(url: str) -> dict[str, Any]:
+    return _parse_json(_fetch_url_text(url), f"spec.baseModel.config: {url!r}")
+
+
+def _parse_json(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlanningError(f"{where} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise PlanningError(f"{where} must hold a JSON object (a model config.json)")
+    if "model_type" not in data:
+        raise PlanningError(f"{where} has no 'model_type': not a transformers config.json")
+    return data
+
+
+def load_architecture(name: str, config_ref: str | None) -> Architecture:
+    """The architecture for a spec's base model; repeated calls hit a cache (milliseconds)."""
+    identity, data = read_config(name, config_ref)
+    return _architecture_cached(identity, json.dumps(data, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _architecture_cached(identity: str, config_json: str) -> Architecture:
+    return count_architecture(identity, json.loads(config_json))
+
+
+def count_architecture(source: str, data: dict[str, Any]) -> Architecture:
+    """Instantiate the model on the meta device and walk its modules."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = {k: v for k, v in data.items() if k not in ("_name_or_path", "transformers_version")}
+    model_type = fields.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **fields)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = source.rsplit("@", 1)[0] if not source.startswith("http") else source
+        raise PlanningError(
+            f"spec.baseModel: cannot build a causal LM from config.json {where!r} "
+            f"(model_type {model_type!r}): {first_line}"
+        ) from None
+    return _walk(source, model_type, config, model)
+
+
+def _walk(source: str, model_type: str, config: Any, model: Any) -> Architecture:
+    import torch
+
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    linears: list[LinearModule] = []
+    quantizable = 0
+    rows = 0
+    output = model.get_output_embeddings()
+    for module_name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            if module is output:
+                continue
+            linears.append(LinearModule(module_name, module.in_features, module.out_features))
+            quantizable += module.in_features * module.out_features
+            rows += module.out_features
+    for param_name, param in model.named_parameters():
+        if param.dim() == 3 and ".experts." in f".{param_name}":
+            experts, out_features, in_features = param.shape
+            quantizable += param.numel()
+            rows += experts * out_features
+            linears.extend(_expert_linears(param_name, experts, out_features, in_features))
+    total = sum(p.numel() for p in model.parameters())
+    layers = int(text_config.num_hidden_layers)
+    per_layer = _layer_params(model) or (total // max(layers, 1))
+    heads = int(text_config.num_attention_heads)
+    hidden = int(text_config.hidden_size)
+    head_dim = int(getattr(text_config, "head_dim", None) or hidden // heads)
+    return Architecture(
+        source=source,
+        model_type=model_type,
+        hidden_size=hidden,
+        intermediate_size=int(getattr(text_config, "intermediate_size", 4 * hidden)),
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=int(getattr(text_config, "num_key_value_heads", None) or heads),
+        head_dim=head_dim,
+        vocab_size=int(text_config.vocab_size),
+        max_position_embeddings=int(getattr(text_config, "max_position_embeddings", 0) or 0),
+        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        num_experts=int(getattr(text_config, "num_local_experts", 0) or 0),
+        experts_per_token=int(getattr(text_config, "num_experts_per_tok", 0) or 0),
+        total_params=total,
+        quantizable_params=quantizable,
+        quantizable_rows=rows,
+        linears=tuple(linears),
+        largest_layer_params=per_layer,
+    )
+
+
+def _expert_linears(
+    param_name: str, experts: int, out_features: int, in_features: int
+) -> list[LinearModule]:
+    """A fused expert weight as adaptable pieces; gate_up_proj is also reachable as w1/w3."""
+    base = param_name.rsplit(".", 1)[0]
+    short = param_name.rsplit(".", 1)[-1]
+    pieces = [LinearModule(f"{base}.{short}", in_features, out_features, experts)]
+    if short == "gate_up_proj":
+        half = out_features // 2
+        pieces += [LinearModule(f"{base}.{w}", in_features, half, experts) for w in ("w1", "w3")]
+    elif short == "down_proj":
+        pieces.append(LinearModule(f"{base}.w2", in_features, out_features, experts))
+    return pieces
+
+
+def _layer_params(model: Any) -> int:
+    """Parameters of the largest decoder layer (what ZeRO-3 gathers at once)."""
+    import torch
+
+    best = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 1:
+            best = max(best, max(sum(p.numel() for p in layer.parameters()) for layer in module))
+    return best

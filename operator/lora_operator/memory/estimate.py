@@ -1,0 +1,266 @@
+"""Per-GPU peak memory of a LoRA/QLoRA training step, term by term, from the architecture only.
+
+What "peak" means here: `peak_allocated` estimates torch's `max_memory_allocated` on one rank
+(tensors alive at the worst moment of a step). `peak` adds what nvidia-smi also sees: the
+allocator's cache/fragmentation (a fraction of allocated) and the CUDA context. Placement checks
+`peak` against the card. Every constant is an explicit `Assumptions` field.
+
+Term names (stable; they are the keys of `breakdown_gib`):
+- `weights`: frozen base weights (16/32-bit, LLM.int8 + per-row scales, or NF4 + absmax) plus
+  the 16-bit (fp32 under k-bit training) embeddings, lm_head and norms; ZeRO-3 shards it.
+- `zero3_gather`: the full parameters of the layers ZeRO-3 gathers at once (current + prefetch).
+- `lora_weights`: adapter weights, fp32 as PEFT keeps them under autocast.
+- `gradients`: adapter gradients (fp32); ZeRO-2/3 shard them.
+- `optimizer`: optimizer states (AdamW 8 B, 8-bit Adam 2 B per trainable parameter); ZeRO-2/3
+  shard them, CPU offload moves them to host memory.
+- `activations`: tensors saved for backward (per-layer formula, gradient checkpointing aware).
+- `attention_scores`: eager attention's softmax (b*heads*s^2), absent with SDPA/flash.
+- `lora_dropout`: the copy of each target module's input that LoRA dropout keeps for backward.
+- `logits`: b*s*vocab logits, their fp32 upcast and the loss gradient.
+- `allocator_overhead`, `cuda_context`: not in max_memory_allocated, seen by nvidia-smi.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..api.types import Attention, ComputeDtype, Optimizer, QuantizationMode, Strategy
+from .architecture import Architecture, LinearModule
+from .errors import PlanningError
+
+GIB = 1024**3
+NF4_BLOCK = 64
+NF4_DOUBLE_QUANT_BLOCK = 256
+
+# Optimizer state bytes per trainable parameter; None = two moments in the adapter dtype.
+OPTIMIZER_BYTES: dict[Optimizer, float | None] = {
+    Optimizer.adamw_torch: None,
+    Optimizer.paged_adamw_32bit: 8.0,
+    Optimizer.adamw_8bit: 2.0,
+    Optimizer.paged_adamw_8bit: 2.0,
+}
+
+TERM_HELP: dict[str, str] = {
+    "weights": "frozen base weights (quantized linears + 16-bit embeddings/norms/lm_head)",
+    "zero3_gather": "full parameters of the layers ZeRO-3 gathers at once (current + prefetch)",
+    "lora_weights": "LoRA adapter weights (fp32, as PEFT keeps them under autocast)",
+    "gradients": "adapter gradients (fp32)",
+    "optimizer": "optimizer states (AdamW: 2 fp32 moments; 8-bit: 2 bytes per parameter)",
+    "activations": "saved for backward: checkpointed layer inputs + one layer's working set",
+    "attention_scores": "eager attention's softmax scores, batch x heads x seq^2",
+    "lora_dropout": "input copies LoRA dropout keeps for backward, one per target module",
+    "logits": "batch x seq x vocab logits, their fp32 upcast and the loss gradient",
+    "allocator_overhead": "PyTorch caching-allocator slack and fragmentation",
+    "cuda_context": "CUDA context and kernels (seen by nvidia-smi, not by torch)",
+}
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """The knobs published measurements disagree on; defaults match HF Trainer + PEFT."""
+
+    cuda_context_gib: float = 0.5
+    allocator_overhead_fraction: float = 0.05
+    adapter_bytes: float = 4.0  # PEFT keeps adapters, their grads and Adam moments in fp32
+    kbit_upcast_bytes: float = 4.0  # prepare_model_for_kbit_training casts non-quantized to fp32
+    logits_bytes_per_element: float = 12.0  # bf16 logits + fp32 copy + fp32 log-softmax + grad
+    chunked_loss: bool = False  # chunked cross-entropy (torchtune/litgpt/Liger) drops the logits
+    norm_bytes_per_element: float = 4.0  # RMSNorm upcasts its input to fp32 and saves it
+    zero3_prefetch_layers: float = 2.0  # ZeRO-3 holds the current and the prefetched layer
+
+
+@dataclass(frozen=True)
+class TrainingShape:
+    """Everything about a job that moves per-GPU memory, resolved from the spec + placement."""
+
+    quantization: QuantizationMode = QuantizationMode.none
+    double_quant: bool = True
+    compute_dtype: ComputeDtype = ComputeDtype.bf16
+    rank: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    dropout: float = 0.05
+    use_dora: bool = False
+    seq_len: int = 2048
+    micro_batch: int = 1
+    gradient_checkpointing: bool = True
+    attention: Attention = Attention.sdpa
+    optimizer: Optimizer = Optimizer.adamw_torch
+    strategy: Strategy = Strategy.ddp
+    data_parallel: int = 1  # ranks that ZeRO shards across
+    offload_cpu: bool = False
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    breakdown_gib: dict[str, float]
+    peak_allocated_gib: float
+    peak_gib: float  # + allocator overhead + CUDA context: what must fit on the card
+    total_params: int
+    trainable_params: int
+    host_offload_gib: float  # optimizer states / params moved to CPU RAM, per rank
+    notes: list[str] = field(default_factory=list)
+
+
+def dtype_bytes(dtype: ComputeDtype) -> float:
+    return 4.0 if dtype == ComputeDtype.fp32 else 2.0
+
+
+def targeted_linears(arch: Architecture, targets: tuple[str, ...]) -> list[LinearModule]:
+    """Modules PEFT would adapt: suffix match on the dotted name; all-linear skips lm_head and
+    the fused expert weights (PEFT's all-linear only finds nn.Linear)."""
+    if tuple(targets) == ("all-linear",):
+        return [m for m in arch.linears if m.copies == 1]
+    chosen = [
+        m for m in arch.linears if any(m.name == t or m.name.endswith(f".{t}") for t in targets)
+    ]
+    if not chosen:
+        raise PlanningError(
+            f"spec.lora.targetModules: none of {list(targets)} is a linear module of this "
+            f"model; its modules are {', '.join(arch.module_names)} (or use ['all-linear'])"
+        )
+    missing = [t for t in targets if not any(m.name.endswith(f".{t}") for m in chosen)]
+    if missing:
+        raise PlanningError(
+            f"spec.lora.targetModules: {missing} not found in this model; its modules are "
+            f"{', '.join(arch.module_names)}"
+        )
+    return chosen
+
+
+def lora_param_count(arch: Architecture, targets: tuple[str, ...], rank: int, dora: bool) -> int:
+    """Exact adapter size: r*(in+out) per adapted matrix (+ out for DoRA's magnitude)."""
+    total = 0
+    for m in targeted_linears(arch, targets):
+        total += m.copies * rank * (m.in_features + m.out_features)
+        if dora:
+            total += m.copies * m.out_features
+    return total
+
+
+def weight_bytes(arch: Architecture, shape: TrainingShape, assumptions: Assumptions) -> float:
+    """Frozen base weights on one unsharded replica."""
+    cb = dtype_bytes(shape.compute_dtype)
+    q = arch.quantizable_params
+    if shape.quantization == QuantizationMode.none:
+        return arch.total_params * cb
+    rest = arch.unquantized_params * assumptions.kbit_upcast_bytes
+    if shape.quantization == QuantizationMode.int8:
+        return q * 1.0 + arch.quantizable_rows * 4.0 + rest
+    blocks = q / NF4_BLOCK
+    if shape.double_quant:
+        absmax = blocks * 1.0 + (blocks / NF4_DOUBLE_QUANT_BLOCK) * 4.0
+    else:
+        absmax = blocks * 4.0
+    return q * 0.5 + absmax + rest
+
+
+def activation_terms(
+    arch: Architecture, shape: TrainingShape, assumptions: Assumptions
+) -> dict[str, float]:
+    """Bytes saved for backward at the peak: activations, eager scores, dropout copies, logits."""
+    cb = dtype_bytes(shape.compute_dtype)
+    tokens = shape.micro_batch * shape.seq_len
+    h, hd = arch.hidden_size, arch.head_dim
+    q_width = arch.num_heads * hd
+    kv_width = arch.num_kv_heads * hd
+    mlp_width = arch.intermediate_size * max(arch.experts_per_token, 1)
+    # Per token, per layer, with frozen base weights (frozen linears save no input):
+    per_token_layer = (
+        2 * h * assumptions.norm_bytes_per_element  # two RMSNorms save their fp32 input
+        + (q_width + 2 * kv_width) * cb  # q, k, v after rotary, saved by attention
+        + q_width * cb  # attention output
+        + arch.num_heads * 4  # attention log-sum-exp (fp32)
+        + 3 * mlp_width * cb  # gate, act(gate), up saved by SiLU and the product
+        + h * cb  # the layer input
+    )
+    layer_input = h * cb
+    if shape.gradient_checkpointing:
+        saved = tokens * (arch.num_layers * layer_input + per_token_layer)
+    else:
+        saved = tokens * arch.num_layers * per_token_layer
+    saved += tokens * 2 * h * 4  # embedding output and final norm (fp32)
+    layers_live = 1 if shape.gradient_checkpointing else arch.num_layers
+    scores = 0.0
+    if shape.attention == Attention.eager:
+        # fp32 softmax output + its bf16 cast, per head, per query-key pair
+        scores = shape.micro_batch * arch.num_heads * shape.seq_len**2 * (4 + cb) * layers_live
+    dropout = 0.0
+    if shape.dropout > 0:
+        per_layer_in = sum(
+            m.in_features * (max(arch.experts_per_token, 1) if m.copies > 1 else 1)
+            for m in targeted_linears(arch, shape.target_modules)
+        ) / max(arch.num_layers, 1)
+        # dropout output (compute dtype) + its mask (1 byte), per target module input
+        dropout = tokens * per_layer_in * (cb + 1) * layers_live
+    logits = 0.0
+    if not assumptions.chunked_loss:
+        logits = tokens * arch.vocab_size * assumptions.logits_bytes_per_element
+    return {
+        "activations": saved,
+        "attention_scores": scores,
+        "lora_dropout": dropout,
+        "logits": logits,
+    }
+
+
+def estimate_memory(
+    arch: Architecture, shape: TrainingShape, assumptions: Assumptions | None = None
+) -> MemoryEstimate:
+    """Per-rank peak memory for `shape` on `arch` (see the module docstring for the terms)."""
+    a = assumptions or Assumptions()
+    ranks = max(shape.data_parallel, 1)
+    zero2 = shape.strategy in (Strategy.deepspeed_zero2, Strategy.deepspeed_zero3)
+    zero3 = shape.strategy == Strategy.deepspeed_zero3
+    notes: list[str] = []
+
+    trainable = lora_param_count(arch, shape.target_modules, shape.rank, shape.use_dora)
+    weights = weight_bytes(arch, shape, a)
+    gather = 0.0
+    host = 0.0
+    if zero3:
+        bytes_per_param = weights / max(arch.total_params, 1)
+        gather = a.zero3_prefetch_layers * arch.largest_layer_params * bytes_per_param
+        if shape.offload_cpu:
+            host += weights / ranks
+            weights = 0.0
+            notes.append("ZeRO-3 offload: base weights live in host memory between layers")
+        else:
+            weights = weights / ranks
+    lora_weights = trainable * a.adapter_bytes
+    grads = trainable * a.adapter_bytes
+    optimizer = trainable * (OPTIMIZER_BYTES[shape.optimizer] or 2 * a.adapter_bytes)
+    if zero3:
+        lora_weights /= ranks
+    if zero2:
+        grads /= ranks
+        optimizer /= ranks
+    elif ranks > 1:
+        grads *= 2  # DDP's gradient buckets hold a second copy
+    if shape.offload_cpu:
+        host += optimizer
+        optimizer = 0.0
+        notes.append("optimizer states are offloaded to host memory (CPU Adam)")
+    if shape.optimizer in (Optimizer.paged_adamw_8bit, Optimizer.paged_adamw_32bit):
+        notes.append("paged optimizer: states can page to host memory under pressure")
+
+    terms = {
+        "weights": weights,
+        "zero3_gather": gather,
+        "lora_weights": lora_weights,
+        "gradients": grads,
+        "optimizer": optimizer,
+        **activation_terms(arch, shape, a),
+    }
+    allocated = sum(terms.values())
+    terms["allocator_overhead"] = allocated * a.allocator_overhead_fraction
+    terms["cuda_context"] = a.cuda_context_gib * GIB
+    peak = sum(terms.values())
+    return MemoryEstimate(
+        breakdown_gib={k: round(v / GIB, 3) for k, v in terms.items()},
+        peak_allocated_gib=allocated / GIB,
+        peak_gib=peak / GIB,
+        total_params=arch.total_params,
+        trainable_params=trainable,
+        host_offload_gib=host / GIB,
+        notes=notes,
+    )

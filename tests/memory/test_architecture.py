@@ -1,0 +1,112 @@
+"""Exact parameter counts from the shipped configs, counted on the meta device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lora_operator.memory import PlanningError, load_architecture
+from lora_operator.memory.estimate import lora_param_count
+
+# Published totals (model cards / safetensors metadata).
+KNOWN_TOTALS = {
+    "meta-llama/Llama-3.2-1B": 1_235_814_400,
+    "meta-llama/Llama-3.2-3B": 3_212_749_824,
+    "meta-llama/Llama-3.1-8B": 8_030_261_248,
+    "meta-llama/Meta-Llama-3-8B": 8_030_261_248,
+    "meta-llama/Llama-3.1-70B": 70_553_706_496,
+    "meta-llama/Llama-3.1-405B": 405_853_388_800,
+    "mistralai/Mistral-7B-v0.1": 7_241_732_096,
+    "mistralai/Mistral-7B-v0.3": 7_248_023_552,  # v0.3 has a 32768 vocabulary
+    "mistralai/Mixtral-8x7B-v0.1": 46_702_792_704,
+    "Qwen/Qwen2.5-0.5B": 494_032_768,
+    "Qwen/Qwen2.5-1.5B": 1_543_714_304,
+    "Qwen/Qwen2.5-7B": 7_615_616_512,
+    "Qwen/Qwen2.5-14B": 14_770_033_664,
+    "Qwen/Qwen2.5-32B": 32_763_876_352,
+    "Qwen/Qwen2.5-72B": 72_706_203_648,
+    "google/gemma-2-2b": 2_614_341_888,
+    "google/gemma-2-9b": 9_241_705_984,
+    "google/gemma-2-27b": 27_227_128_320,
+    "microsoft/Phi-3-mini-4k-instruct": 3_821_079_552,
+    "microsoft/Phi-3-medium-4k-instruct": 13_960_238_080,
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_TOTALS))
+def test_total_parameters_are_exact(name: str) -> None:
+    assert load_architecture(name, None).total_params == KNOWN_TOTALS[name]
+
+
+@pytest.mark.parametrize(
+    "alias",
+    ["Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-8B-Instruct", "hf://meta-llama/Llama-3.1-8B"],
+)
+def test_aliases_and_instruct_variants(alias: str) -> None:
+    assert load_architecture(alias, None).total_params == 8_030_261_248
+
+
+def test_lora_counts_match_peft_conventions() -> None:
+    arch = load_architecture("meta-llama/Llama-3.1-8B", None)
+    # r=16 on q,k,v,o: 32 layers x 16 x ((4096+4096) + (4096+1024)*2 + (4096+4096))
+    assert lora_param_count(arch, ("q_proj", "k_proj", "v_proj", "o_proj"), 16, False) == (
+        32 * 16 * (8192 + 2 * 5120 + 8192)
+    )
+    # all-linear adds gate/up/down (4096 <-> 14336) and never lm_head: 41,943,040 (PEFT prints)
+    assert lora_param_count(arch, ("all-linear",), 16, False) == 41_943_040
+
+
+def test_mixtral_experts_are_fused_parameters_counted_per_expert() -> None:
+    arch = load_architecture("mistralai/Mixtral-8x7B-v0.1", None)
+    attention_only = lora_param_count(arch, ("all-linear",), 8, False)
+    assert attention_only == 32 * 8 * (8192 + 2 * 5120 + 8192)
+    experts = lora_param_count(arch, ("w1", "w2", "w3"), 8, False)
+    assert experts == 32 * 8 * 3 * 8 * (4096 + 14336)
+    # nearly all of Mixtral is quantizable expert/attention weights
+    assert arch.quantizable_params / arch.total_params > 0.99
+
+
+def test_phi3_fused_projections_are_named() -> None:
+    arch = load_architecture("microsoft/Phi-3-mini-4k-instruct", None)
+    assert {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"} <= set(arch.module_names)
+    with pytest.raises(PlanningError, match=r"spec.lora.targetModules: .*qkv_proj"):
+        lora_param_count(arch, ("q_proj",), 8, False)
+
+
+def test_local_config_path_and_directory(tiny_config: Path, tiny_llama: dict[str, Any]) -> None:
+    by_file = load_architecture("anything", str(tiny_config))
+    by_dir = load_architecture("anything", str(tiny_config.parent))
+    h, i, v = tiny_llama["hidden_size"], tiny_llama["intermediate_size"], tiny_llama["vocab_size"]
+    kv = 2 * 16  # 2 kv heads x head_dim 16
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h
+    assert by_file.total_params == by_dir.total_params == 2 * per_layer + 2 * v * h + h
+
+
+def test_unknown_model_names_the_field() -> None:
+    with pytest.raises(PlanningError, match=r"^spec.baseModel.name: unknown model 'foo/bar'"):
+        load_architecture("foo/bar", None)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(PlanningError, match=r"^spec.baseModel.config: config file .* not found"):
+        load_architecture("x", str(tmp_path / "nope.json"))
+
+
+def test_malformed_and_foreign_configs(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(PlanningError, match="not valid JSON"):
+        load_architecture("x", str(bad))
+    bad.write_text('{"hidden_size": 4}')
+    with pytest.raises(PlanningError, match="no 'model_type'"):
+        load_architecture("x", str(bad))
+    bad.write_text('{"model_type": "no-such-arch"}')
+    with pytest.raises(PlanningError, match=r"^spec.baseModel: cannot build a causal LM"):
+        load_architecture("x", str(bad))
+
+
+def test_unreachable_url_fails_clearly() -> None:
+    with pytest.raises(PlanningError, match=r"^spec.baseModel.config: cannot fetch"):
+        load_architecture("x", "http://127.0.0.1:9/config.json")
