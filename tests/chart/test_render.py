@@ -152,3 +152,16 @@ def test_service_monitor_selects_metrics_service(tmp_path: Path) -> None:
 def test_notes_tell_the_user_what_to_do_next() -> None:
     result = helm("install", "lora", str(CHART), "--dry-run=client", "--namespace", "x")
     assert "kubectl get lj -w" in result.stdout and "lorajob plan" in result.stdout
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_operator_args_are_accepted_by_lorajob_run(scenario: str, tmp_path: Path) -> None:
+    """Every flag the chart passes exists in `lorajob run` (a typo would crash-loop the pod)."""
+    from lora_operator.controller.main import build_parser
+
+    docs = render(tmp_path, SCENARIOS[scenario])
+    (operator,) = [d for d in find(docs, "Deployment") if "minio" not in d["metadata"]["name"]]
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["lorajob", "run"]
+    parsed = build_parser().parse_args(container["args"])
+    assert parsed.config == "/etc/lora-operator/config.yaml"
