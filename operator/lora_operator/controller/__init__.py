@@ -1,0 +1,1 @@
+"""The kopf operator: reconciles LoRAJobs into sized, queued, multi-node trainer Jobs."""

@@ -1,0 +1,61 @@
+"""Kubernetes Events for a LoRAJob, posted by the operator's own client.
+
+Why not `kopf.event`: it only works inside kopf's handler context, and most transitions (pod
+failures, progress, queue admission) are noticed by the resync loop, outside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from .conditions import now_iso
+from .kube import Kube
+
+log = logging.getLogger("lora_operator.events")
+COMPONENT = "lora-operator"
+MAX_MESSAGE = 1024
+
+
+def build_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
+    """A core/v1 Event about `obj` (what `kubectl describe lj` lists)."""
+    meta = obj.get("metadata", {})
+    namespace = meta.get("namespace") or "default"
+    now = now_iso()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{meta.get('name', 'lorajob')}.{uuid.uuid4().hex[:16]}",
+            "namespace": namespace,
+        },
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion", ""),
+            "kind": obj.get("kind", ""),
+            "name": meta.get("name", ""),
+            "namespace": namespace,
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE],
+        "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,
+        "reportingInstance": COMPONENT,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
+async def post_event(
+    kube: Kube, obj: dict[str, Any], type_: str, reason: str, message: str
+) -> None:
+    """Best effort: an Event that cannot be posted is logged, never fails a reconcile."""
+    body = build_event(obj, type_, reason, message)
+    try:
+        await kube.create("v1/events", body["metadata"]["namespace"], body)
+    except Exception:
+        log.warning("could not post event %s for %s", reason, body["involvedObject"]["name"])

@@ -1,0 +1,111 @@
+"""Thin kopf handlers: every trigger ends in `Reconciler.reconcile(namespace, name)`.
+
+No kopf timers or daemons: those make kopf put a finalizer on every LoRAJob, which blocks
+deletion while the operator is down. Periodic work (progress, queue, TTL, serving readiness) runs
+in one resync loop over the jobs the watch has shown us, at `--resync-seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from ..api.types import GROUP, PLURAL, VERSION
+from .config import ConfigSource
+from .events import post_event
+from .kube import KubeHolder
+from .metrics import serve as serve_metrics
+from .reconcile import Reconciler
+
+log = logging.getLogger("lora_operator.handlers")
+
+
+@dataclass
+class Options:
+    config: ConfigSource
+    resync_seconds: float
+    metrics_port: int | None
+    namespaces: list[str]
+    concurrency: int = 16
+
+
+def register(registry: kopf.OperatorRegistry, options: Options) -> Reconciler:
+    """Register all handlers on `registry`; returns the reconciler (tests and bench use it)."""
+    reconciler = Reconciler(
+        config=options.config,
+        kube_factory=KubeHolder.get,
+        emit=post_event,
+        namespaces=options.namespaces,
+    )
+    resource = (GROUP, VERSION, PLURAL)
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        if info is not None:
+            KubeHolder.set(info)
+        return info
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Progress/diff-base in annotations: status stays ours and readable.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="finetune.lora-operator.io"
+        )
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="finetune.lora-operator.io"
+        )
+        settings.posting.level = logging.WARNING  # kopf posts only its failures
+        settings.watching.server_timeout = 300
+        settings.batching.worker_limit = options.concurrency * 4
+        if options.metrics_port:
+            serve_metrics(options.metrics_port)
+        tasks.append(asyncio.get_running_loop().create_task(resync_loop(reconciler, options)))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        # Stop the resync loop first: kopf otherwise waits 5 s for it as a "hung" task.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if KubeHolder.kube is not None:
+            await KubeHolder.kube.close()
+
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.update(*resource, field="spec", registry=registry)
+    async def changed(namespace: str | None, name: str, **_: Any) -> None:
+        await reconciler.reconcile(namespace or "", name)
+
+    @kopf.on.event(*resource, registry=registry)
+    def observed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        reconciler.observe(dict(body), deleted=event.get("type") == "DELETED")
+
+    return reconciler
+
+
+async def resync_loop(reconciler: Reconciler, options: Options) -> None:
+    """Every `resync_seconds`: re-reconcile every known job (bounded concurrency)."""
+    semaphore = asyncio.Semaphore(options.concurrency)
+
+    async def one(namespace: str, name: str) -> None:
+        async with semaphore:
+            try:
+                await reconciler.reconcile(namespace, name)
+            except Exception:
+                log.exception("resync of %s/%s failed", namespace, name)
+
+    while True:
+        await asyncio.sleep(options.resync_seconds)
+        keys = reconciler.periodic_keys()
+        if keys:
+            await asyncio.gather(*(one(ns, name) for ns, name in keys))
+        try:
+            reconciler.publish_metrics()
+        except Exception:
+            log.exception("publishing metrics failed")

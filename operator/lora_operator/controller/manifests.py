@@ -1,0 +1,499 @@
+"""Pure builders of the objects a LoRAJob run owns: ConfigMap, headless Service, Indexed Job, and
+the serving Secret/ServiceAccount/InferenceService. No I/O, so every field is unit tested.
+
+Why an Indexed Job + headless Service: each pod gets a stable DNS name `<job>-<i>.<service>` for
+the torch rendezvous (index 0 is the master) and its node rank from JOB_COMPLETION_INDEX, with no
+custom controller in the data path; Kueue admits such a Job natively as one gang.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ..api.operator_config import OperatorConfig
+from ..api.types import (
+    API_VERSION,
+    CPU_GPU_TYPE,
+    EXIT_INVALID_CONFIG,
+    KIND,
+    LoRAJobSpec,
+    PlanStatus,
+    TrainerConfig,
+)
+
+LABEL_JOB = "finetune.lora-operator.io/job"
+LABEL_RUN = "finetune.lora-operator.io/run"
+ANNOTATION_SPEC_HASH = "finetune.lora-operator.io/spec-hash"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+CONFIG_DIR = "/etc/lorajob"
+CONFIG_FILE = "config.yaml"
+PVC_ROOT = "/mnt/pvc"
+HF_HOME = "/mnt/hf-cache"
+TRAINER_CONTAINER = "trainer"
+MAX_NAME = 52  # Job names: pods are <job>-<index>-<suffix> and hostnames <job>-<index> (<= 63)
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256)
+SERVING_BASE_PATH = "/mnt/models/base"
+SERVING_ADAPTER_PATH = "/mnt/models/adapter"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a run's manifests depend on; built by the reconciler from spec + status."""
+
+    name: str
+    namespace: str
+    uid: str
+    run_id: str
+    spec: LoRAJobSpec
+    plan: PlanStatus
+    config: OperatorConfig
+    output_uri: str
+    spec_hash: str = ""
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    deepspeed: dict[str, Any] | None = None
+    queue_name: str | None = None
+
+
+def short_name(*parts: str, limit: int = MAX_NAME) -> str:
+    """Join with '-', and if too long keep a prefix plus a hash so names stay unique."""
+    name = "-".join(p for p in parts if p)
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def run_name(job: str, run_id: str) -> str:
+    """Name of a run's Job, Service and ConfigMap prefix: `<job>-<run>` (a retrain never
+    collides with the previous run's objects)."""
+    return short_name(job, run_id)
+
+
+def config_map_name(job: str, run_id: str) -> str:
+    return short_name(run_name(job, run_id), "config", limit=63)
+
+
+def labels(job: str, run_id: str | None, component: str) -> dict[str, str]:
+    result = {
+        "app.kubernetes.io/name": "lora-operator",
+        "app.kubernetes.io/instance": job,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "lora-operator",
+        LABEL_JOB: job,
+    }
+    if run_id:
+        result[LABEL_RUN] = run_id
+    return result
+
+
+def owner_reference(name: str, uid: str) -> dict[str, Any]:
+    """Controller reference to the LoRAJob: deleting it garbage-collects everything we made."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(ctx: RunContext, name: str, component: str = "trainer") -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": ctx.namespace,
+        "labels": labels(ctx.name, ctx.run_id, component),
+        "annotations": {ANNOTATION_SPEC_HASH: ctx.spec_hash} if ctx.spec_hash else {},
+        "ownerReferences": [owner_reference(ctx.name, ctx.uid)],
+    }
+
+
+# ------------------------------------------------------------------------------- ConfigMap
+
+
+def trainer_config(ctx: RunContext) -> TrainerConfig:
+    return TrainerConfig(
+        job_name=ctx.name,
+        namespace=ctx.namespace,
+        run_id=ctx.run_id,
+        output_uri=ctx.output_uri,
+        spec=ctx.spec,
+        plan=ctx.plan,
+        deepspeed=ctx.deepspeed,
+    )
+
+
+def build_config_map(ctx: RunContext) -> dict[str, Any]:
+    """The full training config (spec, plan, DeepSpeed config) the trainer reads at start."""
+    text = yaml.safe_dump(trainer_config(ctx).to_wire(), sort_keys=False)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(ctx, config_map_name(ctx.name, ctx.run_id)),
+        "data": {CONFIG_FILE: text},
+    }
+
+
+# --------------------------------------------------------------------------------- Service
+
+
+def build_service(ctx: RunContext) -> dict[str, Any]:
+    """Headless; publishNotReadyAddresses so rank 0 resolves before any pod is Ready."""
+    name = run_name(ctx.name, ctx.run_id)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(ctx, name),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: ctx.name, LABEL_RUN: ctx.run_id},
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": ctx.config.rendezvous_port,
+                    "targetPort": ctx.config.rendezvous_port,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
+# --------------------------------------------------------------------------------- the Job
+
+
+def _claim_and_path(uri: str) -> tuple[str, str]:
+    rest = uri[len("pvc://") :]
+    claim, _, path = rest.partition("/")
+    return claim, path
+
+
+def pvc_claims(spec: LoRAJobSpec) -> dict[str, bool]:
+    """claim -> read-only, for every pvc:// source (model and data are only read)."""
+    uris = [spec.base_model.source, spec.dataset.source, spec.dataset.eval_source or ""]
+    claims: dict[str, bool] = {}
+    for uri in uris:
+        if uri.startswith("pvc://"):
+            claims[_claim_and_path(uri)[0]] = True
+    return claims
+
+
+def s3_endpoint(ctx: RunContext) -> str | None:
+    return ctx.spec.output.endpoint or ctx.config.s3.endpoint
+
+
+def credentials(ctx: RunContext) -> tuple[str, str, str] | None:
+    """(secret name, access key key, secret key key) from the spec, else the operator default."""
+    if ctx.spec.output.credentials_secret is not None:
+        ref = ctx.spec.output.credentials_secret
+        return ref.name, ref.access_key_key, ref.secret_key_key
+    if ctx.config.s3.credentials_secret is not None:
+        cfg = ctx.config.s3.credentials_secret
+        return cfg.name, cfg.access_key_key, cfg.secret_key_key
+    return None
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def build_env(ctx: RunContext) -> list[dict[str, Any]]:
+    service = run_name(ctx.name, ctx.run_id)
+    env: list[dict[str, Any]] = [
+        {"name": "LORAJOB_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        {"name": "LORAJOB_RUN_ID", "value": ctx.run_id},
+        {"name": "MASTER_ADDR", "value": f"{service}-0.{service}.{ctx.namespace}.svc"},
+        {"name": "MASTER_PORT", "value": str(ctx.config.rendezvous_port)},
+        {"name": "NNODES", "value": str(ctx.plan.nodes)},
+        {
+            "name": "NODE_RANK",
+            "valueFrom": {
+                "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
+            },
+        },
+        {"name": "NPROC_PER_NODE", "value": str(ctx.plan.gpus_per_node)},
+        {"name": "LORAJOB_PVC_ROOT", "value": PVC_ROOT},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    endpoint = s3_endpoint(ctx)
+    if endpoint:
+        env.append({"name": "S3_ENDPOINT", "value": endpoint})
+    region = ctx.spec.output.region or ctx.config.s3.region
+    if region:
+        env.append({"name": "AWS_REGION", "value": region})
+    creds = credentials(ctx)
+    if creds is not None:
+        secret, access_key, secret_key = creds
+        env.append(_secret_env("AWS_ACCESS_KEY_ID", secret, access_key))
+        env.append(_secret_env("AWS_SECRET_ACCESS_KEY", secret, secret_key))
+    if ctx.spec.base_model.source.startswith("hf://"):
+        env.append({"name": "HF_HOME", "value": HF_HOME})
+    return env
+
+
+def build_volumes(ctx: RunContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): config, /dev/shm in RAM, pvc:// claims, the HF cache."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(ctx.name, ctx.run_id)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    for i, (claim, read_only) in enumerate(sorted(pvc_claims(ctx.spec).items())):
+        volume = f"pvc-{i}"
+        volumes.append(
+            {
+                "name": volume,
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
+            }
+        )
+        mounts.append({"name": volume, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
+    if ctx.spec.base_model.source.startswith("hf://"):
+        if ctx.config.model_cache_claim:
+            volumes.append(
+                {
+                    "name": "hf-cache",
+                    "persistentVolumeClaim": {"claimName": ctx.config.model_cache_claim},
+                }
+            )
+        else:
+            volumes.append({"name": "hf-cache", "emptyDir": {}})
+        mounts.append({"name": "hf-cache", "mountPath": HF_HOME})
+    return volumes, mounts
+
+
+def _amounts(planned: dict[str, Any], override: dict[str, Any] | None) -> dict[str, str]:
+    keys = {"cpu": "cpu", "memory": "memory", "ephemeralStorage": "ephemeral-storage"}
+    result: dict[str, str] = {}
+    for wire, k8s_name in keys.items():
+        value = (override or {}).get(wire) or planned.get(wire)
+        if value:
+            result[k8s_name] = str(value)
+    return result
+
+
+def build_resources(ctx: RunContext) -> dict[str, dict[str, str]]:
+    """Requests/limits from the plan, overridden by spec.resources; GPUs in both (K8s needs
+    requests == limits for extended resources), none on gpuType cpu."""
+    res = ctx.spec.resources
+    requests = _amounts(
+        ctx.plan.requests.to_wire(), res.requests.to_wire() if res.requests else None
+    )
+    limits = _amounts(ctx.plan.limits.to_wire(), res.limits.to_wire() if res.limits else None)
+    if res.gpu_type != CPU_GPU_TYPE and ctx.plan.gpus_per_node > 0:
+        gpus = str(ctx.plan.gpus_per_node)
+        requests[res.gpu_resource_name] = gpus
+        limits[res.gpu_resource_name] = gpus
+    return {"requests": requests, "limits": limits}
+
+
+def build_job(ctx: RunContext) -> dict[str, Any]:
+    name = run_name(ctx.name, ctx.run_id)
+    spec = ctx.spec
+    nodes = ctx.plan.nodes
+    volumes, mounts = build_volumes(ctx)
+    container = {
+        "name": TRAINER_CONTAINER,
+        "image": spec.trainer_image or ctx.config.trainer_image,
+        "imagePullPolicy": ctx.config.image_pull_policy,
+        "command": ["python", "-m", "lora_trainer.launch"],
+        "env": build_env(ctx),
+        "resources": build_resources(ctx),
+        "volumeMounts": mounts,
+        "ports": [{"name": "rendezvous", "containerPort": ctx.config.rendezvous_port}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": name,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    node_selector = {**ctx.gpu_node_selector, **spec.resources.node_selector}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if spec.resources.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
+    if spec.resources.priority_class_name:
+        pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    if ctx.config.trainer_service_account:
+        pod_spec["serviceAccountName"] = ctx.config.trainer_service_account
+    metadata = _metadata(ctx, name)
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": nodes,
+        "parallelism": nodes,
+        "backoffLimitPerIndex": ctx.config.backoff_limit_per_index,
+        "maxFailedIndexes": 0,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_INVALID_CONFIG],
+                    },
+                },
+                {
+                    "action": "Ignore",
+                    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+            ]
+        },
+        "template": {
+            "metadata": {"labels": metadata["labels"], "annotations": metadata["annotations"]},
+            "spec": pod_spec,
+        },
+    }
+    if ctx.queue_name:
+        metadata["labels"][KUEUE_QUEUE_LABEL] = ctx.queue_name
+        job_spec["suspend"] = True
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def build_run_objects(ctx: RunContext) -> list[tuple[str, dict[str, Any]]]:
+    """(resource, object) in creation order: the Job last, so its pods find config and DNS."""
+    return [
+        ("v1/configmaps", build_config_map(ctx)),
+        ("v1/services", build_service(ctx)),
+        ("batch/v1/jobs", build_job(ctx)),
+    ]
+
+
+# --------------------------------------------------------------------------------- serving
+
+
+def vllm_lora_rank(r: int) -> int:
+    """Smallest vLLM-supported --max-lora-rank >= r (vLLM's default 16 fails larger adapters)."""
+    for rank in VLLM_LORA_RANKS:
+        if r <= rank:
+            return rank
+    return VLLM_LORA_RANKS[-1]
+
+
+def serving_names(job: str) -> tuple[str, str]:
+    """(Secret, ServiceAccount) carrying S3 credentials the KServe storage initializer reads."""
+    return short_name(job, "s3", limit=63), short_name(job, "serving", limit=63)
+
+
+def _endpoint_host(endpoint: str) -> tuple[str, bool]:
+    secure = endpoint.startswith("https://")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    return host, secure
+
+
+def build_serving_secret(
+    name: str,
+    namespace: str,
+    uid: str,
+    endpoint: str,
+    region: str | None,
+    access_key: str,
+    secret_key: str,
+) -> dict[str, Any]:
+    """KServe wants AWS_* keys and endpoint annotations (no scheme), whatever the user's Secret
+    calls its keys, so the operator writes this copy (owned, deleted with the LoRAJob)."""
+    secret_name, _ = serving_names(name)
+    host, secure = _endpoint_host(endpoint)
+    annotations = {
+        "serving.kserve.io/s3-endpoint": host,
+        "serving.kserve.io/s3-usehttps": "1" if secure else "0",
+        "serving.kserve.io/s3-verifyssl": "1" if secure else "0",
+        "serving.kserve.io/s3-region": region or "us-east-1",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "namespace": namespace,
+            "labels": labels(name, None, "serving"),
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "type": "Opaque",
+        "stringData": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key},
+    }
+
+
+def build_serving_account(name: str, namespace: str, uid: str) -> dict[str, Any]:
+    secret_name, account_name = serving_names(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": account_name,
+            "namespace": namespace,
+            "labels": labels(name, None, "serving"),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "secrets": [{"name": secret_name}],
+    }
+
+
+def build_inference_service(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: LoRAJobSpec,
+    adapter_uri: str,
+    run_id: str,
+    with_service_account: bool,
+) -> dict[str, Any]:
+    """KServe huggingface runtime on the vLLM backend with the adapter as a LoRA module."""
+    adapter = spec.serving.adapter_name or name
+    args = [
+        "--backend=vllm",
+        f"--model_name={spec.base_model.name}",
+        f"--model_dir={SERVING_BASE_PATH}",
+        "--enable-lora",
+        f"--max-lora-rank={vllm_lora_rank(spec.lora.r)}",
+        "--lora-modules",
+        f"{adapter}={SERVING_ADAPTER_PATH}",
+    ]
+    gpus = "0" if spec.resources.gpu_type == CPU_GPU_TYPE else "1"
+    resources: dict[str, Any] = {}
+    if gpus != "0":
+        resources = {
+            "requests": {spec.resources.gpu_resource_name: gpus},
+            "limits": {spec.resources.gpu_resource_name: gpus},
+        }
+    predictor: dict[str, Any] = {
+        "minReplicas": spec.serving.replicas,
+        "maxReplicas": max(spec.serving.replicas, 1),
+        "model": {
+            "modelFormat": {"name": "huggingface"},
+            "args": args,
+            "storageUris": [
+                {"uri": spec.base_model.source, "mountPath": SERVING_BASE_PATH},
+                {"uri": adapter_uri, "mountPath": SERVING_ADAPTER_PATH},
+            ],
+            "resources": resources,
+        },
+    }
+    if spec.resources.node_selector:
+        predictor["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        predictor["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
+    if with_service_account:
+        predictor["serviceAccountName"] = serving_names(name)[1]
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels(name, run_id, "serving"),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {"predictor": predictor},
+    }

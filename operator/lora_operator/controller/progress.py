@@ -1,0 +1,128 @@
+"""Read a run's progress.json from S3 and turn it into status fields (`kubectl get lj` columns).
+
+The operator reads the same Secret the trainer pods get (spec.output.credentialsSecret or the
+operator's default). `LORAJOB_OPERATOR_S3_ENDPOINT` overrides the endpoint for an operator that
+runs outside the cluster (the in-cluster MinIO name does not resolve there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..api.layout import PROGRESS_FILE, run_location
+from ..api.operator_config import OperatorConfig
+from ..api.types import LoRAJobSpec, Progress
+from ..storage import S3Store, StorageError
+from .kube import Kube
+
+log = logging.getLogger("lora_operator.progress")
+ENDPOINT_OVERRIDE_ENV = "LORAJOB_OPERATOR_S3_ENDPOINT"
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str | None = None
+
+
+class CredentialsError(ValueError):
+    """No usable S3 endpoint or credentials; the message says which field or Secret to fix."""
+
+
+def _decode(secret: dict[str, Any], key: str) -> str | None:
+    if key in (secret.get("stringData") or {}):
+        return str(secret["stringData"][key])
+    value = (secret.get("data") or {}).get(key)
+    return base64.b64decode(value).decode() if value else None
+
+
+async def resolve_credentials(
+    kube: Kube, namespace: str, spec: LoRAJobSpec, config: OperatorConfig
+) -> S3Credentials:
+    endpoint = os.environ.get(ENDPOINT_OVERRIDE_ENV) or spec.output.endpoint or config.s3.endpoint
+    if not endpoint:
+        raise CredentialsError(
+            "no S3 endpoint: set spec.output.endpoint or s3.endpoint in the operator config"
+        )
+    region = spec.output.region or config.s3.region
+    ref: Any = spec.output.credentials_secret or config.s3.credentials_secret
+    if ref is None:
+        access = os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("S3_ACCESS_KEY")
+        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or os.environ.get("S3_SECRET_KEY")
+        if access and secret_key:
+            return S3Credentials(endpoint, access, secret_key, region)
+        raise CredentialsError(
+            "no S3 credentials: set spec.output.credentialsSecret or "
+            "s3.credentialsSecret in the operator config"
+        )
+    secret = await kube.get("v1/secrets", namespace, ref.name)
+    if secret is None:
+        raise CredentialsError(
+            f"Secret {namespace}/{ref.name} (spec.output.credentialsSecret) does not exist"
+        )
+    access = _decode(secret, ref.access_key_key)
+    secret_key = _decode(secret, ref.secret_key_key)
+    if not access or not secret_key:
+        raise CredentialsError(
+            f"Secret {namespace}/{ref.name} lacks key {ref.access_key_key!r} or "
+            f"{ref.secret_key_key!r}"
+        )
+    return S3Credentials(endpoint, access, secret_key, region)
+
+
+_STORES: dict[S3Credentials, S3Store] = {}
+
+
+def store_for(creds: S3Credentials) -> S3Store:
+    """One client per endpoint+credentials (connection pools are reused across jobs)."""
+    if creds not in _STORES:
+        _STORES[creds] = S3Store(
+            creds.endpoint, creds.access_key, creds.secret_key, creds.region, retries=1
+        )
+    return _STORES[creds]
+
+
+async def read_progress(
+    store: S3Store, spec: LoRAJobSpec, job: str, run_id: str
+) -> Progress | None:
+    """None when the trainer has not written progress yet (or S3 is briefly unreachable)."""
+    loc = run_location(spec.output, job, run_id).child(PROGRESS_FILE)
+    try:
+        raw = await asyncio.to_thread(store.get_json, loc)
+    except StorageError as exc:
+        log.warning("cannot read %s: %s", loc.uri, exc)
+        return None
+    if raw is None:
+        return None
+    try:
+        return Progress.model_validate(raw)
+    except ValidationError as exc:
+        log.warning("ignoring malformed %s: %s", loc.uri, exc.errors(include_url=False)[:1])
+        return None
+
+
+def summary(progress: Progress) -> str:
+    """'120/400 (30%)' for the Progress column."""
+    if not progress.total_steps:
+        return f"{progress.step}/?"
+    return f"{progress.step}/{progress.total_steps} ({progress.percent:.0f}%)"
+
+
+def progress_status(progress: Progress) -> dict[str, Any]:
+    """The status fields copied from progress.json."""
+    fields: dict[str, Any] = {
+        "progress": progress.to_wire(),
+        "progressSummary": summary(progress),
+    }
+    if progress.latest_checkpoint:
+        fields["latestCheckpoint"] = progress.latest_checkpoint
+    return fields

@@ -1,0 +1,654 @@
+"""The level-based reconciler: read the LoRAJob and what it owns, decide, act, write status.
+
+Every kopf trigger (create, resume, spec update, timer) calls `Reconciler.reconcile(ns, name)`.
+It re-reads the object under a per-object lock, so a timer and an update never interleave, and
+everything it needs is in the cluster (status, labels, names derived from the run id): an operator
+restart loses nothing and never duplicates a Job (creation is idempotent by name).
+
+Flow: validate -> plan (new run when the training spec hash changes) -> admit (quota or Kueue) ->
+create ConfigMap/Service/Job -> follow Job + progress.json -> Succeeded/Failed -> serve -> TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api.hashing import training_spec_hash
+from ..api.layout import FINAL_DIR, run_location
+from ..api.loading import SpecError, parse_lorajob
+from ..api.operator_config import OperatorConfig
+from ..api.types import (
+    API_VERSION,
+    CPU_GPU_TYPE,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    LoRAJobSpec,
+    Phase,
+    PlanStatus,
+    Progress,
+)
+from ..deepspeed_config import deepspeed_config
+from ..memory import GpuCatalog, PlanningError, plan_job
+from . import metrics
+from .conditions import now_iso, set_condition
+from .config import ConfigSource
+from .kube import Kube, KubeError
+from .manifests import (
+    LABEL_JOB,
+    LABEL_RUN,
+    RunContext,
+    build_run_objects,
+    run_name,
+)
+from .progress import (
+    CredentialsError,
+    S3Credentials,
+    progress_status,
+    read_progress,
+    resolve_credentials,
+    store_for,
+)
+from .quota import Demand, admit
+from .serving import ensure_serving, remove_serving
+
+log = logging.getLogger("lora_operator.reconcile")
+
+LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
+JOBS = "batch/v1/jobs"
+ACTIVE_PHASES = {Phase.Pending.value, Phase.Queued.value, Phase.Running.value}
+EventFn = Callable[[Kube, dict[str, Any], str, str, str], Awaitable[None]]
+Key = tuple[str, str]
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def demand_from(obj: dict[str, Any]) -> Demand | None:
+    """What a LoRAJob holds or waits for, from its status (None: neither)."""
+    status = obj.get("status") or {}
+    plan = status.get("plan") or {}
+    phase = status.get("phase")
+    if phase not in (Phase.Running.value, Phase.Queued.value) or not plan:
+        return None
+    gpu_type = plan.get("gpuType", "")
+    gpus = 0 if gpu_type == CPU_GPU_TYPE else int(plan.get("totalGpus", 0))
+    meta = obj.get("metadata", {})
+    return Demand(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        gpu_type=gpu_type,
+        gpus=gpus,
+        created=meta.get("creationTimestamp", ""),
+        holding=phase == Phase.Running.value,
+    )
+
+
+def needs_resync(obj: dict[str, Any]) -> bool:
+    """Does this job need periodic work (following a Job, progress, the queue, TTL, serving
+    readiness)? Finished jobs without TTL or pending serving, and suspended jobs, do not: a spec
+    change reaches them through the watch. Keeps 1000 finished jobs from costing API calls."""
+    status = obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    phase = status.get("phase")
+    if phase is None or phase in ACTIVE_PHASES:
+        return True
+    if phase == Phase.Suspended.value:
+        return False
+    if spec.get("ttlSecondsAfterFinished") is not None:
+        return True
+    if phase == Phase.Succeeded.value and (spec.get("serving") or {}).get("enabled"):
+        serving = next(
+            (c for c in status.get("conditions", []) if c.get("type") == "Serving"), None
+        )
+        return serving is None or serving.get("status") != "True"
+    return False
+
+
+@dataclass
+class Reconciler:
+    """Shared state of one operator process: config, client, locks, the admission view."""
+
+    config: ConfigSource
+    kube_factory: Callable[[], Kube]
+    emit: EventFn
+    namespaces: list[str] = field(default_factory=list)  # empty: cluster-wide
+    demands: dict[Key, Demand] = field(default_factory=dict)
+    phases: dict[Key, str] = field(default_factory=dict)
+    periodic: set[Key] = field(default_factory=set)
+    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    _admission: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _warm: bool = False
+    _catalog_key: int = 0
+    _catalog: GpuCatalog | None = None
+
+    # ------------------------------------------------------------------ admission view
+
+    def observe(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        """Track a LoRAJob's phase and GPU demand (from watch events and our own writes)."""
+        meta = obj.get("metadata", {})
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        if deleted:
+            self.demands.pop(key, None)
+            self.phases.pop(key, None)
+            self.periodic.discard(key)
+            self._locks.pop(key, None)
+            return
+        phase = (obj.get("status") or {}).get("phase")
+        if phase:
+            self.phases[key] = phase
+        if needs_resync(obj):
+            self.periodic.add(key)
+        else:
+            self.periodic.discard(key)
+        demand = demand_from(obj)
+        if demand is None:
+            self.demands.pop(key, None)
+        else:
+            self.demands[key] = demand
+
+    async def _warm_up(self, kube: Kube) -> None:
+        """Before the first admission after start-up, learn every job's usage from the API."""
+        if self._warm:
+            return
+        scopes: list[str | None] = list(self.namespaces) or [None]
+        for namespace in scopes:
+            for obj in await kube.list(LORAJOBS, namespace):
+                self.observe(obj)
+        self._warm = True
+
+    def periodic_keys(self) -> list[Key]:
+        """The jobs the resync loop re-reads (finished, idle jobs are left alone)."""
+        return sorted(self.periodic)
+
+    def catalog(self, config: OperatorConfig) -> GpuCatalog:
+        key = hash(tuple(g.model_dump_json() for g in config.gpu_catalog))
+        if self._catalog is None or key != self._catalog_key:
+            self._catalog = GpuCatalog.default().merged(config.gpu_catalog)
+            self._catalog_key = key
+        return self._catalog
+
+    def publish_metrics(self) -> None:
+        metrics.publish(self.phases, self.demands.values(), self.config.get().quotas)
+
+    # ------------------------------------------------------------------ entry point
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        started = time.perf_counter()
+        async with lock:
+            kube = self.kube_factory()
+            obj = await kube.get(LORAJOBS, namespace, name)
+            if obj is None or obj.get("metadata", {}).get("deletionTimestamp"):
+                self.observe({"metadata": {"namespace": namespace, "name": name}}, deleted=True)
+                return
+            run = _Run(self, kube, obj, self.config.get())
+            try:
+                await run.reconcile()
+            finally:
+                await run.flush()
+            if run.released:
+                self._kick_queue(exclude=key)
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+
+    def _kick_queue(self, exclude: Key) -> None:
+        """A job released GPUs: re-evaluate queued jobs now instead of at their next timer."""
+        for key, demand in sorted(self.demands.items(), key=lambda kv: kv[1].created):
+            if not demand.holding and key != exclude:
+                asyncio.get_running_loop().create_task(self._safe(key))
+
+    async def _safe(self, key: Key) -> None:
+        try:
+            await self.reconcile(*key)
+        except Exception:  # the timer retries; never crash the loop
+            log.exception("re-evaluating queued job %s/%s failed", *key)
+
+
+class _Run:
+    """One reconciliation of one object: a working copy of status plus queued Events."""
+
+    def __init__(
+        self, owner: Reconciler, kube: Kube, obj: dict[str, Any], config: OperatorConfig
+    ) -> None:
+        self.owner = owner
+        self.kube = kube
+        self.obj = obj
+        self.config = config
+        meta = obj["metadata"]
+        self.name: str = meta["name"]
+        self.namespace: str = meta.get("namespace", "default")
+        self.uid: str = meta.get("uid", "")
+        self.generation: int | None = meta.get("generation")
+        self.original: dict[str, Any] = copy.deepcopy(obj.get("status") or {})
+        self.status: dict[str, Any] = copy.deepcopy(self.original)
+        self.status.setdefault("conditions", [])
+        self.status.setdefault("runs", [])
+        self.events: list[tuple[str, str, str]] = []
+        self.released = False
+        self.spec: LoRAJobSpec | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+    def condition(self, type_: str, status: bool | str, reason: str, message: str = "") -> bool:
+        conditions, changed = set_condition(
+            self.status["conditions"], type_, status, reason, message, self.generation
+        )
+        self.status["conditions"] = conditions
+        return changed
+
+    def set_phase(self, phase: Phase, message: str) -> bool:
+        changed = self.status.get("phase") != phase.value
+        self.status["phase"] = phase.value
+        self.status["message"] = message
+        run = self.current_run()
+        if run is not None and run.get("phase") not in (Phase.Succeeded.value, Phase.Failed.value):
+            run["phase"] = phase.value
+        return changed
+
+    def current_run(self) -> dict[str, Any] | None:
+        current = self.status.get("currentRun")
+        return next((r for r in self.status["runs"] if r.get("id") == current), None)
+
+    async def flush(self) -> None:
+        if self.generation is not None:
+            self.status["observedGeneration"] = self.generation
+        changed = {k: v for k, v in self.status.items() if self.original.get(k) != v}
+        removed = {k: None for k in self.original if k not in self.status}
+        if changed or removed:
+            body = {"status": {**changed, **removed}}
+            try:
+                await self.kube.patch(LORAJOBS, self.namespace, self.name, body, "status")
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+                return
+        self.owner.observe({**self.obj, "status": self.status})
+        for type_, reason, message in self.events:
+            await self.owner.emit(self.kube, self.obj, type_, reason, message)
+
+    # ------------------------------------------------------------------ the state machine
+
+    async def reconcile(self) -> None:
+        spec = self.validate()
+        if spec is None:
+            return
+        self.spec = spec
+        spec_hash = training_spec_hash(spec)
+        run = self.current_run()
+        if run is None or run.get("specHash") != spec_hash:
+            if not await self.start_new_run(spec, spec_hash):
+                return
+            run = self.current_run()
+        assert run is not None
+        if run.get("phase") in (Phase.Succeeded.value, Phase.Failed.value):
+            await self.after_completion(spec, run)
+            return
+        if spec.suspend:
+            await self.suspend(run)
+            return
+        job = await self.kube.get(JOBS, self.namespace, run_name(self.name, run["id"]))
+        if job is None:
+            await self.launch(spec, run)
+        else:
+            await self.follow(spec, run, job)
+
+    def validate(self) -> LoRAJobSpec | None:
+        wire = {
+            "apiVersion": self.obj.get("apiVersion", API_VERSION),
+            "kind": self.obj.get("kind", KIND),
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": self.obj.get("spec"),
+        }
+        try:
+            spec = parse_lorajob(wire, f"LoRAJob {self.namespace}/{self.name}").spec
+        except SpecError as exc:
+            message = "invalid spec: " + "; ".join(exc.problems)
+            changed = self.condition("Validated", False, "InvalidSpec", message)
+            self.set_phase(Phase.Failed, message)
+            if changed:
+                self.event("Warning", "InvalidSpec", message)
+            return None
+        problem = self.static_problem(spec)
+        if problem:
+            changed = self.condition("Validated", False, "MissingConfiguration", problem)
+            self.set_phase(Phase.Failed, problem)
+            if changed:
+                self.event("Warning", "MissingConfiguration", problem)
+            return None
+        self.condition("Validated", True, "Valid", "spec is valid")
+        return spec
+
+    def static_problem(self, spec: LoRAJobSpec) -> str | None:
+        """Things pydantic cannot know: they depend on the operator's configuration."""
+        if not (spec.output.endpoint or self.config.s3.endpoint):
+            return "spec.output.endpoint is not set and the operator config has no s3.endpoint"
+        if spec.output.credentials_secret is None and self.config.s3.credentials_secret is None:
+            return (
+                "spec.output.credentialsSecret is not set and the operator config has no "
+                "s3.credentialsSecret"
+            )
+        if self.config.kueue.enabled and not (spec.queue_name or self.config.kueue.default_queue):
+            return "Kueue is enabled: set spec.queueName (the operator config has no defaultQueue)"
+        return None
+
+    async def start_new_run(self, spec: LoRAJobSpec, spec_hash: str) -> bool:
+        previous = self.current_run()
+        if self.status.get("specHash") == spec_hash and self.status.get("phase") == "Failed":
+            return False  # planning already failed for this exact spec; wait for a change
+        try:
+            plan = plan_job(spec, self.owner.catalog(self.config))
+        except PlanningError as exc:
+            message = f"planning failed: {exc}"
+            self.status["specHash"] = spec_hash
+            if self.condition("Planned", False, "PlanningFailed", message):
+                self.event("Warning", "PlanningFailed", message)
+            self.set_phase(Phase.Failed, message)
+            return False
+        if previous is not None:
+            await self.supersede(previous)
+        run_id = f"r{len(self.status['runs']) + 1}"
+        output = run_location(spec.output, self.name, run_id)
+        self.status["runs"] = [
+            *self.status["runs"],
+            {
+                "id": run_id,
+                "specHash": spec_hash,
+                **({"generation": self.generation} if self.generation is not None else {}),
+                "outputURI": output.uri,
+                "phase": Phase.Pending.value,
+            },
+        ]
+        plan_status = plan.to_status()
+        self.status.update(
+            {
+                "currentRun": run_id,
+                "specHash": spec_hash,
+                "plan": plan_status.to_wire(),
+                "restarts": 0,
+            }
+        )
+        for stale in ("progress", "progressSummary", "latestCheckpoint", "queuePosition"):
+            self.status.pop(stale, None)
+        self.status.pop("completionTime", None)
+        message = (
+            f"{plan_status.nodes}x{plan_status.gpus_per_node} {plan_status.gpu_type}, "
+            f"{plan_status.strategy.value}, {plan_status.per_gpu_peak_gib:.1f} GiB peak per GPU"
+        )
+        self.condition("Planned", True, "Planned", message)
+        for type_ in ("Succeeded", "Failed", "CheckpointSaved", "Running"):
+            if any(c.get("type") == type_ for c in self.status["conditions"]):
+                self.condition(type_, False, "NewRun", f"run {run_id} started")
+        self.set_phase(Phase.Pending, f"run {run_id} planned: {message}")
+        self.event("Normal", "Planned", f"run {run_id}: {message}")
+        return True
+
+    async def supersede(self, previous: dict[str, Any]) -> None:
+        if previous.get("phase") in (Phase.Succeeded.value, Phase.Failed.value):
+            return
+        job = run_name(self.name, previous["id"])
+        await self.kube.delete(JOBS, self.namespace, job)
+        previous["phase"] = Phase.Failed.value
+        previous["completionTime"] = now_iso()
+        self.released = True
+        self.event("Normal", "Superseded", f"spec changed: run {previous['id']} stopped")
+
+    # ------------------------------------------------------------------ launch & admission
+
+    def demand(self, plan: PlanStatus) -> Demand:
+        gpus = 0 if plan.gpu_type == CPU_GPU_TYPE else plan.total_gpus
+        return Demand(
+            namespace=self.namespace,
+            name=self.name,
+            gpu_type=plan.gpu_type,
+            gpus=gpus,
+            created=self.obj["metadata"].get("creationTimestamp", ""),
+        )
+
+    def queue_name(self, spec: LoRAJobSpec) -> str | None:
+        if spec.queue_name:
+            return spec.queue_name
+        return self.config.kueue.default_queue if self.config.kueue.enabled else None
+
+    async def launch(self, spec: LoRAJobSpec, run: dict[str, Any]) -> None:
+        plan = PlanStatus.model_validate(self.status["plan"])
+        queue = self.queue_name(spec)
+        if queue is None:
+            async with self.owner._admission:
+                await self.owner._warm_up(self.kube)
+                demand = self.demand(plan)
+                decision = admit(demand, self.owner.demands.values(), self.config.quotas)
+                key = (self.namespace, self.name)
+                self.owner.demands[key] = Demand(**{**demand.__dict__, "holding": True})
+                if not decision.admitted:
+                    self.owner.demands[key] = demand
+                    self.status["queuePosition"] = decision.queue_position
+                    changed = self.condition("Admitted", False, "QuotaExceeded", decision.message)
+                    self.set_phase(
+                        Phase.Queued,
+                        f"queued (position {decision.queue_position}): {decision.message}",
+                    )
+                    if changed:
+                        self.event("Normal", "Queued", decision.message)
+                    return
+        await self.create_workload(spec, run, plan, queue)
+
+    def context(self, spec: LoRAJobSpec, run: dict[str, Any], plan: PlanStatus) -> RunContext:
+        try:
+            selector = dict(self.owner.catalog(self.config).get(plan.gpu_type).node_selector)
+        except PlanningError:
+            selector = {}
+        return RunContext(
+            name=self.name,
+            namespace=self.namespace,
+            uid=self.uid,
+            run_id=run["id"],
+            spec=spec,
+            plan=plan,
+            config=self.config,
+            output_uri=run["outputURI"],
+            spec_hash=run.get("specHash", ""),
+            gpu_node_selector=selector,
+            deepspeed=deepspeed_config(spec, plan.strategy),
+            queue_name=self.queue_name(spec),
+        )
+
+    async def create_workload(
+        self, spec: LoRAJobSpec, run: dict[str, Any], plan: PlanStatus, queue: str | None
+    ) -> None:
+        ctx = self.context(spec, run, plan)
+        for resource, body in build_run_objects(ctx):
+            await self.kube.create(resource, self.namespace, body)
+        job = run_name(self.name, run["id"])
+        self.status.pop("queuePosition", None)
+        if queue:
+            self.condition("Admitted", False, "WaitingForKueue", f"Job {job} queued in {queue}")
+            self.set_phase(Phase.Queued, f"waiting for Kueue LocalQueue {queue} to admit {job}")
+        else:
+            self.condition(
+                "Admitted", True, "Admitted", f"{plan.total_gpus} {plan.gpu_type} GPUs reserved"
+            )
+            self.set_phase(Phase.Running, f"Job {job} created")
+        run.setdefault("startTime", now_iso())
+        self.status.setdefault("startTime", run["startTime"])
+        self.condition("Running", False, "Starting", f"waiting for {plan.nodes} pod(s) of {job}")
+        self.event("Normal", "Created", f"created Job {job} ({plan.nodes} node(s))")
+
+    # ------------------------------------------------------------------ following a run
+
+    async def credentials(self, spec: LoRAJobSpec) -> S3Credentials | None:
+        try:
+            return await resolve_credentials(self.kube, self.namespace, spec, self.config)
+        except CredentialsError as exc:
+            self.status["message"] = f"cannot read progress: {exc}"
+            return None
+
+    async def progress(self, spec: LoRAJobSpec, run: dict[str, Any]) -> Progress | None:
+        creds = await self.credentials(spec)
+        if creds is None:
+            return None
+        progress = await read_progress(store_for(creds), spec, self.name, run["id"])
+        if progress is None:
+            return None
+        self.status.update(progress_status(progress))
+        checkpoint = progress.latest_checkpoint
+        if checkpoint and self.condition("CheckpointSaved", True, "Saved", checkpoint):
+            self.event("Normal", "CheckpointSaved", checkpoint)
+        return progress
+
+    async def follow(self, spec: LoRAJobSpec, run: dict[str, Any], job: dict[str, Any]) -> None:
+        job_status = job.get("status") or {}
+        job_name = job["metadata"]["name"]
+        plan = PlanStatus.model_validate(self.status["plan"])
+        if job.get("spec", {}).get("suspend"):
+            queue = self.queue_name(spec)
+            self.condition("Admitted", False, "WaitingForKueue", f"Job {job_name} in {queue}")
+            self.set_phase(Phase.Queued, f"waiting for Kueue LocalQueue {queue}")
+            return
+        if self.status.get("phase") == Phase.Queued.value:
+            self.condition("Admitted", True, "Admitted", f"Kueue admitted Job {job_name}")
+            self.set_phase(Phase.Running, f"Job {job_name} admitted")
+        # No pod has started yet: there is no progress to read (saves a Secret read and an S3
+        # request per pending job and resync, which is most of them in a large queue).
+        started = any(job_status.get(k) for k in ("startTime", "active", "failed", "succeeded"))
+        progress = (
+            await self.progress(spec, run) if started or job_status.get("conditions") else None
+        )
+        failed = int(job_status.get("failed", 0) or 0)
+        if failed > int(self.status.get("restarts", 0) or 0):
+            self.status["restarts"] = failed
+            self.event(
+                "Warning",
+                "PodFailed",
+                f"a pod of {job_name} failed ({failed} so far); retrying from the latest "
+                "checkpoint",
+            )
+        conditions = {c.get("type"): c for c in job_status.get("conditions", [])}
+        complete = conditions.get("Complete", {}).get("status") == "True"
+        job_failed = conditions.get("Failed", {}).get("status") == "True"
+        if complete:
+            await self.succeed(spec, run, progress)
+        elif job_failed:
+            await self.fail(run, job_name, conditions["Failed"], progress)
+        else:
+            active = int(job_status.get("active", 0) or 0)
+            if active:
+                summary = self.status.get("progressSummary")
+                detail = f", step {summary}" if summary else ""
+                if self.condition(
+                    "Running", True, "PodsRunning", f"{active}/{plan.nodes} pod(s) active"
+                ):
+                    self.event("Normal", "Running", f"{active} pod(s) of {job_name} running")
+                self.set_phase(Phase.Running, f"training{detail}")
+
+    async def succeed(
+        self, spec: LoRAJobSpec, run: dict[str, Any], progress: Progress | None
+    ) -> None:
+        adapter = (progress.adapter_uri if progress else None) or f"{run['outputURI']}/{FINAL_DIR}"
+        finished = now_iso()
+        run.update({"phase": Phase.Succeeded.value, "adapterURI": adapter})
+        run["completionTime"] = finished
+        if progress is not None:
+            if progress.loss is not None:
+                run["finalLoss"] = progress.loss
+            if progress.eval_loss is not None:
+                run["finalEvalLoss"] = progress.eval_loss
+        self.status["adapterURI"] = adapter
+        self.status["completionTime"] = finished
+        self.condition("Running", False, "Completed", "training finished")
+        self.condition("Succeeded", True, "Completed", f"adapter at {adapter}")
+        self.set_phase(Phase.Succeeded, f"adapter at {adapter}")
+        self.released = True
+        self.event("Normal", "Succeeded", f"run {run['id']} finished; adapter at {adapter}")
+        await self.after_completion(spec, run)
+
+    async def fail(
+        self,
+        run: dict[str, Any],
+        job_name: str,
+        job_condition: dict[str, Any],
+        progress: Progress | None,
+    ) -> None:
+        message = (progress.last_error if progress else None) or await self.pod_message(run)
+        message = message or job_condition.get("message") or "the trainer Job failed"
+        reason = job_condition.get("reason") or "JobFailed"
+        finished = now_iso()
+        run.update({"phase": Phase.Failed.value, "completionTime": finished})
+        self.status["completionTime"] = finished
+        self.condition("Running", False, "Failed", message)
+        self.condition("Failed", True, reason, message)
+        self.set_phase(Phase.Failed, message)
+        self.released = True
+        self.event("Warning", "Failed", f"Job {job_name} failed: {message}")
+
+    async def pod_message(self, run: dict[str, Any]) -> str | None:
+        """The trainer's termination message from the last failed pod of this run."""
+        labels = {LABEL_JOB: self.name, LABEL_RUN: run["id"]}
+        pods = await self.kube.list("v1/pods", self.namespace, labels)
+        for pod in reversed(pods):
+            for status in (pod.get("status") or {}).get("containerStatuses", []):
+                terminated = (status.get("state") or {}).get("terminated") or {}
+                if terminated.get("exitCode") and terminated.get("message"):
+                    return str(terminated["message"]).strip()
+        return None
+
+    async def suspend(self, run: dict[str, Any]) -> None:
+        job = run_name(self.name, run["id"])
+        deleted = await self.kube.delete(JOBS, self.namespace, job)
+        if self.set_phase(Phase.Suspended, "suspended; checkpoints kept") or deleted:
+            self.condition("Running", False, "Suspended", "spec.suspend is true")
+            self.event("Normal", "Suspended", f"deleted Job {job}; checkpoints kept")
+            self.released = True
+        self.status.pop("queuePosition", None)
+
+    # ------------------------------------------------------------------ after completion
+
+    async def after_completion(self, spec: LoRAJobSpec, run: dict[str, Any]) -> None:
+        if self.ttl_expired(spec):
+            await self.kube.delete(LORAJOBS, self.namespace, self.name)
+            self.event("Normal", "Expired", "ttlSecondsAfterFinished reached; deleting")
+            return
+        adapter = self.status.get("adapterURI")
+        if run.get("phase") != Phase.Succeeded.value and not adapter:
+            return
+        if spec.serving.enabled and adapter:
+            creds = await self.credentials(spec)
+            serving_run = next(
+                (r["id"] for r in self.status["runs"] if r.get("adapterURI") == adapter),
+                run["id"],
+            )
+            state = await ensure_serving(
+                self.kube, self.name, self.namespace, self.uid, spec, adapter, serving_run, creds
+            )
+            if self.condition("Serving", state.status, state.reason, state.message):
+                kind = "Normal" if state.status != "False" else "Warning"
+                self.event(kind, f"Serving{state.reason}", state.message)
+            if state.reason != "KServeNotInstalled":
+                self.status["inferenceService"] = self.name
+        elif not spec.serving.enabled and self.status.get("inferenceService"):
+            await remove_serving(self.kube, self.name, self.namespace)
+            self.status.pop("inferenceService", None)
+            self.condition("Serving", False, "Disabled", "serving.enabled is false")
+
+    def ttl_expired(self, spec: LoRAJobSpec) -> bool:
+        if spec.ttl_seconds_after_finished is None:
+            return False
+        finished = _parse_time(self.status.get("completionTime"))
+        return finished is not None and time.time() >= finished + spec.ttl_seconds_after_finished

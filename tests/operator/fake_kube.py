@@ -1,0 +1,78 @@
+"""An in-memory API server behind the operator's real `Kube` client (only `request` is
+replaced), recording every (group, resource, verb) it is asked for. Used to drive the reconciler
+through every path in-process, fast, and to check `API_CALLS` (the RBAC the chart grants)."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from typing import Any
+
+import kopf
+
+from lora_operator.controller.conditions import now_iso
+from lora_operator.controller.kube import Call, Kube, KubeError, api_call
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """JSON merge patch (RFC 7386): None deletes, dicts merge, everything else replaces."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
+class FakeKube(Kube):
+    def __init__(self) -> None:
+        super().__init__(kopf.ConnectionInfo(server="http://fake"))
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {}  # collection path -> name -> obj
+        self.calls: list[Call] = []
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        self.calls.append(api_call(method, path))
+        parts = path.strip("/").split("/")
+        start = 2 if parts[0] == "api" else 3
+        rest = parts[start:]
+        if rest and rest[0] == "namespaces":
+            rest = rest[2:]
+        collection = "/" + "/".join(parts[: len(parts) - len(rest) + 1])
+        name = rest[1] if len(rest) > 1 else None
+        store = self.objects.setdefault(collection, {})
+        if method == "POST":
+            obj = copy.deepcopy(body)
+            name = obj["metadata"]["name"]
+            if name in store:
+                raise KubeError(409, f"{name} already exists")
+            obj["metadata"].setdefault("uid", str(uuid.uuid4()))
+            obj["metadata"].setdefault("creationTimestamp", now_iso())
+            store[name] = obj
+            return copy.deepcopy(obj)
+        if name is None:
+            return {"items": [copy.deepcopy(o) for o in store.values()]}
+        if name not in store:
+            raise KubeError(404, f"{name} not found")
+        if method == "GET":
+            return copy.deepcopy(store[name])
+        if method == "PATCH":
+            return copy.deepcopy(merge(store[name], body))
+        if method == "DELETE":
+            return store.pop(name)
+        raise AssertionError(f"unexpected {method} {path}")
+
+    # test helpers
+    def put(self, resource_path: str, obj: dict[str, Any]) -> None:
+        self.objects.setdefault(resource_path, {})[obj["metadata"]["name"]] = obj
+
+    def obj(self, resource_path: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get(resource_path, {}).get(name)

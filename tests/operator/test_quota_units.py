@@ -1,0 +1,137 @@
+"""Unit tests of GPU quota admission (pure), status conditions and the hot-reloaded config."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lora_operator.api.operator_config import Quotas
+from lora_operator.controller.conditions import get_condition, is_true, set_condition
+from lora_operator.controller.config import ConfigError, ConfigSource
+from lora_operator.controller.quota import Demand, admit, usage_by_namespace
+
+
+def quotas(**raw: Any) -> Quotas:
+    return Quotas.model_validate(raw)
+
+
+def demand(
+    name: str, gpus: int, created: str, *, ns: str = "a", gpu: str = "A100", holding: bool = False
+) -> Demand:
+    return Demand(ns, name, gpu, gpus, f"2026-01-01T00:00:{created}Z", holding)
+
+
+def test_admits_within_namespace_quota_and_says_why_not_with_numbers() -> None:
+    q = quotas(namespaces={"a": {"gpus": 8}})
+    running = [demand("r", 6, "00", holding=True)]
+    assert admit(demand("small", 2, "05"), running, q).admitted
+    decision = admit(demand("big", 4, "05"), running, q)
+    assert not decision.admitted
+    assert decision.message == "needs 4 A100 GPUs; namespace a uses 6 of 8 GPUs"
+    assert decision.queue_position == 1
+
+
+def test_quota_is_per_namespace() -> None:
+    q = quotas(namespaces={"a": {"gpus": 4}}, default={"gpus": 2})
+    running = [demand("r", 4, "00", holding=True)]
+    assert not admit(demand("x", 1, "01"), running, q).admitted
+    assert admit(demand("y", 2, "01", ns="b"), running, q).admitted  # b: default quota 2
+    assert not admit(demand("z", 3, "01", ns="b"), running, q).admitted
+
+
+def test_quota_per_gpu_type() -> None:
+    q = quotas(default={"gpuTypes": {"H100": 8}})
+    running = [demand("r", 8, "00", gpu="H100", holding=True)]
+    decision = admit(demand("h", 1, "01", gpu="H100"), running, q)
+    assert not decision.admitted
+    assert "uses 8 of 8 H100" in decision.message
+    assert admit(demand("l4", 4, "01", gpu="L4"), running, q).admitted
+
+
+def test_cluster_quota_spans_namespaces() -> None:
+    q = quotas(cluster={"gpus": 4})
+    running = [demand("r", 3, "00", ns="b", holding=True)]
+    decision = admit(demand("x", 2, "01"), running, q)
+    assert not decision.admitted and "the cluster uses 3 of 4" in decision.message
+
+
+def test_fifo_older_queued_jobs_go_first() -> None:
+    q = quotas(default={"gpus": 4})
+    others = [demand("r", 2, "00", holding=True), demand("old", 2, "01")]
+    decision = admit(demand("new", 2, "02"), others, q)
+    assert not decision.admitted  # the older queued job gets the 2 free GPUs first
+    assert decision.queue_position == 2
+    assert admit(demand("old", 2, "01"), [*others, demand("new", 2, "02")], q).admitted
+
+
+def test_old_job_that_does_not_fit_does_not_block_a_small_one() -> None:
+    q = quotas(default={"gpus": 4})
+    others = [demand("r", 2, "00", holding=True), demand("huge", 4, "01")]
+    assert admit(demand("small", 2, "02"), others, q).admitted
+
+
+def test_cpu_jobs_and_unlimited_quotas_always_fit() -> None:
+    assert admit(demand("cpu", 0, "00"), [], quotas(default={"gpus": 0})).admitted
+    assert admit(demand("any", 64, "00"), [demand("r", 64, "00", holding=True)], quotas()).admitted
+
+
+def test_usage_by_namespace_counts_only_holders() -> None:
+    usage = usage_by_namespace([demand("r", 2, "00", holding=True), demand("q", 4, "01")])
+    assert usage == {("a", "A100"): 2}
+
+
+def test_set_condition_merges_by_type_and_moves_time_only_on_flip() -> None:
+    conditions, changed = set_condition([], "Ready", True, "Up", "fine", generation=3)
+    assert changed and conditions[0]["observedGeneration"] == 3
+    first = conditions[0]["lastTransitionTime"]
+    conditions[0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    conditions, changed = set_condition(conditions, "Ready", True, "Up", "fine")
+    assert not changed and conditions[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z"
+    conditions, changed = set_condition(conditions, "Other", "Unknown", "Wait")
+    assert changed and len(conditions) == 2
+    conditions, changed = set_condition(conditions, "Ready", False, "Down", "broken")
+    assert changed and conditions[0]["lastTransitionTime"] >= first
+    assert not is_true(conditions, "Ready")
+    assert get_condition(conditions, "Other") == conditions[1]
+    assert get_condition(conditions, "Missing") is None
+
+
+def write(path: Path, text: str, bump: float) -> None:
+    path.write_text(text)
+    stamp = time.time() + bump
+    os.utime(path, (stamp, stamp))
+
+
+def test_config_reloads_on_change_and_keeps_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    write(path, "quotas: {default: {gpus: 2}}\n", 0)
+    source = ConfigSource.load(path)
+    assert source.get().quotas.default.gpus == 2
+    write(path, "quotas: {default: {gpus: 8}}\n", 2)
+    assert source.get().quotas.default.gpus == 8
+    write(path, "quotas: {default: {gpus: -1}}\n", 4)
+    assert source.get().quotas.default.gpus == 8  # a broken edit keeps the last good config
+    assert source.last_error is not None and "gpus" in source.last_error
+    write(path, "progressIntervalSeconds: 5\n", 6)
+    assert source.get().progress_interval_seconds == 5 and source.last_error is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("quotas: [", "malformed YAML"),
+        ("- a\n", "must be a mapping"),
+        ("trainerImage: x\nbogusField: 1\n", "bogusField"),
+    ],
+)
+def test_bad_config_at_start_is_a_clear_error(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        ConfigSource.load(path)
+    with pytest.raises(ConfigError, match="not found"):
+        ConfigSource.load(tmp_path / "missing.yaml")
