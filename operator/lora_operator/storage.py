@@ -1,0 +1,337 @@
+"""S3 access shared by the trainer (writes checkpoints, metrics, progress) and the operator (reads
+progress.json): one wrapper over the real `minio` client so both sides agree on retries, errors
+and the run layout.
+
+Every failure surfaces as a `StorageError` naming the endpoint, bucket and key, with `transient`
+telling the trainer whether to exit for a retry (EXIT_TRANSIENT) or fail the job (bad config).
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import S3Error
+
+from .api.layout import MANIFEST, S3Location, checkpoint_step
+
+T = TypeVar("T")
+
+# S3 error codes that retrying cannot fix: wrong credentials, missing bucket, bad request.
+PERMANENT_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "NoSuchBucket",
+        "InvalidBucketName",
+        "AllAccessDisabled",
+        "InvalidArgument",
+    }
+)
+MULTIPART_PART_SIZE = 16 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    """An S3 operation failed; the message names endpoint, bucket and key, never a traceback."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, bool]:
+    """'http://host:9000' -> ('host:9000', False). A bare 'host:port' means https, like AWS."""
+    text = endpoint.strip()
+    if "://" not in text:
+        text = f"https://{text}"
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise StorageError(
+            f"S3 endpoint {endpoint!r} is not a URL like http://minio:9000", transient=False
+        )
+    if parsed.path.strip("/"):
+        raise StorageError(
+            f"S3 endpoint {endpoint!r} must not contain a path (got {parsed.path!r}); "
+            "put the prefix in output.prefix",
+            transient=False,
+        )
+    return parsed.netloc, parsed.scheme == "https"
+
+
+class S3Store:
+    """Thin, retried S3 client. `retries` attempts with exponential backoff for transient errors."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        region: str | None = None,
+        *,
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 120.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.retries = max(1, retries)
+        self.backoff_s = backoff_s
+        host, secure = parse_endpoint(endpoint)
+        # Our own retry loop (with clear errors) replaces urllib3's silent internal retries.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
+            retries=False,
+            maxsize=8,
+        )
+        self.client = Minio(
+            host,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region or "us-east-1",
+            http_client=http,
+        )
+
+    @classmethod
+    def from_env(cls, endpoint: str | None = None) -> S3Store:
+        """Env `S3_ENDPOINT` wins over `endpoint` (the spec's output.endpoint). Credentials from
+        AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or S3_ACCESS_KEY/S3_SECRET_KEY); AWS_REGION.
+        `LORAJOB_S3_RETRIES` overrides the retry count (tests of an unreachable endpoint)."""
+        chosen = os.environ.get("S3_ENDPOINT") or endpoint
+        if not chosen:
+            raise StorageError(
+                "no S3 endpoint: set env S3_ENDPOINT or spec.output.endpoint", transient=False
+            )
+        access = os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("S3_ACCESS_KEY")
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY") or os.environ.get("S3_SECRET_KEY")
+        if not access or not secret:
+            raise StorageError(
+                f"no S3 credentials for {chosen}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(from spec.output.credentialsSecret)",
+                transient=False,
+            )
+        retries_env = os.environ.get("LORAJOB_S3_RETRIES", "4")
+        try:
+            retries = int(retries_env)
+        except ValueError:
+            raise StorageError(
+                f"LORAJOB_S3_RETRIES must be an integer (got {retries_env!r})", transient=False
+            ) from None
+        return cls(chosen, access, secret, os.environ.get("AWS_REGION"), retries=retries)
+
+    # ----------------------------------------------------------------------------- internals
+
+    def _call(self, what: str, loc: S3Location, fn: Callable[[], T]) -> T:
+        """Run `fn` with retries on transient errors; wrap every failure in a StorageError."""
+        last: StorageError | None = None
+        for attempt in range(self.retries):
+            try:
+                return fn()
+            except S3Error as exc:
+                transient = exc.code not in PERMANENT_CODES
+                detail = f"{exc.code}: {exc.message}"
+            except FileNotFoundError as exc:
+                transient = False
+                detail = f"local file missing: {exc.filename}"
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                transient = True
+                detail = f"{type(exc).__name__}: {_short(exc)}"
+            except ValueError as exc:  # minio's own argument checks (bucket name, ...)
+                transient = False
+                detail = str(exc)
+            last = StorageError(
+                f"S3 {what} failed for s3://{loc.bucket}/{loc.key} at {self.endpoint}: {detail}",
+                transient=transient,
+            )
+            if not transient:
+                break
+            if attempt + 1 < self.retries:
+                time.sleep(self.backoff_s * (2**attempt))
+        assert last is not None
+        if last.transient and self.retries > 1:
+            last = StorageError(f"{last} (after {self.retries} attempts)", transient=True)
+        raise last
+
+    # ---------------------------------------------------------------------------- objects
+
+    def put_bytes(
+        self, loc: S3Location, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self._call(
+            "put",
+            loc,
+            lambda: self.client.put_object(
+                loc.bucket, loc.key, io.BytesIO(data), len(data), content_type=content_type
+            ),
+        )
+
+    def get_bytes(self, loc: S3Location) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+
+        def fetch() -> bytes | None:
+            try:
+                response = self.client.get_object(loc.bucket, loc.key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject"):
+                    return None
+                raise
+            try:
+                return bytes(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._call("get", loc, fetch)
+
+    def put_json(self, loc: S3Location, obj: Any) -> None:
+        data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        self.put_bytes(loc, data, content_type="application/json")
+
+    def get_json(self, loc: S3Location) -> Any | None:
+        """Parsed JSON, or None if the object is missing; a corrupt object is a StorageError."""
+        data = self.get_bytes(loc)
+        if data is None:
+            return None
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise StorageError(
+                f"s3://{loc.bucket}/{loc.key} at {self.endpoint} is not valid JSON: {exc}",
+                transient=False,
+            ) from None
+
+    def upload_file(self, loc: S3Location, path: str | Path) -> int:
+        """Upload one file (multipart above 16 MiB), retried; returns its size in bytes."""
+        size = Path(path).stat().st_size
+        self._call(
+            "upload",
+            loc,
+            lambda: self.client.fput_object(
+                loc.bucket, loc.key, str(path), part_size=MULTIPART_PART_SIZE
+            ),
+        )
+        return size
+
+    def download_file(self, loc: S3Location, path: str | Path) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._call(
+            "download", loc, lambda: self.client.fget_object(loc.bucket, loc.key, str(target))
+        )
+
+    def exists(self, loc: S3Location) -> bool:
+        def stat() -> bool:
+            try:
+                self.client.stat_object(loc.bucket, loc.key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return False
+                raise
+            return True
+
+        return self._call("stat", loc, stat)
+
+    def list(self, loc: S3Location, recursive: bool = False) -> list[str]:
+        """Names under the prefix `loc`, relative to it, sorted. Without `recursive`, "folders"
+        come back with a trailing slash (e.g. 'checkpoint-10/'); with it, full relative keys."""
+        prefix = f"{loc.key}/" if loc.key else ""
+
+        def names() -> list[str]:
+            objects = self.client.list_objects(loc.bucket, prefix=prefix, recursive=recursive)
+            return sorted(str(o.object_name)[len(prefix) :] for o in objects if o.object_name)
+
+        return self._call("list", loc, names)
+
+    def list_sizes(self, loc: S3Location) -> dict[str, int]:
+        """{relative key: size in bytes} of every object under the prefix `loc`."""
+        prefix = f"{loc.key}/" if loc.key else ""
+
+        def sizes() -> dict[str, int]:
+            objects = self.client.list_objects(loc.bucket, prefix=prefix, recursive=True)
+            return {
+                str(o.object_name)[len(prefix) :]: int(o.size or 0)
+                for o in objects
+                if o.object_name
+            }
+
+        return self._call("list", loc, sizes)
+
+    def download_prefix(self, loc: S3Location, dest_dir: str | Path) -> builtins.list[Path]:
+        """Copy every object under `loc` into `dest_dir`, keeping relative paths."""
+        dest = Path(dest_dir)
+        written = []
+        for name in self.list(loc, recursive=True):
+            if not name or name.endswith("/"):
+                continue
+            target = dest / name
+            if ".." in Path(name).parts:
+                raise StorageError(f"refusing unsafe key {name!r} under {loc.uri}", transient=False)
+            self.download_file(loc.child(name), target)
+            written.append(target)
+        return written
+
+    def upload_dir(self, loc: S3Location, src_dir: str | Path) -> dict[str, int]:
+        """Upload every file below `src_dir` under `loc`; returns {relative path: size}."""
+        src = Path(src_dir)
+        sizes = {}
+        for path in sorted(p for p in src.rglob("*") if p.is_file()):
+            rel = path.relative_to(src).as_posix()
+            sizes[rel] = self.upload_file(loc.child(rel), path)
+        return sizes
+
+    def delete_prefix(self, loc: S3Location) -> int:
+        """Delete every object under `loc`; returns how many were deleted."""
+        keys = [loc.child(name).key for name in self.list(loc, recursive=True) if name]
+
+        def delete() -> int:
+            errors = list(self.client.remove_objects(loc.bucket, (DeleteObject(k) for k in keys)))
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"S3 delete failed for s3://{loc.bucket}/{first.name} at {self.endpoint}: "
+                    f"{first.code}: {first.message}",
+                    transient=True,
+                )
+            return len(keys)
+
+        return self._call("delete", loc, delete) if keys else 0
+
+    def ensure_bucket(self, name: str) -> None:
+        loc = S3Location(name, "")
+
+        def make() -> None:
+            if not self.client.bucket_exists(name):
+                try:
+                    self.client.make_bucket(name)
+                except S3Error as exc:
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+        self._call("create bucket", loc, make)
+
+    # ------------------------------------------------------------------------- run layout
+
+    def complete_checkpoints(self, run: S3Location) -> builtins.list[int]:
+        """Steps of the run's checkpoints whose MANIFEST.json exists (= fully uploaded), sorted."""
+        steps = []
+        for name in self.list(run):
+            step = checkpoint_step(name)
+            if step is not None and self.exists(run.child(name, MANIFEST)):
+                steps.append(step)
+        return sorted(steps)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -1,0 +1,50 @@
+"""The trainer benchmark's arithmetic and table (the full run takes a minute: `make bench`)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from lora_operator.bench.trainer import (
+    WARMUP_STEPS,
+    Rate,
+    TrainerMeasure,
+    _clock,
+    print_table,
+)
+
+
+def measure(steps_cpu_s: float) -> TrainerMeasure:
+    return TrainerMeasure(
+        rate=Rate(10_000, wall_s=4.0, cpu_s=steps_cpu_s + 0.5),
+        steps_only=Rate(10_000, wall_s=3.5, cpu_s=steps_cpu_s),
+        checkpoint_wall_s=0.5,
+        upload_seconds=0.2,
+        uploads=4,
+        run_seconds=9.0,
+    )
+
+
+def test_goal_is_judged_on_training_steps_cpu_time(capsys: pytest.CaptureFixture[str]) -> None:
+    plain = [Rate(10_000, 3.0, 2.5), Rate(10_000, 3.0, 2.0)]  # best: 5000 tokens/CPU-s
+    assert print_table(plain, [measure(3.0), measure(2.1)]) is True  # best 4762/s: 95%
+    out = capsys.readouterr().out
+    assert "95.2% of plain [3333 / 4762]" in out and ": met" in out
+    assert "[4000 / 5000]" in out
+    assert "5.0% of window" in out  # 0.2 s of uploads in a 4 s window
+    assert print_table(plain, [measure(2.5)]) is False  # 4000/s: 80%
+    assert "NOT met" in capsys.readouterr().out
+
+
+def test_clock_excludes_checkpoint_pauses_after_warm_up() -> None:
+    clock = _clock()
+    args = control = SimpleNamespace()
+    for step in range(1, WARMUP_STEPS + 3):
+        state = SimpleNamespace(global_step=step, num_input_tokens_seen=100 * step)
+        clock.on_step_end(args, state, control)
+        clock.on_save(args, state, control)
+    clock.on_train_end(args, state, control)
+    assert clock.start[2] == 100 * WARMUP_STEPS and clock.end[2] == 100 * (WARMUP_STEPS + 2)
+    assert clock.end[0] >= clock.start[0]
+    assert clock.paused[0] >= 0.0  # only the two saves after the warm-up are counted

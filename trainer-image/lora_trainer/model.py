@@ -1,0 +1,145 @@
+"""Load the base model (optionally quantized with bitsandbytes) and wrap it with PEFT LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lora_operator.api.types import (
+    ComputeDtype,
+    LoRAJobSpec,
+    LoRASpec,
+    QuantizationMode,
+    QuantizationSpec,
+)
+
+from .errors import InvalidConfigError
+
+
+def torch_dtype(dtype: ComputeDtype) -> Any:
+    import torch
+
+    return {
+        ComputeDtype.bf16: torch.bfloat16,
+        ComputeDtype.fp16: torch.float16,
+        ComputeDtype.fp32: torch.float32,
+    }[dtype]
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def quantization_config(spec: QuantizationSpec) -> Any | None:
+    """The BitsAndBytesConfig for the spec: NF4 (+ double quant, compute dtype) or LLM.int8."""
+    if spec.mode == QuantizationMode.none:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if spec.mode == QuantizationMode.nf4:
+        return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=spec.double_quant,
+            bnb_4bit_compute_dtype=torch_dtype(spec.compute_dtype),
+            bnb_4bit_quant_storage=torch_dtype(spec.compute_dtype),
+        )
+    return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+
+
+def check_quantization_device(spec: QuantizationSpec, has_cuda: bool) -> None:
+    """bitsandbytes k-bit kernels need CUDA: fail early and clearly instead of deep in a kernel."""
+    if spec.mode != QuantizationMode.none and not has_cuda:
+        raise InvalidConfigError(
+            f"quantization.mode {spec.mode.value} needs a CUDA GPU (bitsandbytes kernels), but "
+            "this pod sees none: set quantization.mode none, or request a GPU resources.gpuType"
+        )
+
+
+def lora_config(spec: LoRASpec) -> Any:
+    from peft import LoraConfig
+
+    targets: str | list[str] = (
+        "all-linear" if spec.target_modules == ["all-linear"] else list(spec.target_modules)
+    )
+    return LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]  # peft accepts float alphas
+        lora_dropout=spec.dropout,
+        target_modules=targets,
+        bias=spec.bias,
+        use_rslora=spec.use_rslora,
+        use_dora=spec.use_dora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def model_dtype(spec: LoRAJobSpec, has_cuda: bool) -> Any:
+    """Base weights in the compute dtype on GPU; fp32 on CPU (CPU half-precision is slow)."""
+    import torch
+
+    return torch_dtype(spec.quantization.compute_dtype) if has_cuda else torch.float32
+
+
+def load_tokenizer(path: str | Path, local_only: bool = True) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
+    except (OSError, ValueError) as exc:
+        raise InvalidConfigError(f"cannot load the tokenizer from {path}: {exc}") from None
+    if tokenizer.pad_token is None:
+        # Causal LMs often ship without a pad token; padding positions are masked anyway.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(path: str | Path, spec: LoRAJobSpec, local_rank: int) -> Any:
+    """The base model on this process's device, quantized when the spec asks for it."""
+    from transformers import AutoModelForCausalLM
+
+    has_cuda = cuda_available()
+    check_quantization_device(spec.quantization, has_cuda)
+    kwargs: dict[str, Any] = {
+        "dtype": model_dtype(spec, has_cuda),
+        "attn_implementation": spec.training.attention.value,
+        "local_files_only": True,
+    }
+    if spec.base_model.revision:
+        kwargs["revision"] = spec.base_model.revision
+    quant = quantization_config(spec.quantization)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": local_rank}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise InvalidConfigError(f"cannot load baseModel from {path}: {exc}") from None
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model, use_gradient_checkpointing=spec.training.gradient_checkpointing
+        )
+    return model
+
+
+def apply_lora(model: Any, spec: LoRAJobSpec) -> Any:
+    from peft import get_peft_model
+
+    try:
+        peft_model = get_peft_model(model, lora_config(spec.lora))
+    except ValueError as exc:
+        raise InvalidConfigError(f"lora.targetModules {spec.lora.target_modules}: {exc}") from None
+    if spec.training.gradient_checkpointing:
+        # Inputs must require grad or checkpointed blocks with frozen weights get no gradient.
+        peft_model.enable_input_require_grads()
+    return peft_model
+
+
+def trainable_summary(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
