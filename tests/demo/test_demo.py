@@ -1,0 +1,102 @@
+"""`lorajob demo` end to end, as `make demo` runs it: a subprocess with the real kubectl, the real
+operator, the local executor and real training of the tiny model on two "nodes".
+
+The S3 server belongs to the test (the demo uses it through S3_ENDPOINT), so the adapter is
+checked in the bucket itself after the demo has stopped, and loaded with PEFT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lora_operator.api.layout import S3Location
+from lora_operator.local.s3server import S3Server
+
+REPO = Path(__file__).resolve().parents[2]
+ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json"}
+
+
+@pytest.fixture
+def s3() -> Iterator[S3Server]:
+    with S3Server(use_env=False) as server:
+        yield server
+
+
+def run_demo(tmp_path: Path, s3: S3Server, *args: str) -> tuple[dict[str, Any], str]:
+    summary_path = tmp_path / "summary.json"
+    env = {
+        **os.environ,
+        "S3_ENDPOINT": s3.endpoint,
+        "S3_ACCESS_KEY": s3.access_key,
+        "S3_SECRET_KEY": s3.secret_key,
+    }
+    command = [sys.executable, "-m", "lora_operator.cli", "demo", "--keep"]
+    command += ["--workdir", str(tmp_path / "demo"), "--summary-json", str(summary_path)]
+    command += ["--timeout", "270", *args]
+    result = subprocess.run(
+        command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, f"{result.stdout[-5000:]}\n{result.stderr[-8000:]}"
+    summary: dict[str, Any] = json.loads(summary_path.read_text())
+    return summary, result.stdout
+
+
+def adapter_in_bucket(s3: S3Server, summary: dict[str, Any], dest: Path) -> Path:
+    """The final adapter is in S3 under the run's final/ prefix; download it."""
+    assert summary["adapterURI"] == summary["finalAdapterURI"]
+    final = S3Location.parse(summary["adapterURI"])
+    store = s3.store()
+    assert set(store.list(final, recursive=True)) >= ADAPTER_FILES
+    store.download_prefix(final, dest)
+    return dest
+
+
+def test_demo_trains_serves_and_reports(tmp_path: Path, s3: S3Server) -> None:
+    summary, stdout = run_demo(tmp_path, s3, "--steps", "12")
+
+    assert summary["phase"] == "Succeeded"
+    assert summary["steps"] == summary["totalSteps"] == 12
+    assert summary["firstLoss"] > summary["finalLoss"], summary["losses"]
+    adapter = adapter_in_bucket(s3, summary, tmp_path / "adapter")
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "demo" / "pvc" / "models" / "tiny-llama")
+    model = PeftModel.from_pretrained(base, adapter)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: trained
+
+    isvc = summary["inferenceService"]
+    assert isvc["name"] == "tiny-cpu"
+    assert summary["adapterURI"] in isvc["storageUris"]
+    assert isvc["loraModules"] == "tiny=/mnt/models/adapter"
+    assert Path(summary["lossPlot"]).read_bytes().startswith(b"\x89PNG")
+
+    assert "phase Running" in stdout and "phase Succeeded" in stdout
+    assert "placement: 2 node(s) x 1 process(s) of cpu" in stdout  # the plan table
+    assert "tiny-cpu   Succeeded" in summary["kubectlGetLJ"]  # the real kubectl's table
+    assert "$ kubectl get lj" in stdout
+
+
+def test_demo_kill_a_pod_resumes_from_the_checkpoint(tmp_path: Path, s3: S3Server) -> None:
+    summary, stdout = run_demo(tmp_path, s3, "--kill-a-pod", "--steps", "16", "--step-delay", "0.4")
+
+    assert summary["phase"] == "Succeeded"
+    killed = summary["killedPod"]
+    assert killed and killed["index"] == 0
+    checkpoint = int(killed["after"].rsplit("-", 1)[1])
+    assert summary["restarts"] >= 1
+    assert checkpoint in summary["resumedFrom"]
+    assert summary["steps"] == summary["totalSteps"] == summary["configuredSteps"] == 16
+    adapter_in_bucket(s3, summary, tmp_path / "adapter")
+    assert f"resumes from checkpoint-{checkpoint}" in stdout
+    assert "the Job retries it" in stdout
