@@ -171,7 +171,9 @@ def operator_config(s3: S3Server) -> dict[str, Any]:
     }
 
 
-def start_operator(kubeconfig: Path, config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_operator(
+    kubeconfig: Path, config_path: Path, log_path: Path, *extra_args: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -192,6 +194,7 @@ def start_operator(kubeconfig: Path, config_path: Path, log_path: Path) -> subpr
         "0.5",
         "--log-format",
         "plain",
+        *extra_args,
     ]
     log = log_path.open("ab")
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
