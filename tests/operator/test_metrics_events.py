@@ -61,3 +61,16 @@ def test_only_jobs_with_periodic_work_are_resynced() -> None:
     assert needs_resync(job("Succeeded", serving))
     ready = [{"type": "Serving", "status": "True"}]
     assert not needs_resync(job("Succeeded", serving, conditions=ready))
+
+
+def test_progress_status_rounds_losses_for_the_printer_column() -> None:
+    """`kubectl get lj` prints the Loss column as stored: keep it readable."""
+    from lora_operator.api.types import Progress
+    from lora_operator.controller.progress import progress_status
+
+    fields = progress_status(
+        Progress(step=40, total_steps=40, loss=5.489808082580566, eval_loss=5.47693, epoch=1.0)
+    )
+    assert fields["progress"]["loss"] == 5.4898
+    assert fields["progress"]["evalLoss"] == 5.4769
+    assert fields["progressSummary"].startswith("40/40")

@@ -118,9 +118,14 @@ def summary(progress: Progress) -> str:
 
 
 def progress_status(progress: Progress) -> dict[str, Any]:
-    """The status fields copied from progress.json."""
+    """The status fields copied from progress.json (losses to 4 decimals: `kubectl get` prints
+    the Loss column verbatim)."""
+    wire = progress.to_wire()
+    for key in ("loss", "evalLoss"):
+        if isinstance(wire.get(key), float):
+            wire[key] = round(wire[key], 4)
     fields: dict[str, Any] = {
-        "progress": progress.to_wire(),
+        "progress": wire,
         "progressSummary": summary(progress),
     }
     if progress.latest_checkpoint:
