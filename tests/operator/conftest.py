@@ -27,6 +27,7 @@ from operator_harness import (
 )
 
 from lora_operator.local.emulator import EmulatedCluster, RestClient
+from lora_operator.local.operator_process import secret_manifest
 from lora_operator.local.s3server import S3Server
 
 
@@ -60,12 +61,7 @@ def harness(
         client.create(
             "v1/secrets",
             NAMESPACE,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": SECRET, "namespace": NAMESPACE},
-                "stringData": {"accessKey": s3.access_key, "secretKey": s3.secret_key},
-            },
+            secret_manifest(SECRET, NAMESPACE, s3.access_key, s3.secret_key),
         )
     h = Harness(client, s3, config_path, kubeconfig)
     log_path = workdir / "operator.log"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import yaml
 
 from lora_operator.local.emulator import JobDriver, RestClient, collect_garbage
+from lora_operator.local.operator_process import start_operator as shared_start_operator
 from lora_operator.local.s3server import S3Server
 
 LORAJOBS = "finetune.lora-operator.io/v1alpha1/lorajobs"
@@ -174,30 +174,9 @@ def operator_config(s3: S3Server) -> dict[str, Any]:
 def start_operator(
     kubeconfig: Path, config_path: Path, log_path: Path, *extra_args: str
 ) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "lora_operator.cli",
-        "run",
-        "--standalone",
-        "--namespace",
-        NAMESPACE,
-        "--config",
-        str(config_path),
-        "--resync-seconds",
-        "0.5",
-        "--log-format",
-        "plain",
-        *extra_args,
-    ]
-    log = log_path.open("ab")
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return shared_start_operator(
+        kubeconfig, config_path, NAMESPACE, log_path, "--resync-seconds", "0.5", *extra_args
+    )
 
 
 def stop_operator(process: subprocess.Popen[bytes]) -> None:

@@ -106,6 +106,7 @@ def test_indexed_job_for_multi_node_rendezvous(multinode: RunContext) -> None:
     assert env["NPROC_PER_NODE"] == "8"
     field = env["NODE_RANK"]["fieldRef"]["fieldPath"]
     assert "batch.kubernetes.io/job-completion-index" in field
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}  # torchrun --local-addr
 
 
 def test_gpus_shm_and_scheduling(multinode: RunContext) -> None:

@@ -21,6 +21,7 @@ from operator_harness import (
 )
 
 from lora_operator.local.emulator import RestClient
+from lora_operator.local.operator_process import secret_manifest
 from lora_operator.local.s3server import S3Server
 
 
@@ -50,12 +51,7 @@ def observed(
         client.create(
             "v1/secrets",
             NAMESPACE,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": SECRET, "namespace": NAMESPACE},
-                "stringData": {"accessKey": s3.access_key, "secretKey": s3.secret_key},
-            },
+            secret_manifest(SECRET, NAMESPACE, s3.access_key, s3.secret_key),
         )
     metrics_port, liveness_port = _free_port(), _free_port()
     process = start_operator(

@@ -20,6 +20,8 @@ import yaml
 
 from ..api.types import GROUP, PLURAL, VERSION
 from ..local.emulator import EmulatedCluster, RestClient
+from ..local.operator_process import secret_manifest
+from ..local.operator_process import start_operator as shared_start_operator
 from ..local.s3server import S3Server
 
 LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
@@ -79,23 +81,9 @@ def count_done(client: RestClient) -> tuple[int, int]:
 def start_operator(
     kubeconfig: Path, config: Path, log: Path, concurrency: int
 ) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "lora_operator.cli",
-        "run",
-        "--standalone",
-        "--namespace",
-        NAMESPACE,
-        "--config",
-        str(config),
-        "--concurrency",
-        str(concurrency),
-        "--log-format",
-        "plain",
-    ]
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return shared_start_operator(
+        kubeconfig, config, NAMESPACE, log, "--concurrency", str(concurrency)
+    )
 
 
 def run(jobs: int, timeout: float, concurrency: int, workdir: Path) -> dict[str, Any]:
@@ -105,12 +93,7 @@ def run(jobs: int, timeout: float, concurrency: int, workdir: Path) -> dict[str,
         client.create(
             "v1/secrets",
             NAMESPACE,
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": SECRET, "namespace": NAMESPACE},
-                "stringData": {"accessKey": s3.access_key, "secretKey": s3.secret_key},
-            },
+            secret_manifest(SECRET, NAMESPACE, s3.access_key, s3.secret_key),
         )
         config = workdir / "config.yaml"
         config.write_text(

@@ -1,0 +1,67 @@
+"""Start the real operator (`lorajob run --standalone`) as a child process against a kubeconfig.
+
+The demo, the scale benchmark and the integration tests all run the operator the way a cluster
+would, as its own process; this is the one place that knows the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def operator_command(namespace: str, config: Path, *extra_args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lora_operator.cli",
+        "run",
+        "--standalone",
+        "--namespace",
+        namespace,
+        "--config",
+        str(config),
+        "--log-format",
+        "plain",
+        *extra_args,
+    ]
+
+
+def start_operator(
+    kubeconfig: Path,
+    config: Path,
+    namespace: str,
+    log_path: Path,
+    *extra_args: str,
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """The operator process, its output appended to `log_path`. `new_session`: own process
+    group, so a Ctrl-C in the terminal reaches only the parent, which stops it in order."""
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            operator_command(namespace, config, *extra_args),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=new_session,
+        )
+
+
+def secret_manifest(name: str, namespace: str, access_key: str, secret_key: str) -> dict[str, Any]:
+    """The S3 credentials Secret in the shape the operator reads (keys accessKey/secretKey)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"accessKey": access_key, "secretKey": secret_key},
+    }
