@@ -30,6 +30,7 @@ from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import enums, k8s, rendering
 
 from ..api.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from ..controller.kube import resource_path
 
 # (group/version/plural, kind, namespaced, extra) — what discovery lists. kopf needs namespaces,
 # events and CRDs listed or it waits forever without a word.
@@ -458,15 +459,6 @@ class ApiError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
-
-
-def resource_path(resource: str, namespace: str | None, name: str | None = None) -> str:
-    """'batch/v1/jobs' + ns + name -> /apis/batch/v1/namespaces/ns/jobs/name."""
-    parts = resource.split("/")
-    group_version, plural = "/".join(parts[:-1]), parts[-1]
-    base = f"/api/{group_version}" if group_version == "v1" else f"/apis/{group_version}"
-    path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
-    return f"{path}/{name}" if name else path
 
 
 class RestClient:
