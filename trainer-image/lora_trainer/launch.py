@@ -1,16 +1,25 @@
 """Pod entry point (`python -m lora_trainer.launch`): wait for the rendezvous, start torchrun.
 
 The operator sets MASTER_ADDR (pod 0's DNS name), MASTER_PORT, NNODES, NODE_RANK (or
-JOB_COMPLETION_INDEX), NPROC_PER_NODE. Failed DNS lookups and hangs at start-up are the most
-reported multi-node failures, so this waits, with retries and a clear timeout message, until
-MASTER_ADDR resolves and (on non-zero ranks) the rendezvous port accepts connections.
+JOB_COMPLETION_INDEX), NPROC_PER_NODE and POD_IP. Failed DNS lookups and hangs at start-up are
+the most reported multi-node failures, so this waits, with retries and a clear timeout message,
+until MASTER_ADDR resolves and (on non-zero ranks) the rendezvous port accepts connections.
+
+torchrun uses torch elastic's c10d rendezvous, hosted by node 0's agent on MASTER_PORT: when a
+non-zero node's pod dies, node 0's agent outlives its failed workers, restarts them (up to
+LORAJOB_MAX_RESTARTS times) and waits for the Job's replacement pod to join; every worker then
+resumes from the latest S3 checkpoint. With a static rendezvous the replacement could join a
+store about to die and hang until the timeout. torchrun assigns global ranks itself, so nothing
+below torchrun may treat NODE_RANK as a rank. LORAJOB_RENDEZVOUS=static restores the old path.
 
 torchrun exits 1 whatever its workers returned, so each worker writes its exit code to a shared
-folder and the launcher returns the most specific one (bad config beats transient).
+folder and the launcher returns the most specific one (bad config beats transient). A bad config
+stops torchrun at once: restarting workers cannot fix it.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -26,6 +35,15 @@ from lora_operator.api.types import EXIT_INVALID_CONFIG, EXIT_OK, EXIT_TRANSIENT
 
 EXIT_CODE_DIR_ENV = "LORAJOB_EXIT_CODE_DIR"
 DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_MAX_RESTARTS = 3
+STORE_READ_TIMEOUT_S = 60  # a store read on a vanished host fails after this, not after 600 s
+BACKENDS = ("c10d", "static")
+STOP_GRACE_S = 10.0
+# torch 2.13 shares the agent's store with the workers and writes the workers' MASTER_ADDR/PORT
+# into it only on a node's first rendezvous: after a restart, node 0 (rank 0 again) skips that
+# write and a replacement node waits on those keys forever. Unshared, rank 0 writes them each
+# round.
+TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
 class LaunchError(Exception):
@@ -45,6 +63,17 @@ class Topology:
     @property
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """How torchrun's nodes find each other: backend, run id, own address, restart budget."""
+
+    backend: str = "c10d"
+    run_id: str = "lorajob"
+    local_addr: str | None = None
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 def _env_int(env: dict[str, str], name: str, default: int | None) -> int:
@@ -90,6 +119,30 @@ def topology_from_env(env: dict[str, str]) -> Topology:
     return topo
 
 
+def rendezvous_from_env(env: dict[str, str], topo: Topology, timeout_s: float) -> Rendezvous:
+    """LORAJOB_RENDEZVOUS (c10d|static), LORAJOB_RDZV_ID (default: MASTER_ADDR, unique per run
+    and the same on every node), POD_IP (this node's address for the workers' store) and
+    LORAJOB_MAX_RESTARTS (worker restarts after a lost peer before the pod fails)."""
+    backend = env.get("LORAJOB_RENDEZVOUS", "") or "c10d"
+    if backend not in BACKENDS:
+        raise LaunchError(
+            f"env LORAJOB_RENDEZVOUS must be one of {', '.join(BACKENDS)} (got {backend!r})",
+            EXIT_INVALID_CONFIG,
+        )
+    max_restarts = _env_int(env, "LORAJOB_MAX_RESTARTS", DEFAULT_MAX_RESTARTS)
+    if max_restarts < 0:
+        raise LaunchError(
+            f"env LORAJOB_MAX_RESTARTS must be 0 or more (got {max_restarts})", EXIT_INVALID_CONFIG
+        )
+    return Rendezvous(
+        backend=backend,
+        run_id=env.get("LORAJOB_RDZV_ID", "") or topo.master_addr,
+        local_addr=env.get("POD_IP", "") or None,
+        max_restarts=max_restarts,
+        timeout_s=timeout_s,
+    )
+
+
 def wait_for_dns(host: str, timeout_s: float, interval_s: float = 1.0) -> None:
     """Headless-Service names appear some seconds after the pod starts: retry until resolved."""
     deadline = time.monotonic() + timeout_s
@@ -127,50 +180,109 @@ def wait_for_port(host: str, port: int, timeout_s: float, interval_s: float = 1.
         time.sleep(interval_s)
 
 
-def torchrun_command(topo: Topology, argv: list[str], timeout_s: float) -> list[str]:
+def _rendezvous_args(topo: Topology, rdzv: Rendezvous) -> list[str]:
+    timeout = max(1, math.ceil(rdzv.timeout_s))
+    if rdzv.backend == "static":
+        return [
+            f"--nnodes={topo.nnodes}",
+            f"--node-rank={topo.node_rank}",
+            f"--master-addr={topo.master_addr}",
+            f"--master-port={topo.master_port}",
+            "--max-restarts=0",  # Kubernetes (the Job's backoffLimit) restarts, from a checkpoint
+            f"--rdzv-conf=timeout={timeout}",
+        ]
+    # Node 0 hosts the store explicitly: under the local executor every "node" is 127.0.0.1,
+    # and torch's guess (does the endpoint name this machine?) would make all of them hosts.
+    conf = [
+        f"is_host={'true' if topo.node_rank == 0 else 'false'}",
+        f"join_timeout={timeout}",
+        f"read_timeout={min(timeout, STORE_READ_TIMEOUT_S)}",
+    ]
+    args = [
+        f"--nnodes={topo.nnodes}:{topo.nnodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={topo.master_addr}:{topo.master_port}",
+        f"--rdzv-id={rdzv.run_id}",
+        f"--rdzv-conf={','.join(conf)}",
+        f"--max-restarts={rdzv.max_restarts}",
+    ]
+    if rdzv.local_addr:
+        args.append(f"--local-addr={rdzv.local_addr}")  # where peers reach this node's workers
+    return args
+
+
+def torchrun_command(topo: Topology, argv: list[str], rdzv: Rendezvous) -> list[str]:
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        f"--nnodes={topo.nnodes}",
         f"--nproc-per-node={topo.nproc_per_node}",
-        f"--node-rank={topo.node_rank}",
-        f"--master-addr={topo.master_addr}",
-        f"--master-port={topo.master_port}",
-        "--max-restarts=0",  # Kubernetes (the Job's backoffLimit) restarts, from a checkpoint
-        f"--rdzv-conf=timeout={int(timeout_s)}",
+        *_rendezvous_args(topo, rdzv),
         "-m",
         "lora_trainer.main",
         *argv,
     ]
 
 
-def worker_exit_code(folder: Path, torchrun_code: int) -> int:
-    """The most specific worker exit code: bad config > transient > torchrun's own."""
+def _worker_codes(folder: Path) -> set[int]:
     codes = set()
     for path in folder.glob("exit-*"):
         try:
             codes.add(int(path.read_text().strip()))
-        except ValueError:
+        except (OSError, ValueError):
             continue
-    if torchrun_code == 0 and not codes:
+    return codes
+
+
+def worker_exit_code(folder: Path, torchrun_code: int) -> int:
+    """The most specific exit code: torchrun's success (workers that failed before a restart
+    do not count), else bad config > transient."""
+    if torchrun_code == 0:
         return EXIT_OK
-    if EXIT_INVALID_CONFIG in codes:
+    if EXIT_INVALID_CONFIG in _worker_codes(folder):
         return EXIT_INVALID_CONFIG
     return EXIT_TRANSIENT
 
 
-def run_torchrun(topo: Topology, argv: list[str], timeout_s: float) -> int:
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM torchrun (it stops its workers), SIGKILL it if it does not exit in time."""
+    child.terminate()
+    try:
+        child.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def supervise(child: subprocess.Popen[bytes], folder: Path, poll_s: float = 0.5) -> int:
+    """Wait for torchrun; stop it as soon as a worker reports a bad config, which torchrun's
+    worker restarts would only repeat."""
+    while True:
+        try:
+            code = child.wait(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            if EXIT_INVALID_CONFIG in _worker_codes(folder):
+                print(
+                    "[lora-trainer] a worker reported a bad config: stopping torchrun",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                _stop(child)
+                return EXIT_INVALID_CONFIG
+            continue
+        return worker_exit_code(folder, code)
+
+
+def run_torchrun(topo: Topology, argv: list[str], rdzv: Rendezvous) -> int:
     with tempfile.TemporaryDirectory(prefix="lorajob-exit-") as folder:
-        env = {**os.environ, EXIT_CODE_DIR_ENV: folder}
-        child = subprocess.Popen(torchrun_command(topo, argv, timeout_s), env=env)
+        env = {**os.environ, **TORCHRUN_ENV, EXIT_CODE_DIR_ENV: folder}
+        child = subprocess.Popen(torchrun_command(topo, argv, rdzv), env=env)
 
         def forward(signum: int, frame: FrameType | None) -> None:
             child.send_signal(signum)
 
         signal.signal(signal.SIGTERM, forward)
-        code = child.wait()
-        return worker_exit_code(Path(folder), code)
+        return supervise(child, Path(folder))
 
 
 def rendezvous_timeout(env: dict[str, str]) -> float:
@@ -197,16 +309,17 @@ def launch(argv: list[str], env: dict[str, str]) -> int:
         from .main import main
 
         return main(argv)
+    rdzv = rendezvous_from_env(env, topo, timeout_s)
     print(
         f"[lora-trainer] node {topo.node_rank}/{topo.nnodes}, {topo.nproc_per_node} processes, "
-        f"rendezvous {topo.master_addr}:{topo.master_port}",
+        f"{rdzv.backend} rendezvous {topo.master_addr}:{topo.master_port}",
         file=sys.stderr,
         flush=True,
     )
     wait_for_dns(topo.master_addr, timeout_s)
     if topo.node_rank != 0:
         wait_for_port(topo.master_addr, topo.master_port, timeout_s)
-    return run_torchrun(topo, argv, timeout_s)
+    return run_torchrun(topo, argv, rdzv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from .sources import (
 )
 
 RESUME_NOTE = "resume.json"
+DEFAULT_DDP_TIMEOUT_S = 900
 
 
 @dataclass
@@ -166,6 +167,7 @@ def training_arguments(
         use_cpu=not on_cuda,
         ddp_backend=("nccl" if on_cuda else "gloo") if world_size > 1 else None,
         ddp_find_unused_parameters=False,
+        ddp_timeout=collective_timeout(),
         deepspeed=deepspeed_for_device(config, on_cuda),
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
@@ -245,6 +247,22 @@ def step_delay() -> float:
     if delay < 0:
         raise InvalidConfigError(f"env LORAJOB_STEP_DELAY_S must be seconds >= 0 (got {value!r})")
     return delay
+
+
+def collective_timeout() -> int:
+    """Env LORAJOB_DDP_TIMEOUT_S (default 900): how long a collective waits for a dead peer under
+    NCCL before failing, instead of transformers' 1800 s. Loading skew between ranks (a large
+    base model from slow storage) must fit in it."""
+    value = os.environ.get("LORAJOB_DDP_TIMEOUT_S", "")
+    try:
+        seconds = int(value) if value else DEFAULT_DDP_TIMEOUT_S
+    except ValueError:
+        seconds = 0
+    if seconds <= 0:
+        raise InvalidConfigError(
+            f"env LORAJOB_DDP_TIMEOUT_S must be a positive integer of seconds (got {value!r})"
+        )
+    return seconds
 
 
 def run_training(

@@ -218,6 +218,8 @@ def build_env(ctx: RunContext) -> list[dict[str, Any]]:
             },
         },
         {"name": "NPROC_PER_NODE", "value": str(ctx.plan.gpus_per_node)},
+        # torchrun's --local-addr: where peers reach this node's workers (no DNS needed).
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "LORAJOB_PVC_ROOT", "value": PVC_ROOT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]

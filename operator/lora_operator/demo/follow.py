@@ -21,11 +21,10 @@ from .summary import RESUMED
 from .workspace import DemoError
 
 LORAJOBS = "finetune.lora-operator.io/v1alpha1/lorajobs"
-# Node 0, the rendezvous host: its store dies with it, so no retried pod can join a stale
-# rendezvous (a killed worker node can: node 0 lives on until its next collective fails). The
-# Job retries it, the surviving node fails on its next collective and is retried too, and every
-# rank resumes from the latest checkpoint.
-KILL_INDEX = 0
+# Node 1, a worker node: the case the c10d rendezvous exists for. Node 0's agent (the rendezvous
+# host) outlives its worker's failed collective, restarts it and waits; the Job retries index 1
+# only, the new pod joins node 0's rendezvous, and every rank resumes from the latest checkpoint.
+KILL_INDEX = 1
 
 
 def format_eta(seconds: float | None) -> str:
