@@ -47,42 +47,6 @@ def signals_raise() -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def start_operator(
-    kubeconfig: Path, config: Path, namespace: str, log_path: Path, resync_seconds: float
-) -> subprocess.Popen[bytes]:
-    """The real operator (`lorajob run --standalone`) in its own process group."""
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(kubeconfig),
-        "PYTHONUNBUFFERED": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "lora_operator.cli",
-        "run",
-        "--standalone",
-        "--namespace",
-        namespace,
-        "--config",
-        str(config),
-        "--resync-seconds",
-        str(resync_seconds),
-        "--log-format",
-        "plain",
-    ]
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            command,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 def request_stop(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM the child's process group without waiting (it shuts down while we go on)."""
     if process.poll() is None:

@@ -21,6 +21,7 @@ import yaml
 from ..api.types import LoRAJob
 from ..local.emulator import EmulatedCluster
 from ..local.executor import LocalExecutor
+from ..local.operator_process import start_operator
 from ..local.s3server import S3Server
 from .children import (
     Interrupted,
@@ -28,7 +29,6 @@ from .children import (
     output_to,
     request_stop,
     signals_raise,
-    start_operator,
     stop_process_group,
     tail,
 )
@@ -158,7 +158,12 @@ class Demo:
         ):
             self.say(f"kubectl apply: {output.strip()}")
         operator = start_operator(
-            cluster.kubeconfig, config_path, namespace, self.logs / "operator.log", 1.0
+            cluster.kubeconfig,
+            config_path,
+            namespace,
+            self.logs / "operator.log",
+            "--resync-seconds=1.0",
+            new_session=True,
         )
         self.say(f"operator started (pid {operator.pid}); log: {self.logs / 'operator.log'}")
         executor = LocalExecutor(
