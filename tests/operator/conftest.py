@@ -23,11 +23,10 @@ from operator_harness import (
     Harness,
     operator_config,
     start_operator,
-    stop_operator,
 )
 
 from lora_operator.local.emulator import EmulatedCluster, RestClient
-from lora_operator.local.operator_process import secret_manifest
+from lora_operator.local.operator_process import secret_manifest, stop_operator
 from lora_operator.local.s3server import S3Server
 
 

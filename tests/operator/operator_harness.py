@@ -177,12 +177,3 @@ def start_operator(
     return shared_start_operator(
         kubeconfig, config_path, NAMESPACE, log_path, "--resync-seconds", "0.5", *extra_args
     )
-
-
-def stop_operator(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)

@@ -14,10 +14,10 @@ from operator_harness import (
     Harness,
     base_job,
     start_operator,
-    stop_operator,
 )
 
 from lora_operator.local.emulator import OWNED_RESOURCES, collect_garbage
+from lora_operator.local.operator_process import stop_operator
 
 ISVC = "serving.kserve.io/v1beta1/inferenceservices"
 

@@ -17,11 +17,10 @@ from operator_harness import (
     gpu_job,
     operator_config,
     start_operator,
-    stop_operator,
 )
 
 from lora_operator.local.emulator import RestClient
-from lora_operator.local.operator_process import secret_manifest
+from lora_operator.local.operator_process import secret_manifest, stop_operator
 from lora_operator.local.s3server import S3Server
 
 
@@ -98,6 +97,13 @@ def test_metrics_report_phases_queue_and_gpus_against_quota(
 
 
 def test_liveness_endpoint_answers(observed: tuple[Harness, int, int]) -> None:
-    _, _, liveness_port = observed
-    status, _ = _get(f"http://127.0.0.1:{liveness_port}/healthz")
-    assert status == 200
+    harness, _, liveness_port = observed
+
+    def healthy() -> bool:
+        try:
+            status, _ = _get(f"http://127.0.0.1:{liveness_port}/healthz")
+        except OSError as exc:  # not listening yet: the operator is still starting
+            raise AssertionError(str(exc)) from exc
+        return status == 200
+
+    assert harness.wait("the liveness endpoint to answer 200", healthy, timeout=20)

@@ -20,7 +20,7 @@ import yaml
 
 from ..api.types import GROUP, PLURAL, VERSION
 from ..local.emulator import EmulatedCluster, RestClient
-from ..local.operator_process import secret_manifest
+from ..local.operator_process import secret_manifest, stop_operator
 from ..local.operator_process import start_operator as shared_start_operator
 from ..local.s3server import S3Server
 
@@ -139,12 +139,7 @@ def run(jobs: int, timeout: float, concurrency: int, workdir: Path) -> dict[str,
                 cpu_s=cpu_seconds(operator.pid),
             )
         finally:
-            operator.terminate()
-            try:
-                operator.wait(20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait(5)
+            stop_operator(operator, grace_seconds=20)
         return result
 
 

@@ -65,3 +65,13 @@ def secret_manifest(name: str, namespace: str, access_key: str, secret_key: str)
         "metadata": {"name": name, "namespace": namespace},
         "stringData": {"accessKey": access_key, "secretKey": secret_key},
     }
+
+
+def stop_operator(process: subprocess.Popen[bytes], grace_seconds: float = 15.0) -> None:
+    """SIGTERM (kopf shuts down cleanly), SIGKILL after the grace period."""
+    process.terminate()
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
