@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_operator.api.layout import MANIFEST, S3Location, checkpoint_name, checkpoint_step
-from lora_operator.storage import S3Store, StorageError
+from lora_operator.storage import S3Store
 
 
 def upload_files(store: S3Store, dest: S3Location, local_dir: Path) -> dict[str, int]:
@@ -93,14 +93,3 @@ def download_checkpoint(store: S3Store, run: S3Location, step: int, dest_root: P
     store.download_prefix(run.child(checkpoint_name(step)), local)
     (local / MANIFEST).unlink(missing_ok=True)
     return local
-
-
-def safe_upload(action: str, fn: Any) -> str | None:
-    """Run an upload; return the error message instead of raising (training goes on)."""
-    try:
-        fn()
-    except StorageError as exc:
-        return f"{action} failed: {exc}"
-    except OSError as exc:
-        return f"{action} failed: {exc}"
-    return None

@@ -4,7 +4,6 @@ quota and catalog edits apply without a restart; a broken edit keeps the last go
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +73,3 @@ class ConfigSource:
 
 
 CONFIG_ENV = "LORAJOB_OPERATOR_CONFIG"
-
-
-def default_config_path() -> str | None:
-    return os.environ.get(CONFIG_ENV) or None
