@@ -37,10 +37,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "kueue": {"config": {"kueue": {"enabled": True, "defaultQueue": "team-queue"}}},
-    "replicas": {"replicaCount": 3},
+    "replicas": {"replicaCount": 3, "leaderElection": {"leaseDurationSeconds": 30}},
+    "election-one-replica": {"leaderElection": {"enabled": True}},
+    "peering": {"peering": {"enabled": True}},
     "namespaced": {"watch": {"allNamespaces": False, "namespaces": ["team-a", "team-b"]}},
-    "namespaced-peering": {
+    "namespaced-replicas": {
         "replicaCount": 2,
+        "watch": {"allNamespaces": False, "namespaces": ["team-a"]},
+    },
+    "namespaced-peering": {
+        "peering": {"enabled": True},
         "watch": {"allNamespaces": False, "namespaces": ["team-a"]},
     },
     "s3-defaults": {
@@ -56,6 +62,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     "everything": {
         "replicaCount": 2,
+        "peering": {"enabled": True},
         "minio": {"enabled": True},
         "metrics": {"serviceMonitor": {"enabled": True}},
         "config": {"kueue": {"enabled": True}, "quotas": {"cluster": {"gpus": 8}}},

@@ -93,9 +93,47 @@ def test_default_deployment_is_hardened_and_wired(tmp_path: Path) -> None:
     assert all(sa["automountServiceAccountToken"] is False for sa in trainer_accounts)
 
 
-def test_replicas_turn_on_kopf_peering(tmp_path: Path) -> None:
-    docs = render(tmp_path, SCENARIOS["replicas"])
-    args = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    container: dict[str, Any] = only(docs, "Deployment")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    return container
+
+
+def test_one_replica_is_replaced_not_overlapped(tmp_path: Path) -> None:
+    docs = render(tmp_path, SCENARIOS["default"])
+    assert only(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert not any(a.startswith("--leader-elect") for a in operator_container(docs)["args"])
+    assert not find(docs, "Role")
+
+
+@pytest.mark.parametrize("scenario", ["replicas", "election-one-replica"])
+def test_leader_election_for_replicas(tmp_path: Path, scenario: str) -> None:
+    docs = render(tmp_path, SCENARIOS[scenario])
+    deployment = only(docs, "Deployment")
+    assert "strategy" not in deployment["spec"]  # rolling: the new pod stands by
+    container = operator_container(docs)
+    args = container["args"]
+    seconds = SCENARIOS[scenario].get("leaderElection", {}).get("leaseDurationSeconds", 15)
+    assert "--leader-elect" in args
+    assert "--leader-elect-name=lora-lora-operator" in args
+    assert f"--leader-elect-lease-seconds={seconds}" in args
+    # the Lease's namespace and the identity come from the downward API
+    env = {
+        e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        for e in container["env"]
+    }
+    assert env["POD_NAMESPACE"] == "metadata.namespace" and env["POD_NAME"] == "metadata.name"
+    # kopf peering is not leader election (same-priority peers all pause): off unless asked
+    assert "--standalone" in args and not any(a.startswith("--peering") for a in args)
+    assert not find(docs, "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
+    role = only(docs, "Role", "lora-lora-operator-leader-election")
+    assert role["metadata"]["namespace"] == "lora-system"
+
+
+def test_peering_is_opt_in(tmp_path: Path) -> None:
+    docs = render(tmp_path, SCENARIOS["peering"])
+    args = operator_container(docs)["args"]
     assert "--peering=lora-operator" in args and "--standalone" not in args
     assert only(docs, "CustomResourceDefinition", "clusterkopfpeerings.kopf.dev")
     assert only(docs, "CustomResourceDefinition", "kopfpeerings.kopf.dev")

@@ -85,6 +85,7 @@ def test_metrics_report_phases_queue_and_gpus_against_quota(
         f'lorajob_gpus_in_use{{gpu_type="A100-80GB",namespace="{NAMESPACE}"}} 2.0',
         f'lorajob_gpu_quota{{gpu_type="A100-80GB",namespace="{NAMESPACE}"}} 4.0',
         "lorajob_reconcile_duration_seconds_count",
+        "lorajob_operator_leader 1.0",  # no election: this one acts
     ]
 
     def missing() -> list[str]:

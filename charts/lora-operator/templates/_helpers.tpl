@@ -52,7 +52,16 @@ app.kubernetes.io/part-of: lora-operator
 
 {{/* Peering (kopf leader election) is on with several replicas or when asked for. */}}
 {{- define "lora-operator.peering" -}}
-{{- if or .Values.peering.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- if .Values.peering.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Leader election: asked for, or implied by more than one replica. */}}
+{{- define "lora-operator.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{- define "lora-operator.leaseName" -}}
+{{- include "lora-operator.fullname" . }}
 {{- end }}
 
 {{/* Namespaces with a Role: the watched ones in namespaced mode. */}}

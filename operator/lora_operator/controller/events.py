@@ -7,6 +7,8 @@ failures, progress, queue admission) are noticed by the resync loop, outside it.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 from typing import Any
 
@@ -16,6 +18,13 @@ from .kube import Kube
 log = logging.getLogger("lora_operator.events")
 COMPONENT = "lora-operator"
 MAX_MESSAGE = 1024
+# Which replica reported an Event (`kubectl get events -o wide` shows it): the pod's name, or the
+# leader-election identity when one is set.
+_instance = {"name": os.environ.get("POD_NAME") or socket.gethostname()}
+
+
+def set_reporting_instance(name: str) -> None:
+    _instance["name"] = name
 
 
 def build_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
@@ -41,9 +50,9 @@ def build_event(obj: dict[str, Any], type_: str, reason: str, message: str) -> d
         "type": type_,
         "reason": reason,
         "message": message[:MAX_MESSAGE],
-        "source": {"component": COMPONENT},
+        "source": {"component": COMPONENT, "host": _instance["name"]},
         "reportingComponent": COMPONENT,
-        "reportingInstance": COMPONENT,
+        "reportingInstance": _instance["name"],
         "firstTimestamp": now,
         "lastTimestamp": now,
         "count": 1,

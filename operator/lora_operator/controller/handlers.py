@@ -18,7 +18,6 @@ from ..api.types import GROUP, PLURAL, VERSION
 from .config import ConfigSource
 from .events import post_event
 from .kube import KubeHolder
-from .metrics import serve as serve_metrics
 from .reconcile import Reconciler
 
 log = logging.getLogger("lora_operator.handlers")
@@ -28,7 +27,6 @@ log = logging.getLogger("lora_operator.handlers")
 class Options:
     config: ConfigSource
     resync_seconds: float
-    metrics_port: int | None
     namespaces: list[str]
     concurrency: int = 16
 
@@ -63,8 +61,6 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Reconciler:
         settings.posting.level = logging.WARNING  # kopf posts only its failures
         settings.watching.server_timeout = 300
         settings.batching.worker_limit = options.concurrency * 4
-        if options.metrics_port:
-            serve_metrics(options.metrics_port)
         tasks.append(asyncio.get_running_loop().create_task(resync_loop(reconciler, options)))
 
     @kopf.on.cleanup(registry=registry)

@@ -1,8 +1,9 @@
-"""`lorajob run`: the operator process (kopf) with namespaces, peering, liveness and metrics.
+"""`lorajob run`: the operator process (kopf) with namespaces, leader election, liveness, metrics.
 
-Two replicas never both act: kopf peering (a `KopfPeering`/`ClusterKopfPeering` object named by
-`--peering`, which the Helm chart installs) lets only the highest-priority operator work.
-`--standalone` skips peering: for one replica, tests and the emulator (which has no peering CRD).
+Replicas never both act: with `--leader-elect` only the holder of a Lease in the operator's
+namespace runs kopf (see `leader.py`); the others stand by. kopf peering (`--peering`) is a
+separate, optional pause switch: an operator started with a higher `--priority` (say, a
+developer's) pauses the in-cluster one. `--standalone`: neither (one replica, tests, the demo).
 """
 
 from __future__ import annotations
@@ -12,8 +13,15 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Any
 
 from .config import CONFIG_ENV, ConfigError, ConfigSource
+from .elected import run_elected
+from .events import set_reporting_instance
+from .kube import Kube
+from .leader import LeaderElector, LeaseSettings, default_identity, default_namespace
+from .metrics import LEADER
+from .metrics import serve as serve_metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +40,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get(CONFIG_ENV),
         help=f"operator config YAML, reloaded on change (env {CONFIG_ENV})",
     )
-    parser.add_argument("--standalone", action="store_true", help="no peering (single replica)")
-    parser.add_argument("--peering", default=None, help="peering object name (default: kopf's)")
-    parser.add_argument("--priority", type=int, default=0, help="peering priority")
+    parser.add_argument("--standalone", action="store_true", help="no kopf peering")
+    parser.add_argument("--peering", default=None, help="kopf peering object name (opt-in)")
+    parser.add_argument("--priority", type=int, default=0, help="kopf peering priority")
+    election = parser.add_argument_group("leader election (for more than one replica)")
+    election.add_argument(
+        "--leader-elect", action="store_true", help="act only while holding the leader Lease"
+    )
+    election.add_argument("--leader-elect-name", default="lora-operator", help="the Lease's name")
+    election.add_argument(
+        "--leader-elect-namespace",
+        default=None,
+        help="the Lease's namespace (default: $POD_NAMESPACE or the service account's)",
+    )
+    election.add_argument(
+        "--leader-elect-identity", default=None, help="this replica's name (default: $POD_NAME)"
+    )
+    election.add_argument(
+        "--leader-elect-lease-seconds",
+        type=float,
+        default=15.0,
+        help="how long a silent leader keeps the Lease before a standby takes over",
+    )
     parser.add_argument(
         "--liveness",
         default=None,
@@ -70,6 +97,9 @@ def main(argv: list[str]) -> int:
     if args.resync_seconds is not None and args.resync_seconds <= 0:
         print("lorajob run: --resync-seconds must be > 0", file=sys.stderr)
         return 2
+    if args.leader_elect_lease_seconds < 1:
+        print("lorajob run: --leader-elect-lease-seconds must be >= 1", file=sys.stderr)
+        return 2
 
     import kopf
 
@@ -90,24 +120,65 @@ def main(argv: list[str]) -> int:
     options = Options(
         config=source,
         resync_seconds=args.resync_seconds or source.get().progress_interval_seconds,
-        metrics_port=args.metrics_port,
         namespaces=namespaces,
         concurrency=args.concurrency,
     )
     register(registry, options)
+    if args.metrics_port:
+        serve_metrics(args.metrics_port)
+    kopf_options: dict[str, Any] = dict(
+        registry=registry,
+        # Under leader election kopf peering is only on when asked for by name.
+        standalone=args.standalone or (args.leader_elect and args.peering is None),
+        priority=args.priority,
+        peering_name=args.peering,
+        liveness_endpoint=args.liveness,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+    )
+    code = 0
     try:
-        kopf.run(
-            registry=registry,
-            standalone=args.standalone,
-            priority=args.priority,
-            peering_name=args.peering,
-            liveness_endpoint=args.liveness,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-        )
+        if args.leader_elect:
+            elector = _elector(args, namespaces)
+            if elector is None:
+                return 2
+            operate = lambda stop: kopf.operator(stop_flag=stop, **kopf_options)  # noqa: E731
+            code = asyncio.run(run_elected(elector, args.liveness, operate))
+        else:
+            LEADER.set(1)
+            kopf.run(**kopf_options)
     except KeyboardInterrupt:
         return 0
     except asyncio.CancelledError:
         return 0
     logging.shutdown()
-    return 0
+    return code
+
+
+def _elector(args: argparse.Namespace, namespaces: list[str]) -> LeaderElector | None:
+    """The Lease client, logged in as kopf will be; None (after a message) when it cannot be."""
+    import kopf
+
+    namespace = args.leader_elect_namespace or default_namespace()
+    if not namespace:
+        print(
+            "lorajob run: --leader-elect needs the Lease's namespace: pass "
+            "--leader-elect-namespace or set POD_NAMESPACE",
+            file=sys.stderr,
+        )
+        return None
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        print("lorajob run: no service account or kubeconfig to log in with", file=sys.stderr)
+        return None
+    lease = LeaseSettings(
+        name=args.leader_elect_name,
+        namespace=namespace,
+        identity=args.leader_elect_identity or default_identity(),
+        lease_seconds=args.leader_elect_lease_seconds,
+    )
+    set_reporting_instance(lease.identity)
+    return LeaderElector(Kube(info), lease)

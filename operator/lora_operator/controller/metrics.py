@@ -25,6 +25,10 @@ GPU_QUOTA = Gauge(
     "GPU quota per namespace and type (-1: unlimited)",
     ["namespace", "gpu_type"],
 )
+LEADER = Gauge(
+    "lorajob_operator_leader",
+    "1 on the replica that holds the leader Lease (or runs without election), 0 on standbys",
+)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:

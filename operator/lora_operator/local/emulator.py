@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, cast
 
 import aiohttp.web
+import attrs
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import enums, k8s, rendering
@@ -49,6 +50,15 @@ CORE_RESOURCES: list[tuple[str, str, bool]] = [
 ]
 KSERVE_RESOURCE = ("serving.kserve.io/v1beta1/inferenceservices", "InferenceService", True)
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+
+
+@attrs.frozen
+class VersionConflictError(k8s.KubernetesError):
+    """409 for a write whose resourceVersion precondition no longer holds."""
+
+    status: int = 409
+    reason: str = "Conflict"
+    message: str = "the object has been modified"
 
 
 def _now() -> str:
@@ -217,6 +227,17 @@ class LoRAJobEmulator(KubernetesEmulator):
         elif request.action == enums.action.UPDATE and request.name is not None:
             current = self._current(request)
             meta = data.setdefault("metadata", {})
+            expected = meta.get("resourceVersion")
+            if (
+                current is not None
+                and expected
+                and expected != current["metadata"].get("resourceVersion")
+            ):
+                # A resourceVersion in the body is a precondition, as on the API server: this is
+                # what makes Lease-based leader election safe.
+                raise VersionConflictError(
+                    message=f"the object has been modified (resourceVersion {expected} is stale)"
+                )
             meta["resourceVersion"] = uuid.uuid4().hex[:8]
             if current is not None and request.subresource != "status" and "spec" in data:
                 merged = {**(current.get("spec") or {}), **(data.get("spec") or {})}
@@ -229,13 +250,32 @@ class LoRAJobEmulator(KubernetesEmulator):
             raise k8s.KubernetesResourceNotFoundError(
                 message=f"the server could not find the requested resource {request.resource}"
             )
-        if specific:
-            async with self._lock:
-                self._stamp(request)
+        conditional = (
+            specific
+            and request.action == enums.action.UPDATE
+            and isinstance(request.data, dict)
+            and bool((request.data.get("metadata") or {}).get("resourceVersion"))
+        )
         try:
-            return await super()._handle(request)
+            if not conditional:
+                if specific:
+                    async with self._lock:
+                        self._stamp(request)
+                return await super()._handle(request)
+            # Check and write in one step for conditional writers (kmock's own lock is released
+            # in between, so two of them could otherwise both pass the check).
+            async with self._conditional_writes():
+                async with self._lock:
+                    self._stamp(request)
+                return await super()._handle(request)
         finally:
             self._forget(request)
+
+    def _conditional_writes(self) -> asyncio.Lock:
+        lock: asyncio.Lock | None = getattr(self, "_conditional_lock", None)
+        if lock is None:
+            lock = self._conditional_lock = asyncio.Lock()
+        return lock
 
     def _KubernetesEmulator__get_objs(  # overrides kmock's name-mangled method
         self, request: rendering.Request, strict: bool
