@@ -11,22 +11,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from operator_harness import (
     BUCKET,
-    NAMESPACE,
     REAL_CLUSTER,
-    SECRET,
     Harness,
-    operator_config,
+    prepare_harness,
     start_operator,
 )
 
 from lora_operator.local.emulator import EmulatedCluster, RestClient
-from lora_operator.local.operator_process import secret_manifest, stop_operator
+from lora_operator.local.operator_process import stop_operator
 from lora_operator.local.s3server import S3Server
 
 
@@ -54,17 +51,9 @@ def harness(
 ) -> Iterator[Harness]:
     client, kubeconfig = cluster
     workdir = tmp_path_factory.mktemp("operator")
-    config_path = workdir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(operator_config(s3)))
-    if client.get("v1/secrets", NAMESPACE, SECRET) is None:
-        client.create(
-            "v1/secrets",
-            NAMESPACE,
-            secret_manifest(SECRET, NAMESPACE, s3.access_key, s3.secret_key),
-        )
-    h = Harness(client, s3, config_path, kubeconfig)
+    h = prepare_harness(client, s3, kubeconfig, workdir)
     log_path = workdir / "operator.log"
-    process = start_operator(kubeconfig, config_path, log_path)
+    process = start_operator(kubeconfig, h.config_path, log_path)
     h.operator = process
     h.log_path = log_path
     time.sleep(0.5)

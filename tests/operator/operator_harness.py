@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -161,6 +162,35 @@ class Harness:
         # mtime resolution: make sure the change is seen as one
         stamp = time.time() + 1
         os.utime(self.config_path, (stamp, stamp))
+
+
+def prepare_harness(
+    client: RestClient,
+    s3: S3Server,
+    kubeconfig: Path,
+    workdir: Path,
+    config: dict[str, Any] | None = None,
+) -> Harness:
+    """Write the operator config (default: `operator_config`) and make sure the S3 credentials
+    Secret exists: what every test that starts its own operator needs first."""
+    from lora_operator.local.operator_process import secret_manifest
+
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config or operator_config(s3)))
+    if client.get("v1/secrets", NAMESPACE, SECRET) is None:
+        client.create(
+            "v1/secrets",
+            NAMESPACE,
+            secret_manifest(SECRET, NAMESPACE, s3.access_key, s3.secret_key),
+        )
+    return Harness(client, s3, config_path, kubeconfig)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def operator_config(s3: S3Server) -> dict[str, Any]:

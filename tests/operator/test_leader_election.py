@@ -5,7 +5,6 @@ released) or dies (after one lease duration)."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,23 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
-from operator_harness import NAMESPACE, SECRET, Harness, gpu_job, operator_config, start_operator
+from operator_harness import NAMESPACE, Harness, free_port, gpu_job, prepare_harness, start_operator
 
 from lora_operator.controller.leader import LEASES
 from lora_operator.local.emulator import RestClient
-from lora_operator.local.operator_process import secret_manifest, stop_operator
+from lora_operator.local.operator_process import stop_operator
 from lora_operator.local.s3server import S3Server
 
 LEASE = "lora-operator-test"
 LEASE_SECONDS = 6
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Replicas:
@@ -42,7 +33,7 @@ class Replicas:
         self.ports: dict[str, int] = {}
 
     def start(self, identity: str) -> None:
-        self.ports[identity] = _free_port()
+        self.ports[identity] = free_port()
         self.processes[identity] = start_operator(
             self.harness.kubeconfig,
             self.harness.config_path,
@@ -94,17 +85,9 @@ class Replicas:
 @pytest.fixture
 def replicas(cluster: tuple[RestClient, Path], s3: S3Server, tmp_path: Path) -> Iterator[Replicas]:
     client, kubeconfig = cluster
-    config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(operator_config(s3)))
-    if client.get("v1/secrets", NAMESPACE, SECRET) is None:
-        client.create(
-            "v1/secrets",
-            NAMESPACE,
-            secret_manifest(SECRET, NAMESPACE, s3.access_key, s3.secret_key),
-        )
     if client.get(LEASES, NAMESPACE, LEASE) is not None:
         client.delete(LEASES, NAMESPACE, LEASE)
-    harness = Harness(client, s3, config_path, kubeconfig)
+    harness = prepare_harness(client, s3, kubeconfig, tmp_path)
     group = Replicas(harness, tmp_path)
     try:
         yield group

@@ -3,32 +3,24 @@ of the real operator process."""
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from operator_harness import (
     NAMESPACE,
-    SECRET,
     Harness,
+    free_port,
     gpu_job,
     operator_config,
+    prepare_harness,
     start_operator,
 )
 
 from lora_operator.local.emulator import RestClient
-from lora_operator.local.operator_process import secret_manifest, stop_operator
+from lora_operator.local.operator_process import stop_operator
 from lora_operator.local.s3server import S3Server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -42,25 +34,17 @@ def observed(
 ) -> Iterator[tuple[Harness, int, int]]:
     client, kubeconfig = cluster
     workdir = tmp_path_factory.mktemp("operations")
-    config_path = workdir / "config.yaml"
     config = operator_config(s3)
     config["quotas"] = {"default": {"gpus": 4}}
-    config_path.write_text(yaml.safe_dump(config))
-    if client.get("v1/secrets", NAMESPACE, SECRET) is None:
-        client.create(
-            "v1/secrets",
-            NAMESPACE,
-            secret_manifest(SECRET, NAMESPACE, s3.access_key, s3.secret_key),
-        )
-    metrics_port, liveness_port = _free_port(), _free_port()
+    harness = prepare_harness(client, s3, kubeconfig, workdir, config)
+    metrics_port, liveness_port = free_port(), free_port()
     process = start_operator(
         kubeconfig,
-        config_path,
+        harness.config_path,
         workdir / "operator.log",
         f"--metrics-port={metrics_port}",
         f"--liveness=http://127.0.0.1:{liveness_port}/healthz",
     )
-    harness = Harness(client, s3, config_path, kubeconfig)
     harness.operator = process
     harness.log_path = workdir / "operator.log"
     try:
