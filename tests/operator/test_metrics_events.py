@@ -11,7 +11,7 @@ from lora_operator.api.operator_config import Quotas
 from lora_operator.controller import metrics
 from lora_operator.controller.events import build_event
 from lora_operator.controller.quota import Demand
-from lora_operator.controller.reconcile import needs_resync
+from lora_operator.controller.reconcile import SLOW_RESYNC_SECONDS, resync_interval
 
 
 def sample(name: str, **labels: str) -> float | None:
@@ -51,16 +51,50 @@ def test_only_jobs_with_periodic_work_are_resynced() -> None:
     def job(phase: str | None, spec: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:
         return {"spec": spec or {}, "status": {"phase": phase, **status}}
 
-    assert needs_resync(job(None))
-    assert needs_resync(job("Running")) and needs_resync(job("Queued"))
-    assert not needs_resync(job("Suspended"))
-    assert not needs_resync(job("Failed"))
-    assert needs_resync(job("Failed", {"ttlSecondsAfterFinished": 60}))
-    assert not needs_resync(job("Succeeded"))
+    assert resync_interval(job(None)) == 0
+    assert resync_interval(job("Running")) == 0 and resync_interval(job("Queued")) == 0
+    assert resync_interval(job("Suspended")) is None
+    assert resync_interval(job("Failed")) is None
+    assert resync_interval(job("Failed", {"ttlSecondsAfterFinished": 60})) == 0
+    assert resync_interval(job("Succeeded")) is None
     serving = {"serving": {"enabled": True}}
-    assert needs_resync(job("Succeeded", serving))
+    assert resync_interval(job("Succeeded", serving)) == 0
     ready = [{"type": "Serving", "status": "True"}]
-    assert not needs_resync(job("Succeeded", serving, conditions=ready))
+    assert resync_interval(job("Succeeded", serving, conditions=ready)) is None
+    not_ready = [{"type": "Serving", "status": "False", "reason": "NotReady"}]
+    assert resync_interval(job("Succeeded", serving, conditions=not_ready)) == 0
+    # no KServe: look again now and then (it may be installed later), not every resync
+    absent = [{"type": "Serving", "status": "False", "reason": "KServeNotInstalled"}]
+    assert resync_interval(job("Succeeded", serving, conditions=absent)) == SLOW_RESYNC_SECONDS
+
+
+def test_slow_jobs_are_due_only_once_per_interval() -> None:
+    from lora_operator.controller.config import ConfigSource
+    from lora_operator.controller.events import post_event
+    from lora_operator.controller.kube import KubeHolder
+    from lora_operator.controller.reconcile import Reconciler
+
+    def job(name: str, phase: str, **spec: Any) -> dict[str, Any]:
+        absent = [{"type": "Serving", "status": "False", "reason": "KServeNotInstalled"}]
+        return {
+            "metadata": {"namespace": "ml", "name": name},
+            "spec": spec,
+            "status": {"phase": phase, "conditions": absent},
+        }
+
+    # observe/periodic_keys never call the API
+    reconciler = Reconciler(config=ConfigSource(), kube_factory=KubeHolder.get, emit=post_event)
+    reconciler.observe(job("running", "Running"))
+    reconciler.observe(job("no-kserve", "Succeeded", serving={"enabled": True}))
+    reconciler.observe(job("done", "Succeeded"))
+    assert reconciler.periodic_keys(now=0.0) == [("ml", "no-kserve"), ("ml", "running")]
+    assert reconciler.periodic_keys(now=1.0) == [("ml", "running")]
+    assert reconciler.periodic_keys(now=SLOW_RESYNC_SECONDS) == [
+        ("ml", "no-kserve"),
+        ("ml", "running"),
+    ]
+    reconciler.observe(job("no-kserve", "Succeeded", serving={"enabled": True}), deleted=True)
+    assert reconciler.periodic_keys(now=2 * SLOW_RESYNC_SECONDS) == [("ml", "running")]
 
 
 def test_progress_status_rounds_losses_for_the_printer_column() -> None:

@@ -18,7 +18,7 @@ from lora_operator.api.operator_config import OperatorConfig
 from lora_operator.controller.config import ConfigSource
 from lora_operator.controller.events import post_event
 from lora_operator.controller.kube import API_CALLS, Call
-from lora_operator.controller.reconcile import Reconciler
+from lora_operator.controller.reconcile import SLOW_RESYNC_SECONDS, Reconciler
 from lora_operator.local.s3server import S3Server
 
 NS = "default"
@@ -134,6 +134,8 @@ def test_kserve_absent_still_succeeds(world: World) -> None:
     assert status["phase"] == "Succeeded"
     serving = next(c for c in status["conditions"] if c["type"] == "Serving")
     assert serving["reason"] == "KServeNotInstalled" and "install KServe" in serving["message"]
+    # looked at again only every few minutes (KServe may be installed later)
+    assert world.reconciler.periodic[(NS, "u-nokserve")] == SLOW_RESYNC_SECONDS
 
 
 def test_failure_reports_the_trainers_message(world: World) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import copy
 import datetime
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -98,25 +99,35 @@ def demand_from(obj: dict[str, Any]) -> Demand | None:
     )
 
 
-def needs_resync(obj: dict[str, Any]) -> bool:
-    """Does this job need periodic work (following a Job, progress, the queue, TTL, serving
-    readiness)? Finished jobs without TTL or pending serving, and suspended jobs, do not: a spec
-    change reaches them through the watch. Keeps 1000 finished jobs from costing API calls."""
+# A finished job waiting for KServe to be installed: looked at now and then, not every resync.
+SLOW_RESYNC_SECONDS = 300.0
+
+
+def resync_interval(obj: dict[str, Any]) -> float | None:
+    """How often this job needs periodic work (following a Job, progress, the queue, TTL, serving
+    readiness): None = never, 0 = every resync, else at most every that many seconds.
+
+    Finished jobs without TTL or pending serving, and suspended jobs, need none: a spec change
+    reaches them through the watch. Keeps 1000 finished jobs from costing API calls."""
     status = obj.get("status") or {}
     spec = obj.get("spec") or {}
     phase = status.get("phase")
     if phase is None or phase in ACTIVE_PHASES:
-        return True
+        return 0.0
     if phase == Phase.Suspended.value:
-        return False
+        return None
     if spec.get("ttlSecondsAfterFinished") is not None:
-        return True
+        return 0.0
     if phase == Phase.Succeeded.value and (spec.get("serving") or {}).get("enabled"):
         serving = next(
             (c for c in status.get("conditions", []) if c.get("type") == "Serving"), None
         )
-        return serving is None or serving.get("status") != "True"
-    return False
+        if serving is None:
+            return 0.0
+        if serving.get("status") == "True":
+            return None
+        return SLOW_RESYNC_SECONDS if serving.get("reason") == "KServeNotInstalled" else 0.0
+    return None
 
 
 @dataclass
@@ -129,7 +140,8 @@ class Reconciler:
     namespaces: list[str] = field(default_factory=list)  # empty: cluster-wide
     demands: dict[Key, Demand] = field(default_factory=dict)
     phases: dict[Key, str] = field(default_factory=dict)
-    periodic: set[Key] = field(default_factory=set)
+    periodic: dict[Key, float] = field(default_factory=dict)  # key -> resync_interval
+    _last_resync: dict[Key, float] = field(default_factory=dict)
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _admission: asyncio.Lock = field(default_factory=asyncio.Lock)
     _warm: bool = False
@@ -145,16 +157,19 @@ class Reconciler:
         if deleted:
             self.demands.pop(key, None)
             self.phases.pop(key, None)
-            self.periodic.discard(key)
+            self.periodic.pop(key, None)
+            self._last_resync.pop(key, None)
             self._locks.pop(key, None)
             return
         phase = (obj.get("status") or {}).get("phase")
         if phase:
             self.phases[key] = phase
-        if needs_resync(obj):
-            self.periodic.add(key)
+        interval = resync_interval(obj)
+        if interval is None:
+            self.periodic.pop(key, None)
+            self._last_resync.pop(key, None)
         else:
-            self.periodic.discard(key)
+            self.periodic[key] = interval
         demand = demand_from(obj)
         if demand is None:
             self.demands.pop(key, None)
@@ -171,9 +186,18 @@ class Reconciler:
                 self.observe(obj)
         self._warm = True
 
-    def periodic_keys(self) -> list[Key]:
-        """The jobs the resync loop re-reads (finished, idle jobs are left alone)."""
-        return sorted(self.periodic)
+    def periodic_keys(self, now: float | None = None) -> list[Key]:
+        """The jobs due for a resync now (finished, idle jobs are left alone; slow ones wait
+        their interval)."""
+        now = time.monotonic() if now is None else now
+        due = [
+            key
+            for key, interval in self.periodic.items()
+            if now - self._last_resync.get(key, -math.inf) >= interval
+        ]
+        for key in due:
+            self._last_resync[key] = now
+        return sorted(due)
 
     def catalog(self, config: OperatorConfig) -> GpuCatalog:
         key = hash(tuple(g.model_dump_json() for g in config.gpu_catalog))
