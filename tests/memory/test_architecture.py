@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,44 @@ def test_malformed_and_foreign_configs(tmp_path: Path) -> None:
 def test_unreachable_url_fails_clearly() -> None:
     with pytest.raises(PlanningError, match=r"^spec.baseModel.config: cannot fetch"):
         load_architecture("x", "http://127.0.0.1:9/config.json")
+
+
+def _write(tmp_path: Path, name: str, config: dict[str, Any]) -> str:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def test_gated_and_plain_mlps_are_told_apart(tmp_path: Path) -> None:
+    """SwiGLU models (gate/up/down, Phi-3's fused gate_up, Mixtral's experts) save more MLP
+    activations than fc1 -> act -> fc2 models (Phi-2, GPT-NeoX), so the estimate needs to know."""
+    assert load_architecture("meta-llama/Llama-3.1-8B", None).mlp_gated
+    assert load_architecture("microsoft/Phi-3-mini-4k-instruct", None).mlp_gated
+    assert load_architecture("mistralai/Mixtral-8x7B-v0.1", None).mlp_gated
+    phi2 = {
+        "model_type": "phi",
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 100,
+        "hidden_act": "gelu_new",
+    }
+    arch = load_architecture("phi-2-like", _write(tmp_path, "phi", phi2))
+    assert not arch.mlp_gated and arch.hidden_act == "gelu_new"
+
+
+def test_multi_query_attention_has_one_kv_head(tmp_path: Path) -> None:
+    falcon = {
+        "model_type": "falcon",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 8,
+        "vocab_size": 100,
+        "multi_query": True,
+        "new_decoder_architecture": False,
+    }
+    assert load_architecture("falcon-like", _write(tmp_path, "mqa", falcon)).num_kv_heads == 1
+    grouped = {**falcon, "new_decoder_architecture": True, "num_kv_heads": 2}
+    assert load_architecture("falcon-40b-like", _write(tmp_path, "gqa", grouped)).num_kv_heads == 2
+    assert load_architecture("meta-llama/Llama-3.1-8B", None).num_kv_heads == 8

@@ -115,3 +115,21 @@ def test_offload_moves_optimizer_and_params_to_host(llama8b: Architecture) -> No
     assert offloaded.peak_gib < on_gpu.peak_gib
     assert offloaded.breakdown_gib["optimizer"] == 0
     assert offloaded.host_offload_gib > 0
+
+
+def test_mlp_activations_follow_the_mlp_and_its_activation(llama8b: Architecture) -> None:
+    """Frozen linears save no input: a gated MLP saves gate, act(gate) and up; a plain one only
+    its activation's input, unless the activation is HF's Python GELU (four intermediates)."""
+    shape = replace(BASE, gradient_checkpointing=False)
+    plain = replace(llama8b, mlp_gated=False, hidden_act="gelu")
+    composite = replace(plain, hidden_act="gelu_new")
+
+    def activations(arch: Architecture, assumptions: Assumptions | None = None) -> float:
+        return estimate_memory(arch, shape, assumptions).breakdown_gib["activations"]
+
+    tokens = shape.micro_batch * shape.seq_len
+    width_gib = tokens * llama8b.num_layers * llama8b.intermediate_size * 2 / 1024**3
+    assert activations(llama8b) - activations(plain) == pytest.approx(2 * width_gib)
+    assert activations(composite) - activations(plain) == pytest.approx(3 * width_gib)
+    fused = Assumptions(fused_activations=True)
+    assert activations(composite, fused) == pytest.approx(activations(plain))

@@ -44,6 +44,11 @@ class LinearModule:
         return self.copies * self.in_features * self.out_features
 
 
+# Linear names that only a gated MLP has (Llama/Mistral/Qwen/Gemma, Phi-3's fused gate_up,
+# Mixtral's experts); Phi-2, Falcon and GPT-NeoX have fc1/dense_h_to_4h -> act -> fc2.
+GATED_MLP_NAMES = frozenset({"gate_proj", "gate_up_proj", "w1", "w3"})
+
+
 @dataclass(frozen=True)
 class Architecture:
     """What the memory model needs from a config: sizes and exact parameter counts."""
@@ -66,6 +71,8 @@ class Architecture:
     quantizable_rows: int  # output rows of those weights (LLM.int8 keeps one fp32 scale per row)
     linears: tuple[LinearModule, ...]  # every adaptable linear except lm_head
     largest_layer_params: int  # parameters of one decoder layer (ZeRO-3 gathers one at a time)
+    mlp_gated: bool = True  # gate * act(up) (SwiGLU/GeGLU) rather than fc1 -> act -> fc2
+    hidden_act: str = "silu"
 
     @property
     def unquantized_params(self) -> int:
@@ -195,6 +202,13 @@ def _walk(source: str, model_type: str, config: Any, model: Any) -> Architecture
     heads = int(text_config.num_attention_heads)
     hidden = int(text_config.hidden_size)
     head_dim = int(getattr(text_config, "head_dim", None) or hidden // heads)
+    gated = any(module.short_name in GATED_MLP_NAMES for module in linears)
+    hidden_act = str(
+        getattr(text_config, "hidden_act", None)
+        or getattr(text_config, "activation_function", None)
+        or getattr(text_config, "activation", None)
+        or "silu"
+    )
     return Architecture(
         source=source,
         model_type=model_type,
@@ -202,7 +216,7 @@ def _walk(source: str, model_type: str, config: Any, model: Any) -> Architecture
         intermediate_size=int(getattr(text_config, "intermediate_size", 4 * hidden)),
         num_layers=layers,
         num_heads=heads,
-        num_kv_heads=int(getattr(text_config, "num_key_value_heads", None) or heads),
+        num_kv_heads=_kv_heads(text_config, heads),
         head_dim=head_dim,
         vocab_size=int(text_config.vocab_size),
         max_position_embeddings=int(getattr(text_config, "max_position_embeddings", 0) or 0),
@@ -214,7 +228,22 @@ def _walk(source: str, model_type: str, config: Any, model: Any) -> Architecture
         quantizable_rows=rows,
         linears=tuple(linears),
         largest_layer_params=per_layer,
+        mlp_gated=gated,
+        hidden_act=hidden_act,
     )
+
+
+def _kv_heads(config: Any, heads: int) -> int:
+    """Key/value heads: GQA's `num_key_value_heads`, else multi-query (Falcon-7B, StarCoder:
+    one), else Falcon's `num_kv_heads` for its new decoder, else one per query head."""
+    explicit = getattr(config, "num_key_value_heads", None)
+    if explicit:
+        return int(explicit)
+    if getattr(config, "new_decoder_architecture", False) and getattr(config, "num_kv_heads", None):
+        return int(config.num_kv_heads)
+    if getattr(config, "multi_query", False):
+        return 1
+    return heads
 
 
 def _expert_linears(

@@ -67,6 +67,21 @@ class Assumptions:
     chunked_loss: bool = False  # chunked cross-entropy (torchtune/litgpt/Liger) drops the logits
     norm_bytes_per_element: float = 4.0  # RMSNorm upcasts its input to fp32 and saves it
     zero3_prefetch_layers: float = 2.0  # ZeRO-3 holds the current and the prefetched layer
+    # True when the trainer runs every activation as one kernel (LitGPT's F.gelu); HF runs
+    # `gelu_new`/`gelu_fast` as Python expressions that save several intermediates.
+    fused_activations: bool = False
+
+
+# Tensors an activation function saves for backward, per element of its input: one (its input)
+# for a fused kernel; HF's Python GELUs save input, tanh(...), 0.5*x and 1+tanh(...).
+COMPOSITE_ACTIVATION_SAVES = {"gelu_new": 4, "gelu_fast": 4, "quick_gelu": 2}
+
+
+def mlp_saved_widths(arch: Architecture, assumptions: Assumptions) -> int:
+    """MLP-wide tensors one layer saves for backward (frozen linears save no input): the
+    activation's own saves, plus act(gate) and up for the product of a gated MLP."""
+    act = 1 if assumptions.fused_activations else COMPOSITE_ACTIVATION_SAVES.get(arch.hidden_act, 1)
+    return act + (2 if arch.mlp_gated else 0)
 
 
 @dataclass(frozen=True)
@@ -170,7 +185,7 @@ def activation_terms(
         + (q_width + 2 * kv_width) * cb  # q, k, v after rotary, saved by attention
         + q_width * cb  # attention output
         + arch.num_heads * 4  # attention log-sum-exp (fp32)
-        + 3 * mlp_width * cb  # gate, act(gate), up saved by SiLU and the product
+        + mlp_saved_widths(arch, assumptions) * mlp_width * cb  # e.g. gate, act(gate), up
         + h * cb  # the layer input
     )
     layer_input = h * cb
