@@ -23,11 +23,16 @@ TARGET_SHARE = 0.80
 
 # What each trainer does differently from our defaults (HF Trainer + PEFT under autocast).
 TRAINER_ASSUMPTIONS = {
-    # bf16-true: adapters and Adam moments in bf16; chunked cross-entropy; norms stay bf16.
+    # bf16-true: adapters and Adam moments in bf16; chunked cross-entropy; norms stay bf16;
+    # activations run as single kernels (F.gelu).
     "litgpt": Assumptions(
         adapter_bytes=2.0, kbit_upcast_bytes=2.0, chunked_loss=True, fused_activations=True
     ),
     "hf-peft": Assumptions(),
+    # PEFT on a bf16 model with bf16 adapters (autocast_adapter_dtype=False) and no
+    # prepare_model_for_kbit_training; torchtune's single-device LoRA recipe: the same dtypes.
+    "peft-bf16-adapters": Assumptions(adapter_bytes=2.0, kbit_upcast_bytes=2.0),
+    "torchtune": Assumptions(adapter_bytes=2.0, kbit_upcast_bytes=2.0),
 }
 # LitGPT materialises the 16-bit checkpoint on the GPU before quantizing it, so its QLoRA
 # max_memory_allocated is set while loading, not while training.
@@ -66,10 +71,13 @@ def estimate_case(case: dict[str, Any]) -> tuple[float, float]:
         gradient_checkpointing=case["checkpointing"],
     )
     trainer = case["trainer"]
-    estimate = estimate_memory(arch, shape, TRAINER_ASSUMPTIONS[trainer])
+    assumptions = TRAINER_ASSUMPTIONS[trainer]
+    estimate = estimate_memory(arch, shape, assumptions)
     if case["peak"] == "max_memory_allocated":
         gib = estimate.peak_allocated_gib
-    else:  # nvidia-smi / reserved: include allocator slack and the CUDA context
+    elif case["peak"] == "max_memory_reserved":  # the caching allocator's slack, no context
+        gib = estimate.peak_allocated_gib * (1 + assumptions.allocator_overhead_fraction)
+    else:  # nvidia-smi: allocator slack and the CUDA context
         gib = estimate.peak_gib
     sixteen_bit = arch.total_params * 2 / GIB
     if trainer in QUANTIZES_AFTER_LOADING and shape.quantization != QuantizationMode.none:

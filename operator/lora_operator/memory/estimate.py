@@ -15,7 +15,8 @@ Term names (stable; they are the keys of `breakdown_gib`):
   shard them, CPU offload moves them to host memory.
 - `activations`: tensors saved for backward (per-layer formula, gradient checkpointing aware).
 - `attention_scores`: eager attention's softmax (b*heads*s^2), absent with SDPA/flash.
-- `lora_dropout`: the copy of each target module's input that LoRA dropout keeps for backward.
+- `lora_dropout`: what the adapters keep of their inputs for backward: with dropout, each target
+  module's dropped-out copy and mask; without, lora_A's input itself where nothing else saves it.
 - `logits`: b*s*vocab logits, their fp32 upcast and the loss gradient.
 - `allocator_overhead`, `cuda_context`: not in max_memory_allocated, seen by nvidia-smi.
 """
@@ -48,7 +49,7 @@ TERM_HELP: dict[str, str] = {
     "optimizer": "optimizer states (AdamW: 2 fp32 moments; 8-bit: 2 bytes per parameter)",
     "activations": "saved for backward: checkpointed layer inputs + one layer's working set",
     "attention_scores": "eager attention's softmax scores, batch x heads x seq^2",
-    "lora_dropout": "input copies LoRA dropout keeps for backward, one per target module",
+    "lora_dropout": "adapter inputs kept for backward (dropout copies, or the shared inputs)",
     "logits": "batch x seq x vocab logits, their fp32 upcast and the loss gradient",
     "allocator_overhead": "PyTorch caching-allocator slack and fragmentation",
     "cuda_context": "CUDA context and kernels (seen by nvidia-smi, not by torch)",
@@ -169,6 +170,39 @@ def weight_bytes(arch: Architecture, shape: TrainingShape, assumptions: Assumpti
     return q * 0.5 + absmax + rest
 
 
+# Target modules grouped by the tensor they read, for adapters without dropout: q/k/v read the
+# attention norm's output, gate/up (fc1) the MLP norm's, down (fc2) the MLP's inner activation;
+# the attention output projection reads what attention already saved.
+_READS_ATTENTION_INPUT = frozenset(
+    {"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "Wqkv", "c_attn"}
+)
+_READS_ATTENTION_OUTPUT = frozenset({"o_proj", "out_proj", "dense"})
+_READS_MLP_INPUT = frozenset(
+    {"gate_proj", "up_proj", "gate_up_proj", "fc1", "dense_h_to_4h", "c_fc"}
+)
+_READS_MLP_INNER = frozenset({"down_proj", "fc2", "dense_4h_to_h"})
+
+
+def unsaved_adapter_inputs(arch: Architecture, targeted: list[LinearModule]) -> float:
+    """Per token and layer, the width of the adapters' inputs that nothing else keeps: each
+    distinct input tensor once (expert adapters: their own input per active expert)."""
+    short = {m.short_name for m in targeted if m.copies == 1}
+    width = 0.0
+    if short & _READS_ATTENTION_INPUT:
+        width += arch.hidden_size
+    if short & _READS_MLP_INPUT:
+        width += arch.hidden_size
+    if short & _READS_MLP_INNER:
+        width += arch.intermediate_size
+    known = _READS_ATTENTION_INPUT | _READS_ATTENTION_OUTPUT | _READS_MLP_INPUT | _READS_MLP_INNER
+    per_layer_other = sum(
+        m.in_features * (max(arch.experts_per_token, 1) if m.copies > 1 else 1)
+        for m in targeted
+        if m.copies > 1 or m.short_name not in known
+    ) / max(arch.num_layers, 1)
+    return width + per_layer_other
+
+
 def activation_terms(
     arch: Architecture, shape: TrainingShape, assumptions: Assumptions
 ) -> dict[str, float]:
@@ -179,16 +213,21 @@ def activation_terms(
     q_width = arch.num_heads * hd
     kv_width = arch.num_kv_heads * hd
     mlp_width = arch.intermediate_size * max(arch.experts_per_token, 1)
+    # k-bit training: prepare_model_for_kbit_training keeps the norms in fp32, so the residual
+    # stream is fp32 and bitsandbytes casts each linear's output back to it; the MLP's saved
+    # tensors are then fp32 too (measured: tests/memory/test_saved_tensors.py).
+    quantized = shape.quantization != QuantizationMode.none
+    stream = max(assumptions.kbit_upcast_bytes, cb) if quantized else cb
     # Per token, per layer, with frozen base weights (frozen linears save no input):
     per_token_layer = (
         2 * h * assumptions.norm_bytes_per_element  # two RMSNorms save their fp32 input
         + (q_width + 2 * kv_width) * cb  # q, k, v after rotary, saved by attention
         + q_width * cb  # attention output
         + arch.num_heads * 4  # attention log-sum-exp (fp32)
-        + mlp_saved_widths(arch, assumptions) * mlp_width * cb  # e.g. gate, act(gate), up
+        + mlp_saved_widths(arch, assumptions) * mlp_width * stream  # e.g. gate, act(gate), up
         + h * cb  # the layer input
     )
-    layer_input = h * cb
+    layer_input = h * stream
     if shape.gradient_checkpointing:
         saved = tokens * (arch.num_layers * layer_input + per_token_layer)
     else:
@@ -199,14 +238,23 @@ def activation_terms(
     if shape.attention == Attention.eager:
         # fp32 softmax output + its bf16 cast, per head, per query-key pair
         scores = shape.micro_batch * arch.num_heads * shape.seq_len**2 * (4 + cb) * layers_live
-    dropout = 0.0
+    targeted = targeted_linears(arch, shape.target_modules)
+    per_layer_in = sum(
+        m.in_features * (max(arch.experts_per_token, 1) if m.copies > 1 else 1) for m in targeted
+    ) / max(arch.num_layers, 1)
+    # Adapters in another dtype than the compute dtype (PEFT's fp32 default): PEFT casts each
+    # module's input to it and autocast casts that back for lora_A's matmul, which saves the cast
+    # copy: one per target module, nothing shared.
+    cast_copy = cb if assumptions.adapter_bytes != cb else 0
     if shape.dropout > 0:
-        per_layer_in = sum(
-            m.in_features * (max(arch.experts_per_token, 1) if m.copies > 1 else 1)
-            for m in targeted_linears(arch, shape.target_modules)
-        ) / max(arch.num_layers, 1)
-        # dropout output (compute dtype) + its mask (1 byte), per target module input
-        dropout = tokens * per_layer_in * (cb + 1) * layers_live
+        # dropout output (adapter dtype) + its mask (1 byte) + autocast's copy, per module
+        per_element = assumptions.adapter_bytes + 1 + cast_copy
+        dropout = tokens * per_layer_in * per_element * layers_live
+    elif cast_copy:
+        dropout = tokens * per_layer_in * cast_copy * layers_live
+    else:
+        # lora_A saves its input itself, shared by the modules that read the same tensor
+        dropout = tokens * unsaved_adapter_inputs(arch, targeted) * cb * layers_live
     logits = 0.0
     if not assumptions.chunked_loss:
         logits = tokens * arch.vocab_size * assumptions.logits_bytes_per_element
