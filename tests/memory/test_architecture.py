@@ -152,3 +152,14 @@ def test_multi_query_attention_has_one_kv_head(tmp_path: Path) -> None:
     grouped = {**falcon, "new_decoder_architecture": True, "num_kv_heads": 2}
     assert load_architecture("falcon-40b-like", _write(tmp_path, "gqa", grouped)).num_kv_heads == 2
     assert load_architecture("meta-llama/Llama-3.1-8B", None).num_kv_heads == 8
+
+
+def test_lm_head_is_adapted_only_by_name() -> None:
+    """PEFT adapts lm_head when it is named (LitGPT's lora_head, torchtune's
+    apply_lora_to_output); all-linear leaves it out."""
+    arch = load_architecture("meta-llama/Llama-3.1-8B", None)
+    assert "lm_head" in arch.module_names
+    assert lora_param_count(arch, ("lm_head",), 8, False) == 8 * (4096 + 128256)
+    all_linear = lora_param_count(arch, ("all-linear",), 8, False)
+    named = arch.module_names
+    assert lora_param_count(arch, tuple(named), 8, False) == all_linear + 8 * (4096 + 128256)

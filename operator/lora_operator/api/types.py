@@ -169,7 +169,8 @@ class LoRASpec(_Model):
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         min_length=1,
         max_length=64,
-        description="Module names to adapt, or ['all-linear'] for every linear layer but lm_head.",
+        description="Module names to adapt (lm_head only by name), or ['all-linear'] for every "
+        "linear layer but lm_head.",
     )
     bias: Literal["none", "all", "lora_only"] = Field(default="none")
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")

@@ -37,10 +37,6 @@ TRAINER_ASSUMPTIONS = {
 # LitGPT materialises the 16-bit checkpoint on the GPU before quantizing it, so its QLoRA
 # max_memory_allocated is set while loading, not while training.
 QUANTIZES_AFTER_LOADING = {"litgpt"}
-# Targets a case records (what the trainer adapted) but the memory model cannot adapt: it treats
-# lm_head as frozen (like PEFT's all-linear). A head adapter is r*(hidden+vocab) parameters,
-# under 0.1 GB in every case here, so those cases are estimated without it.
-UNMODELLED_TARGETS = ("lm_head",)
 
 
 def config_ref(case: dict[str, Any]) -> str | None:
@@ -64,7 +60,7 @@ def estimate_case(case: dict[str, Any]) -> tuple[float, float]:
         quantization=QuantizationMode(case["quantization"]),
         double_quant=case.get("double_quant", True),
         rank=case["rank"],
-        target_modules=tuple(t for t in case["targets"] if t not in UNMODELLED_TARGETS),
+        target_modules=tuple(case["targets"]),
         dropout=case["dropout"],
         seq_len=case["seq_len"],
         micro_batch=case["micro_batch"],

@@ -73,6 +73,7 @@ class Architecture:
     largest_layer_params: int  # parameters of one decoder layer (ZeRO-3 gathers one at a time)
     mlp_gated: bool = True  # gate * act(up) (SwiGLU/GeGLU) rather than fc1 -> act -> fc2
     hidden_act: str = "silu"
+    head: LinearModule | None = None  # lm_head: adapted only when named (all-linear skips it)
 
     @property
     def unquantized_params(self) -> int:
@@ -81,7 +82,8 @@ class Architecture:
 
     @property
     def module_names(self) -> list[str]:
-        return sorted({m.short_name for m in self.linears})
+        heads = [self.head] if self.head is not None else []
+        return sorted({m.short_name for m in (*self.linears, *heads)})
 
 
 def read_config(name: str, config_ref: str | None) -> tuple[str, dict[str, Any]]:
@@ -183,9 +185,11 @@ def _walk(source: str, model_type: str, config: Any, model: Any) -> Architecture
     quantizable = 0
     rows = 0
     output = model.get_output_embeddings()
+    head: LinearModule | None = None
     for module_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
             if module is output:
+                head = LinearModule(module_name, module.in_features, module.out_features)
                 continue
             linears.append(LinearModule(module_name, module.in_features, module.out_features))
             quantizable += module.in_features * module.out_features
@@ -230,6 +234,7 @@ def _walk(source: str, model_type: str, config: Any, model: Any) -> Architecture
         largest_layer_params=per_layer,
         mlp_gated=gated,
         hidden_act=hidden_act,
+        head=head,
     )
 
 

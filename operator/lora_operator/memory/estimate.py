@@ -123,18 +123,19 @@ def dtype_bytes(dtype: ComputeDtype) -> float:
 
 def targeted_linears(arch: Architecture, targets: tuple[str, ...]) -> list[LinearModule]:
     """Modules PEFT would adapt: suffix match on the dotted name; all-linear skips lm_head and
-    the fused expert weights (PEFT's all-linear only finds nn.Linear)."""
+    the fused expert weights (PEFT's all-linear only finds nn.Linear); lm_head only by name."""
     if tuple(targets) == ("all-linear",):
         return [m for m in arch.linears if m.copies == 1]
-    chosen = [
-        m for m in arch.linears if any(m.name == t or m.name.endswith(f".{t}") for t in targets)
-    ]
+    pool = [*arch.linears, *([arch.head] if arch.head is not None else [])]
+    chosen = [m for m in pool if any(m.name == t or m.name.endswith(f".{t}") for t in targets)]
     if not chosen:
         raise PlanningError(
             f"spec.lora.targetModules: none of {list(targets)} is a linear module of this "
             f"model; its modules are {', '.join(arch.module_names)} (or use ['all-linear'])"
         )
-    missing = [t for t in targets if not any(m.name.endswith(f".{t}") for m in chosen)]
+    missing = [
+        t for t in targets if not any(m.name == t or m.name.endswith(f".{t}") for m in chosen)
+    ]
     if missing:
         raise PlanningError(
             f"spec.lora.targetModules: {missing} not found in this model; its modules are "
