@@ -184,6 +184,15 @@ _READS_MLP_INPUT = frozenset(
 _READS_MLP_INNER = frozenset({"down_proj", "fc2", "dense_4h_to_h"})
 
 
+def per_layer_inputs(arch: Architecture, modules: list[LinearModule]) -> float:
+    """Summed input width of `modules` per decoder layer; an expert adapter reads one input per
+    active expert."""
+    total = sum(
+        m.in_features * (max(arch.experts_per_token, 1) if m.copies > 1 else 1) for m in modules
+    )
+    return total / max(arch.num_layers, 1)
+
+
 def unsaved_adapter_inputs(arch: Architecture, targeted: list[LinearModule]) -> float:
     """Per token and layer, the width of the adapters' inputs that nothing else keeps: each
     distinct input tensor once (expert adapters: their own input per active expert)."""
@@ -196,12 +205,8 @@ def unsaved_adapter_inputs(arch: Architecture, targeted: list[LinearModule]) -> 
     if short & _READS_MLP_INNER:
         width += arch.intermediate_size
     known = _READS_ATTENTION_INPUT | _READS_ATTENTION_OUTPUT | _READS_MLP_INPUT | _READS_MLP_INNER
-    per_layer_other = sum(
-        m.in_features * (max(arch.experts_per_token, 1) if m.copies > 1 else 1)
-        for m in targeted
-        if m.copies > 1 or m.short_name not in known
-    ) / max(arch.num_layers, 1)
-    return width + per_layer_other
+    others = [m for m in targeted if m.copies > 1 or m.short_name not in known]
+    return width + per_layer_inputs(arch, others)
 
 
 def activation_terms(
@@ -240,9 +245,7 @@ def activation_terms(
         # fp32 softmax output + its bf16 cast, per head, per query-key pair
         scores = shape.micro_batch * arch.num_heads * shape.seq_len**2 * (4 + cb) * layers_live
     targeted = targeted_linears(arch, shape.target_modules)
-    per_layer_in = sum(
-        m.in_features * (max(arch.experts_per_token, 1) if m.copies > 1 else 1) for m in targeted
-    ) / max(arch.num_layers, 1)
+    per_layer_in = per_layer_inputs(arch, targeted)
     # Adapters in another dtype than the compute dtype (PEFT's fp32 default): PEFT casts each
     # module's input to it and autocast casts that back for lora_A's matmul, which saves the cast
     # copy: one per target module, nothing shared.
