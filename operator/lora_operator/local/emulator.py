@@ -21,7 +21,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, cast
 
 import aiohttp.web
@@ -32,6 +31,7 @@ from kmock._internal import enums, k8s, rendering
 
 from ..api.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from ..controller.kube import resource_path
+from .service import Service
 
 # (group/version/plural, kind, namespaced, extra) — what discovery lists. kopf needs namespaces,
 # events and CRDs listed or it waits forever without a word.
@@ -386,7 +386,7 @@ def lorajob_resource_info() -> ResourceInfo:
     )
 
 
-class EmulatedCluster:
+class EmulatedCluster(Service):
     """Runs `LoRAJobEmulator` on 127.0.0.1 in a background thread and writes a kubeconfig.
 
     `with EmulatedCluster(tmp_path, kserve=True) as cluster: cluster.kubeconfig` — the CRD is
@@ -479,17 +479,6 @@ class EmulatedCluster:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(10)
-
-    def __enter__(self) -> EmulatedCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # ------------------------------------------------------------------------------------- client

@@ -32,10 +32,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from .emulator import ApiError, RestClient
+from .service import Service
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +367,7 @@ class JobState:
     last_status: dict[str, Any] = field(default_factory=dict)
 
 
-class LocalExecutor:
+class LocalExecutor(Service):
     """Polls the API server for Jobs and runs their pods as local processes.
 
     `with LocalExecutor(client, workdir, pvc_root=...) as executor:` starts a background thread;
@@ -420,17 +420,6 @@ class LocalExecutor:
             for state in self.jobs.values():
                 for pod in state.running.values():
                     self._terminate(pod)
-
-    def __enter__(self) -> LocalExecutor:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

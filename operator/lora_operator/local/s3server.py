@@ -7,10 +7,10 @@ import logging
 import os
 import socket
 import time
-from types import TracebackType
 from typing import Any
 
 from ..storage import S3Store
+from .service import Service
 
 DEFAULT_KEY = "testing"  # moto accepts any credentials
 
@@ -32,7 +32,7 @@ def wait_for_port(host: str, port: int, timeout_s: float = 15.0) -> None:
     raise RuntimeError(f"S3 test server did not listen on {host}:{port} within {timeout_s:.0f}s")
 
 
-class S3Server:
+class S3Server(Service):
     """`with S3Server() as s3: s3.store().put_json(...)`; `.endpoint` is an http URL.
 
     `env()` gives the variables a trainer process needs to reach this server.
@@ -70,17 +70,6 @@ class S3Server:
         if self._server is not None:
             self._server.stop()
             self._server = None
-
-    def __enter__(self) -> S3Server:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def store(self, retries: int = 4) -> S3Store:
         return S3Store(self.endpoint, self.access_key, self.secret_key, retries=retries)
