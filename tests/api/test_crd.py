@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pytest
 import yaml
 
+from lora_operator.api import crd
 from lora_operator.api.crd import CRD_TARGETS, build_crd, render_crd_yaml
 
 
@@ -29,13 +32,41 @@ def test_committed_crds_match_the_types() -> None:
         assert target.read_text() == expected, f"{target} drifted from the types: run `make crds`"
 
 
-def test_crds_check_command_detects_drift(tmp_path: Any) -> None:
+def test_crds_check_command_passes_on_the_committed_files() -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "lora_operator.cli", "crds", "--check"],
         capture_output=True,
         text=True,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_crds_check_command_detects_drift(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy of the repository's CRD files: one edited by hand, one deleted, then repaired."""
+    targets = [tmp_path / t.relative_to(crd.REPO_ROOT) for t in CRD_TARGETS]
+    monkeypatch.setattr(crd, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(crd, "CRD_TARGETS", targets)
+    for target in targets:
+        target.parent.mkdir(parents=True)
+        target.write_text(render_crd_yaml())
+    assert crd.main(["--check"]) == 0
+
+    edited, missing = targets
+    edited.write_text(render_crd_yaml().replace("LoRA rank.", "LoRA rank (edited by hand)."))
+    assert crd.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert str(edited.relative_to(tmp_path)) in err and "make crds" in err
+    assert str(missing.relative_to(tmp_path)) not in err  # only the drifted file is named
+
+    missing.unlink()
+    assert crd.main(["--check"]) == 1
+    assert str(missing.relative_to(tmp_path)) in capsys.readouterr().err
+
+    assert crd.main(["--write"]) == 0
+    assert crd.main(["--check"]) == 0
+    assert all(t.read_text() == render_crd_yaml() for t in targets)
 
 
 def test_schema_is_structural() -> None:

@@ -14,15 +14,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import bitsandbytes  # noqa: F401  (the NF4/int8 layers below; CPU kernels suffice)
+import peft
 import pytest
+import torch
+import transformers
 
 from lora_operator.api.types import QuantizationMode
 from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
-pytest.importorskip("bitsandbytes")
 
 CONFIG = {
     "model_type": "llama",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from operator_harness import (
     LORAJOBS,
     REAL_CLUSTER,
@@ -16,6 +15,8 @@ from operator_harness import (
     start_operator,
 )
 
+from lora_operator.api.crd import CRD_NAME, build_crd
+from lora_operator.api.types import VERSION
 from lora_operator.local.emulator import OWNED_RESOURCES, collect_garbage
 from lora_operator.local.operator_process import stop_operator
 
@@ -132,7 +133,8 @@ def test_pod_failure_is_retried_and_resumes(harness: Harness) -> None:
     harness.apply(base_job(name))
     job = running(harness, name)
     harness.write_progress(name, "r1", step=10, latestCheckpoint="checkpoint-10")
-    harness.driver.fail_pod(job, 0, exit_code=137, message="OOMKilled")
+    # The Job's own podFailurePolicy (as the operator rendered it) decides: a kill is retried.
+    assert harness.driver.fail_pod(job, 0, exit_code=137, message="OOMKilled") == "Count"
     status = harness.wait("restart counted", lambda: harness.status(name).get("restarts") == 1)
     harness.wait("PodFailed event", lambda: "PodFailed" in reasons(harness, name))
     status = harness.status(name)
@@ -151,8 +153,9 @@ def test_bad_config_exit_fails_the_job(harness: Harness) -> None:
     harness.write_progress(
         name, "r1", state="failed", lastError="dataset has no 'completion' column"
     )
-    harness.driver.fail_pod(job, 0, exit_code=3, message="dataset has no 'completion' column")
-    harness.driver.fail(job, reason="PodFailurePolicy", message="exit code 3")
+    # No hand-set failure: the podFailurePolicy the operator rendered turns exit 3 into FailJob.
+    action = harness.driver.fail_pod(job, 0, exit_code=3, message="no 'completion' column")
+    assert action == "FailJob"
     status = harness.wait_phase(name, "Failed")
     assert "completion" in status["message"]
     assert condition(status, "Failed")["reason"] == "PodFailurePolicy"
@@ -236,8 +239,7 @@ def test_delete_removes_everything_it_created(harness: Harness) -> None:
 
 
 def test_operator_restart_mid_run_loses_nothing(harness: Harness) -> None:
-    if harness.operator is None or harness.log_path is None:
-        pytest.skip("the operator is not run by this test session")
+    assert harness.operator is not None and harness.log_path is not None  # the fixture starts it
     name = "restarted"
     harness.apply(base_job(name))
     job = running(harness, name)
@@ -265,10 +267,14 @@ def test_operator_restart_mid_run_loses_nothing(harness: Harness) -> None:
     harness.wait_phase(name, "Succeeded")
 
 
-def test_against_a_real_cluster() -> None:
-    """Says how to run this module against a real cluster (skipped with the reason otherwise)."""
-    if not REAL_CLUSTER:
-        pytest.skip(
-            "ran against the kmock emulator; set KUBECONFIG and LORAJOB_TEST_REAL=1 to run the "
-            "same tests against a real cluster (needs the LoRAJob CRD installed)"
-        )
+def test_the_cluster_serves_the_shipped_crd(harness: Harness) -> None:
+    """The API server these tests ran against (the emulator, or a real cluster with KUBECONFIG and
+    LORAJOB_TEST_REAL=1) serves the LoRAJob CRD exactly as generated from the types: otherwise the
+    module would have tested some other schema."""
+    served = harness.client.get("apiextensions.k8s.io/v1/customresourcedefinitions", None, CRD_NAME)
+    assert served is not None, f"{CRD_NAME} is not installed: kubectl apply -f crds/"
+    shipped = build_crd()["spec"]
+    assert [v["name"] for v in served["spec"]["versions"]] == [VERSION]
+    version = served["spec"]["versions"][0]
+    assert version["schema"] == shipped["versions"][0]["schema"], "the installed CRD is stale"
+    assert served["spec"]["names"]["kind"] == shipped["names"]["kind"]

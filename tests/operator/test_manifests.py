@@ -13,7 +13,7 @@ from operator_harness import base_job, gpu_job
 
 from lora_operator.api.loading import parse_lorajob
 from lora_operator.api.operator_config import OperatorConfig
-from lora_operator.api.types import EXIT_INVALID_CONFIG, LoRAJobSpec, PlanStatus
+from lora_operator.api.types import EXIT_INVALID_CONFIG, EXIT_TRANSIENT, LoRAJobSpec, PlanStatus
 from lora_operator.controller.manifests import (
     KUEUE_QUEUE_LABEL,
     LABEL_JOB,
@@ -31,6 +31,7 @@ from lora_operator.controller.manifests import (
     vllm_lora_rank,
 )
 from lora_operator.deepspeed_config import deepspeed_config
+from lora_operator.local.job_policy import policy_action
 from lora_operator.memory import GpuCatalog, plan_job
 
 K8S_VERSION = "1.33"
@@ -130,7 +131,14 @@ def test_failure_policy_retries_lost_pods_not_bad_configs(multinode: RunContext)
     rules = spec["podFailurePolicy"]["rules"]
     fail = next(r for r in rules if r["action"] == "FailJob")
     assert fail["onExitCodes"]["values"] == [EXIT_INVALID_CONFIG] == [3]
-    assert any(r["action"] == "Ignore" for r in rules)  # evictions/preemptions are not failures
+    assert fail["onExitCodes"]["containerName"] == "trainer"
+    # What the Job controller does with each exit code, decided from the rendered policy.
+    policy = spec["podFailurePolicy"]
+    assert policy_action(policy, EXIT_INVALID_CONFIG) == "FailJob"  # bad config: no retries
+    for retried in (1, EXIT_TRANSIENT, 137, 139):  # crash, transient, OOM kill, segfault
+        assert policy_action(policy, retried) == "Count", retried
+    disruption = next(r for r in rules if r["action"] == "Ignore")  # evictions don't count
+    assert disruption["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
 
 
 def test_owner_references_and_labels_on_everything(multinode: RunContext) -> None:

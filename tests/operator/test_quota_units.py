@@ -68,6 +68,41 @@ def test_fifo_older_queued_jobs_go_first() -> None:
     assert admit(demand("old", 2, "01"), [*others, demand("new", 2, "02")], q).admitted
 
 
+def test_queued_jobs_are_served_oldest_first_when_order_decides() -> None:
+    """Two older queued jobs compete for 4 free GPUs: the oldest (3) fits first, so the next
+    (2) does not, and neither does a 2-GPU newcomer. Newest-first would admit the newcomer."""
+    q = quotas(default={"gpus": 4})
+    others = [demand("oldest", 3, "01"), demand("older", 2, "02")]
+    decision = admit(demand("new", 2, "03"), others, q)
+    assert not decision.admitted, "the oldest queued job must be served first"
+    assert decision.message == "needs 2 A100 GPUs; namespace a uses 3 of 4 GPUs"
+    assert decision.queue_position == 3
+    assert admit(demand("new", 1, "03"), others, q).admitted  # fits beside the oldest
+    # The oldest job is not held back by newer queued ones, whatever order they are listed in.
+    newer = [demand("n2", 2, "05"), demand("n1", 2, "04")]
+    assert admit(demand("oldest", 3, "01"), newer, q).admitted
+
+
+def test_newer_queued_jobs_do_not_reserve_ahead_of_an_older_one() -> None:
+    q = quotas(default={"gpus": 4})
+    newer = [demand("n1", 2, "05"), demand("n2", 2, "06")]
+    decision = admit(demand("old", 4, "01"), newer, q)
+    assert decision.admitted, decision.message
+    assert decision.message == "admitted: 4 A100 GPUs"
+
+
+def test_queue_position_counts_only_older_jobs_of_the_same_namespace() -> None:
+    q = quotas(default={"gpus": 1})
+    others = [
+        demand("r", 1, "00", holding=True),
+        demand("a1", 1, "01"),
+        demand("b1", 1, "02", ns="b"),
+        demand("a-newer", 1, "08"),
+        demand("a-newest", 1, "09"),
+    ]
+    assert admit(demand("x", 1, "05"), others, q).queue_position == 2
+
+
 def test_old_job_that_does_not_fit_does_not_block_a_small_one() -> None:
     q = quotas(default={"gpus": 4})
     others = [demand("r", 2, "00", holding=True), demand("huge", 4, "01")]

@@ -1,12 +1,14 @@
 """The reconciler in-process against an in-memory API (`FakeKube`, the real client above it):
-every reconcile path once, which also proves `kube.API_CALLS` lists exactly the calls the
-operator makes (the chart's RBAC is compared with that set)."""
+every reconcile path once. `test_api_calls_are_exactly_what_the_operator_uses` runs all of them
+again itself (so it cannot pass vacuously under `-k`) and proves `kube.API_CALLS` lists exactly
+the calls the operator makes (the chart's RBAC is compared with that set)."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from lora_operator.api.layout import S3Location
 from lora_operator.api.operator_config import OperatorConfig
 from lora_operator.controller.config import ConfigSource
 from lora_operator.controller.events import post_event
-from lora_operator.controller.kube import API_CALLS, Call
+from lora_operator.controller.kube import API_CALLS
 from lora_operator.controller.reconcile import SLOW_RESYNC_SECONDS, Reconciler
 from lora_operator.local.s3server import S3Server
 
@@ -30,11 +32,12 @@ SECRETS = "/api/v1/namespaces/default/secrets"
 ACCOUNTS = "/api/v1/namespaces/default/serviceaccounts"
 EVENTS = "/api/v1/namespaces/default/events"
 
-SEEN: set[Call] = set()
+WORLDS: list[World] = []  # every World built, so the coverage test can collect their calls
 
 
 class World:
     def __init__(self, s3: S3Server, **config: Any) -> None:
+        WORLDS.append(self)
         self.kube = FakeKube()
         self.s3 = s3
         raw = {"s3": {"endpoint": s3.endpoint, "credentialsSecret": {"name": SECRET}}, **config}
@@ -57,7 +60,6 @@ class World:
 
     def reconcile(self, name: str) -> dict[str, Any]:
         asyncio.run(self.reconciler.reconcile(NS, name))
-        SEEN.update(self.kube.calls)
         obj = self.kube.obj(LJ, name) or {}
         status: dict[str, Any] = obj.get("status", {})
         return status
@@ -211,9 +213,80 @@ def test_queue_and_admission(s3: S3Server) -> None:
     assert world.reconcile("u-q2")["phase"] == "Running"
 
 
-def test_api_calls_are_exactly_what_the_operator_uses() -> None:
-    """Runs last in this module: every path above has been exercised."""
-    if not SEEN:
-        pytest.skip("run together with the other tests of this module")
-    assert set() == SEEN - API_CALLS, f"used but not declared: {sorted(SEEN - API_CALLS)}"
-    assert set() == API_CALLS - SEEN, f"declared but never used: {sorted(API_CALLS - SEEN)}"
+def test_retrain_only_when_the_training_spec_changes(world: World) -> None:
+    """The retrain decision at unit level: scheduling/serving edits keep the run; a training
+    edit starts r2 with its own output and keeps r1 in the history; an edit while r2 runs
+    supersedes it (its Job is deleted) and starts r3."""
+    world.add(base_job("u-git"))
+    world.reconcile("u-git")
+    world.progress("u-git", "r1", state="succeeded", step=40, loss=0.9)
+    world.job_status("u-git-r1", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    status = world.reconcile("u-git")
+    assert status["phase"] == "Succeeded"
+    first_hash = status["specHash"]
+    lj = world.kube.obj(LJ, "u-git")
+    assert lj is not None
+    spec = lj["spec"]
+    not_training = {
+        "serving": {"enabled": False, "replicas": 2},
+        "resources": {**spec["resources"], "priorityClassName": "low", "nodeSelector": {"a": "b"}},
+    }
+    for key, value in not_training.items():
+        spec[key] = value
+        status = world.reconcile("u-git")
+        assert status["phase"] == "Succeeded", key
+        assert [r["id"] for r in status["runs"]] == ["r1"], key
+        assert status["specHash"] == first_hash, key
+    assert world.kube.obj(JOBS, "u-git-r2") is None
+
+    spec["training"] = {**spec["training"], "learningRate": 1e-4}
+    status = world.reconcile("u-git")
+    assert status["currentRun"] == "r2" and status["specHash"] != first_hash
+    runs = {r["id"]: r for r in status["runs"]}
+    assert runs["r1"]["phase"] == "Succeeded" and runs["r1"]["finalLoss"] == 0.9
+    assert runs["r2"]["outputURI"] != runs["r1"]["outputURI"]
+    assert world.kube.obj(JOBS, "u-git-r2") is not None
+
+    spec["lora"] = {"r": 16, "alpha": 32}
+    status = world.reconcile("u-git")
+    assert [r["id"] for r in status["runs"]] == ["r1", "r2", "r3"]
+    assert world.kube.obj(JOBS, "u-git-r2") is None  # superseded
+    assert world.kube.obj(JOBS, "u-git-r3") is not None
+    assert "Superseded" in world.reasons("u-git")
+
+
+SCENARIOS: list[Callable[..., None]] = [
+    test_success_then_serving_then_serving_off,
+    test_kserve_absent_still_succeeds,
+    test_failure_reports_the_trainers_message,
+    test_suspend_then_resume_reuses_config_and_service,
+    test_ttl_deletes_the_finished_job,
+    test_invalid_spec_creates_nothing,
+    test_queue_and_admission,
+    test_retrain_only_when_the_training_spec_changes,
+]
+
+
+def test_every_reconcile_test_is_a_scenario() -> None:
+    tests = {
+        name
+        for name, fn in globals().items()
+        if name.startswith("test_") and callable(fn) and fn not in SCENARIOS
+    }
+    assert tests == {
+        "test_api_calls_are_exactly_what_the_operator_uses",
+        "test_every_reconcile_test_is_a_scenario",
+    }, "add new reconcile tests to SCENARIOS so their API calls are checked"
+
+
+def test_api_calls_are_exactly_what_the_operator_uses(s3: S3Server) -> None:
+    """Runs every scenario above itself, then compares the calls made with `API_CALLS`."""
+    WORLDS.clear()
+    for scenario in SCENARIOS:
+        if "world" in inspect.signature(scenario).parameters:
+            scenario(World(s3))
+        else:
+            scenario(s3)
+    seen = {call for world in WORLDS for call in world.kube.calls}
+    assert set() == seen - API_CALLS, f"used but not declared: {sorted(seen - API_CALLS)}"
+    assert set() == API_CALLS - seen, f"declared but never used: {sorted(API_CALLS - seen)}"

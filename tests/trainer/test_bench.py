@@ -37,14 +37,22 @@ def test_goal_is_judged_on_training_steps_cpu_time(capsys: pytest.CaptureFixture
     assert "NOT met" in capsys.readouterr().out
 
 
-def test_clock_excludes_checkpoint_pauses_after_warm_up() -> None:
+def test_clock_excludes_checkpoint_pauses_after_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake clock: each step ends at t = 10*step (CPU: 5*step), each save ends 2 s (CPU 1 s)
+    later. Only the saves after the warm-up step count as pauses."""
+    import lora_operator.bench.trainer as bench
+
     clock = _clock()
     args = control = SimpleNamespace()
-    for step in range(1, WARMUP_STEPS + 3):
+    steps = WARMUP_STEPS + 3
+    for step in range(1, steps + 1):
         state = SimpleNamespace(global_step=step, num_input_tokens_seen=100 * step)
+        monkeypatch.setattr(bench, "_now", lambda s=step: (10.0 * s, 5.0 * s))
         clock.on_step_end(args, state, control)
+        monkeypatch.setattr(bench, "_now", lambda s=step: (10.0 * s + 2.0, 5.0 * s + 1.0))
         clock.on_save(args, state, control)
+    monkeypatch.setattr(bench, "_now", lambda: (10.0 * steps + 3.0, 5.0 * steps + 1.5))
     clock.on_train_end(args, state, control)
-    assert clock.start[2] == 100 * WARMUP_STEPS and clock.end[2] == 100 * (WARMUP_STEPS + 2)
-    assert clock.end[0] >= clock.start[0]
-    assert clock.paused[0] >= 0.0  # only the two saves after the warm-up are counted
+    assert clock.start == (10.0 * WARMUP_STEPS, 5.0 * WARMUP_STEPS, 100 * WARMUP_STEPS)
+    assert clock.end == (10.0 * steps + 3.0, 5.0 * steps + 1.5, 100 * steps)
+    assert clock.paused == [2.0 * 3, 1.0 * 3]  # the three saves after the warm-up

@@ -51,6 +51,20 @@ def test_upload_prune_and_resume_choice(store: S3Store, tmp_path: Path) -> None:
     assert not (local / "MANIFEST.json").exists()
 
 
+def test_latest_is_chosen_by_step_number_not_by_name(store: S3Store, tmp_path: Path) -> None:
+    """`checkpoint-8` sorts after `checkpoint-24` and `checkpoint-100` as text: the newest
+    checkpoint is the highest step, and pruning keeps the highest steps."""
+    run = new_run()
+    for step in (8, 24, 100, 9):
+        upload_checkpoint(store, run, fake_checkpoint(tmp_path, step), step)
+    assert store.complete_checkpoints(run) == [8, 9, 24, 100]
+    assert latest_checkpoint(store, run) == 100
+    assert prune(store, run, keep=2) == [8, 9]
+    assert store.complete_checkpoints(run) == [24, 100]
+    local = download_checkpoint(store, run, latest_checkpoint(store, run) or 0, tmp_path / "r")
+    assert (local / "adapter_model.safetensors").read_bytes() == b"w" * 100
+
+
 def test_corrupt_checkpoint_falls_back_to_older(store: S3Store, tmp_path: Path) -> None:
     run = new_run()
     for step in (3, 5):
@@ -78,3 +92,12 @@ def test_failed_upload_is_reported_and_training_continues(store: S3Store, tmp_pa
     assert "checkpoint 8 upload failed" in progress["lastError"]
     assert store.complete_checkpoints(run) == [4]  # the previous checkpoint is intact
     assert latest_checkpoint(store, run) == 4
+    assert (callback.uploads, callback.failed_uploads) == (0, 1)  # a failure is not an upload
+    assert callback.upload_seconds == 0.0
+
+    callback.store = store  # S3 is back: the next checkpoint uploads and counts
+    fake_checkpoint(tmp_path, 12)
+    callback.on_save(args, SimpleNamespace(**{**vars(state), "global_step": 12}), None)
+    assert (callback.uploads, callback.failed_uploads) == (1, 1)
+    assert callback.last_error is None and callback.upload_seconds > 0.0
+    assert store.complete_checkpoints(run) == [4, 12]

@@ -149,5 +149,27 @@ def test_dockerfile_is_pinned_non_root_with_the_launcher_entrypoint() -> None:
     assert users and users[-1] not in ("root", "0"), users
     entrypoint = text.strip().splitlines()
     assert 'ENTRYPOINT ["python", "-m", "lora_trainer.launch"]' in entrypoint
-    torch_pin = pinned(REQUIREMENTS.read_text())["torch"]
-    assert f"torch=={torch_pin}" in text or "requirements.txt" in text
+
+
+def dockerfile_runs(text: str) -> list[str]:
+    """RUN instructions with their continuation lines joined."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [line[4:] for line in joined.splitlines() if line.startswith("RUN ")]
+
+
+def test_dockerfile_installs_the_pinned_requirements() -> None:
+    """torch, deepspeed and the rest are installed from requirements.txt's exact pins: either
+    the pin is written out, or the install reads it from the copied requirements file."""
+    text = DOCKERFILE.read_text()
+    copied = re.search(r"^COPY\s+trainer-image/requirements\.txt\s+(\S+)", text, re.MULTILINE)
+    assert copied, "the Dockerfile must COPY trainer-image/requirements.txt"
+    req = re.escape(copied.group(1))
+    pins = pinned(REQUIREMENTS.read_text())
+    installs = [r for r in dockerfile_runs(text) if "pip install" in r]
+    for name in ("torch", "deepspeed"):
+        from_file = re.compile(rf"pip install [^&]*grep -E '\^{name}==' {req}")
+        assert any(f"{name}=={pins[name]}" in run or from_file.search(run) for run in installs), (
+            f"{name}=={pins[name]} is not installed by the Dockerfile"
+        )
+    rest = [r for r in installs if re.search(rf"grep -vE '\^\(torch\|deepspeed\)==' {req}", r)]
+    assert rest and re.search(r"pip install -r (\S+)", rest[0]), "the other pins are not installed"

@@ -1,5 +1,6 @@
-"""Kill the trainer (SIGKILL) after its first complete checkpoint, restart it, and check it
-resumed from that checkpoint: same step, same data order, same total number of steps."""
+"""Kill the trainer (SIGKILL) after its second complete checkpoint, restart it, and check it
+resumed from the newest one (by step number: `checkpoint-16` is newer than `checkpoint-8`
+although it sorts before it as text): same step, same data order, same total number of steps."""
 
 from __future__ import annotations
 
@@ -21,15 +22,17 @@ def losses_by_step(store: S3Store, run: Any) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
-def wait_for_checkpoint(store: S3Store, run: Any, proc: Any, timeout: float = 120) -> int:
+def wait_for_checkpoints(
+    store: S3Store, run: Any, proc: Any, count: int, timeout: float = 120
+) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         steps = store.complete_checkpoints(run.location)
-        if steps:
-            return steps[0]
-        assert proc.poll() is None, "trainer exited before its first checkpoint"
+        if len(steps) >= count:
+            return steps
+        assert proc.poll() is None, f"trainer exited before {count} checkpoints: {steps}"
         time.sleep(0.1)
-    raise AssertionError("no complete checkpoint appeared")
+    raise AssertionError(f"fewer than {count} complete checkpoints appeared")
 
 
 def test_killed_run_resumes_from_latest_checkpoint(
@@ -43,24 +46,24 @@ def test_killed_run_resumes_from_latest_checkpoint(
     slow = {"LORAJOB_STEP_DELAY_S": "0.25"}
     proc = run.popen(slow)
     try:
-        first = wait_for_checkpoint(store, run, proc)
+        wait_for_checkpoints(store, run, proc, count=2)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
+    at_kill = store.complete_checkpoints(run.location)
+    assert len(at_kill) >= 2 and at_kill[-1] >= 16, at_kill
     killed_at = Progress.model_validate(store.get_json(run.location.child("progress.json")))
     assert killed_at.state == "running" and killed_at.step < 24
 
     result = run.run()
     assert result.returncode == 0, result.stderr[-3000:]
-    latest = max(store.complete_checkpoints(run.location))
-    assert f"resuming from checkpoint-{first}" in result.stderr or latest > first
     resumed = [line for line in result.stderr.splitlines() if "resuming from checkpoint-" in line]
     assert resumed, result.stderr[-2000:]
     step = int(resumed[0].split("checkpoint-")[1].split()[0])
-    assert step >= first
+    assert step == max(at_kill), (step, at_kill)
 
     done = Progress.model_validate(store.get_json(run.location.child("progress.json")))
     assert done.state == "succeeded" and done.step == done.total_steps == 24

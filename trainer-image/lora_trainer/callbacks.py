@@ -51,7 +51,8 @@ class S3CheckpointCallback(TrainerCallback):  # type: ignore[misc]
         self.keep = keep
         self.reporter = reporter
         self.upload_seconds = 0.0
-        self.uploads = 0
+        self.uploads = 0  # complete checkpoints (manifest written) and the time they took
+        self.failed_uploads = 0
         self.last_error: str | None = None
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -76,13 +77,14 @@ class S3CheckpointCallback(TrainerCallback):  # type: ignore[misc]
                 except StorageError as exc:
                     errors.append(f"checkpoint {step} manifest failed: {exc}")
             took = time.monotonic() - started
-            self.upload_seconds += took
-            self.uploads += 1
             if errors:
+                self.failed_uploads += 1
                 self.last_error = errors[0]
                 log(f"{errors[0]}; training continues, the previous checkpoint is kept")
                 self.reporter.update(last_error=errors[0])
             else:
+                self.upload_seconds += took
+                self.uploads += 1
                 self.last_error = None
                 log(f"checkpoint {step} uploaded to {dest.uri} in {took:.2f}s")
                 self.reporter.update(latest_checkpoint=dest.uri, last_error=None)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+import traceback
+
+from .goals import RESULTS, summary_table
 
 BENCHMARKS = [
     ("memory model accuracy", "lora_operator.bench.memory"),
@@ -15,14 +18,23 @@ BENCHMARKS = [
 
 def main(argv: list[str]) -> int:
     selected = [b for b in BENCHMARKS if not argv or any(a in b[1] for a in argv)]
-    failures = 0
+    failures, not_run = 0, []
     for title, module_name in selected:
         print(f"\n=== {title} ===", flush=True)
         started = time.monotonic()
-        code = importlib.import_module(module_name).main()
+        recorded = len(RESULTS)
+        try:
+            code = importlib.import_module(module_name).main()
+        except Exception:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            code = 1
         outcome = "ok" if code == 0 else f"exit {code}"
         print(f"--- {title}: {outcome} in {time.monotonic() - started:.1f} s")
         failures += code != 0
+        if len(RESULTS) == recorded:
+            not_run.append(title)
+    print("\n=== goals ===")
+    print(summary_table(list(RESULTS), not_run))
     return 1 if failures else 0
 
 

@@ -23,6 +23,7 @@ from ..local.emulator import EmulatedCluster, RestClient
 from ..local.operator_process import secret_manifest, stop_operator
 from ..local.operator_process import start_operator as shared_start_operator
 from ..local.s3server import S3Server
+from .goals import record
 
 LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
 NAMESPACE = "bench"
@@ -174,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    took = max(result["jobs_s"], result["planned_s"]) if done else None
+    record(
+        "operator scale",
+        f"{args.jobs} LoRAJobs planned and their Jobs created in < {args.goal:.0f} s",
+        f"{took:.1f} s" if took is not None else f"not all done in {args.timeout:.0f} s",
+        took is not None and took < args.goal,
+    )
     if not done:
         print("not all jobs were planned and created before the timeout; operator log tail:")
         print(result.get("log_tail", ""))

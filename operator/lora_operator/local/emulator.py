@@ -31,6 +31,7 @@ from kmock._internal import enums, k8s, rendering
 
 from ..api.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from ..controller.kube import resource_path
+from .job_policy import policy_action
 from .service import Service
 
 # (group/version/plural, kind, namespaced, extra) — what discovery lists. kopf needs namespaces,
@@ -618,12 +619,20 @@ class JobDriver:
             self._pod(job, index, "Running")
         self._set_status(name, {"active": parallelism, "startTime": _now(), "ready": parallelism})
 
-    def fail_pod(self, name: str, index: int, exit_code: int, message: str = "") -> None:
-        """A pod failed; the Job controller retries the index (status.failed grows)."""
+    def fail_pod(self, name: str, index: int, exit_code: int, message: str = "") -> str:
+        """A pod failed; the Job's own podFailurePolicy decides, as the Job controller would:
+        `FailJob` fails the Job (reason PodFailurePolicy), `Ignore` does not count the failure,
+        anything else counts it and the index is retried (status.failed grows). Returns the
+        action taken."""
         job = self.job(name)
-        failed = int(job.get("status", {}).get("failed", 0)) + 1
+        action = policy_action(job["spec"].get("podFailurePolicy"), exit_code)
+        failed = int(job.get("status", {}).get("failed", 0)) + (action != "Ignore")
         self._pod(job, index, "Failed", exit_code=exit_code, message=message, attempt=failed)
         self._set_status(name, {"failed": failed})
+        if action == "FailJob":
+            pod = f"{name}-{index}"
+            self.fail(name, "PodFailurePolicy", f"pod {pod} failed with exit code {exit_code}")
+        return action
 
     def succeed(self, name: str) -> None:
         job = self.job(name)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .emulator import ApiError, RestClient
+from .job_policy import policy_action
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -664,7 +665,7 @@ class LocalExecutor(Service):
         self, job: dict[str, Any], state: JobState, pod: RunningPod, exit_code: int, message: str
     ) -> None:
         spec = job["spec"]
-        action = _policy_action(spec.get("podFailurePolicy"), exit_code)
+        action = policy_action(spec.get("podFailurePolicy"), exit_code)
         if action == "Ignore":
             return
         state.failed_pods += 1
@@ -769,21 +770,6 @@ def _condition(kind: str, reason: str, message: str) -> dict[str, Any]:
         "lastProbeTime": now,
         "lastTransitionTime": now,
     }
-
-
-def _policy_action(policy: dict[str, Any] | None, exit_code: int) -> str:
-    """The first podFailurePolicy rule matching the exit code decides; default is Count."""
-    for rule in (policy or {}).get("rules", []):
-        on_codes = rule.get("onExitCodes")
-        if not on_codes:
-            continue
-        values = {int(v) for v in on_codes.get("values", [])}
-        matched = exit_code in values
-        if on_codes.get("operator", "In") == "NotIn":
-            matched = exit_code != 0 and not matched
-        if matched:
-            return str(rule["action"])
-    return "Count"
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
