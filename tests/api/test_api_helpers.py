@@ -11,8 +11,14 @@ import pytest
 from apidata import ROOT
 
 from lora_operator.api import S3Location, run_location, training_spec_hash
+from lora_operator.api.hashing import (
+    UnclassifiedFieldError,
+    retrain_classification,
+    wire_spec_hash,
+)
 from lora_operator.api.layout import checkpoint_name, checkpoint_step
 from lora_operator.api.loading import SpecError, load_lorajobs, parse_lorajob
+from lora_operator.api.types import LoRAJobSpec
 
 
 def _spec(obj: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -50,6 +56,65 @@ def test_hash_is_the_same_with_explicit_defaults(minimal: dict[str, Any]) -> Non
     before = training_spec_hash(_spec(minimal))
     minimal["spec"]["lora"] = {"r": 16, "alpha": 32}
     assert training_spec_hash(_spec(minimal)) == before
+
+
+# Pinned: these hashes are stored in every run's status. If the hashing changes them, every
+# existing LoRAJob retrains after the operator is upgraded, so a change here needs a migration.
+EXAMPLE_HASHES = {
+    "lora-llama3-70b-zero3.yaml": "32bd94fe6057",
+    "lora-llama3-8b-a100.yaml": "2c9294b99ee1",
+    "qlora-llama3-8b-24gb.yaml": "9d14f74e3f54",
+    "tiny-cpu.yaml": "bb91a84c8b8f",
+}
+KEEPS_RUN_FIELDS = {
+    "queueName",
+    "serving",
+    "suspend",
+    "trainerImage",
+    "ttlSecondsAfterFinished",
+    "resources.gpuResourceName",
+    "resources.limits",
+    "resources.nodeSelector",
+    "resources.priorityClassName",
+    "resources.requests",
+    "resources.tolerations",
+}
+
+
+@pytest.mark.parametrize(("example", "expected"), sorted(EXAMPLE_HASHES.items()))
+def test_spec_hash_is_stable_across_releases(example: str, expected: str) -> None:
+    (job,) = load_lorajobs(ROOT / "examples" / example)
+    assert training_spec_hash(job.spec) == expected
+
+
+def test_every_spec_field_is_classified_and_the_list_is_deliberate() -> None:
+    classification = retrain_classification()
+    assert {path for path, retrains in classification.items() if not retrains} == KEEPS_RUN_FIELDS
+    for section in ("baseModel", "quantization", "lora", "dataset", "distributed", "output"):
+        assert classification[section] is True
+    assert classification["training.learningRate"] and classification["resources.gpuType"]
+
+
+def test_a_field_without_classification_is_an_error() -> None:
+    class Sloppy(LoRAJobSpec):
+        new_knob: int = 0
+
+    with pytest.raises(UnclassifiedFieldError, match=r"Sloppy\.new_knob"):
+        retrain_classification(Sloppy)
+
+
+@pytest.mark.parametrize("path", sorted(retrain_classification()))
+def test_hash_changes_exactly_for_retraining_fields(minimal: dict[str, Any], path: str) -> None:
+    """Each classified field, changed on its own in the wire form: the hash moves iff it is a
+    retraining field."""
+    wire = _spec(minimal).model_dump(by_alias=True, mode="json")
+    before = wire_spec_hash(wire)
+    *parents, leaf = path.split(".")
+    node = wire
+    for key in parents:
+        node = node[key]
+    node[leaf] = {"changed": [node.get(leaf)]}
+    assert (wire_spec_hash(wire) != before) is retrain_classification()[path]
 
 
 def test_s3_layout() -> None:

@@ -69,6 +69,17 @@ def test_crds_check_command_detects_drift(
     assert all(t.read_text() == render_crd_yaml() for t in targets)
 
 
+def test_every_spec_field_is_described() -> None:
+    """`kubectl explain lorajob.spec...` shows these descriptions: none may be empty."""
+    spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    missing = []
+    for path, node in _walk(spec, "spec"):
+        for name, child in node.get("properties", {}).items():
+            if not str(child.get("description", "")).strip():
+                missing.append(f"{path}.{name}")
+    assert not missing, f"fields without a description: {missing}"
+
+
 def test_schema_is_structural() -> None:
     schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     text = json.dumps(schema)

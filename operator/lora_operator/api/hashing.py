@@ -1,33 +1,87 @@
 """A stable hash of the parts of a spec that change what gets trained.
 
-Kubernetes bumps `metadata.generation` on any spec change (and the test emulator does not bump it
-at all), so the operator decides "retrain?" from this hash: serving, suspend, TTL, queue and
-scheduling knobs are excluded because changing them must not start a new run.
+Kubernetes bumps `metadata.generation` on any spec change (serving, suspend, labels...), so the
+operator decides "retrain?" from this hash. Which fields count is declared on the fields
+themselves (`Retrain` metadata in `types.py`), not listed here: a new field without a
+classification fails `retrain_classification()` and its test.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
+from typing import Any
 
-from .types import LoRAJobSpec
+from pydantic import BaseModel
 
-# Top-level spec fields that do not affect the trained adapter.
-NON_TRAINING_FIELDS = frozenset(
-    {"serving", "suspend", "ttlSecondsAfterFinished", "queueName", "trainerImage"}
-)
-# resources.* fields that only affect scheduling.
-NON_TRAINING_RESOURCE_FIELDS = frozenset(
-    {"nodeSelector", "tolerations", "priorityClassName", "requests", "limits", "gpuResourceName"}
-)
+from .types import LoRAJobSpec, Retrain
+
+
+class UnclassifiedFieldError(TypeError):
+    """A spec field says neither whether it retrains nor that its fields decide one by one."""
+
+
+def _marker(model: type[BaseModel], name: str) -> Retrain:
+    field = model.model_fields[name]
+    found = [m for m in field.metadata if isinstance(m, Retrain)]
+    if len(found) != 1:
+        raise UnclassifiedFieldError(
+            f"{model.__name__}.{name}: mark it Annotated[..., RETRAINS | KEEPS_RUN | PER_FIELD]"
+        )
+    return found[0]
+
+
+def _section(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """The model class of a PER_FIELD field (Optional allowed)."""
+    annotation = model.model_fields[name].annotation
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    for candidate in (annotation, *options):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    raise UnclassifiedFieldError(f"{model.__name__}.{name}: PER_FIELD needs a model-typed field")
+
+
+def _wire_name(model: type[BaseModel], name: str) -> str:
+    return model.model_fields[name].alias or name
+
+
+def retrain_classification(
+    model: type[BaseModel] = LoRAJobSpec, prefix: str = ""
+) -> dict[str, bool]:
+    """Every classified wire path (`training.learningRate`) -> True if a change retrains."""
+    result: dict[str, bool] = {}
+    for name in model.model_fields:
+        path = f"{prefix}{_wire_name(model, name)}"
+        marker = _marker(model, name)
+        if marker is Retrain.per_field:
+            result.update(retrain_classification(_section(model, name), f"{path}."))
+        else:
+            result[path] = marker is Retrain.yes
+    return result
+
+
+def _training_part(model: type[BaseModel], wire: dict[str, Any]) -> dict[str, Any]:
+    """The retraining fields of one (wire-form) section, recursing into PER_FIELD sections."""
+    relevant: dict[str, Any] = {}
+    for name in model.model_fields:
+        key = _wire_name(model, name)
+        marker = _marker(model, name)
+        if marker is Retrain.per_field and isinstance(wire.get(key), dict):
+            relevant[key] = _training_part(_section(model, name), wire[key])
+        elif marker is Retrain.yes and key in wire:
+            relevant[key] = wire[key]
+    return relevant
+
+
+def wire_spec_hash(wire: dict[str, Any]) -> str:
+    """Hash of the retraining fields of a normalised wire-form spec; 12 hex chars. Stored in
+    every run's status: changing what it covers retrains every job after an upgrade."""
+    blob = json.dumps(_training_part(LoRAJobSpec, wire), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def training_spec_hash(spec: LoRAJobSpec) -> str:
-    """Hash of the normalised (defaults filled, camelCase) training-relevant spec; 12 hex chars."""
-    wire = spec.model_dump(by_alias=True, mode="json")
-    relevant = {k: v for k, v in wire.items() if k not in NON_TRAINING_FIELDS}
-    relevant["resources"] = {
-        k: v for k, v in wire["resources"].items() if k not in NON_TRAINING_RESOURCE_FIELDS
-    }
-    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    """Hash of the normalised (defaults filled, camelCase) training-relevant spec."""
+    return wire_spec_hash(spec.model_dump(by_alias=True, mode="json"))

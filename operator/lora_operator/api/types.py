@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -121,6 +121,21 @@ class ConditionType(str, Enum):
     Serving = "Serving"
 
 
+class Retrain(Enum):
+    """Whether changing a spec field starts a new training run (GitOps re-runs): every field of
+    `LoRAJobSpec` and of each `per_field` section carries one, as `Annotated` metadata (kept out
+    of the CRD schema); `hashing.py` hashes exactly the `yes` fields and a test fails on a field
+    that has none."""
+
+    yes = "yes"  # changes what is trained or where the result goes: a new run
+    no = "no"  # scheduling, serving, lifecycle: applied without retraining
+    per_field = "per-field"  # a section whose fields are classified one by one
+
+
+RETRAINS = Retrain.yes
+KEEPS_RUN = Retrain.no
+PER_FIELD = Retrain.per_field
+
 CPU_GPU_TYPE = "cpu"
 KBIT_OPTIMIZERS = {Optimizer.adamw_8bit, Optimizer.paged_adamw_8bit, Optimizer.paged_adamw_32bit}
 
@@ -151,6 +166,8 @@ class BaseModelSpec(_Model):
 
 
 class QuantizationSpec(_Model):
+    """How the frozen base weights are stored during training (QLoRA = nf4)."""
+
     mode: QuantizationMode = Field(
         default=QuantizationMode.none,
         description="none (16-bit base), int8 (LLM.int8) or nf4 (QLoRA 4-bit NormalFloat).",
@@ -162,6 +179,8 @@ class QuantizationSpec(_Model):
 
 
 class LoRASpec(_Model):
+    """The adapter: rank, scaling, dropout and which modules get one."""
+
     r: int = Field(default=16, ge=1, le=1024, description="LoRA rank.")
     alpha: float = Field(default=32, gt=0, le=16384, description="LoRA alpha; scale = alpha/r.")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -172,7 +191,9 @@ class LoRASpec(_Model):
         description="Module names to adapt (lm_head only by name), or ['all-linear'] for every "
         "linear layer but lm_head.",
     )
-    bias: Literal["none", "all", "lora_only"] = Field(default="none")
+    bias: Literal["none", "all", "lora_only"] = Field(
+        default="none", description="Which biases train: none, all, or only the adapted modules'."
+    )
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
     use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
 
@@ -190,15 +211,23 @@ class LoRASpec(_Model):
 class FieldMapping(_Model):
     """Column names in the dataset rows, when they differ from the format's defaults."""
 
-    prompt: str | None = None
-    completion: str | None = None
-    messages: str | None = None
-    instruction: str | None = None
-    input: str | None = None
-    output: str | None = None
+    prompt: str | None = Field(default=None, description="Prompt column (default 'prompt').")
+    completion: str | None = Field(
+        default=None, description="Completion column (default 'completion')."
+    )
+    messages: str | None = Field(
+        default=None, description="Chat messages column (default 'messages')."
+    )
+    instruction: str | None = Field(
+        default=None, description="Instruction column (default 'instruction')."
+    )
+    input: str | None = Field(default=None, description="Optional input column (default 'input').")
+    output: str | None = Field(default=None, description="Output column (default 'output').")
 
 
 class DatasetSpec(_Model):
+    """The training data: where it is, its row format, the eval split and the sequence length."""
+
     source: str = Field(
         pattern=DATA_URI_PATTERN,
         description="JSONL or Parquet: s3://bucket/key, pvc://claim/path, file:///path or /path.",
@@ -211,7 +240,9 @@ class DatasetSpec(_Model):
         pattern=DATA_URI_PATTERN,
         description="Separate eval file (overrides evalSplit).",
     )
-    max_seq_length: int = Field(default=2048, ge=16, le=1048576)
+    max_seq_length: int = Field(
+        default=2048, ge=16, le=1048576, description="Tokens per sequence; longer rows are cut."
+    )
     packing: bool = Field(default=False, description="Pack several examples per sequence.")
     num_examples: int | None = Field(
         default=None, ge=1, description="Approximate row count; used by `plan` for rank advice."
@@ -219,34 +250,79 @@ class DatasetSpec(_Model):
 
 
 class TrainingSpec(_Model):
-    epochs: float = Field(default=1.0, gt=0, le=1000)
-    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
-    micro_batch_size: int = Field(default=1, ge=1, le=4096)
-    gradient_accumulation: int = Field(default=8, ge=1, le=4096)
-    learning_rate: float = Field(default=2e-4, gt=0, le=1)
-    scheduler: Scheduler = Scheduler.cosine
-    warmup_ratio: float = Field(default=0.03, ge=0, le=0.5)
-    weight_decay: float = Field(default=0.0, ge=0, le=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    optimizer: Optimizer = Optimizer.adamw_torch
-    gradient_checkpointing: bool = True
-    attention: Attention = Field(
+    """The optimisation: length, batch, learning rate, optimizer, checkpoints and evaluation."""
+
+    epochs: Annotated[float, RETRAINS] = Field(
+        default=1.0, gt=0, le=1000, description="Passes over the training data."
+    )
+    max_steps: Annotated[int | None, RETRAINS] = Field(
+        default=None, ge=1, description="Overrides epochs when set."
+    )
+    micro_batch_size: Annotated[int, RETRAINS] = Field(
+        default=1, ge=1, le=4096, description="Sequences per GPU per forward pass."
+    )
+    gradient_accumulation: Annotated[int, RETRAINS] = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="Micro-batches per optimizer step (global batch: micro x accumulation x GPUs).",
+    )
+    learning_rate: Annotated[float, RETRAINS] = Field(
+        default=2e-4, gt=0, le=1, description="Peak learning rate."
+    )
+    scheduler: Annotated[Scheduler, RETRAINS] = Field(
+        default=Scheduler.cosine, description="Learning-rate schedule after the warm-up."
+    )
+    warmup_ratio: Annotated[float, RETRAINS] = Field(
+        default=0.03, ge=0, le=0.5, description="Share of the steps spent warming up."
+    )
+    weight_decay: Annotated[float, RETRAINS] = Field(
+        default=0.0, ge=0, le=1, description="AdamW weight decay on the adapter weights."
+    )
+    max_grad_norm: Annotated[float, RETRAINS] = Field(
+        default=1.0, gt=0, description="Gradient clipping norm."
+    )
+    optimizer: Annotated[Optimizer, RETRAINS] = Field(
+        default=Optimizer.adamw_torch,
+        description="adamw_torch, or bitsandbytes' 8-bit/paged AdamW (CUDA only).",
+    )
+    gradient_checkpointing: Annotated[bool, RETRAINS] = Field(
+        default=True, description="Recompute activations in backward: less memory, ~30% slower."
+    )
+    attention: Annotated[Attention, RETRAINS] = Field(
         default=Attention.sdpa, description="Attention kernel; eager keeps s^2 scores in memory."
     )
-    seed: int = Field(default=42, ge=0)
-    eval_interval: int = Field(default=100, ge=1, description="Evaluate every N optimizer steps.")
-    early_stopping_patience: int | None = Field(
+    seed: Annotated[int, RETRAINS] = Field(
+        default=42, ge=0, description="Seed for initialisation, data order and dropout."
+    )
+    eval_interval: Annotated[int, RETRAINS] = Field(
+        default=100, ge=1, description="Evaluate every N optimizer steps."
+    )
+    early_stopping_patience: Annotated[int | None, RETRAINS] = Field(
         default=None, ge=1, description="Stop after N evaluations without eval-loss improvement."
     )
-    checkpoint_interval: int = Field(default=100, ge=1, description="Checkpoint every N steps.")
-    keep_checkpoints: int = Field(default=3, ge=1, le=100, description="Checkpoints kept in S3.")
-    log_interval: int = Field(default=10, ge=1)
+    # The three below do not change the adapter, but retrain today: reclassifying them changes
+    # every stored spec hash, so it needs a hash-version migration first.
+    checkpoint_interval: Annotated[int, RETRAINS] = Field(
+        default=100, ge=1, description="Checkpoint every N steps."
+    )
+    keep_checkpoints: Annotated[int, RETRAINS] = Field(
+        default=3, ge=1, le=100, description="Checkpoints kept in S3."
+    )
+    log_interval: Annotated[int, RETRAINS] = Field(
+        default=10, ge=1, description="Record loss, learning rate and throughput every N steps."
+    )
 
 
 class DistributedSpec(_Model):
+    """Placement across GPUs and nodes; omit nodes/gpusPerNode to let the memory model decide."""
+
     nodes: int | None = Field(default=None, ge=1, le=1024, description="Omit for automatic.")
     gpus_per_node: int | None = Field(default=None, ge=1, le=64, description="Omit for automatic.")
-    strategy: Strategy = Strategy.auto
+    strategy: Strategy = Field(
+        default=Strategy.auto,
+        description="auto (chosen by the memory model), ddp, deepspeed-zero2 or deepspeed-zero3.",
+    )
     offload: Offload = Field(
         default=Offload.none, description="ZeRO CPU offload of optimizer/params."
     )
@@ -264,76 +340,138 @@ class DistributedSpec(_Model):
 
 
 class Toleration(_Model):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A Kubernetes toleration for the trainer pods (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, description="Taint key; empty with Exists = all.")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (default Equal)."
+    )
+    value: str | None = Field(default=None, description="Taint value to match with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty = all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated."
+    )
 
 
 class ResourceOverrides(_Model):
-    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
-    memory: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
-    ephemeral_storage: str | None = Field(default=None, pattern=QUANTITY_PATTERN)
+    """Kubernetes quantities that replace what the plan derived."""
+
+    cpu: str | None = Field(default=None, pattern=QUANTITY_PATTERN, description="CPU, e.g. 8.")
+    memory: str | None = Field(
+        default=None, pattern=QUANTITY_PATTERN, description="Host memory, e.g. 64Gi."
+    )
+    ephemeral_storage: str | None = Field(
+        default=None, pattern=QUANTITY_PATTERN, description="Scratch disk, e.g. 100Gi."
+    )
 
 
 class ResourcesSpec(_Model):
-    gpu_type: str = Field(
+    """Which GPUs, and how the trainer pods are scheduled."""
+
+    gpu_type: Annotated[str, RETRAINS] = Field(
         default="A100-80GB",
         min_length=1,
         max_length=63,
         description="GPU catalog entry (e.g. A100-80GB, H100-80GB, L4, RTX4090) or 'cpu'.",
     )
-    gpu_resource_name: str = Field(default="nvidia.com/gpu", min_length=1, max_length=253)
-    max_gpus_per_node: int = Field(default=8, ge=1, le=64)
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class_name: str | None = Field(default=None, max_length=253)
-    requests: ResourceOverrides | None = Field(
+    gpu_resource_name: Annotated[str, KEEPS_RUN] = Field(
+        default="nvidia.com/gpu",
+        min_length=1,
+        max_length=253,
+        description="Extended resource the pods request GPUs as.",
+    )
+    max_gpus_per_node: Annotated[int, RETRAINS] = Field(
+        default=8, ge=1, le=64, description="Most GPUs the plan may put on one node."
+    )
+    node_selector: Annotated[dict[str, str], KEEPS_RUN] = Field(
+        default_factory=dict, description="Added to the platform's GPU node selector."
+    )
+    tolerations: Annotated[list[Toleration], KEEPS_RUN] = Field(
+        default_factory=list, description="Tolerations of the trainer pods."
+    )
+    priority_class_name: Annotated[str | None, KEEPS_RUN] = Field(
+        default=None, max_length=253, description="PriorityClass of the trainer pods."
+    )
+    requests: Annotated[ResourceOverrides | None, KEEPS_RUN] = Field(
         default=None, description="Override planned requests."
     )
-    limits: ResourceOverrides | None = Field(default=None, description="Override planned limits.")
+    limits: Annotated[ResourceOverrides | None, KEEPS_RUN] = Field(
+        default=None, description="Override planned limits."
+    )
 
 
 class SecretRef(_Model):
-    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=253)
-    access_key_key: str = Field(default="accessKey", min_length=1)
-    secret_key_key: str = Field(default="secretKey", min_length=1)
+    """A Secret in the job's namespace and the keys holding the S3 credentials."""
+
+    name: str = Field(pattern=DNS_LABEL_PATTERN, max_length=253, description="Secret name.")
+    access_key_key: str = Field(
+        default="accessKey", min_length=1, description="Key of the access key."
+    )
+    secret_key_key: str = Field(
+        default="secretKey", min_length=1, description="Key of the secret key."
+    )
 
 
 class OutputSpec(_Model):
-    bucket: str = Field(pattern=BUCKET_PATTERN)
-    prefix: str = Field(default="lorajobs", max_length=512, pattern=r"^[A-Za-z0-9_.\-/]*$")
+    """Where checkpoints, metrics and the final adapter are written (S3 or MinIO)."""
+
+    bucket: str = Field(pattern=BUCKET_PATTERN, description="Bucket for every run's outputs.")
+    prefix: str = Field(
+        default="lorajobs",
+        max_length=512,
+        pattern=r"^[A-Za-z0-9_.\-/]*$",
+        description="Key prefix; runs go under <prefix>/<job>/<run>/.",
+    )
     endpoint: str | None = Field(
         default=None, pattern=r"^https?://[^\s/]+(/.*)?$", description="S3 endpoint (MinIO URL)."
     )
-    region: str | None = None
+    region: str | None = Field(default=None, description="S3 region, when the store needs one.")
     credentials_secret: SecretRef | None = Field(
         default=None, description="Secret holding the S3 access and secret keys."
     )
 
 
 class ServingSpec(_Model):
-    enabled: bool = False
-    runtime: Literal["vllm"] = "vllm"
-    replicas: int = Field(default=1, ge=0, le=100)
-    adapter_name: str | None = Field(default=None, pattern=DNS_LABEL_PATTERN, max_length=63)
+    """Serve the finished adapter with KServe + vLLM (multi-LoRA)."""
+
+    enabled: bool = Field(default=False, description="Create an InferenceService on success.")
+    runtime: Literal["vllm"] = Field(default="vllm", description="Serving runtime (vllm).")
+    replicas: int = Field(default=1, ge=0, le=100, description="Predictor replicas.")
+    adapter_name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="Name clients put in the OpenAI `model` field (default: the job's name).",
+    )
 
 
 class LoRAJobSpec(_Model):
-    base_model: BaseModelSpec
-    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
-    lora: LoRASpec = Field(default_factory=LoRASpec)
-    dataset: DatasetSpec
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    output: OutputSpec
-    serving: ServingSpec = Field(default_factory=ServingSpec)
-    trainer_image: str | None = Field(default=None, description="Override the operator's image.")
-    suspend: bool = False
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
-    queue_name: str | None = Field(
+    """A LoRA/QLoRA fine-tuning job."""
+
+    base_model: Annotated[BaseModelSpec, RETRAINS] = Field(
+        description="Which model to fine-tune and where its weights live."
+    )
+    quantization: Annotated[QuantizationSpec, RETRAINS] = Field(default_factory=QuantizationSpec)
+    lora: Annotated[LoRASpec, RETRAINS] = Field(default_factory=LoRASpec)
+    dataset: Annotated[DatasetSpec, RETRAINS]
+    training: Annotated[TrainingSpec, PER_FIELD] = Field(default_factory=TrainingSpec)
+    distributed: Annotated[DistributedSpec, RETRAINS] = Field(default_factory=DistributedSpec)
+    resources: Annotated[ResourcesSpec, PER_FIELD] = Field(default_factory=ResourcesSpec)
+    output: Annotated[OutputSpec, RETRAINS]
+    serving: Annotated[ServingSpec, KEEPS_RUN] = Field(default_factory=ServingSpec)
+    trainer_image: Annotated[str | None, KEEPS_RUN] = Field(
+        default=None, description="Override the operator's image."
+    )
+    suspend: Annotated[bool, KEEPS_RUN] = Field(
+        default=False,
+        description="Stop the trainer pods and keep the checkpoints; false again resumes.",
+    )
+    ttl_seconds_after_finished: Annotated[int | None, KEEPS_RUN] = Field(
+        default=None, ge=0, description="Delete the LoRAJob this long after it finished."
+    )
+    queue_name: Annotated[str | None, KEEPS_RUN] = Field(
         default=None, max_length=63, description="Kueue LocalQueue; the Job is created suspended."
     )
 
