@@ -7,23 +7,25 @@ TOOLS := .tools/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test lint typecheck unit demo demo-kill bench crds image clean help
+.PHONY: setup test lint typecheck unit demo demo-kill bench mutate crds image clean help
 
 help:
 	@echo "make demo   - set up, then run the whole flow (emulated cluster + S3, real operator, real training)"
 	@echo "make test   - set up, then lint, type-check and run the full test suite"
 	@echo "make bench  - memory-model accuracy, operator scale and trainer throughput benchmarks"
+	@echo "make mutate - mutation score of the decision modules (MODULE=quota,layout for some; JOBS=2)"
 	@echo "make crds   - regenerate crds/ and the chart's copy from the pydantic types"
 	@echo "make image  - build the trainer and operator images (needs a docker engine)"
 
 setup: $(STAMP) $(TOOLS)/helm
 
 # CPU torch first, from its exact version, so nothing later resolves a CUDA build.
-$(STAMP): pyproject.toml
+# The four packages (contract, operator, trainer, devkit) are installed editable together.
+$(STAMP): pyproject.toml contract/pyproject.toml trainer-image/pyproject.toml devkit/pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q -U pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e ./contract -e ./trainer-image -e ./devkit -e '.[dev]'
 	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
 	touch $(STAMP)
 
@@ -31,8 +33,8 @@ $(TOOLS)/helm:
 	PIP=$(PIP) ./hack/install-k8s-tools.sh $(TOOLS)
 
 lint: setup
-	$(VENV)/bin/ruff check operator trainer-image tests
-	$(VENV)/bin/ruff format --check operator trainer-image tests
+	$(VENV)/bin/ruff check contract operator trainer-image devkit tests hack
+	$(VENV)/bin/ruff format --check contract operator trainer-image devkit tests hack
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -41,13 +43,20 @@ test: setup lint typecheck
 	$(VENV)/bin/pytest -q
 
 demo: setup
-	$(VENV)/bin/lorajob demo
+	$(VENV)/bin/lorajob-demo
 
 demo-kill: setup
-	$(VENV)/bin/lorajob demo --kill-a-pod
+	$(VENV)/bin/lorajob-demo --kill-a-pod
 
 bench: setup
-	$(PY) -m lora_operator.bench
+	$(PY) -m lora_devkit.bench
+
+# Mutation testing (mutmut) of the decision modules against their fast unit tests; the table is
+# also in .mutate/summary.md, the surviving mutants' diffs in .mutate/<module>-survivors.txt.
+MODULE ?=
+JOBS   ?= 2
+mutate: setup
+	$(PY) hack/mutate.py --jobs $(JOBS) $(if $(MODULE),--module $(MODULE))
 
 crds: setup
 	$(VENV)/bin/lorajob crds --write
@@ -58,4 +67,4 @@ image:
 	docker build -f operator/Dockerfile -t lora-operator/operator:0.1.0 .
 
 clean:
-	rm -rf $(VENV) .tools .demo .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .tools .demo .bench .mutate mutants .pytest_cache .mypy_cache .ruff_cache

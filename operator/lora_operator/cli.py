@@ -1,4 +1,5 @@
-"""`lorajob`: plan, validate, generate CRDs, run the operator, run the demo.
+"""`lorajob`: plan, validate, generate CRDs, run the operator (the demo is `lorajob-demo`, in the
+devkit, which the operator image does not ship).
 
 Each subcommand lives in its own module with a `main(argv) -> int`; this file only dispatches,
 importing lazily so `lorajob plan` does not pay for kopf and `lorajob run` not for matplotlib.
@@ -17,7 +18,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("lora_operator.api.validate_cmd", "check LoRAJob files against the API"),
     "crds": ("lora_operator.api.crd", "print, write or check the generated CRD YAML"),
     "run": ("lora_operator.controller.main", "run the operator (kopf) against the current cluster"),
-    "demo": ("lora_operator.demo", "the whole flow locally: emulated cluster + S3, real training"),
 }
 
 

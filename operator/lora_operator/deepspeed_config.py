@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api.types import ComputeDtype, LoRAJobSpec, Offload, Strategy
+from lora_contract.types import ComputeDtype, LoRAJobSpec, Offload, Strategy
 
 ZERO_STAGES = {Strategy.deepspeed_zero2: 2, Strategy.deepspeed_zero3: 3}
 

@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from apidata import ROOT
 
+from lora_contract.layout import checkpoint_name, checkpoint_step
+from lora_contract.types import LoRAJobSpec
 from lora_operator.api import S3Location, run_location, training_spec_hash
 from lora_operator.api.hashing import (
     UnclassifiedFieldError,
     retrain_classification,
     wire_spec_hash,
 )
-from lora_operator.api.layout import checkpoint_name, checkpoint_step
 from lora_operator.api.loading import SpecError, load_lorajobs, parse_lorajob
-from lora_operator.api.types import LoRAJobSpec
 
 
 def _spec(obj: dict[str, Any]):  # type: ignore[no-untyped-def]

@@ -11,8 +11,8 @@ import yaml
 from chart_helpers import CHART, SCENARIOS, find, helm, only, render, write_values
 from kubernetes_validate.utils import SchemaNotFoundError
 
+from lora_contract.types import GROUP, PLURAL
 from lora_operator.api.operator_config import OperatorConfig
-from lora_operator.api.types import GROUP, PLURAL
 
 K8S_VERSION = "1.33"
 CRD_FILE = CHART / "crds" / f"{GROUP}_{PLURAL}.yaml"

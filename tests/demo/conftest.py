@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_operator.local.emulator import EmulatedCluster
+from lora_devkit.emulator import EmulatedCluster
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""`lorajob demo` end to end, as `make demo` runs it: a subprocess with the real kubectl, the real
+"""`lorajob-demo` end to end, as `make demo` runs it: a subprocess with the real kubectl, the real
 operator, the local executor and real training of the tiny model on two "nodes".
 
 The S3 server belongs to the test (the demo uses it through S3_ENDPOINT), so the adapter is
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.layout import S3Location
-from lora_operator.local.s3server import S3Server
+from lora_contract.layout import S3Location
+from lora_devkit.s3server import S3Server
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTER_FILES = {"adapter_model.safetensors", "adapter_config.json"}
@@ -38,7 +38,7 @@ def run_demo(tmp_path: Path, s3: S3Server, *args: str) -> tuple[dict[str, Any], 
         "S3_ACCESS_KEY": s3.access_key,
         "S3_SECRET_KEY": s3.secret_key,
     }
-    command = [sys.executable, "-m", "lora_operator.cli", "demo", "--keep"]
+    command = [sys.executable, "-m", "lora_devkit.demo", "--keep"]
     command += ["--workdir", str(tmp_path / "demo"), "--summary-json", str(summary_path)]
     command += ["--timeout", "270", *args]
     result = subprocess.run(

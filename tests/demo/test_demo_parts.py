@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from lora_operator.demo import main, workspace
-from lora_operator.demo.children import (
+from lora_devkit.demo import main, workspace
+from lora_devkit.demo.children import (
     Interrupted,
     signals_raise,
     stop_process_group,
 )
-from lora_operator.demo.follow import format_eta, progress_line
-from lora_operator.demo.summary import inference_service, render
-from lora_operator.local.emulator import EmulatedCluster
+from lora_devkit.demo.follow import format_eta, progress_line
+from lora_devkit.demo.summary import inference_service, render
+from lora_devkit.emulator import EmulatedCluster
 
 
 def test_bad_arguments_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
@@ -48,7 +48,7 @@ def test_refuses_to_wipe_a_folder_it_did_not_create(
     precious.mkdir()
     (precious / "thesis.tex").write_text("...")
     assert main(["--workdir", str(precious)]) == 1
-    assert "was not created by `lorajob demo`" in capsys.readouterr().err
+    assert "was not created by `lorajob-demo`" in capsys.readouterr().err
     assert (precious / "thesis.tex").exists()
     workspace.prepare_workdir(tmp_path / "demo")
     (tmp_path / "demo" / "old.log").write_text("previous run")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from lora_operator.local.emulator import EmulatedCluster, RestClient
-from lora_operator.local.executor import LocalExecutor, format_indexes, wait_for
+from lora_devkit.emulator import EmulatedCluster, RestClient
+from lora_devkit.executor import LocalExecutor, format_indexes, wait_for
 
 NS = "team-a"
 INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.types import LoRAJobSpec
+from lora_contract.types import LoRAJobSpec
 
 BASE: dict[str, Any] = {
     "baseModel": {"name": "meta-llama/Llama-3.1-8B", "source": "hf://meta-llama/Llama-3.1-8B"},

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lora_operator.bench import goals
-from lora_operator.bench.memory import accelerate_total_gb, record_goals
+from lora_devkit.bench import goals
+from lora_devkit.bench.memory import accelerate_total_gb, record_goals
 from lora_operator.memory import load_architecture
 from lora_operator.memory.registry import shipped_config_path
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from lora_operator.api.types import Attention, Optimizer, QuantizationMode, Strategy
+from lora_contract.types import Attention, Optimizer, QuantizationMode, Strategy
 from lora_operator.memory import (
     TERM_HELP,
     Architecture,

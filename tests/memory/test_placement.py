@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lora_contract.types import LoRAJobSpec, PlanStatus, Strategy
 from lora_operator.api.operator_config import GpuType
-from lora_operator.api.types import LoRAJobSpec, PlanStatus, Strategy
 from lora_operator.memory import GpuCatalog, PlanningError, plan_job
 
 Spec = Callable[..., LoRAJobSpec]

@@ -20,7 +20,7 @@ import pytest
 import torch
 import transformers
 
-from lora_operator.api.types import QuantizationMode
+from lora_contract.types import QuantizationMode
 from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
 
 CONFIG = {

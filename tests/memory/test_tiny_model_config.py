@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from lora_operator.local.tinymodel import build_tokenizer, tiny_llama_config
+from lora_devkit.tinymodel import build_tokenizer, tiny_llama_config
 from lora_operator.memory.registry import shipped_config_path
 
 

@@ -22,9 +22,9 @@ from operator_harness import (
     start_operator,
 )
 
-from lora_operator.local.emulator import EmulatedCluster, RestClient
-from lora_operator.local.operator_process import stop_operator
-from lora_operator.local.s3server import S3Server
+from lora_devkit.emulator import EmulatedCluster, RestClient
+from lora_devkit.operator_process import stop_operator
+from lora_devkit.s3server import S3Server
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from job_driver import JobDriver
 
-from lora_operator.local.emulator import JobDriver, RestClient, collect_garbage
-from lora_operator.local.operator_process import start_operator as shared_start_operator
-from lora_operator.local.s3server import S3Server
+from lora_devkit.emulator import RestClient
+from lora_devkit.operator_process import start_operator as shared_start_operator
+from lora_devkit.s3server import S3Server
 
 LORAJOBS = "finetune.lora-operator.io/v1alpha1/lorajobs"
 REPO = Path(__file__).resolve().parents[2]
@@ -84,12 +85,11 @@ class Harness:
         self.created: list[str] = []
 
     def clean_up(self) -> None:
-        """Delete the LoRAJobs a test made (and, in the emulator, what they own), so later tests
-        in the module do not share the operator with them."""
+        """Delete the LoRAJobs a test made, so later tests in the module do not share the
+        operator with them; what they own goes with them (the emulator's garbage collector, or
+        the cluster's)."""
         for name in self.created:
             self.client.delete(LORAJOBS, NAMESPACE, name)
-        if self.created and not REAL_CLUSTER:
-            collect_garbage(self.client, NAMESPACE, [LORAJOBS])
         self.created.clear()
 
     def log_tail(self, chars: int = 6000) -> str:
@@ -151,7 +151,7 @@ class Harness:
     def write_progress(self, name: str, run: str, **fields: Any) -> None:
         body = {"state": "running", "step": 0, "totalSteps": 40, **fields}
         key = f"runs/{name}/{run}/progress.json"
-        from lora_operator.api.layout import S3Location
+        from lora_contract.layout import S3Location
 
         self.s3.store().put_json(S3Location(BUCKET, key), body)
 
@@ -173,7 +173,7 @@ def prepare_harness(
 ) -> Harness:
     """Write the operator config (default: `operator_config`) and make sure the S3 credentials
     Secret exists: what every test that starts its own operator needs first."""
-    from lora_operator.local.operator_process import secret_manifest
+    from lora_devkit.operator_process import secret_manifest
 
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config or operator_config(s3)))

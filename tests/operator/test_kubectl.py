@@ -3,28 +3,35 @@ printer columns, against the emulator (or the real cluster)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from operator_harness import REPO, Harness
+import yaml
+from operator_harness import LORAJOBS, REPO, Harness, base_job
 
 KUBECTL = REPO / ".tools" / "bin" / "kubectl"
 EXAMPLE = REPO / "examples" / "tiny-cpu.yaml"
 
 
-def kubectl(harness: Harness, *args: str) -> str:
+def run_kubectl(harness: Harness, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     binary = str(KUBECTL) if KUBECTL.exists() else shutil.which("kubectl")
     if binary is None:  # `make test` installs it: missing is a broken setup, not a skip
         pytest.fail("kubectl not installed: run `make setup` (it puts kubectl in .tools/bin)")
-    result = subprocess.run(
+    return subprocess.run(
         [binary, "--kubeconfig", str(harness.kubeconfig), "-n", harness.namespace, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def kubectl(harness: Harness, *args: str) -> str:
+    result = run_kubectl(harness, *args)
     assert result.returncode == 0, f"kubectl {' '.join(args)}: {result.stderr}"
     return result.stdout
 
@@ -52,7 +59,7 @@ def test_kubectl_apply_example_and_get_printer_columns(harness: Harness, tmp_pat
     harness.driver.start("tiny-cpu-r1")
     harness.write_progress("tiny-cpu", "r1", step=10, loss=2.25)
     # write_progress writes under the test bucket's layout; the example uses its own bucket
-    from lora_operator.api.layout import S3Location
+    from lora_contract.layout import S3Location
 
     harness.s3.store().put_json(
         S3Location("lora-demo", "demo/tiny-cpu/r1/progress.json"),
@@ -73,3 +80,25 @@ def test_kubectl_apply_example_and_get_printer_columns(harness: Harness, tmp_pat
     assert "tiny-cpu" in wide
     again = kubectl(harness, "apply", "-f", str(EXAMPLE))
     assert "unchanged" in again or "configured" in again
+
+
+def test_kubectl_apply_refuses_an_invalid_lorajob_and_lists_parse(harness: Harness) -> None:
+    """The API server (emulated or real) enforces the CRD: `kubectl apply` of a LoRAJob breaking
+    a bound or a CEL rule fails naming the field and stores nothing; lists print as JSON/names."""
+    for name, field, change in (
+        ("bad-rank", "spec.lora.r", {"lora.r": 0}),
+        ("bad-modules", "spec.lora", {"lora.targetModules": ["all-linear", "q_proj"]}),
+    ):
+        manifest = yaml.safe_dump(base_job(name, **change))
+        result = run_kubectl(harness, "apply", "-f", "-", stdin=manifest)
+        assert result.returncode != 0, result.stdout
+        assert field in result.stderr and "invalid" in result.stderr, result.stderr
+        assert harness.client.get(LORAJOBS, harness.namespace, name) is None
+    harness.created.append("listed")
+    result = run_kubectl(harness, "apply", "-f", "-", stdin=yaml.safe_dump(base_job("listed")))
+    assert result.returncode == 0, result.stderr
+    everywhere = json.loads(kubectl(harness, "get", "lj", "-A", "-o", "json"))
+    assert "listed" in {item["metadata"]["name"] for item in everywhere["items"]}
+    assert "lorajob.finetune.lora-operator.io/listed" in kubectl(harness, "get", "lj", "-o", "name")
+    jobs = json.loads(kubectl(harness, "get", "jobs", "-o", "json"))
+    assert all(item["kind"] == "Job" for item in jobs["items"])

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from operator_harness import NAMESPACE, Harness, free_port, gpu_job, prepare_harness, start_operator
 
+from lora_devkit.emulator import RestClient
+from lora_devkit.operator_process import stop_operator
+from lora_devkit.s3server import S3Server
 from lora_operator.controller.leader import LEASES
-from lora_operator.local.emulator import RestClient
-from lora_operator.local.operator_process import stop_operator
-from lora_operator.local.s3server import S3Server
 
 LEASE = "lora-operator-test"
 LEASE_SECONDS = 6

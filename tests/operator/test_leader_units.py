@@ -14,10 +14,10 @@ from typing import Any
 import kopf
 import pytest
 
+from lora_devkit.emulator import EmulatedCluster
 from lora_operator.controller.elected import LOST_LEADERSHIP_EXIT, run_elected
 from lora_operator.controller.kube import Kube, KubeError, api_call
 from lora_operator.controller.leader import LEASE_CALLS, LEASES, LeaderElector, LeaseSettings
-from lora_operator.local.emulator import EmulatedCluster
 
 NAMESPACE = "lora-system"
 

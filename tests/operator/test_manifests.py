@@ -11,9 +11,11 @@ import pytest
 import yaml
 from operator_harness import base_job, gpu_job
 
+from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_TRANSIENT
+from lora_contract.types import LoRAJobSpec, PlanStatus
+from lora_devkit.job_policy import policy_action
 from lora_operator.api.loading import parse_lorajob
 from lora_operator.api.operator_config import OperatorConfig
-from lora_operator.api.types import EXIT_INVALID_CONFIG, EXIT_TRANSIENT, LoRAJobSpec, PlanStatus
 from lora_operator.controller.manifests import (
     KUEUE_QUEUE_LABEL,
     LABEL_JOB,
@@ -31,7 +33,6 @@ from lora_operator.controller.manifests import (
     vllm_lora_rank,
 )
 from lora_operator.deepspeed_config import deepspeed_config
-from lora_operator.local.job_policy import policy_action
 from lora_operator.memory import GpuCatalog, plan_job
 
 K8S_VERSION = "1.33"

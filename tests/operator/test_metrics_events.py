@@ -99,7 +99,7 @@ def test_slow_jobs_are_due_only_once_per_interval() -> None:
 
 def test_progress_status_rounds_losses_for_the_printer_column() -> None:
     """`kubectl get lj` prints the Loss column as stored: keep it readable."""
-    from lora_operator.api.types import Progress
+    from lora_contract.types import Progress
     from lora_operator.controller.progress import progress_status
 
     fields = progress_status(

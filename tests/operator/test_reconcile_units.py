@@ -15,13 +15,13 @@ import pytest
 from fake_kube import FakeKube
 from operator_harness import BUCKET, SECRET, base_job, gpu_job
 
-from lora_operator.api.layout import S3Location
+from lora_contract.layout import S3Location
+from lora_devkit.s3server import S3Server
 from lora_operator.api.operator_config import OperatorConfig
 from lora_operator.controller.config import ConfigSource
 from lora_operator.controller.events import post_event
 from lora_operator.controller.kube import API_CALLS
 from lora_operator.controller.reconcile import SLOW_RESYNC_SECONDS, Reconciler
-from lora_operator.local.s3server import S3Server
 
 NS = "default"
 LJ = "/apis/finetune.lora-operator.io/v1alpha1/namespaces/default/lorajobs"

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from lora_operator.api.layout import S3Location
-from lora_operator.api.types import TrainerConfig
-from lora_operator.local.s3server import S3Server
-from lora_operator.local.tinymodel import build_tiny_model, write_datasets
-from lora_operator.storage import S3Store
+from lora_contract.layout import S3Location
+from lora_contract.storage import S3Store
+from lora_contract.types import TrainerConfig
+from lora_devkit.s3server import S3Server
+from lora_devkit.tinymodel import build_tiny_model, write_datasets
 
 BUCKET = "lorajobs-test"
 

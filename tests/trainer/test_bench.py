@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lora_operator.bench.trainer import (
+from lora_devkit.bench.trainer import (
     WARMUP_STEPS,
     Rate,
     TrainerMeasure,
@@ -40,7 +40,7 @@ def test_goal_is_judged_on_training_steps_cpu_time(capsys: pytest.CaptureFixture
 def test_clock_excludes_checkpoint_pauses_after_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fake clock: each step ends at t = 10*step (CPU: 5*step), each save ends 2 s (CPU 1 s)
     later. Only the saves after the warm-up step count as pauses."""
-    import lora_operator.bench.trainer as bench
+    import lora_devkit.bench.trainer as bench
 
     clock = _clock()
     args = control = SimpleNamespace()

@@ -6,9 +6,9 @@ import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
-from lora_operator.api.layout import S3Location
-from lora_operator.local.s3server import free_port
-from lora_operator.storage import S3Store
+from lora_contract.layout import S3Location
+from lora_contract.storage import S3Store
+from lora_devkit.s3server import free_port
 from lora_trainer.callbacks import S3CheckpointCallback
 from lora_trainer.checkpoints import (
     download_checkpoint,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.types import DatasetSpec
+from lora_contract.types import DatasetSpec
 from lora_trainer.data import (
     IGNORE_INDEX,
     PadCollator,

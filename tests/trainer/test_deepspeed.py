@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.types import LoRAJobSpec, Offload, Progress, Strategy
+from lora_contract.storage import S3Store
+from lora_contract.types import LoRAJobSpec, Offload, Progress, Strategy
 from lora_operator.deepspeed_config import deepspeed_config
-from lora_operator.storage import S3Store
 
 from .conftest import rendezvous_port
 

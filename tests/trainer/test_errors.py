@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.layout import S3Location
-from lora_operator.api.types import EXIT_INVALID_CONFIG, EXIT_TRANSIENT, Progress
-from lora_operator.local.s3server import free_port
-from lora_operator.storage import S3Store
+from lora_contract.layout import S3Location
+from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_TRANSIENT
+from lora_contract.storage import S3Store
+from lora_contract.types import Progress
+from lora_devkit.s3server import free_port
 from lora_trainer.main import main
 
 from .conftest import BUCKET

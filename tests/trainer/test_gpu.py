@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.types import LoRAJobSpec, Progress
-from lora_operator.storage import S3Store
+from lora_contract.storage import S3Store
+from lora_contract.types import LoRAJobSpec, Progress
 from lora_trainer.model import apply_lora, load_base_model
 
 pytestmark = pytest.mark.gpu

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.types import EXIT_INVALID_CONFIG, EXIT_TRANSIENT, Progress
-from lora_operator.local.s3server import free_port
-from lora_operator.storage import S3Store
+from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_TRANSIENT
+from lora_contract.storage import S3Store
+from lora_contract.types import Progress
+from lora_devkit.s3server import free_port
 from lora_trainer.launch import (
     LaunchError,
     Rendezvous,
@@ -242,7 +243,7 @@ def test_bad_rendezvous_env_is_a_clear_config_error() -> None:
     topo = Topology(2, 1, 0, "127.0.0.1", 29400)
     cases = {
         "LORAJOB_RENDEZVOUS": ("etcd", "must be one of c10d, static"),
-        "LORAJOB_MAX_RESTARTS": ("-1", "must be 0 or more"),
+        "LORAJOB_MAX_RESTARTS": ("-1", "must be an integer >= 0"),
     }
     for name, (value, message) in cases.items():
         with pytest.raises(LaunchError, match=message) as info:

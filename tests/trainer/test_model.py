@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.types import LoRAJobSpec, LoRASpec, QuantizationSpec
+from lora_contract.types import LoRAJobSpec, LoRASpec, QuantizationSpec
 from lora_trainer.errors import InvalidConfigError
 from lora_trainer.model import (
     apply_lora,

@@ -1,7 +1,8 @@
-"""The trainer image is complete: every third-party module the trainer imports (directly, or through
-the lora_operator modules it uses, their packages' __init__ files included) is pinned in
-trainer-image/requirements.txt with pyproject's version, and the Dockerfile copies every
-lora_operator file the trainer needs, from a pinned base, as a non-root user."""
+"""The trainer image is complete: every third-party module the trainer and the contract import is
+pinned in trainer-image/requirements.txt with the version their pyproject.toml files declare, and
+the Dockerfile installs exactly those two packages (whole folders, nothing hand-picked), from a
+pinned base, as a non-root user. (That the trainer imports nothing of the operator or the devkit
+is checked by tests/test_package_boundaries.py.)"""
 
 from __future__ import annotations
 
@@ -14,91 +15,40 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
-TRAINER = ROOT / "trainer-image" / "lora_trainer"
-OPERATOR = ROOT / "operator"
+PACKAGES = {"lora_trainer": ROOT / "trainer-image", "lora_contract": ROOT / "contract"}
 REQUIREMENTS = ROOT / "trainer-image" / "requirements.txt"
 DOCKERFILE = ROOT / "trainer-image" / "Dockerfile"
 
 
-def module_of(path: Path) -> str:
-    """'operator/lora_operator/api/types.py' -> 'lora_operator.api.types'."""
-    rel = path.relative_to(OPERATOR if path.is_relative_to(OPERATOR) else TRAINER.parent)
-    parts = list(rel.with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports_of(path: Path) -> set[str]:
-    """Absolute module names imported anywhere in the file (also inside functions), with
-    relative imports resolved against the file's own package."""
-    package = module_of(path)
-    if path.name != "__init__.py":
-        package = package.rpartition(".")[0]
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module:
-                base = node.module
-            else:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
-                base = f"{base}.{node.module}" if node.module else base
-            names.add(base)
-            names |= {f"{base}.{alias.name}" for alias in node.names}
-    return names
-
-
-def operator_files(module: str) -> list[Path]:
-    """The file of `module` (if it is one of ours) and the __init__.py of every package above."""
-    parts = module.split(".")
-    files = [OPERATOR / Path(*parts[:i]) / "__init__.py" for i in range(1, len(parts) + 1)]
-    files.append((OPERATOR / Path(*parts)).with_suffix(".py"))
-    return [f for f in files if f.exists()]
-
-
-def closure() -> tuple[set[Path], set[str]]:
-    """(lora_operator files the trainer loads, top-level third-party modules it imports)."""
-    todo = list(TRAINER.glob("*.py"))
-    seen: set[Path] = set()
-    third_party: set[str] = set()
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        for name in imports_of(path):
-            top = name.split(".")[0]
-            if top == "lora_operator":
-                todo.extend(operator_files(name))
-            elif top != "lora_trainer" and top not in sys.stdlib_module_names:
-                third_party.add(top)
-    return {p for p in seen if p.is_relative_to(OPERATOR)}, third_party
+def third_party_imports() -> set[str]:
+    """Top-level non-stdlib modules imported anywhere in the image's two packages."""
+    found: set[str] = set()
+    for package, folder in PACKAGES.items():
+        for path in (folder / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    found |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found.add(node.module.split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names and m not in PACKAGES}
 
 
 def pinned(text: str) -> dict[str, str]:
     pins = {}
     for line in text.splitlines():
-        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s#]+)", line.strip())
+        match = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s#\"]+)", line.strip())
         if match:
             pins[match.group(1).lower().replace("_", "-")] = match.group(2)
     return pins
-
-
-def test_closure_follows_package_inits_and_relative_imports() -> None:
-    files, third_party = closure()
-    rel = {p.relative_to(OPERATOR).as_posix() for p in files}
-    # api/__init__.py imports api/hashing.py; storage.py imports .api.layout relatively.
-    assert {"lora_operator/__init__.py", "lora_operator/api/__init__.py"} <= rel
-    assert {"lora_operator/api/hashing.py", "lora_operator/storage.py"} <= rel
-    assert "lora_operator/controller/__init__.py" not in rel
-    assert {"pydantic", "minio", "urllib3", "torch", "peft"} <= third_party
 
 
 def test_every_import_is_pinned() -> None:
     requirements = pinned(REQUIREMENTS.read_text())
     dists = packages_distributions()
     missing = []
-    for module in sorted(closure()[1]):
+    imports = third_party_imports()
+    assert {"pydantic", "minio", "urllib3", "torch", "peft"} <= imports
+    for module in sorted(imports):
         names = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
         if not names & set(requirements):
             missing.append(f"{module} (distribution {sorted(names)})")
@@ -106,38 +56,29 @@ def test_every_import_is_pinned() -> None:
     assert {"torch", "transformers", "peft", "minio", "deepspeed"} <= set(requirements)
 
 
-def test_versions_agree_with_pyproject() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    specs = project["dependencies"] + project["optional-dependencies"]["trainer"]
-    declared = pinned("\n".join(specs))
-    for name, version in pinned(REQUIREMENTS.read_text()).items():
+def test_versions_agree_with_the_packages_pyprojects() -> None:
+    declared: dict[str, str] = {}
+    for folder in PACKAGES.values():
+        project = tomllib.loads((folder / "pyproject.toml").read_text())["project"]
+        declared |= pinned("\n".join(project["dependencies"]))
+    declared.pop("lora-contract")  # installed from the copied folder
+    requirements = pinned(REQUIREMENTS.read_text())
+    for name, version in requirements.items():
         if name in declared:
-            assert declared[name] == version, (
-                f"{name}: {version} here, {declared[name]} in pyproject"
-            )
-    missing = set(declared) - set(pinned(REQUIREMENTS.read_text())) - {"lora-operator"}
-    assert not missing, f"in pyproject's trainer extra but not in requirements.txt: {missing}"
+            assert declared[name] == version, f"{name}: {version} here, {declared[name]} declared"
+    missing = set(declared) - set(requirements)
+    assert not missing, f"declared but not in requirements.txt: {missing}"
 
 
-def dockerfile_copies() -> list[str]:
-    """Source paths of the COPY instructions that read the build context (not --from a stage)."""
-    sources = []
-    for line in DOCKERFILE.read_text().splitlines():
-        words = line.split()
-        if words[:1] == ["COPY"] and not any(w.startswith("--from") for w in words):
-            sources += [w for w in words[1:-1] if not w.startswith("--")]
-    return sources
-
-
-def test_dockerfile_copies_every_module_the_trainer_loads() -> None:
-    sources = dockerfile_copies()
-    needed = sorted(closure()[0]) + sorted(TRAINER.glob("*.py"))
-    uncovered = [
-        p.relative_to(ROOT).as_posix()
-        for p in needed
-        if not any(p.relative_to(ROOT).as_posix().startswith(s.rstrip("/")) for s in sources)
-    ]
-    assert not uncovered, f"the Dockerfile does not COPY: {uncovered}"
+def test_dockerfile_installs_the_contract_and_trainer_folders_only() -> None:
+    text = DOCKERFILE.read_text()
+    copies = re.findall(r"^COPY\s+(?!--from)(\S+)\s+(\S+)", text, flags=re.MULTILINE)
+    sources = {src.rstrip("/") for src, _ in copies}
+    assert {"contract", "trainer-image"} <= sources, sources
+    assert not any(s.startswith(("operator", "devkit")) for s in sources), sources
+    install = next(r for r in dockerfile_runs(text) if "--no-deps" in r)
+    dest = {src.rstrip("/"): dst.rstrip("/") for src, dst in copies}
+    assert dest["contract"] in install and dest["trainer-image"] in install, install
 
 
 def test_dockerfile_is_pinned_non_root_with_the_launcher_entrypoint() -> None:

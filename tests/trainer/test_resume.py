@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.types import Progress
-from lora_operator.storage import S3Store
+from lora_contract.storage import S3Store
+from lora_contract.types import Progress
 
 
 def losses_by_step(store: S3Store, run: Any) -> dict[int, float]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_operator.api.layout import S3Location
-from lora_operator.local.s3server import S3Server, free_port
-from lora_operator.storage import S3Store, StorageError, parse_endpoint
+from lora_contract.layout import S3Location
+from lora_contract.storage import S3Store, StorageError, parse_endpoint
+from lora_devkit.s3server import S3Server, free_port
 
 from .conftest import BUCKET
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from lora_operator.api.layout import S3Location
-from lora_operator.api.types import Progress
-from lora_operator.storage import S3Store
+from lora_contract.layout import S3Location
+from lora_contract.storage import S3Store
+from lora_contract.types import Progress
 from lora_trainer.sources import DONE_MARKER
 
 from .conftest import BUCKET

@@ -9,8 +9,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from lora_operator.api.layout import S3Location, checkpoint_name
-from lora_operator.storage import S3Store, StorageError
+from lora_contract.layout import S3Location, checkpoint_name
+from lora_contract.storage import S3Store, StorageError
 
 from .checkpoints import prune, upload_files, write_manifest
 from .metrics import ProgressReporter, log

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lora_operator.api.layout import MANIFEST, S3Location, checkpoint_name, checkpoint_step
-from lora_operator.storage import S3Store
+from lora_contract.layout import MANIFEST, S3Location, checkpoint_name, checkpoint_step
+from lora_contract.storage import S3Store
 
 
 def upload_files(store: S3Store, dest: S3Location, local_dir: Path) -> dict[str, int]:

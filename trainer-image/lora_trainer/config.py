@@ -11,13 +11,15 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from lora_operator.api.errors import describe_validation_error
-from lora_operator.api.types import TrainerConfig
+from lora_contract import pod
+from lora_contract.errors import describe_validation_error
+from lora_contract.types import TrainerConfig
 
 from .errors import InvalidConfigError
+from .settings import TrainerSettings
 
-CONFIG_ENV = "LORAJOB_CONFIG"
-DEFAULT_CONFIG_PATH = "/etc/lorajob/config.yaml"
+CONFIG_ENV = pod.ENV_CONFIG
+DEFAULT_CONFIG_PATH = pod.CONFIG_PATH
 
 
 def config_path(explicit: str | None = None) -> Path:
@@ -80,11 +82,11 @@ class ProcessPlace:
 
 
 def pvc_root() -> Path:
-    return Path(os.environ.get("LORAJOB_PVC_ROOT", "/mnt/pvc"))
+    return Path(os.environ.get(pod.ENV_PVC_ROOT, pod.PVC_ROOT))
 
 
 def work_dir(config: TrainerConfig) -> Path:
     """Node-local scratch space for checkpoints and downloads (`LORAJOB_WORK_DIR`, else
     $TMPDIR/lorajob: /tmp in a container, a per-pod folder under the local executor)."""
-    root = Path(os.environ.get("LORAJOB_WORK_DIR") or Path(tempfile.gettempdir()) / "lorajob")
+    root = Path(TrainerSettings.from_env().work_dir or Path(tempfile.gettempdir()) / "lorajob")
     return root / config.job_name / config.run_id

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_operator.api.types import DatasetFormat, DatasetSpec
+from lora_contract.types import DatasetFormat, DatasetSpec
 
 from .errors import InvalidConfigError
 

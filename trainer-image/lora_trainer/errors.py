@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from lora_operator.api.types import EXIT_INVALID_CONFIG, EXIT_TRANSIENT
+from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_TRANSIENT
 
 
 class TrainerError(Exception):

@@ -31,13 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from lora_operator.api.types import EXIT_INVALID_CONFIG, EXIT_OK, EXIT_TRANSIENT
+from lora_contract import pod
+from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_OK, EXIT_TRANSIENT
 
-EXIT_CODE_DIR_ENV = "LORAJOB_EXIT_CODE_DIR"
-DEFAULT_TIMEOUT_S = 600.0
-DEFAULT_MAX_RESTARTS = 3
+from .errors import InvalidConfigError
+from .settings import (
+    DEFAULT_MAX_RESTARTS,
+    DEFAULT_RENDEZVOUS_TIMEOUT_S,
+    ENV_EXIT_CODE_DIR,
+    TrainerSettings,
+)
+
+EXIT_CODE_DIR_ENV = ENV_EXIT_CODE_DIR
+DEFAULT_TIMEOUT_S = DEFAULT_RENDEZVOUS_TIMEOUT_S
 STORE_READ_TIMEOUT_S = 60  # a store read on a vanished host fails after this, not after 600 s
-BACKENDS = ("c10d", "static")
 STOP_GRACE_S = 10.0
 # torch 2.13 shares the agent's store with the workers and writes the workers' MASTER_ADDR/PORT
 # into it only on a node's first rendezvous: after a restart, node 0 (rank 0 again) skips that
@@ -100,14 +107,14 @@ def default_nproc() -> int:
 
 
 def topology_from_env(env: dict[str, str]) -> Topology:
-    nnodes = _env_int(env, "NNODES", 1)
-    rank_default = _env_int(env, "JOB_COMPLETION_INDEX", 0)
+    nnodes = _env_int(env, pod.ENV_NNODES, 1)
+    rank_default = _env_int(env, pod.ENV_JOB_COMPLETION_INDEX, 0)
     topo = Topology(
         nnodes=nnodes,
-        nproc_per_node=_env_int(env, "NPROC_PER_NODE", 0) or default_nproc(),
-        node_rank=_env_int(env, "NODE_RANK", rank_default),
-        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-        master_port=_env_int(env, "MASTER_PORT", 29500),
+        nproc_per_node=_env_int(env, pod.ENV_NPROC_PER_NODE, 0) or default_nproc(),
+        node_rank=_env_int(env, pod.ENV_NODE_RANK, rank_default),
+        master_addr=env.get(pod.ENV_MASTER_ADDR, "127.0.0.1"),
+        master_port=_env_int(env, pod.ENV_MASTER_PORT, pod.DEFAULT_RENDEZVOUS_PORT),
     )
     if topo.nnodes < 1 or topo.nproc_per_node < 1:
         raise LaunchError("NNODES and NPROC_PER_NODE must be at least 1", EXIT_INVALID_CONFIG)
@@ -123,24 +130,22 @@ def rendezvous_from_env(env: dict[str, str], topo: Topology, timeout_s: float) -
     """LORAJOB_RENDEZVOUS (c10d|static), LORAJOB_RDZV_ID (default: MASTER_ADDR, unique per run
     and the same on every node), POD_IP (this node's address for the workers' store) and
     LORAJOB_MAX_RESTARTS (worker restarts after a lost peer before the pod fails)."""
-    backend = env.get("LORAJOB_RENDEZVOUS", "") or "c10d"
-    if backend not in BACKENDS:
-        raise LaunchError(
-            f"env LORAJOB_RENDEZVOUS must be one of {', '.join(BACKENDS)} (got {backend!r})",
-            EXIT_INVALID_CONFIG,
-        )
-    max_restarts = _env_int(env, "LORAJOB_MAX_RESTARTS", DEFAULT_MAX_RESTARTS)
-    if max_restarts < 0:
-        raise LaunchError(
-            f"env LORAJOB_MAX_RESTARTS must be 0 or more (got {max_restarts})", EXIT_INVALID_CONFIG
-        )
+    knobs = settings_from(env)
     return Rendezvous(
-        backend=backend,
-        run_id=env.get("LORAJOB_RDZV_ID", "") or topo.master_addr,
-        local_addr=env.get("POD_IP", "") or None,
-        max_restarts=max_restarts,
+        backend=knobs.rendezvous,
+        run_id=knobs.rendezvous_id or topo.master_addr,
+        local_addr=env.get(pod.ENV_POD_IP, "") or None,
+        max_restarts=knobs.max_restarts,
         timeout_s=timeout_s,
     )
+
+
+def settings_from(env: dict[str, str]) -> TrainerSettings:
+    """The trainer's knobs from `env`; a bad one is a LaunchError with exit code 3."""
+    try:
+        return TrainerSettings.from_env(env)
+    except InvalidConfigError as exc:
+        raise LaunchError(exc.message, EXIT_INVALID_CONFIG) from None
 
 
 def wait_for_dns(host: str, timeout_s: float, interval_s: float = 1.0) -> None:
@@ -287,19 +292,7 @@ def run_torchrun(topo: Topology, argv: list[str], rdzv: Rendezvous) -> int:
 
 def rendezvous_timeout(env: dict[str, str]) -> float:
     """Seconds to wait for DNS, the port and torchrun's rendezvous (LORAJOB_RENDEZVOUS_TIMEOUT)."""
-    value = env.get("LORAJOB_RENDEZVOUS_TIMEOUT", "")
-    if value == "":
-        return DEFAULT_TIMEOUT_S
-    try:
-        timeout = float(value)
-    except ValueError:
-        timeout = -1.0
-    if timeout <= 0:
-        raise LaunchError(
-            f"env LORAJOB_RENDEZVOUS_TIMEOUT must be a positive number of seconds (got {value!r})",
-            EXIT_INVALID_CONFIG,
-        )
-    return timeout
+    return settings_from(env).rendezvous_timeout_s
 
 
 def launch(argv: list[str], env: dict[str, str]) -> int:

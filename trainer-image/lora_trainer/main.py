@@ -1,6 +1,6 @@
 """`lora-trainer` / `python -m lora_trainer.main`: one training process.
 
-Exit codes follow the contract in `lora_operator.api.types`: 0 ok, 3 bad config or data (the
+Exit codes follow the contract in `lora_contract.types`: 0 ok, 3 bad config or data (the
 Job fails at once), 75 transient (the pod is retried and resumes from the latest checkpoint).
 Before a non-zero exit, rank 0 records the error in progress.json when S3 is reachable, and the
 message goes to stderr and the pod's termination log.
@@ -21,27 +21,24 @@ from pathlib import Path
 
 import yaml
 
-from lora_operator.api.layout import S3Location
-from lora_operator.api.types import (
-    EXIT_INVALID_CONFIG,
-    EXIT_OK,
-    EXIT_TRANSIENT,
-    Progress,
-    TrainerConfig,
-)
-from lora_operator.storage import S3Store, StorageError
+from lora_contract import pod
+from lora_contract.layout import S3Location
+from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_OK, EXIT_TRANSIENT
+from lora_contract.storage import S3Store, StorageError
+from lora_contract.types import Progress, TrainerConfig
 
 from .config import ProcessPlace, config_path, load_trainer_config
 from .errors import TrainerError
 from .metrics import ProgressReporter
+from .settings import ENV_EXIT_CODE_DIR, ENV_TERMINATION_LOG
 
-TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG = pod.TERMINATION_LOG
 
 
 def write_termination_message(message: str) -> None:
     """Kubernetes mounts this file and shows its content in the pod status (the operator reads
     it). Written only where it exists; env LORAJOB_TERMINATION_LOG overrides the path."""
-    path = Path(os.environ.get("LORAJOB_TERMINATION_LOG", TERMINATION_LOG))
+    path = Path(os.environ.get(ENV_TERMINATION_LOG) or TERMINATION_LOG)
     if path.exists():
         with contextlib.suppress(OSError):
             path.write_text(message[:4000])
@@ -111,7 +108,7 @@ def fail(target: FailureTarget | None, place: ProcessPlace, message: str, code: 
 
 def record_exit_code(code: int, place: ProcessPlace) -> None:
     """Under the launcher, leave the exit code where it can read it (torchrun hides it)."""
-    folder = os.environ.get("LORAJOB_EXIT_CODE_DIR")
+    folder = os.environ.get(ENV_EXIT_CODE_DIR)
     if folder and code != EXIT_OK:
         with contextlib.suppress(OSError):
             (Path(folder) / f"exit-{place.rank}").write_text(str(code))

@@ -11,9 +11,9 @@ import sys
 import time
 from typing import Any
 
-from lora_operator.api.layout import LOSS_PLOT, METRICS_FILE, PROGRESS_FILE, S3Location
-from lora_operator.api.types import Progress
-from lora_operator.storage import S3Store, StorageError
+from lora_contract.layout import LOSS_PLOT, METRICS_FILE, PROGRESS_FILE, S3Location
+from lora_contract.storage import S3Store, StorageError
+from lora_contract.types import Progress
 
 from .plot import loss_plot_png
 

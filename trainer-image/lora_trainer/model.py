@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lora_operator.api.types import (
+from lora_contract.types import (
     ComputeDtype,
     LoRAJobSpec,
     LoRASpec,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from lora_operator.api.layout import S3Location
-from lora_operator.storage import S3Store, StorageError
+from lora_contract.layout import S3Location
+from lora_contract.storage import S3Store, StorageError
 
 from .config import pvc_root
 from .errors import InvalidConfigError, TransientError

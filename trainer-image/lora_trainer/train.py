@@ -17,16 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_operator.api.layout import FINAL_DIR, S3Location
-from lora_operator.api.types import ComputeDtype, TrainerConfig
-from lora_operator.storage import S3Store, StorageError
+from lora_contract.layout import FINAL_DIR, S3Location
+from lora_contract.storage import S3Store, StorageError
+from lora_contract.types import ComputeDtype, TrainerConfig
 
+from . import settings
 from .checkpoints import download_checkpoint, latest_checkpoint
 from .config import ProcessPlace, work_dir
 from .data import ListDataset, PadCollator, load_examples, pack, split_eval
 from .errors import InvalidConfigError, TransientError
 from .metrics import ProgressReporter, log
 from .model import apply_lora, cuda_available, load_base_model, load_tokenizer, trainable_summary
+from .settings import TrainerSettings
 from .sources import (
     fetch_s3_object,
     fetch_s3_prefix,
@@ -36,7 +38,7 @@ from .sources import (
 )
 
 RESUME_NOTE = "resume.json"
-DEFAULT_DDP_TIMEOUT_S = 900
+DEFAULT_DDP_TIMEOUT_S = settings.DEFAULT_DDP_TIMEOUT_S
 
 
 @dataclass
@@ -239,30 +241,14 @@ def upload_checkpoint_like(store: S3Store, dest: S3Location, local_dir: Path) ->
 
 def step_delay() -> float:
     """Env LORAJOB_STEP_DELAY_S (fault-injection aid for tests and the demo; 0 = off)."""
-    value = os.environ.get("LORAJOB_STEP_DELAY_S", "")
-    try:
-        delay = float(value) if value else 0.0
-    except ValueError:
-        delay = -1.0
-    if delay < 0:
-        raise InvalidConfigError(f"env LORAJOB_STEP_DELAY_S must be seconds >= 0 (got {value!r})")
-    return delay
+    return TrainerSettings.from_env().step_delay_s
 
 
 def collective_timeout() -> int:
     """Env LORAJOB_DDP_TIMEOUT_S (default 900): how long a collective waits for a dead peer under
     NCCL before failing, instead of transformers' 1800 s. Loading skew between ranks (a large
     base model from slow storage) must fit in it."""
-    value = os.environ.get("LORAJOB_DDP_TIMEOUT_S", "")
-    try:
-        seconds = int(value) if value else DEFAULT_DDP_TIMEOUT_S
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise InvalidConfigError(
-            f"env LORAJOB_DDP_TIMEOUT_S must be a positive integer of seconds (got {value!r})"
-        )
-    return seconds
+    return TrainerSettings.from_env().ddp_timeout_s
 
 
 def run_training(

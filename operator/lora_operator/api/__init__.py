@@ -1,13 +1,10 @@
 """LoRAJob API types, the run layout in the bucket, and helpers shared by operator and trainer."""
 
-from .errors import describe_validation_error
-from .hashing import training_spec_hash
-from .layout import S3Location, run_location
-from .types import (
+from lora_contract.errors import describe_validation_error
+from lora_contract.layout import S3Location, run_location
+from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_OK, EXIT_TRANSIENT
+from lora_contract.types import (
     API_VERSION,
-    EXIT_INVALID_CONFIG,
-    EXIT_OK,
-    EXIT_TRANSIENT,
     GROUP,
     KIND,
     PLURAL,
@@ -23,6 +20,8 @@ from .types import (
     RunRecord,
     TrainerConfig,
 )
+
+from .hashing import training_spec_hash
 
 __all__ = [
     "API_VERSION",

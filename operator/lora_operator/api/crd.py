@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from .types import (
+from lora_contract.types import (
     CATEGORIES,
+    CPU_OPTIMIZERS,
     GROUP,
     KIND,
     PLURAL,
@@ -51,8 +52,9 @@ CEL_RULES: list[dict[str, str]] = [
     {
         "path": "",
         "rule": "!has(self.training) || !has(self.training.optimizer) || "
-        "self.training.optimizer == 'adamw_torch' || !has(self.resources) || "
-        "!has(self.resources.gpuType) || self.resources.gpuType != 'cpu'",
+        f"self.training.optimizer in {sorted(o.value for o in CPU_OPTIMIZERS)} || "
+        "!has(self.resources) || !has(self.resources.gpuType) || "
+        "self.resources.gpuType != 'cpu'",
         "message": "8-bit and paged optimizers need a CUDA GPU (bitsandbytes): use adamw_torch "
         "with resources.gpuType 'cpu'",
         "fieldPath": ".training.optimizer",
@@ -237,7 +239,7 @@ def build_crd() -> dict[str, Any]:
 
 
 def render_crd_yaml() -> str:
-    header = "# Generated from operator/lora_operator/api/types.py by `make crds`. Do not edit.\n"
+    header = "# Generated from contract/lora_contract/types.py by `make crds`. Do not edit.\n"
     return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .types import LoRAJobSpec, Retrain
+from lora_contract.types import LoRAJobSpec, Retrain
 
 
 class UnclassifiedFieldError(TypeError):

@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .errors import describe_validation_error
-from .types import API_VERSION, KIND, LoRAJob
+from lora_contract.errors import describe_validation_error
+from lora_contract.types import API_VERSION, KIND, LoRAJob
 
 
 class SpecError(ValueError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .types import DNS_LABEL_PATTERN, _Model
+from lora_contract.pod import DEFAULT_RENDEZVOUS_PORT
+from lora_contract.types import SecretRef, _Model
 
 
 class GpuType(_Model):
@@ -37,18 +38,12 @@ class Quotas(_Model):
     cluster: Quota = Field(default_factory=Quota, description="Across all namespaces.")
 
 
-class SecretRefConfig(_Model):
-    name: str = Field(pattern=DNS_LABEL_PATTERN)
-    access_key_key: str = "accessKey"
-    secret_key_key: str = "secretKey"
-
-
 class S3Defaults(_Model):
     """Used when a LoRAJob's output omits endpoint or credentials (e.g. the bundled MinIO)."""
 
     endpoint: str | None = None
     region: str | None = None
-    credentials_secret: SecretRefConfig | None = None
+    credentials_secret: SecretRef | None = None
 
 
 class KueueConfig(_Model):
@@ -72,5 +67,5 @@ class OperatorConfig(_Model):
         default=None, description="ServiceAccount for trainer pods (no API access needed)."
     )
     progress_interval_seconds: float = Field(default=15, gt=0, le=3600)
-    rendezvous_port: int = Field(default=29500, ge=1, le=65535)
+    rendezvous_port: int = Field(default=DEFAULT_RENDEZVOUS_PORT, ge=1, le=65535)
     backoff_limit_per_index: int = Field(default=3, ge=0, le=100)

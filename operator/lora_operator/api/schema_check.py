@@ -1,13 +1,20 @@
 """Check an object against the generated CRD offline, roughly as the API server would.
 
-The Kubernetes emulator used in tests does no schema validation, so tests (and `lorajob validate
---crd`) use this: apply the schema's defaults, validate the OpenAPI v3 schema (draft-4 bounds, as
-Kubernetes does), then evaluate every `x-kubernetes-validations` CEL rule with cel-python.
+`check_against_crd` (tests, `lorajob validate`) applies the schema's defaults, validates the
+OpenAPI v3 schema (draft-4 bounds, as Kubernetes does), then evaluates every
+`x-kubernetes-validations` CEL rule with cel-python. `prune_unknown` and `field_errors` do the
+same for any CRD's schema but answer in the API server's terms (pruned paths, `FieldError`s with
+its wording), which is what the devkit's Kubernetes emulator needs to refuse objects as a real API
+server does.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import celpy
@@ -52,12 +59,19 @@ def _as_schema_types(schema: dict[str, Any], obj: Any) -> Any:
     return obj
 
 
+@functools.lru_cache(maxsize=256)
+def _program(rule: str) -> Any:
+    """Compiling a CEL rule takes milliseconds; the emulator checks every write, so compile once."""
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
 def _cel_errors(schema: dict[str, Any], obj: Any, path: str, env: celpy.Environment) -> list[str]:
     errors: list[str] = []
     if obj is None:
         return errors
     for rule in schema.get("x-kubernetes-validations", []):
-        program = env.program(env.compile(rule["rule"]))
+        program = _program(rule["rule"])
         try:
             result = program.evaluate({"self": json_to_cel(_as_schema_types(schema, obj))})
         except CELEvalError as exc:
@@ -85,3 +99,212 @@ def check_against_crd(obj: dict[str, Any], schema: dict[str, Any] | None = None)
         return errors
     spec_schema = schema["properties"]["spec"]
     return _cel_errors(spec_schema, defaulted.get("spec"), "spec", celpy.Environment())
+
+
+# ------------------------------------------------------------- the API server's own terms
+
+_NO_VALUE = object()
+_REASONS = {
+    "Invalid value": "FieldValueInvalid",
+    "Required value": "FieldValueRequired",
+    "Unsupported value": "FieldValueNotSupported",
+    "Too long": "FieldValueTooLong",
+    "Too many": "FieldValueTooMany",
+    "Duplicate value": "FieldValueDuplicate",
+}
+_BLOCKING = (
+    "some validation rules were not checked because the object was invalid; correct the "
+    "existing errors to complete validation"
+)
+
+
+def _go_value(value: Any) -> str:
+    """A value as Go's field errors print it (`%q` for strings, `%v` for numbers)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    if value is None:
+        return '"null"'
+    return json.dumps(value if isinstance(value, str) else _type_name(value))
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if value is None:
+        return "null"
+    return "object"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One entry of a 422's `details.causes`, printed like the API server's `field.Error`."""
+
+    field: str
+    type: str  # "Invalid value", "Required value", "Unsupported value", "Too long", ...
+    detail: str = ""
+    value: Any = _NO_VALUE
+    type_invalid: bool = False  # a wrong JSON type: CEL rules are not run on such objects
+
+    @property
+    def reason(self) -> str:
+        return "FieldValueTypeInvalid" if self.type_invalid else _REASONS.get(self.type, "")
+
+    def body(self) -> str:
+        """`Invalid value: 0: spec.lora.r in body should be ...` (the cause's message)."""
+        text = self.type
+        if self.value is not _NO_VALUE:
+            text += f": {_go_value(self.value)}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.body()}"
+
+
+def _join(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    return f"{path}.{part}" if path else part
+
+
+def prune_unknown(schema: dict[str, Any], obj: Any, path: str = "") -> list[str]:
+    """Drop fields the structural schema does not declare, in place, as the API server does
+    (`x-kubernetes-preserve-unknown-fields` keeps them); returns their paths. The root's
+    apiVersion/kind/metadata are the server's own and are never pruned."""
+    pruned: list[str] = []
+    if isinstance(obj, dict):
+        props: dict[str, Any] = schema.get("properties", {})
+        additional = schema.get("additionalProperties")
+        keep = bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+        for name in list(obj):
+            where = _join(path, name)
+            if not path and name in ("apiVersion", "kind", "metadata"):
+                continue
+            if name in props:
+                pruned += prune_unknown(props[name], obj[name], where)
+            elif isinstance(additional, dict):
+                pruned += prune_unknown(additional, obj[name], where)
+            elif not keep and additional is not True:
+                del obj[name]
+                pruned.append(where)
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(obj):
+            pruned += prune_unknown(schema["items"], item, _join(path, index))
+    return pruned
+
+
+def _bound(schema: dict[str, Any], key: str) -> str:
+    value = schema[key]
+    return _go_value(value)
+
+
+def _field_error(err: Any, root: str) -> FieldError:
+    """jsonschema's error -> the wording of Kubernetes' OpenAPI validation (kube-openapi)."""
+    field = root
+    for part in err.absolute_path:
+        field = _join(field, part)
+    shown = field or "<nil>"
+    value, schema, kind = err.instance, err.schema, err.validator
+    if kind == "required":
+        found = re.match(r"^'(.*)' is a required property$", err.message)
+        missing = found.group(1) if found else str(err.validator_value)
+        return FieldError(_join(field, missing), "Required value")
+    if kind == "type":
+        expected = err.validator_value
+        detail = f"{shown} in body must be of type {expected}: {json.dumps(_type_name(value))}"
+        return FieldError(shown, "Invalid value", detail, _type_name(value), type_invalid=True)
+    if kind == "enum":
+        supported = ", ".join(_go_value(v) for v in err.validator_value)
+        return FieldError(shown, "Unsupported value", f"supported values: {supported}", value)
+    if kind == "minimum":
+        word = "greater than" if schema.get("exclusiveMinimum") else "greater than or equal to"
+        return FieldError(
+            shown,
+            "Invalid value",
+            f"{shown} in body should be {word} {_bound(schema, 'minimum')}",
+            value,
+        )
+    if kind == "maximum":
+        word = "less than" if schema.get("exclusiveMaximum") else "less than or equal to"
+        return FieldError(
+            shown,
+            "Invalid value",
+            f"{shown} in body should be {word} {_bound(schema, 'maximum')}",
+            value,
+        )
+    if kind == "minLength":
+        detail = f"{shown} in body should be at least {err.validator_value} chars long"
+        return FieldError(shown, "Invalid value", detail, value)
+    if kind == "maxLength":
+        return FieldError(shown, "Too long", f"may not be more than {err.validator_value} bytes")
+    if kind == "pattern":
+        detail = f"{shown} in body should match '{err.validator_value}'"
+        return FieldError(shown, "Invalid value", detail, value)
+    if kind == "minItems":
+        detail = f"{shown} in body should have at least {err.validator_value} items"
+        return FieldError(shown, "Invalid value", detail, value)
+    if kind == "maxItems":
+        detail = f"must have at most {err.validator_value} items"
+        return FieldError(shown, "Too many", detail, len(value))
+    if kind == "uniqueItems":
+        return FieldError(shown, "Duplicate value", "", value)
+    return FieldError(shown, "Invalid value", err.message, value)
+
+
+@functools.lru_cache(maxsize=32)
+def _validator(schema_json: str) -> Any:
+    return jsonschema.Draft4Validator(json.loads(schema_json))
+
+
+def _cel_field_errors(schema: dict[str, Any], obj: Any, path: str) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if obj is None:
+        return errors
+    for rule in schema.get("x-kubernetes-validations", []):
+        try:
+            result = _program(rule["rule"]).evaluate(
+                {"self": json_to_cel(_as_schema_types(schema, obj))}
+            )
+        except CELEvalError as exc:
+            detail = f"rule {rule['rule']!r} could not be evaluated: {exc.args[0]}"
+            errors.append(FieldError(path or "<nil>", "Invalid value", detail, _type_name(obj)))
+            continue
+        if not bool(result):
+            where = path + rule.get("fieldPath", "")
+            message = rule.get("message") or f"failed rule: {rule['rule']}"
+            errors.append(FieldError(where or "<nil>", "Invalid value", message, _type_name(obj)))
+    if isinstance(obj, dict):
+        props: dict[str, Any] = schema.get("properties", {})
+        additional = schema.get("additionalProperties")
+        for name, value in obj.items():
+            sub = props.get(name, additional if isinstance(additional, dict) else None)
+            if sub is not None:
+                errors += _cel_field_errors(sub, value, _join(path, name))
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(obj):
+            errors += _cel_field_errors(schema["items"], item, _join(path, index))
+    return errors
+
+
+def field_errors(schema: dict[str, Any], obj: Any, path: str = "") -> list[FieldError]:
+    """What the API server's validation says about `obj` (the node of the object at `path`,
+    e.g. "status" for a status write, "" for the whole object) against `schema` (that node's
+    schema): OpenAPI errors first; CEL rules too unless a value has the wrong type or an
+    unsupported enum value, when the server skips them and says so."""
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    found = sorted(validator.iter_errors(obj), key=lambda e: [str(p) for p in e.absolute_path])
+    errors = [_field_error(err, path) for err in found]
+    if any(e.type_invalid or e.type == "Unsupported value" for e in errors):
+        return [*errors, FieldError("<nil>", "Invalid value", _BLOCKING, None)]
+    return errors + _cel_field_errors(schema, obj, path)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lora_contract.types import KIND
+
 from .loading import SpecError, load_documents, parse_lorajob
 from .schema_check import check_against_crd
-from .types import KIND
 
 
 def validate_file(path: str) -> list[str]:

@@ -56,12 +56,3 @@ def set_condition(
             new["observedGeneration"] = generation
         result.append(new)
     return result, changed
-
-
-def get_condition(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
-    return next((c for c in conditions if c.get("type") == type_), None)
-
-
-def is_true(conditions: list[dict[str, Any]], type_: str) -> bool:
-    condition = get_condition(conditions, type_)
-    return condition is not None and condition.get("status") == "True"

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from ..api.errors import describe_validation_error
+from lora_contract.errors import describe_validation_error
+
 from ..api.operator_config import OperatorConfig
 
 log = logging.getLogger("lora_operator.config")

@@ -14,7 +14,8 @@ from typing import Any
 
 import kopf
 
-from ..api.types import GROUP, PLURAL, VERSION
+from lora_contract.types import GROUP, PLURAL, VERSION
+
 from .config import ConfigSource
 from .events import post_event
 from .kube import KubeHolder

@@ -18,8 +18,8 @@ Call = tuple[str, str, str]  # (API group, resource[/subresource], verb), as RBA
 _LORA = "finetune.lora-operator.io"
 _KSERVE = "serving.kserve.io"
 # Every call the operator's own code makes (kopf's framework calls are not listed): the chart's
-# RBAC grants exactly these plus kopf's. tests/operator/test_api_calls.py checks it against a
-# recording client driven through every reconcile path.
+# RBAC grants exactly these plus kopf's. tests/operator/test_reconcile_units.py checks it against
+# a recording client driven through every reconcile path; tests/chart/test_rbac.py against RBAC.
 API_CALLS: frozenset[Call] = frozenset(
     {
         # the LoRAJob: read it, learn all jobs' quota usage at start, write status, TTL delete

@@ -14,27 +14,25 @@ from typing import Any
 
 import yaml
 
-from ..api.operator_config import OperatorConfig
-from ..api.types import (
+from lora_contract import pod
+from lora_contract.storage import parse_endpoint
+from lora_contract.types import (
     API_VERSION,
     CPU_GPU_TYPE,
-    EXIT_INVALID_CONFIG,
     KIND,
     LoRAJobSpec,
     PlanStatus,
     TrainerConfig,
 )
 
+from ..api.operator_config import OperatorConfig
+from .s3_target import s3_target
+
 LABEL_JOB = "finetune.lora-operator.io/job"
 LABEL_RUN = "finetune.lora-operator.io/run"
 ANNOTATION_SPEC_HASH = "finetune.lora-operator.io/spec-hash"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-CONFIG_DIR = "/etc/lorajob"
-CONFIG_FILE = "config.yaml"
-PVC_ROOT = "/mnt/pvc"
-HF_HOME = "/mnt/hf-cache"
-TRAINER_CONTAINER = "trainer"
 MAX_NAME = 52  # Job names: pods are <job>-<index>-<suffix> and hostnames <job>-<index> (<= 63)
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256)
 SERVING_BASE_PATH = "/mnt/models/base"
@@ -135,7 +133,7 @@ def build_config_map(ctx: RunContext) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(ctx, config_map_name(ctx.name, ctx.run_id)),
-        "data": {CONFIG_FILE: text},
+        "data": {pod.CONFIG_FILE: text},
     }
 
 
@@ -184,21 +182,6 @@ def pvc_claims(spec: LoRAJobSpec) -> dict[str, bool]:
     return claims
 
 
-def s3_endpoint(ctx: RunContext) -> str | None:
-    return ctx.spec.output.endpoint or ctx.config.s3.endpoint
-
-
-def credentials(ctx: RunContext) -> tuple[str, str, str] | None:
-    """(secret name, access key key, secret key key) from the spec, else the operator default."""
-    if ctx.spec.output.credentials_secret is not None:
-        ref = ctx.spec.output.credentials_secret
-        return ref.name, ref.access_key_key, ref.secret_key_key
-    if ctx.config.s3.credentials_secret is not None:
-        cfg = ctx.config.s3.credentials_secret
-        return cfg.name, cfg.access_key_key, cfg.secret_key_key
-    return None
-
-
 def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
@@ -206,36 +189,34 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
 def build_env(ctx: RunContext) -> list[dict[str, Any]]:
     service = run_name(ctx.name, ctx.run_id)
     env: list[dict[str, Any]] = [
-        {"name": "LORAJOB_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
-        {"name": "LORAJOB_RUN_ID", "value": ctx.run_id},
-        {"name": "MASTER_ADDR", "value": f"{service}-0.{service}.{ctx.namespace}.svc"},
-        {"name": "MASTER_PORT", "value": str(ctx.config.rendezvous_port)},
-        {"name": "NNODES", "value": str(ctx.plan.nodes)},
+        {"name": pod.ENV_CONFIG, "value": pod.CONFIG_PATH},
+        {"name": pod.ENV_RUN_ID, "value": ctx.run_id},
+        {"name": pod.ENV_MASTER_ADDR, "value": f"{service}-0.{service}.{ctx.namespace}.svc"},
+        {"name": pod.ENV_MASTER_PORT, "value": str(ctx.config.rendezvous_port)},
+        {"name": pod.ENV_NNODES, "value": str(ctx.plan.nodes)},
         {
-            "name": "NODE_RANK",
+            "name": pod.ENV_NODE_RANK,
             "valueFrom": {
                 "fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}
             },
         },
-        {"name": "NPROC_PER_NODE", "value": str(ctx.plan.gpus_per_node)},
+        {"name": pod.ENV_NPROC_PER_NODE, "value": str(ctx.plan.gpus_per_node)},
         # torchrun's --local-addr: where peers reach this node's workers (no DNS needed).
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "LORAJOB_PVC_ROOT", "value": PVC_ROOT},
+        {"name": pod.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": pod.ENV_PVC_ROOT, "value": pod.PVC_ROOT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    endpoint = s3_endpoint(ctx)
-    if endpoint:
-        env.append({"name": "S3_ENDPOINT", "value": endpoint})
-    region = ctx.spec.output.region or ctx.config.s3.region
-    if region:
-        env.append({"name": "AWS_REGION", "value": region})
-    creds = credentials(ctx)
-    if creds is not None:
-        secret, access_key, secret_key = creds
-        env.append(_secret_env("AWS_ACCESS_KEY_ID", secret, access_key))
-        env.append(_secret_env("AWS_SECRET_ACCESS_KEY", secret, secret_key))
+    target = s3_target(ctx.spec, ctx.config)
+    if target.endpoint:
+        env.append({"name": pod.ENV_S3_ENDPOINT, "value": target.endpoint})
+    if target.region:
+        env.append({"name": pod.ENV_AWS_REGION, "value": target.region})
+    if target.secret is not None:
+        ref = target.secret
+        env.append(_secret_env(pod.ENV_ACCESS_KEY, ref.name, ref.access_key_key))
+        env.append(_secret_env(pod.ENV_SECRET_KEY, ref.name, ref.secret_key_key))
     if ctx.spec.base_model.source.startswith("hf://"):
-        env.append({"name": "HF_HOME", "value": HF_HOME})
+        env.append({"name": pod.ENV_HF_HOME, "value": pod.HF_HOME})
     return env
 
 
@@ -246,8 +227,8 @@ def build_volumes(ctx: RunContext) -> tuple[list[dict[str, Any]], list[dict[str,
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     ]
     mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "config", "mountPath": pod.CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": pod.SHM_DIR},
     ]
     for i, (claim, read_only) in enumerate(sorted(pvc_claims(ctx.spec).items())):
         volume = f"pvc-{i}"
@@ -257,7 +238,9 @@ def build_volumes(ctx: RunContext) -> tuple[list[dict[str, Any]], list[dict[str,
                 "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
             }
         )
-        mounts.append({"name": volume, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
+        mounts.append(
+            {"name": volume, "mountPath": f"{pod.PVC_ROOT}/{claim}", "readOnly": read_only}
+        )
     if ctx.spec.base_model.source.startswith("hf://"):
         if ctx.config.model_cache_claim:
             volumes.append(
@@ -268,7 +251,7 @@ def build_volumes(ctx: RunContext) -> tuple[list[dict[str, Any]], list[dict[str,
             )
         else:
             volumes.append({"name": "hf-cache", "emptyDir": {}})
-        mounts.append({"name": "hf-cache", "mountPath": HF_HOME})
+        mounts.append({"name": "hf-cache", "mountPath": pod.HF_HOME})
     return volumes, mounts
 
 
@@ -303,7 +286,7 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
     nodes = ctx.plan.nodes
     volumes, mounts = build_volumes(ctx)
     container = {
-        "name": TRAINER_CONTAINER,
+        "name": pod.TRAINER_CONTAINER,
         "image": spec.trainer_image or ctx.config.trainer_image,
         "imagePullPolicy": ctx.config.image_pull_policy,
         "command": ["python", "-m", "lora_trainer.launch"],
@@ -340,9 +323,9 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
                 {
                     "action": "FailJob",
                     "onExitCodes": {
-                        "containerName": TRAINER_CONTAINER,
+                        "containerName": pod.TRAINER_CONTAINER,
                         "operator": "In",
-                        "values": [EXIT_INVALID_CONFIG],
+                        "values": [pod.EXIT_INVALID_CONFIG],
                     },
                 },
                 {
@@ -387,12 +370,6 @@ def serving_names(job: str) -> tuple[str, str]:
     return short_name(job, "s3", limit=63), short_name(job, "serving", limit=63)
 
 
-def _endpoint_host(endpoint: str) -> tuple[str, bool]:
-    secure = endpoint.startswith("https://")
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
-    return host, secure
-
-
 def build_serving_secret(
     name: str,
     namespace: str,
@@ -405,7 +382,7 @@ def build_serving_secret(
     """KServe wants AWS_* keys and endpoint annotations (no scheme), whatever the user's Secret
     calls its keys, so the operator writes this copy (owned, deleted with the LoRAJob)."""
     secret_name, _ = serving_names(name)
-    host, secure = _endpoint_host(endpoint)
+    host, secure = parse_endpoint(endpoint)
     annotations = {
         "serving.kserve.io/s3-endpoint": host,
         "serving.kserve.io/s3-usehttps": "1" if secure else "0",

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 
 from prometheus_client import Gauge, Histogram, start_http_server
 
+from lora_contract.types import Phase
+
 from ..api.operator_config import Quotas
-from ..api.types import Phase
 from .quota import Demand, namespace_quota, usage_by_namespace
 
 JOBS = Gauge("lorajob_jobs", "LoRAJobs by phase", ["phase"])

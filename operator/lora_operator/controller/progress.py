@@ -16,11 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api.layout import PROGRESS_FILE, run_location
+from lora_contract.layout import PROGRESS_FILE, run_location
+from lora_contract.storage import S3Store, StorageError
+from lora_contract.types import LoRAJobSpec, Progress
+
 from ..api.operator_config import OperatorConfig
-from ..api.types import LoRAJobSpec, Progress
-from ..storage import S3Store, StorageError
 from .kube import Kube
+from .s3_target import s3_target
 
 log = logging.getLogger("lora_operator.progress")
 ENDPOINT_OVERRIDE_ENV = "LORAJOB_OPERATOR_S3_ENDPOINT"
@@ -48,13 +50,13 @@ def _decode(secret: dict[str, Any], key: str) -> str | None:
 async def resolve_credentials(
     kube: Kube, namespace: str, spec: LoRAJobSpec, config: OperatorConfig
 ) -> S3Credentials:
-    endpoint = os.environ.get(ENDPOINT_OVERRIDE_ENV) or spec.output.endpoint or config.s3.endpoint
+    target = s3_target(spec, config)
+    endpoint = os.environ.get(ENDPOINT_OVERRIDE_ENV) or target.endpoint
     if not endpoint:
         raise CredentialsError(
             "no S3 endpoint: set spec.output.endpoint or s3.endpoint in the operator config"
         )
-    region = spec.output.region or config.s3.region
-    ref: Any = spec.output.credentials_secret or config.s3.credentials_secret
+    region, ref = target.region, target.secret
     if ref is None:
         access = os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("S3_ACCESS_KEY")
         secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or os.environ.get("S3_SECRET_KEY")

@@ -1,9 +1,10 @@
 """The level-based reconciler: read the LoRAJob and what it owns, decide, act, write status.
 
-Every kopf trigger (create, resume, spec update, timer) calls `Reconciler.reconcile(ns, name)`.
-It re-reads the object under a per-object lock, so a timer and an update never interleave, and
-everything it needs is in the cluster (status, labels, names derived from the run id): an operator
-restart loses nothing and never duplicates a Job (creation is idempotent by name).
+Every kopf trigger (create, resume, spec update) and the periodic resync loop call
+`Reconciler.reconcile(ns, name)`. It re-reads the object under a per-object lock, so a resync
+and an update never interleave, and everything it needs is in the cluster (status, labels, names
+derived from the run id): an operator restart loses nothing and never duplicates a Job
+(creation is idempotent by name).
 
 Flow: validate -> plan (new run when the training spec hash changes) -> admit (quota or Kueue) ->
 create ConfigMap/Service/Job -> follow Job + progress.json -> Succeeded/Failed -> serve -> TTL.
@@ -21,11 +22,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api.hashing import training_spec_hash
-from ..api.layout import FINAL_DIR, run_location
-from ..api.loading import SpecError, parse_lorajob
-from ..api.operator_config import OperatorConfig
-from ..api.types import (
+from lora_contract.layout import FINAL_DIR, run_location
+from lora_contract.types import (
     API_VERSION,
     CPU_GPU_TYPE,
     GROUP,
@@ -37,6 +35,10 @@ from ..api.types import (
     PlanStatus,
     Progress,
 )
+
+from ..api.hashing import training_spec_hash
+from ..api.loading import SpecError, parse_lorajob
+from ..api.operator_config import OperatorConfig
 from ..deepspeed_config import deepspeed_config
 from ..memory import GpuCatalog, PlanningError, plan_job
 from . import metrics
@@ -59,6 +61,7 @@ from .progress import (
     store_for,
 )
 from .quota import Demand, admit
+from .s3_target import s3_target
 from .serving import ensure_serving, remove_serving
 
 log = logging.getLogger("lora_operator.reconcile")
@@ -231,7 +234,7 @@ class Reconciler:
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     def _kick_queue(self, exclude: Key) -> None:
-        """A job released GPUs: re-evaluate queued jobs now instead of at their next timer."""
+        """A job released GPUs: re-evaluate queued jobs now instead of at their next resync."""
         for key, demand in sorted(self.demands.items(), key=lambda kv: kv[1].created):
             if not demand.holding and key != exclude:
                 asyncio.get_running_loop().create_task(self._safe(key))
@@ -239,7 +242,7 @@ class Reconciler:
     async def _safe(self, key: Key) -> None:
         try:
             await self.reconcile(*key)
-        except Exception:  # the timer retries; never crash the loop
+        except Exception:  # the next resync retries; never crash the loop
             log.exception("re-evaluating queued job %s/%s failed", *key)
 
 
@@ -362,13 +365,9 @@ class _Run:
 
     def static_problem(self, spec: LoRAJobSpec) -> str | None:
         """Things pydantic cannot know: they depend on the operator's configuration."""
-        if not (spec.output.endpoint or self.config.s3.endpoint):
-            return "spec.output.endpoint is not set and the operator config has no s3.endpoint"
-        if spec.output.credentials_secret is None and self.config.s3.credentials_secret is None:
-            return (
-                "spec.output.credentialsSecret is not set and the operator config has no "
-                "s3.credentialsSecret"
-            )
+        problem = s3_target(spec, self.config).problem()
+        if problem:
+            return problem
         if self.config.kueue.enabled and not (spec.queue_name or self.config.kueue.default_queue):
             return "Kueue is enabled: set spec.queueName (the operator config has no defaultQueue)"
         return None

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.types import LoRAJobSpec
+from lora_contract.types import LoRAJobSpec
+
 from .kube import Kube, KubeError
 from .manifests import (
     build_inference_service,

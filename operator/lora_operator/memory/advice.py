@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from lora_contract.types import Attention, ComputeDtype, LoRAJobSpec, QuantizationMode
+
 from ..api.operator_config import GpuType
-from ..api.types import Attention, ComputeDtype, LoRAJobSpec, QuantizationMode
 from .architecture import Architecture
 
 FEW_EXAMPLES = 300

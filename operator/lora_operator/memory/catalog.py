@@ -9,9 +9,10 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from ..api.errors import describe_validation_error
+from lora_contract.errors import describe_validation_error
+from lora_contract.types import CPU_GPU_TYPE
+
 from ..api.operator_config import GpuType
-from ..api.types import CPU_GPU_TYPE
 from .errors import PlanningError
 
 DEFAULT_CATALOG_PATH = Path(__file__).with_name("gpus.yaml")

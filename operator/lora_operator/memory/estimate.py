@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..api.types import Attention, ComputeDtype, Optimizer, QuantizationMode, Strategy
+from lora_contract.types import Attention, ComputeDtype, Optimizer, QuantizationMode, Strategy
+
 from .architecture import Architecture, LinearModule
 from .errors import PlanningError
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..api.operator_config import GpuType
-from ..api.types import (
+from lora_contract.types import (
     ComputeDtype,
     LoRAJobSpec,
     Offload,
@@ -21,6 +20,8 @@ from ..api.types import (
     ResourceOverrides,
     Strategy,
 )
+
+from ..api.operator_config import GpuType
 from .advice import lora_warnings
 from .architecture import Architecture, load_architecture
 from .catalog import GpuCatalog

@@ -9,8 +9,9 @@ from typing import Any
 
 import yaml
 
+from lora_contract.types import LoRAJob
+
 from ..api.loading import SpecError, load_lorajobs
-from ..api.types import LoRAJob
 from .catalog import GpuCatalog
 from .errors import PlanningError
 from .estimate import TERM_HELP

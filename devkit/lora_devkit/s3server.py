@@ -9,7 +9,8 @@ import socket
 import time
 from typing import Any
 
-from ..storage import S3Store
+from lora_contract.storage import S3Store
+
 from .service import Service
 
 DEFAULT_KEY = "testing"  # moto accepts any credentials

@@ -34,7 +34,7 @@ def signals_raise() -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         if received:  # already unwinding: a second Ctrl-C must not abort the cleanup
-            print("lorajob demo: still stopping child processes...", file=sys.stderr, flush=True)
+            print("lorajob-demo: still stopping child processes...", file=sys.stderr, flush=True)
             return
         received.append(signum)
         raise Interrupted(signum)

@@ -10,9 +10,9 @@ import traceback
 from .goals import RESULTS, summary_table
 
 BENCHMARKS = [
-    ("memory model accuracy", "lora_operator.bench.memory"),
-    ("operator scale (1000 LoRAJobs)", "lora_operator.bench.operator_scale"),
-    ("trainer throughput", "lora_operator.bench.trainer"),
+    ("memory model accuracy", "lora_devkit.bench.memory"),
+    ("operator scale (1000 LoRAJobs)", "lora_devkit.bench.operator_scale"),
+    ("trainer throughput", "lora_devkit.bench.trainer"),
 ]
 
 

@@ -23,7 +23,8 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
-from .api.layout import MANIFEST, S3Location, checkpoint_step
+from . import pod
+from .layout import MANIFEST, S3Location, checkpoint_step
 
 T = TypeVar("T")
 
@@ -108,13 +109,13 @@ class S3Store:
         """Env `S3_ENDPOINT` wins over `endpoint` (the spec's output.endpoint). Credentials from
         AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or S3_ACCESS_KEY/S3_SECRET_KEY); AWS_REGION.
         `LORAJOB_S3_RETRIES` overrides the retry count (tests of an unreachable endpoint)."""
-        chosen = os.environ.get("S3_ENDPOINT") or endpoint
+        chosen = os.environ.get(pod.ENV_S3_ENDPOINT) or endpoint
         if not chosen:
             raise StorageError(
                 "no S3 endpoint: set env S3_ENDPOINT or spec.output.endpoint", transient=False
             )
-        access = os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("S3_ACCESS_KEY")
-        secret = os.environ.get("AWS_SECRET_ACCESS_KEY") or os.environ.get("S3_SECRET_KEY")
+        access = os.environ.get(pod.ENV_ACCESS_KEY) or os.environ.get("S3_ACCESS_KEY")
+        secret = os.environ.get(pod.ENV_SECRET_KEY) or os.environ.get("S3_SECRET_KEY")
         if not access or not secret:
             raise StorageError(
                 f"no S3 credentials for {chosen}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
@@ -128,7 +129,7 @@ class S3Store:
             raise StorageError(
                 f"LORAJOB_S3_RETRIES must be an integer (got {retries_env!r})", transient=False
             ) from None
-        return cls(chosen, access, secret, os.environ.get("AWS_REGION"), retries=retries)
+        return cls(chosen, access, secret, os.environ.get(pod.ENV_AWS_REGION), retries=retries)
 
     # ----------------------------------------------------------------------------- internals
 

@@ -1,4 +1,4 @@
-"""`lorajob demo [--kill-a-pod]`: the whole flow on one machine, no cluster, no GPU.
+"""`lorajob-demo [--kill-a-pod]`: the whole flow on one machine, no cluster, no GPU.
 
 An emulated Kubernetes API and an S3 server on loopback; the CRD, the credentials Secret and the
 tiny CPU LoRAJob applied with the real kubectl; the real operator process; the pods it creates
@@ -18,11 +18,12 @@ from typing import Any, TextIO
 
 import yaml
 
-from ..api.types import LoRAJob
-from ..local.emulator import EmulatedCluster
-from ..local.executor import LocalExecutor
-from ..local.operator_process import start_operator
-from ..local.s3server import S3Server
+from lora_contract.types import LoRAJob
+
+from ..emulator import EmulatedCluster
+from ..executor import LocalExecutor
+from ..operator_process import start_operator
+from ..s3server import S3Server
 from .children import (
     Interrupted,
     log_to,
@@ -53,7 +54,7 @@ DEFAULT_TIMEOUT_S = 420.0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lorajob demo",
+        prog="lorajob-demo",
         description=__doc__.splitlines()[0],
         epilog="S3_ENDPOINT (+ S3_ACCESS_KEY, S3_SECRET_KEY) set: use that S3/MinIO instead of "
         "the built-in server. Logs, the adapter, loss.png and summary.json stay in --workdir.",
@@ -86,16 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.steps is not None and not 2 <= args.steps <= 10_000:
-        print("lorajob demo: --steps must be between 2 and 10000", file=sys.stderr)
+        print("lorajob-demo: --steps must be between 2 and 10000", file=sys.stderr)
         return 2
     if args.timeout <= 0:
-        print("lorajob demo: --timeout must be > 0", file=sys.stderr)
+        print("lorajob-demo: --timeout must be > 0", file=sys.stderr)
         return 2
     try:
         with signals_raise():
             return Demo(args, sys.stdout).run()
     except Interrupted as exc:
-        print(f"\nlorajob demo: interrupted ({exc}); child processes stopped", file=sys.stderr)
+        print(f"\nlorajob-demo: interrupted ({exc}); child processes stopped", file=sys.stderr)
         return 130
 
 
@@ -119,7 +120,7 @@ class Demo:
             manifest = demo_manifest(self.args.example, self.args.steps)
             job = write_manifest(manifest, self.workdir / "lorajob.yaml")
         except DemoError as exc:
-            print(f"lorajob demo: {exc}", file=sys.stderr)
+            print(f"lorajob-demo: {exc}", file=sys.stderr)
             return 1
         self.logs.mkdir()
         ok = False
@@ -129,7 +130,7 @@ class Demo:
                 self.say(f"Kubernetes API emulator at {cluster.url}, S3 at {s3.endpoint}")
                 ok = self.run_in(job, cluster, s3, kubectl)
         except DemoError as exc:
-            print(f"\nlorajob demo: {exc}", file=sys.stderr)
+            print(f"\nlorajob-demo: {exc}", file=sys.stderr)
             self.print_log_tails()
         finally:
             if not self.args.keep and ok:
@@ -174,7 +175,7 @@ class Demo:
             extra_env=self.trainer_env(),
         )
         try:
-            with executor, log_to(self.logs / "executor.log", "lora_operator.local.executor"):
+            with executor, log_to(self.logs / "executor.log", "lora_devkit.executor"):
                 follower = Follower(
                     cluster.client(),
                     namespace,
@@ -212,10 +213,10 @@ class Demo:
     @staticmethod
     def plan_table(job: LoRAJob) -> str:
         """`lorajob plan`'s table: the same planner the operator runs on this spec."""
-        from ..memory.catalog import GpuCatalog
-        from ..memory.errors import PlanningError
-        from ..memory.placement import plan_job
-        from ..memory.report import render_table
+        from lora_operator.memory.catalog import GpuCatalog
+        from lora_operator.memory.errors import PlanningError
+        from lora_operator.memory.placement import plan_job
+        from lora_operator.memory.report import render_table
 
         try:
             return render_table(job, plan_job(job.spec, GpuCatalog.default()))
@@ -249,3 +250,8 @@ class Demo:
             (self.workdir / "executor" / "logs").glob("*.log")
         ):
             print(f"\n--- {path} (last lines)\n{tail(path)}", file=sys.stderr)
+
+
+def cli() -> int:
+    """Console script `lorajob-demo` (what `make demo` runs)."""
+    return main(sys.argv[1:])

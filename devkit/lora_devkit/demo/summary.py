@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..api.layout import FINAL_DIR, LOSS_PLOT, METRICS_FILE, S3Location, run_location
-from ..api.types import LoRAJob
-from ..local.emulator import RestClient
-from ..storage import S3Store, StorageError
+from lora_contract.layout import FINAL_DIR, LOSS_PLOT, METRICS_FILE, S3Location, run_location
+from lora_contract.storage import S3Store, StorageError
+from lora_contract.types import LoRAJob
+
+from ..emulator import RestClient
 
 INFERENCE_SERVICES = "serving.kserve.io/v1beta1/inferenceservices"
 RESUMED = re.compile(r"resuming from checkpoint-(\d+)")

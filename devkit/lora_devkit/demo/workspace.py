@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from ..api.loading import SpecError, load_documents, parse_lorajob
-from ..api.types import KIND, DatasetFormat, LoRAJob
-from ..api.validate_cmd import validate_file
+from lora_contract.types import KIND, DatasetFormat, LoRAJob
+from lora_operator.api.loading import SpecError, load_documents, parse_lorajob
+from lora_operator.api.validate_cmd import validate_file
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "tiny-cpu.yaml"
@@ -46,12 +46,12 @@ def prepare_workdir(workdir: Path) -> None:
     """Start from an empty folder; refuse to wipe a folder the demo did not create."""
     if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists():
         raise DemoError(
-            f"{workdir} is not empty and was not created by `lorajob demo`; "
+            f"{workdir} is not empty and was not created by `lorajob-demo`; "
             "choose another --workdir"
         )
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    (workdir / MARKER).write_text("created by lorajob demo; removed by the next run\n")
+    (workdir / MARKER).write_text("created by lorajob-demo; removed by the next run\n")
 
 
 def demo_manifest(example: Path, steps: int | None) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def pvc_path(pvc_root: Path, uri: str) -> Path:
 
 def write_model_and_data(job: LoRAJob, pvc_root: Path) -> None:
     """The tiny random-init Llama + tokenizer and a learnable dataset, where the job reads them."""
-    from ..local.tinymodel import build_tiny_model, rows_for_format, write_jsonl
+    from ..tinymodel import build_tiny_model, rows_for_format, write_jsonl
 
     spec = job.spec
     build_tiny_model(pvc_path(pvc_root, spec.base_model.source))

@@ -29,12 +29,6 @@ DATA_URI_PATTERN = r"^((s3|pvc|file)://[^\s]+|/[^\s]*)$"
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
-# Trainer exit codes: the Job's podFailurePolicy fails the job at once on a bad config and
-# retries (from the latest checkpoint) on anything else.
-EXIT_OK = 0
-EXIT_INVALID_CONFIG = 3
-EXIT_TRANSIENT = 75
-
 
 class _Model(BaseModel):
     """camelCase aliases; unknown fields rejected (a typo is an error, not a silent default)."""
@@ -137,7 +131,10 @@ KEEPS_RUN = Retrain.no
 PER_FIELD = Retrain.per_field
 
 CPU_GPU_TYPE = "cpu"
+# Optimizers that need bitsandbytes' CUDA kernels; the rest run anywhere. The pydantic validator
+# and the CRD's CEL rule (generated in lora_operator.api.crd) both use this one set.
 KBIT_OPTIMIZERS = {Optimizer.adamw_8bit, Optimizer.paged_adamw_8bit, Optimizer.paged_adamw_32bit}
+CPU_OPTIMIZERS = frozenset(o for o in Optimizer if o not in KBIT_OPTIMIZERS)
 
 
 # --------------------------------------------------------------------------------------- spec
@@ -483,7 +480,7 @@ class LoRAJobSpec(_Model):
                 f"quantization.mode {self.quantization.mode.value} needs a CUDA GPU: "
                 "resources.gpuType must not be 'cpu'"
             )
-        if on_cpu and self.training.optimizer in KBIT_OPTIMIZERS:
+        if on_cpu and self.training.optimizer not in CPU_OPTIMIZERS:
             raise ValueError(
                 "8-bit and paged optimizers need a CUDA GPU (bitsandbytes): use adamw_torch "
                 f"with resources.gpuType 'cpu' (optimizer is {self.training.optimizer.value})"
@@ -564,9 +561,9 @@ class RunRecord(_Model):
     id: str
     spec_hash: str
     generation: int | None = None
-    output_uri: str
+    output_uri: str = Field(alias="outputURI")
     phase: Phase = Phase.Pending
-    adapter_uri: str | None = None
+    adapter_uri: str | None = Field(default=None, alias="adapterURI")
     final_loss: float | None = None
     final_eval_loss: float | None = None
     start_time: str | None = None

@@ -1,25 +1,45 @@
 """An emulated Kubernetes API (kmock's `KubernetesEmulator`) on 127.0.0.1 for tests, the demo and
-the operator bench, plus a stand-in for the controllers that a real cluster would run.
+the operator bench.
 
-Why a subclass: the plain emulator stores objects as given. Operators rely on what the API server
-adds (uid for owner references, creationTimestamp for queue order, namespace, generation), on 404s
-for resources that are not installed (KServe absent), on label selectors and on `kubectl get`
-tables. `LoRAJobEmulator` adds exactly those; everything else is kmock's.
+Why a subclass: the plain emulator stores objects as given. Operators and users rely on what the
+API server does on top, and `LoRAJobEmulator` adds it:
 
-Nothing runs Jobs or Pods in the emulator, so `JobDriver` moves Jobs/Pods through their states
-over HTTP (the same calls work against a real cluster's API) and `collect_garbage` deletes objects
-whose owners are gone, as the garbage collector would.
+- bookkeeping: uid (owner references), creationTimestamp (queue order), namespace, generation
+  (bumped on spec changes), resourceVersion (a stale one in a write is a 409, which is what makes
+  Lease-based leader election safe), 404 for resources that are not installed (KServe absent);
+- custom resources whose CRD it holds (LoRAJob): unknown fields pruned (`fieldValidation=Strict`,
+  kubectl's default, refuses them with 400 instead; `Warn`, the default, adds a Warning header),
+  schema defaults applied, the OpenAPI schema and the CEL `x-kubernetes-validations` rules
+  checked (`lora_operator.api.schema_check`) on create, update (PUT) and patch, refused with
+  422 `Invalid` and the field named, as the API server words it; `status` is dropped on create
+  and ignored in writes to the main resource, and writes to `/status` change only status;
+- PUT replaces an object (kmock would merge it); merge and JSON patches apply as such;
+- lists are `<Kind>List`s whose items carry apiVersion/kind (`kubectl get -o json|yaml|name`),
+  cluster-wide too; label selectors; `kubectl get` tables from the CRD's printer columns;
+- the garbage collector: deleting an object deletes (background propagation) every object whose
+  `ownerReferences` all point at deleted objects, recursively (a Job's Pods too).
+
+Still unlike a real API server: no admission webhooks, RBAC, quotas or namespace lifecycle;
+built-in kinds (Job, Pod, ...) are stored unvalidated and their status is writable through the
+main resource; strategic merge patches are treated as merge patches (lists replaced, not merged);
+validation ratcheting is approximate (an update may keep any error the stored object already had,
+not only ones in unchanged fields); defaults are applied on writes only, not when reading objects
+stored before a CRD change; resourceVersions are opaque and watches cannot resume from one; garbage
+collection is immediate (before the DELETE returns) and has no foreground/orphan propagation.
+Nothing runs Jobs or Pods: the demo's `LocalExecutor` or a test's stand-in plays the Job controller
+and kubelet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import datetime
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,11 +47,12 @@ import aiohttp.web
 import attrs
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
-from kmock._internal import enums, k8s, rendering
+from kmock._internal import dicts, enums, k8s, rendering
 
-from ..api.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
-from ..controller.kube import resource_path
-from .job_policy import policy_action
+from lora_contract.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
+from lora_operator.api.schema_check import FieldError, apply_defaults, field_errors, prune_unknown
+from lora_operator.controller.kube import resource_path
+
 from .service import Service
 
 # (group/version/plural, kind, namespaced, extra) — what discovery lists. kopf needs namespaces,
@@ -60,6 +81,52 @@ class VersionConflictError(k8s.KubernetesError):
     status: int = 409
     reason: str = "Conflict"
     message: str = "the object has been modified"
+
+
+@attrs.frozen
+class InvalidError(k8s.KubernetesError):
+    """422 for an object the CRD's schema or CEL rules refuse (what `kubectl apply` prints)."""
+
+    status: int = 422
+    reason: str = "Invalid"
+
+
+@attrs.frozen
+class BadRequestError(k8s.KubernetesError):
+    """400, e.g. unknown fields under `fieldValidation=Strict`."""
+
+    status: int = 400
+    reason: str = "BadRequest"
+
+
+@attrs.frozen
+class CustomResource:
+    """What the emulator needs from a stored CRD to treat writes as the API server would."""
+
+    kind: str
+    group: str
+    version: str
+    schema: dict[str, Any]
+    status_subresource: bool
+
+
+_SERVER_META = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "namespace", "name")
+
+
+def _merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that turns `old` into `new` (null removes a key): kmock applies
+    only patches, so a PUT's replacement or a rewritten write is handed to it as one."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif isinstance(value, dict) and isinstance(old[key], dict):
+            sub = _merge_diff(old[key], value)
+            if sub:
+                patch[key] = sub
+        elif value != old[key]:
+            patch[key] = value
+    return patch
 
 
 def _now() -> str:
@@ -210,9 +277,16 @@ class LoRAJobEmulator(KubernetesEmulator):
             return raw
         return None
 
+    @property
+    def _revision(self) -> int:
+        """Counts writes: a list's resourceVersion."""
+        return int(getattr(self, "_writes", 0))
+
     def _stamp(self, request: rendering.Request) -> None:
         """Add uid/creationTimestamp/generation/resourceVersion like the API server does."""
         data = request.data
+        if request.action in (enums.action.CREATE, enums.action.UPDATE):
+            self._writes = self._revision + 1
         if not isinstance(data, dict):
             return
         if request.action == enums.action.CREATE:
@@ -253,24 +327,213 @@ class LoRAJobEmulator(KubernetesEmulator):
             )
         conditional = (
             specific
-            and request.action == enums.action.UPDATE
+            and request.action in (enums.action.UPDATE, None)
             and isinstance(request.data, dict)
             and bool((request.data.get("metadata") or {}).get("resourceVersion"))
         )
+        served = request
         try:
-            if not conditional:
-                if specific:
-                    async with self._lock:
-                        self._stamp(request)
+            if not specific:
                 return await super()._handle(request)
             # Check and write in one step for conditional writers (kmock's own lock is released
             # in between, so two of them could otherwise both pass the check).
-            async with self._conditional_writes():
+            async with self._conditional_writes() if conditional else _no_lock():
                 async with self._lock:
-                    self._stamp(request)
-                return await super()._handle(request)
+                    owner_uid = self._uid(request)
+                    served, warnings = self._admit(request)
+                    self._stamp(served)
+                    self._substitute(request, served)
+                response = await super()._handle(served)
+            for warning in warnings if not response.prepared else []:
+                response.headers.add("Warning", f'299 - "{warning}"')
+            if owner_uid is not None and self._current(request) is None:
+                await self._collect_garbage({owner_uid})
+            return response
         finally:
             self._forget(request)
+            self._forget(served)
+
+    def _substitute(self, request: rendering.Request, served: rendering.Request) -> None:
+        """kmock routes only requests it has recorded: record a rewritten one in its place."""
+        if served is not request:
+            for index, seen in enumerate(self._requests):
+                if seen is request:
+                    self._requests[index] = served
+                    return
+
+    def _uid(self, request: rendering.Request) -> str | None:
+        """The uid of the object a delete or update names: if it is gone afterwards (deleted, or
+        its last finalizer removed), its dependents are garbage."""
+        if request.action not in (enums.action.DELETE, enums.action.UPDATE):
+            return None
+        current = self._current(request)
+        return None if current is None else (current.get("metadata") or {}).get("uid")
+
+    def _custom_resource(self, request: rendering.Request) -> CustomResource | None:
+        resource = request.resource
+        if resource is None:
+            return None
+        for crd in self._crds():
+            spec = crd.get("spec", {})
+            if spec.get("group") != resource.group:
+                continue
+            if spec.get("names", {}).get("plural") != resource.plural:
+                continue
+            for version in spec.get("versions", []):
+                if version.get("name") == resource.version:
+                    return CustomResource(
+                        kind=spec["names"]["kind"],
+                        group=spec["group"],
+                        version=version["name"],
+                        schema=version.get("schema", {}).get("openAPIV3Schema", {}),
+                        status_subresource="status" in (version.get("subresources") or {}),
+                    )
+        return None
+
+    def _admit(self, request: rendering.Request) -> tuple[rendering.Request, list[str]]:
+        """The object a write would store, checked as the API server checks it: PUT replaces,
+        and for custom resources unknown fields are pruned (or refused), defaults applied, the
+        schema and CEL rules enforced and status kept apart. Returns the request kmock should
+        serve (a create's body or an update's merge patch, rewritten) and Warning texts."""
+        is_put = request.method == enums.method.PUT and request.name is not None
+        if request.action not in (enums.action.CREATE, enums.action.UPDATE) and not is_put:
+            return request, []
+        custom = self._custom_resource(request)
+        if (custom is None and not is_put) or not isinstance(request.data, dict | list):
+            return request, []
+        current = self._current(request) if request.name is not None else None
+        if request.action == enums.action.CREATE:
+            if not isinstance(request.data, dict):
+                return request, []
+            desired = copy.deepcopy(request.data)
+            if custom is not None and custom.status_subresource:
+                desired.pop("status", None)
+        else:
+            if current is None:
+                raise k8s.KubernetesObjectNotFoundError()
+            if is_put:
+                if not isinstance(request.data, dict):
+                    raise BadRequestError(message="a PUT needs the whole object")
+                desired = copy.deepcopy(request.data)
+                meta = desired.setdefault("metadata", {})
+                for key in _SERVER_META:
+                    if key in current.get("metadata", {}):
+                        meta.setdefault(key, current["metadata"][key])
+            else:
+                desired = dict(dicts.patch_dict(copy.deepcopy(current), request.data))
+            if custom is not None and custom.status_subresource:
+                status = desired.get("status")
+                keep = status if request.subresource == "status" else current.get("status")
+                if request.subresource == "status":
+                    desired = copy.deepcopy(current)
+                desired.pop("status", None)
+                if keep is not None:
+                    desired["status"] = keep
+        warnings: list[str] = []
+        if custom is not None:
+            warnings = self._check(request, custom, desired, current)
+        if request.action == enums.action.CREATE:
+            return attrs.evolve(request, data=desired), warnings
+        assert current is not None
+        patch = _merge_diff(current, desired)
+        expected = (
+            (request.data.get("metadata") or {}).get("resourceVersion")
+            if isinstance(request.data, dict)
+            else None
+        )
+        if expected:  # a precondition even when it matches (see `_stamp`)
+            patch.setdefault("metadata", {})["resourceVersion"] = expected
+        return attrs.evolve(request, action=enums.action.UPDATE, data=patch), warnings
+
+    def _check(
+        self,
+        request: rendering.Request,
+        custom: CustomResource,
+        desired: dict[str, Any],
+        current: dict[str, Any] | None,
+    ) -> list[str]:
+        """Prune, default and validate `desired` in place; raise 400/422 as the API server
+        would. Returns warnings for pruned fields (`fieldValidation` Warn, the default).
+        An update is not refused for what was already wrong with the stored object (validation
+        ratcheting, on by default since Kubernetes 1.30): an object stored under an older, looser
+        CRD can still get its annotations and status written."""
+        status_write = request.subresource == "status"
+        pruned = prune_unknown(custom.schema, desired)
+        unknown = [f'unknown field "{path}"' for path in pruned]
+        mode = request.params.get("fieldValidation", "Warn")
+        if unknown and mode == "Strict":
+            raise BadRequestError(
+                message=f'{custom.kind} in version "{custom.version}" cannot be handled as a '
+                f"{custom.kind}: strict decoding error: {', '.join(unknown)}",
+                details={"kind": custom.kind, "group": custom.group},
+            )
+        apply_defaults(custom.schema, desired)
+        if status_write and custom.status_subresource:
+            status_schema = custom.schema.get("properties", {}).get("status", {})
+            errors = field_errors(status_schema, desired.get("status"), "status")
+            if desired.get("status") is None:
+                errors = []
+        else:
+            errors = field_errors(custom.schema, desired)
+        if errors and current is not None:
+            before = {str(e) for e in field_errors(custom.schema, current)}
+            errors = [e for e in errors if str(e) not in before]
+        if errors:
+            name = (desired.get("metadata") or {}).get("name") or request.name or ""
+            raise self._invalid(custom, name, errors)
+        return unknown if mode == "Warn" else []
+
+    @staticmethod
+    def _invalid(custom: CustomResource, name: str, errors: list[FieldError]) -> InvalidError:
+        """The 422 Status a real API server sends (kubectl prints `message` and the causes)."""
+        listed = [str(e) for e in errors]
+        joined = listed[0] if len(listed) == 1 else f"[{', '.join(listed)}]"
+        return InvalidError(
+            message=f'{custom.kind}.{custom.group} "{name}" is invalid: {joined}',
+            details={
+                "name": name,
+                "group": custom.group,
+                "kind": custom.kind,
+                "causes": [
+                    {"reason": e.reason, "message": e.body(), "field": e.field} for e in errors
+                ],
+            },
+        )
+
+    async def _collect_garbage(self, deleted: set[str]) -> None:
+        """The garbage collector, background propagation: delete every object whose owners are
+        all gone and one of which was just deleted; then the dependents of those, and so on."""
+        async with self._lock:
+            while deleted:
+                alive = {
+                    (obj.get("metadata") or {}).get("uid")
+                    for obj in self._objects.values()
+                    if not obj.deleted
+                }
+                doomed = []
+                for key, obj in self._objects.items():
+                    if obj.deleted:
+                        continue
+                    meta = obj.get("metadata") or {}
+                    owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+                    if (
+                        owners & deleted
+                        and not owners & alive
+                        and not meta.get("deletionTimestamp")
+                    ):
+                        doomed.append(key)
+                deleted = set()
+                for key in doomed:
+                    obj = self._objects[key]
+                    meta = obj.get("metadata") or {}
+                    if meta.get("finalizers"):  # deleted once its finalizers are removed
+                        obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                        event = {"type": "MODIFIED", "object": obj.raw}
+                    else:
+                        event = {"type": "DELETED", "object": obj.raw}
+                        obj.delete()
+                        deleted.add(str(meta.get("uid")))
+                    await self._buses[key[0]].put(event)
 
     def _conditional_writes(self) -> asyncio.Lock:
         lock: asyncio.Lock | None = getattr(self, "_conditional_lock", None)
@@ -306,18 +569,39 @@ class LoRAJobEmulator(KubernetesEmulator):
                 del self._requests[index]
                 return
 
+    def _type_meta(self, request: rendering.Request) -> tuple[str, str]:
+        """(apiVersion, kind) of the requested resource, for lists and items that lack them."""
+        resource = request.resource
+        if resource is None:
+            return "", ""
+        api_version = f"{resource.group}/{resource.version}" if resource.group else resource.version
+        for key, info in self.resources.items():
+            if key == resource and isinstance(info, ResourceInfo) and info.kind:
+                return str(api_version), info.kind
+        custom = self._custom_resource(request)
+        return str(api_version), custom.kind if custom is not None else ""
+
     async def _serve_list(self, request: rendering.Request) -> Any:
+        """A `<Kind>List` as the API server sends it: kubectl's json/yaml/name printers need
+        apiVersion and kind on the list and on every item."""
         result = cast(dict[str, Any], await super()._serve_list(request))
+        items: list[dict[str, Any]] = result["items"]
         selector = request.params.get("labelSelector")
         if selector:
-            result["items"] = [
+            items = [
                 item
-                for item in result["items"]
+                for item in items
                 if _matches_selector(item.get("metadata", {}).get("labels") or {}, selector)
             ]
         if "as=Table" in request.headers.get("Accept", ""):
-            return self._table(request, result["items"])
-        return result
+            return self._table(request, items)
+        api_version, kind = self._type_meta(request)
+        return {
+            "apiVersion": api_version,
+            "kind": f"{kind}List",
+            "metadata": {"resourceVersion": str(self._revision)},
+            "items": [{"apiVersion": api_version, "kind": kind, **item} for item in items],
+        }
 
     async def _serve_version(self, request: rendering.Request) -> Any:
         """kmock writes the core group's version as '/v1'; kubectl then finds no v1 kinds."""
@@ -329,7 +613,8 @@ class LoRAJobEmulator(KubernetesEmulator):
         obj = cast(dict[str, Any], await super()._serve_fetch(request))
         if "as=Table" in request.headers.get("Accept", ""):
             return self._table(request, [obj])
-        return obj
+        api_version, kind = self._type_meta(request)
+        return {"apiVersion": api_version, "kind": kind, **obj}
 
     def _printer_columns(self, request: rendering.Request) -> list[dict[str, Any]]:
         for (resource, _, _), obj in self.objects.items():
@@ -385,6 +670,11 @@ def lorajob_resource_info() -> ResourceInfo:
         categories={"finetune", "all"},
         verbs=VERBS,
     )
+
+
+@contextlib.asynccontextmanager
+async def _no_lock() -> AsyncIterator[None]:
+    yield
 
 
 class EmulatedCluster(Service):
@@ -467,7 +757,7 @@ class EmulatedCluster(Service):
         self.kubeconfig.write_text(yaml.safe_dump(config))
 
     def _seed(self) -> None:
-        from ..api.crd import build_crd
+        from lora_operator.api.crd import build_crd
 
         client = self.client()
         client.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, build_crd())
@@ -579,178 +869,3 @@ class RestClient:
         except ApiError as exc:
             if exc.status != 404:
                 raise
-
-
-# ----------------------------------------------------------------------- controller stand-ins
-
-OWNED_RESOURCES = [
-    "batch/v1/jobs",
-    "v1/services",
-    "v1/configmaps",
-    "v1/secrets",
-    "v1/serviceaccounts",
-    "v1/pods",
-    "serving.kserve.io/v1beta1/inferenceservices",
-]
-
-
-class JobDriver:
-    """Plays the Job controller and kubelet: sets Job status and creates Pods with phases and
-    termination messages, so the operator sees what a real cluster would report."""
-
-    def __init__(self, client: RestClient, namespace: str = "default") -> None:
-        self.client = client
-        self.namespace = namespace
-
-    def job(self, name: str) -> dict[str, Any]:
-        job = self.client.get("batch/v1/jobs", self.namespace, name)
-        if job is None:
-            raise AssertionError(f"Job {self.namespace}/{name} does not exist")
-        return job
-
-    def _set_status(self, name: str, status: dict[str, Any]) -> None:
-        self.client.patch("batch/v1/jobs", self.namespace, name, {"status": status}, status=True)
-
-    def start(self, name: str) -> None:
-        """All indexes running (one pod each)."""
-        job = self.job(name)
-        parallelism = int(job["spec"].get("parallelism", 1))
-        for index in range(parallelism):
-            self._pod(job, index, "Running")
-        self._set_status(name, {"active": parallelism, "startTime": _now(), "ready": parallelism})
-
-    def fail_pod(self, name: str, index: int, exit_code: int, message: str = "") -> str:
-        """A pod failed; the Job's own podFailurePolicy decides, as the Job controller would:
-        `FailJob` fails the Job (reason PodFailurePolicy), `Ignore` does not count the failure,
-        anything else counts it and the index is retried (status.failed grows). Returns the
-        action taken."""
-        job = self.job(name)
-        action = policy_action(job["spec"].get("podFailurePolicy"), exit_code)
-        failed = int(job.get("status", {}).get("failed", 0)) + (action != "Ignore")
-        self._pod(job, index, "Failed", exit_code=exit_code, message=message, attempt=failed)
-        self._set_status(name, {"failed": failed})
-        if action == "FailJob":
-            pod = f"{name}-{index}"
-            self.fail(name, "PodFailurePolicy", f"pod {pod} failed with exit code {exit_code}")
-        return action
-
-    def succeed(self, name: str) -> None:
-        job = self.job(name)
-        completions = int(job["spec"].get("completions", 1))
-        for pod in self.pods(name):
-            if pod.get("status", {}).get("phase") == "Running":
-                self.client.patch(
-                    "v1/pods",
-                    self.namespace,
-                    pod["metadata"]["name"],
-                    {"status": {"phase": "Succeeded"}},
-                    status=True,
-                )
-        condition = {"type": "Complete", "status": "True", "lastTransitionTime": _now()}
-        self._set_status(
-            name,
-            {
-                "active": 0,
-                "ready": 0,
-                "succeeded": completions,
-                "completionTime": _now(),
-                "conditions": [condition],
-            },
-        )
-
-    def fail(self, name: str, reason: str = "PodFailurePolicy", message: str = "") -> None:
-        condition = {
-            "type": "Failed",
-            "status": "True",
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": _now(),
-        }
-        self._set_status(name, {"active": 0, "ready": 0, "conditions": [condition]})
-
-    def pods(self, job_name: str) -> list[dict[str, Any]]:
-        return self.client.list("v1/pods", self.namespace, f"job-name={job_name}")
-
-    def _pod(
-        self,
-        job: dict[str, Any],
-        index: int,
-        phase: str,
-        *,
-        exit_code: int | None = None,
-        message: str = "",
-        attempt: int = 0,
-    ) -> None:
-        name = job["metadata"]["name"]
-        template = job["spec"]["template"]
-        labels = {**(template.get("metadata", {}).get("labels") or {}), "job-name": name}
-        labels["batch.kubernetes.io/job-completion-index"] = str(index)
-        state: dict[str, Any] = {"running": {"startedAt": _now()}}
-        if exit_code is not None:
-            state = {"terminated": {"exitCode": exit_code, "message": message, "reason": "Error"}}
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{name}-{index}-{attempt}-{uuid.uuid4().hex[:5]}",
-                "namespace": self.namespace,
-                "labels": labels,
-                "ownerReferences": [
-                    {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
-                        "name": name,
-                        "uid": job["metadata"].get("uid", ""),
-                        "controller": True,
-                        "blockOwnerDeletion": True,
-                    }
-                ],
-            },
-            "spec": template.get("spec", {}),
-            "status": {
-                "phase": phase,
-                "containerStatuses": [{"name": "trainer", "state": state}],
-            },
-        }
-        self.client.create("v1/pods", self.namespace, pod)
-
-
-def owned_objects(client: RestClient, namespace: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for resource in OWNED_RESOURCES:
-        try:
-            items = client.list(resource, namespace)
-        except ApiError:
-            continue
-        for item in items:
-            yield resource, item
-
-
-def collect_garbage(client: RestClient, namespace: str, owner_resources: list[str]) -> int:
-    """Delete objects whose controller owner no longer exists (what the API server's garbage
-    collector does); repeat until stable so Pods of deleted Jobs go too. Returns how many."""
-    deleted = 0
-    while True:
-        alive = {
-            item["metadata"].get("uid")
-            for resource in owner_resources + OWNED_RESOURCES
-            for item in _safe_list(client, resource, namespace)
-        }
-        orphans = [
-            (resource, item["metadata"]["name"])
-            for resource, item in owned_objects(client, namespace)
-            if any(
-                ref.get("uid") not in alive for ref in item["metadata"].get("ownerReferences", [])
-            )
-        ]
-        if not orphans:
-            return deleted
-        for resource, name in orphans:
-            client.delete(resource, namespace, name)
-            deleted += 1
-
-
-def _safe_list(client: RestClient, resource: str, namespace: str) -> list[dict[str, Any]]:
-    try:
-        return client.list(resource, namespace)
-    except ApiError:
-        return []

@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
-from ..api.types import GROUP, PLURAL, VERSION
-from ..local.emulator import EmulatedCluster, RestClient
-from ..local.operator_process import secret_manifest, stop_operator
-from ..local.operator_process import start_operator as shared_start_operator
-from ..local.s3server import S3Server
+from lora_contract.types import GROUP, PLURAL, VERSION
+
+from ..emulator import EmulatedCluster, RestClient
+from ..operator_process import secret_manifest, stop_operator
+from ..operator_process import start_operator as shared_start_operator
+from ..s3server import S3Server
 from .goals import record
 
 LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from ..controller.manifests import run_name
-from ..local.emulator import ApiError, RestClient
-from ..local.executor import LocalExecutor
+from lora_operator.controller.manifests import run_name
+
+from ..emulator import ApiError, RestClient
+from ..executor import LocalExecutor
 from .summary import RESUMED
 from .workspace import DemoError
 

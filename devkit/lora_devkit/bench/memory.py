@@ -19,9 +19,10 @@ from typing import Any
 
 import yaml
 
-from ..api.types import QuantizationMode
-from ..memory import Assumptions, TrainingShape, estimate_memory, load_architecture
-from ..memory.architecture import read_config
+from lora_contract.types import QuantizationMode
+from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
+from lora_operator.memory.architecture import read_config
+
 from .goals import record
 
 BENCH_DIR = Path(__file__).parent

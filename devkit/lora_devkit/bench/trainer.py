@@ -263,9 +263,10 @@ def main() -> int:
     CPU timings on a shared machine are noisy)."""
     import torch
 
-    from ..api.types import DatasetFormat, TrainerConfig
-    from ..local.s3server import S3Server
-    from ..local.tinymodel import build_tiny_model, write_datasets
+    from lora_contract.types import DatasetFormat, TrainerConfig
+
+    from ..s3server import S3Server
+    from ..tinymodel import build_tiny_model, write_datasets
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

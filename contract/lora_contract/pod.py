@@ -1,0 +1,44 @@
+"""The pod contract: what the operator puts into a trainer pod and the trainer reads from it.
+
+Environment variable names, mount paths, the container name and the exit codes live here once;
+the manifest builder (`lora_operator.controller.manifests`) and the trainer (`lora_trainer`)
+both import them, so neither side spells the strings itself.
+"""
+
+from __future__ import annotations
+
+# Exit codes: the Job's podFailurePolicy fails the Job at once on a bad config and retries (from
+# the latest checkpoint) on anything else.
+EXIT_OK = 0
+EXIT_INVALID_CONFIG = 3
+EXIT_TRANSIENT = 75
+
+TRAINER_CONTAINER = "trainer"
+
+# Mount paths inside the trainer pod.
+CONFIG_DIR = "/etc/lorajob"  # the run's ConfigMap (TrainerConfig YAML, DeepSpeed JSON)
+CONFIG_FILE = "config.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+PVC_ROOT = "/mnt/pvc"  # pvc://<claim>/<path> is mounted at <PVC_ROOT>/<claim>/<path>
+HF_HOME = "/mnt/hf-cache"  # the Hugging Face cache for hf:// models
+SHM_DIR = "/dev/shm"
+TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
+
+# Environment set by the operator, read by the trainer.
+ENV_CONFIG = "LORAJOB_CONFIG"
+ENV_RUN_ID = "LORAJOB_RUN_ID"
+ENV_PVC_ROOT = "LORAJOB_PVC_ROOT"
+ENV_MASTER_ADDR = "MASTER_ADDR"  # node 0's DNS name <job>-0.<service>.<namespace>.svc
+ENV_MASTER_PORT = "MASTER_PORT"
+ENV_NNODES = "NNODES"
+ENV_NODE_RANK = "NODE_RANK"
+ENV_JOB_COMPLETION_INDEX = "JOB_COMPLETION_INDEX"  # set by Kubernetes on Indexed Job pods
+ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
+ENV_POD_IP = "POD_IP"
+ENV_S3_ENDPOINT = "S3_ENDPOINT"
+ENV_AWS_REGION = "AWS_REGION"
+ENV_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
+ENV_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+ENV_HF_HOME = "HF_HOME"
+
+DEFAULT_RENDEZVOUS_PORT = 29500  # as Kubeflow's torch runtime
