@@ -67,7 +67,9 @@ DATA = ("examples", "crds", "charts")
 
 MEMORY_TESTS = (
     "tests/memory/test_estimate.py",
+    "tests/memory/test_estimate_terms.py",
     "tests/memory/test_placement.py",
+    "tests/memory/test_placement_choices.py",
     "tests/memory/test_architecture.py",
 )
 # Their subprocesses import the unmutated packages: slow, and they cannot kill a mutant.
@@ -95,24 +97,26 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "checkpoints",
         ("lora_trainer.checkpoints",),
-        ("tests/trainer/test_checkpoints.py",),
+        ("tests/trainer/test_checkpoints.py", "tests/trainer/test_checkpoint_files.py"),
         note="latest/prune; each mutant's pytest run starts the moto S3 server fixture",
     ),
     Target("estimate", ("lora_operator.memory.estimate",), MEMORY_TESTS),
     Target("placement", ("lora_operator.memory.placement",), MEMORY_TESTS),
     Target(
-        "manifests", ("lora_operator.controller.manifests",), ("tests/operator/test_manifests.py",)
+        "manifests",
+        ("lora_operator.controller.manifests",),
+        ("tests/operator/test_manifests.py", "tests/operator/test_manifest_details.py"),
     ),
     Target(
         "crd",
         ("lora_operator.api.crd",),
-        ("tests/api/test_crd.py",),
+        ("tests/api/test_crd.py", "tests/api/test_crd_generation.py"),
         ("tests/api/test_crd.py::test_crds_check_command_passes_on_the_committed_files",),
     ),
     Target(
         "errors",
         ("lora_trainer.errors", "lora_trainer.main"),
-        ("tests/trainer/test_errors.py",),
+        ("tests/trainer/test_errors.py", "tests/trainer/test_exit_codes.py"),
         ("tests/trainer/test_errors.py::test_malformed_rows_are_counted_and_training_continues",),
         note="the trainer's exit-code mapping: errors.py and main()/fail() in main.py",
     ),

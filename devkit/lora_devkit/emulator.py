@@ -35,9 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import datetime
 import json
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -49,6 +49,7 @@ import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
 from kmock._internal import dicts, enums, k8s, rendering
 
+from lora_contract.timestamps import now_iso, parse_iso
 from lora_contract.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from lora_operator.api.schema_check import FieldError, apply_defaults, field_errors, prune_unknown
 from lora_operator.controller.kube import resource_path
@@ -129,17 +130,12 @@ def _merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _age(timestamp: str) -> str:
     """'2026-01-01T00:00:00Z' -> '42s' / '5m' / '3h' / '2d', as kubectl prints ages."""
-    try:
-        then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    except ValueError:
+    then = parse_iso(timestamp)
+    if then is None:
         return timestamp
-    seconds = int((datetime.datetime.now(tz=datetime.UTC) - then).total_seconds())
+    seconds = int(time.time() - then)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -296,7 +292,7 @@ class LoRAJobEmulator(KubernetesEmulator):
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
             meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", _now())
+            meta.setdefault("creationTimestamp", now_iso())
             meta["generation"] = 1
             meta["resourceVersion"] = uuid.uuid4().hex[:8]
         elif request.action == enums.action.UPDATE and request.name is not None:
@@ -527,7 +523,7 @@ class LoRAJobEmulator(KubernetesEmulator):
                     obj = self._objects[key]
                     meta = obj.get("metadata") or {}
                     if meta.get("finalizers"):  # deleted once its finalizers are removed
-                        obj.patch({"metadata": {"deletionTimestamp": _now()}})
+                        obj.patch({"metadata": {"deletionTimestamp": now_iso()}})
                         event = {"type": "MODIFIED", "object": obj.raw}
                     else:
                         event = {"type": "DELETED", "object": obj.raw}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime
 import logging
 import os
 import re
@@ -33,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lora_contract.timestamps import now_iso
 
 from .emulator import ApiError, RestClient
 from .job_policy import policy_action
@@ -52,10 +53,6 @@ MAX_MESSAGE = 4096
 
 class PodSpecError(ValueError):
     """The pod template cannot be run locally (the pod fails with this message)."""
-
-
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def free_port() -> int:
@@ -343,7 +340,7 @@ class RunningPod:
     process: subprocess.Popen[bytes] | None
     termination_log: Path
     log_path: Path
-    started_at: str = field(default_factory=_now)
+    started_at: str = field(default_factory=now_iso)
     killed: bool = False
     marker: str = ""
 
@@ -481,7 +478,7 @@ class LocalExecutor(Service):
             self._suspend(state)
             self._write_status(job, state, suspended=True)
             return
-        state.start_time = state.start_time or _now()
+        state.start_time = state.start_time or now_iso()
         self._collect_exits(job, state)
         if not state.finished:
             self._start_pods(job, state)
@@ -548,14 +545,14 @@ class LocalExecutor(Service):
                 "phase": "Running",
                 "podIP": "127.0.0.1",
                 "hostIP": "127.0.0.1",
-                "startTime": _now(),
+                "startTime": now_iso(),
                 "conditions": [{"type": "Ready", "status": "True"}],
                 "containerStatuses": [
                     {
                         "name": container,
                         "ready": True,
                         "restartCount": 0,
-                        "state": {"running": {"startedAt": _now()}},
+                        "state": {"running": {"startedAt": now_iso()}},
                     }
                 ],
             },
@@ -635,7 +632,7 @@ class LocalExecutor(Service):
             "reason": reason,
             "message": message,
             "startedAt": pod.started_at,
-            "finishedAt": _now(),
+            "finishedAt": now_iso(),
         }
         self._patch_pod(
             state.namespace,
@@ -719,7 +716,7 @@ class LocalExecutor(Service):
             return
         status["conditions"] = conditions
         if state.finished == "Complete":
-            status["completionTime"] = _now()
+            status["completionTime"] = now_iso()
         self.client.patch(JOBS, state.namespace, state.name, {"status": status}, status=True)
         state.last_status = comparable
 
@@ -761,7 +758,7 @@ class LocalExecutor(Service):
 
 
 def _condition(kind: str, reason: str, message: str) -> dict[str, Any]:
-    now = _now()
+    now = now_iso()
     return {
         "type": kind,
         "status": "True",

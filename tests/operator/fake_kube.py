@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from lora_operator.controller.conditions import now_iso
+from lora_contract.timestamps import now_iso
 from lora_operator.controller.kube import Call, Kube, KubeError, api_call
 
 

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 from lora_contract.layout import LOSS_PLOT, METRICS_FILE, PROGRESS_FILE, S3Location
 from lora_contract.storage import S3Store, StorageError
+from lora_contract.timestamps import now_iso
 from lora_contract.types import Progress
 
 from .plot import loss_plot_png
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def log(message: str) -> None:

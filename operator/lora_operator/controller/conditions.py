@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
-
-def now_iso() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+from lora_contract.timestamps import now_iso
 
 
 def set_condition(

@@ -12,7 +12,8 @@ import socket
 import uuid
 from typing import Any
 
-from .conditions import now_iso
+from lora_contract.timestamps import now_iso
+
 from .kube import Kube
 
 log = logging.getLogger("lora_operator.events")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import datetime
 import logging
 import math
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lora_contract.layout import FINAL_DIR, run_location
+from lora_contract.timestamps import now_iso, parse_iso
 from lora_contract.types import (
     API_VERSION,
     CPU_GPU_TYPE,
@@ -42,7 +42,7 @@ from ..api.operator_config import OperatorConfig
 from ..deepspeed_config import deepspeed_config
 from ..memory import GpuCatalog, PlanningError, plan_job
 from . import metrics
-from .conditions import now_iso, set_condition
+from .conditions import set_condition
 from .config import ConfigSource
 from .kube import Kube, KubeError
 from .manifests import (
@@ -71,15 +71,6 @@ JOBS = "batch/v1/jobs"
 ACTIVE_PHASES = {Phase.Pending.value, Phase.Queued.value, Phase.Running.value}
 EventFn = Callable[[Kube, dict[str, Any], str, str, str], Awaitable[None]]
 Key = tuple[str, str]
-
-
-def _parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def demand_from(obj: dict[str, Any]) -> Demand | None:
@@ -673,5 +664,5 @@ class _Run:
     def ttl_expired(self, spec: LoRAJobSpec) -> bool:
         if spec.ttl_seconds_after_finished is None:
             return False
-        finished = _parse_time(self.status.get("completionTime"))
+        finished = parse_iso(self.status.get("completionTime"))
         return finished is not None and time.time() >= finished + spec.ttl_seconds_after_finished
