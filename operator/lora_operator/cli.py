@@ -8,6 +8,7 @@ importing lazily so `lorajob plan` does not pay for kopf and `lorajob run` not f
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,7 +38,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lorajob: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[args[0]][0])
-    code: int = module.main(args[1:])
+    try:
+        code: int = module.main(args[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`lorajob plan ... | head`): stop quietly, as Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("lorajob: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

@@ -42,11 +42,15 @@ def parse_lorajob(obj: Any, source: str = "<object>") -> LoRAJob:
 def load_documents(path: str | Path) -> list[Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(str(path), ["file not found"]) from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        problem = f"not UTF-8 text (byte 0x{byte} at offset {exc.start}): save it as UTF-8"
+        raise SpecError(str(path), [problem]) from None
     except OSError as exc:
-        raise SpecError(str(path), [f"cannot read: {exc.strerror}"]) from None
+        raise SpecError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
     try:
         return [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
