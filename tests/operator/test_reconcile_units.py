@@ -255,6 +255,25 @@ def test_retrain_only_when_the_training_spec_changes(world: World) -> None:
     assert "Superseded" in world.reasons("u-git")
 
 
+def test_a_malformed_object_does_not_hold_up_the_others(world: World) -> None:
+    """Written under an older, looser CRD: spec and status are lists. The start-up warm-up lists
+    every job; the good job is still launched at once and the bad one fails validation."""
+    world.kube.put(
+        LJ,
+        {
+            "apiVersion": "finetune.lora-operator.io/v1alpha1",
+            "kind": "LoRAJob",
+            "metadata": {"name": "u-malformed", "namespace": NS, "uid": "uid-m"},
+            "spec": ["not", "a", "mapping"],
+            "status": ["neither"],
+        },
+    )
+    world.add(base_job("u-good"))
+    assert world.reconcile("u-good")["phase"] == "Running"
+    status = world.reconcile("u-malformed")
+    assert status["phase"] == "Failed" and "spec" in status["message"]
+
+
 SCENARIOS: list[Callable[..., None]] = [
     test_success_then_serving_then_serving_off,
     test_kserve_absent_still_succeeds,
@@ -264,6 +283,7 @@ SCENARIOS: list[Callable[..., None]] = [
     test_invalid_spec_creates_nothing,
     test_queue_and_admission,
     test_retrain_only_when_the_training_spec_changes,
+    test_a_malformed_object_does_not_hold_up_the_others,
 ]
 
 

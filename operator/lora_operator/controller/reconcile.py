@@ -73,16 +73,26 @@ EventFn = Callable[[Kube, dict[str, Any], str, str, str], Awaitable[None]]
 Key = tuple[str, str]
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    """A section of an object that should be a mapping; {} when a malformed object (written
+    under an older, looser CRD) has something else there, so one bad object never breaks the
+    bookkeeping of all the others."""
+    return value if isinstance(value, dict) else {}
+
+
 def demand_from(obj: dict[str, Any]) -> Demand | None:
     """What a LoRAJob holds or waits for, from its status (None: neither)."""
-    status = obj.get("status") or {}
-    plan = status.get("plan") or {}
+    status = _mapping(obj.get("status"))
+    plan = _mapping(status.get("plan"))
     phase = status.get("phase")
     if phase not in (Phase.Running.value, Phase.Queued.value) or not plan:
         return None
     gpu_type = plan.get("gpuType", "")
-    gpus = 0 if gpu_type == CPU_GPU_TYPE else int(plan.get("totalGpus", 0))
-    meta = obj.get("metadata", {})
+    try:
+        gpus = 0 if gpu_type == CPU_GPU_TYPE else int(plan.get("totalGpus", 0))
+    except (TypeError, ValueError):
+        return None
+    meta = _mapping(obj.get("metadata"))
     return Demand(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
@@ -103,8 +113,8 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
 
     Finished jobs without TTL or pending serving, and suspended jobs, need none: a spec change
     reaches them through the watch. Keeps 1000 finished jobs from costing API calls."""
-    status = obj.get("status") or {}
-    spec = obj.get("spec") or {}
+    status = _mapping(obj.get("status"))
+    spec = _mapping(obj.get("spec"))
     phase = status.get("phase")
     if phase is None or phase in ACTIVE_PHASES:
         return 0.0
@@ -112,9 +122,15 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
         return None
     if spec.get("ttlSecondsAfterFinished") is not None:
         return 0.0
-    if phase == Phase.Succeeded.value and (spec.get("serving") or {}).get("enabled"):
+    if phase == Phase.Succeeded.value and _mapping(spec.get("serving")).get("enabled"):
+        conditions = status.get("conditions")
         serving = next(
-            (c for c in status.get("conditions", []) if c.get("type") == "Serving"), None
+            (
+                c
+                for c in (conditions if isinstance(conditions, list) else [])
+                if isinstance(c, dict) and c.get("type") == "Serving"
+            ),
+            None,
         )
         if serving is None:
             return 0.0
@@ -155,8 +171,8 @@ class Reconciler:
             self._last_resync.pop(key, None)
             self._locks.pop(key, None)
             return
-        phase = (obj.get("status") or {}).get("phase")
-        if phase:
+        phase = _mapping(obj.get("status")).get("phase")
+        if isinstance(phase, str) and phase:
             self.phases[key] = phase
         interval = resync_interval(obj)
         if interval is None:
@@ -252,7 +268,7 @@ class _Run:
         self.namespace: str = meta.get("namespace", "default")
         self.uid: str = meta.get("uid", "")
         self.generation: int | None = meta.get("generation")
-        self.original: dict[str, Any] = copy.deepcopy(obj.get("status") or {})
+        self.original: dict[str, Any] = copy.deepcopy(_mapping(obj.get("status")))
         self.status: dict[str, Any] = copy.deepcopy(self.original)
         self.status.setdefault("conditions", [])
         self.status.setdefault("runs", [])
