@@ -497,7 +497,14 @@ class LoRAJobSpec(_Model):
 # ------------------------------------------------------------------------------------- status
 
 
-class Condition(_Model):
+class _Observed(_Model):
+    """Status-side models: read back from the cluster or from progress.json, where a newer or
+    older writer may have added fields, so unknown keys are ignored instead of failing."""
+
+    model_config = ConfigDict(**{**_Model.model_config, "extra": "ignore"})
+
+
+class Condition(_Observed):
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(default="", max_length=1024)
@@ -506,13 +513,13 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
-class ResourceAmounts(_Model):
+class ResourceAmounts(_Observed):
     cpu: str | None = None
     memory: str | None = None
     ephemeral_storage: str | None = None
 
 
-class PlanStatus(_Model):
+class PlanStatus(_Observed):
     """What the memory model decided, stored in status so `kubectl describe` explains it."""
 
     gpu_type: str
@@ -532,7 +539,7 @@ class PlanStatus(_Model):
     warnings: list[str] = Field(default_factory=list)
 
 
-class Progress(_Model):
+class Progress(_Observed):
     """Live training progress; the trainer writes it as progress.json, the operator copies it."""
 
     state: Literal["starting", "running", "succeeded", "failed", "stopped"] = "starting"
@@ -555,7 +562,7 @@ class Progress(_Model):
         return 100.0 * self.step / self.total_steps if self.total_steps else 0.0
 
 
-class RunRecord(_Model):
+class RunRecord(_Observed):
     """One training run; a spec change starts a new one and the old ones stay listed."""
 
     id: str
@@ -570,7 +577,7 @@ class RunRecord(_Model):
     completion_time: str | None = None
 
 
-class LoRAJobStatus(_Model):
+class LoRAJobStatus(_Observed):
     phase: Phase | None = None
     message: str | None = None
     conditions: list[Condition] = Field(default_factory=list)

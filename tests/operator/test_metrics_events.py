@@ -99,12 +99,15 @@ def test_slow_jobs_are_due_only_once_per_interval() -> None:
 
 def test_progress_status_rounds_losses_for_the_printer_column() -> None:
     """`kubectl get lj` prints the Loss column as stored: keep it readable."""
-    from lora_contract.types import Progress
-    from lora_operator.controller.progress import progress_status
+    from lora_contract.types import LoRAJobStatus, Progress
+    from lora_operator.controller.progress import record_progress
 
-    fields = progress_status(
-        Progress(step=40, total_steps=40, loss=5.489808082580566, eval_loss=5.47693, epoch=1.0)
+    status = LoRAJobStatus()
+    record_progress(
+        status,
+        Progress(step=40, total_steps=40, loss=5.489808082580566, eval_loss=5.47693, epoch=1.0),
     )
+    fields = status.to_wire()
     assert fields["progress"]["loss"] == 5.4898
     assert fields["progress"]["evalLoss"] == 5.4769
     assert fields["progressSummary"].startswith("40/40")

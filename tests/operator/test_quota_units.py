@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from lora_contract.types import Condition, ConditionType
 from lora_operator.api.operator_config import Quotas
 from lora_operator.controller.conditions import set_condition
 from lora_operator.controller.config import ConfigError, ConfigSource
@@ -120,19 +121,27 @@ def test_usage_by_namespace_counts_only_holders() -> None:
 
 
 def test_set_condition_merges_by_type_and_moves_time_only_on_flip() -> None:
-    conditions, changed = set_condition([], "Ready", True, "Up", "fine", generation=3)
-    assert changed and conditions[0]["observedGeneration"] == 3
-    first = conditions[0]["lastTransitionTime"]
-    conditions[0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
-    conditions, changed = set_condition(conditions, "Ready", True, "Up", "fine")
-    assert not changed and conditions[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z"
-    conditions, changed = set_condition(conditions, "Other", "Unknown", "Wait")
-    assert changed and len(conditions) == 2
-    conditions, changed = set_condition(conditions, "Ready", False, "Down", "broken")
-    assert changed and conditions[0]["lastTransitionTime"] >= first
-    by_type = {c["type"]: c for c in conditions}
-    assert by_type["Ready"]["status"] == "False" and by_type["Ready"]["reason"] == "Down"
-    assert by_type["Other"]["status"] == "Unknown"
+    ready, other = ConditionType.Running, ConditionType.Serving
+    conditions: list[Condition] = []
+    assert set_condition(conditions, ready, True, "Up", "fine", generation=3)
+    assert conditions[0].observed_generation == 3 and conditions[0].status == "True"
+    first = conditions[0].last_transition_time
+    conditions[0] = conditions[0].model_copy(
+        update={"last_transition_time": "2000-01-01T00:00:00Z"}
+    )
+    assert not set_condition(conditions, ready, True, "Up", "fine")  # nothing changed
+    assert conditions[0].last_transition_time == "2000-01-01T00:00:00Z"
+    assert conditions[0].observed_generation == 3  # kept when no generation is given
+    assert set_condition(conditions, ready, True, "Up", "reworded")  # message: changed,
+    assert conditions[0].last_transition_time == "2000-01-01T00:00:00Z"  # but no flip
+    assert set_condition(conditions, other, "Unknown", "Wait") and len(conditions) == 2
+    assert set_condition(conditions, ready, False, "Down", "broken", generation=4)
+    assert conditions[0].last_transition_time is not None and first is not None
+    assert conditions[0].last_transition_time >= first  # moved on the flip
+    by_type = {c.type: c for c in conditions}
+    assert (by_type["Running"].status, by_type["Running"].reason) == ("False", "Down")
+    assert by_type["Running"].observed_generation == 4
+    assert by_type["Serving"].status == "Unknown"
 
 
 def write(path: Path, text: str, bump: float) -> None:

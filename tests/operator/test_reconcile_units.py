@@ -274,6 +274,20 @@ def test_a_malformed_object_does_not_hold_up_the_others(world: World) -> None:
     assert status["phase"] == "Failed" and "spec" in status["message"]
 
 
+def test_status_is_patched_only_when_it_changes(world: World) -> None:
+    """A resync that finds nothing new writes nothing (1000 idle jobs cost no status writes)."""
+    status_patch = ("finetune.lora-operator.io", "lorajobs/status", "patch")
+    world.add(base_job("u-idle"))
+    world.reconcile("u-idle")
+    assert status_patch in world.kube.calls
+    world.kube.calls.clear()
+    world.reconcile("u-idle")
+    assert status_patch not in world.kube.calls
+    world.job_status("u-idle-r1", active=1)
+    assert world.reconcile("u-idle")["conditions"]
+    assert status_patch in world.kube.calls  # the Running condition flipped
+
+
 SCENARIOS: list[Callable[..., None]] = [
     test_success_then_serving_then_serving_off,
     test_kserve_absent_still_succeeds,
@@ -284,6 +298,7 @@ SCENARIOS: list[Callable[..., None]] = [
     test_queue_and_admission,
     test_retrain_only_when_the_training_spec_changes,
     test_a_malformed_object_does_not_hold_up_the_others,
+    test_status_is_patched_only_when_it_changes,
 ]
 
 

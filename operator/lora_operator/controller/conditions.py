@@ -1,55 +1,61 @@
-"""Status conditions, merged by type so writing one never drops the others."""
+"""Status conditions on the typed status: merged by type so writing one never drops the others,
+and `lastTransitionTime` moves only when a condition's status flips (as Kubernetes expects)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 from lora_contract.timestamps import now_iso
+from lora_contract.types import Condition, ConditionType
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def _status_value(status: bool | ConditionStatus) -> ConditionStatus:
+    if isinstance(status, bool):
+        return "True" if status else "False"
+    return status
 
 
 def set_condition(
-    conditions: list[dict[str, Any]],
-    type_: str,
-    status: bool | str,
+    conditions: list[Condition],
+    type_: ConditionType,
+    status: bool | ConditionStatus,
     reason: str,
     message: str = "",
     generation: int | None = None,
-) -> tuple[list[dict[str, Any]], bool]:
-    """Return (new list, changed). lastTransitionTime moves only when the status flips."""
-    value = status if isinstance(status, str) else ("True" if status else "False")
-    result: list[dict[str, Any]] = []
-    changed = True
-    found = False
-    for condition in conditions:
-        if condition.get("type") != type_:
-            result.append(condition)
+) -> bool:
+    """Set one condition in place; True when its status, reason or message changed."""
+    value = _status_value(status)
+    for i, current in enumerate(conditions):
+        if current.type != type_.value:
             continue
-        found = True
-        same_status = condition.get("status") == value
-        changed = not (
-            same_status
-            and condition.get("reason") == reason
-            and condition.get("message") == message
+        same_status = current.status == value
+        changed = not (same_status and current.reason == reason and current.message == message)
+        conditions[i] = current.model_copy(
+            update={
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "last_transition_time": current.last_transition_time if same_status else now_iso(),
+                "observed_generation": generation
+                if generation is not None
+                else current.observed_generation,
+            }
         )
-        new = {
-            **condition,
-            "status": value,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": condition.get("lastTransitionTime") if same_status else now_iso(),
-        }
-        if generation is not None:
-            new["observedGeneration"] = generation
-        result.append(new)
-    if not found:
-        new = {
-            "type": type_,
-            "status": value,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": now_iso(),
-        }
-        if generation is not None:
-            new["observedGeneration"] = generation
-        result.append(new)
-    return result, changed
+        return changed
+    conditions.append(
+        Condition(
+            type=type_.value,
+            status=value,
+            reason=reason,
+            message=message,
+            last_transition_time=now_iso(),
+            observed_generation=generation,
+        )
+    )
+    return True
+
+
+def find(conditions: list[Condition], type_: ConditionType) -> Condition | None:
+    return next((c for c in conditions if c.type == type_.value), None)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from lora_contract.layout import PROGRESS_FILE, run_location
 from lora_contract.storage import S3Store, StorageError
-from lora_contract.types import LoRAJobSpec, Progress
+from lora_contract.types import LoRAJobSpec, LoRAJobStatus, Progress
 
 from ..api.operator_config import OperatorConfig
 from .kube import Kube
@@ -119,17 +119,15 @@ def summary(progress: Progress) -> str:
     return f"{progress.step}/{progress.total_steps} ({progress.percent:.0f}%)"
 
 
-def progress_status(progress: Progress) -> dict[str, Any]:
-    """The status fields copied from progress.json (losses to 4 decimals: `kubectl get` prints
-    the Loss column verbatim)."""
-    wire = progress.to_wire()
-    for key in ("loss", "evalLoss"):
-        if isinstance(wire.get(key), float):
-            wire[key] = round(wire[key], 4)
-    fields: dict[str, Any] = {
-        "progress": wire,
-        "progressSummary": summary(progress),
+def record_progress(status: LoRAJobStatus, progress: Progress) -> None:
+    """Copy progress.json into the status (losses to 4 decimals: `kubectl get` prints the Loss
+    column verbatim)."""
+    rounded = {
+        key: round(value, 4)
+        for key, value in (("loss", progress.loss), ("eval_loss", progress.eval_loss))
+        if value is not None
     }
+    status.progress = progress.model_copy(update=rounded)
+    status.progress_summary = summary(progress)
     if progress.latest_checkpoint:
-        fields["latestCheckpoint"] = progress.latest_checkpoint
-    return fields
+        status.latest_checkpoint = progress.latest_checkpoint

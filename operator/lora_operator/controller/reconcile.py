@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from lora_contract.layout import FINAL_DIR, run_location
 from lora_contract.timestamps import now_iso, parse_iso
 from lora_contract.types import (
@@ -30,10 +32,13 @@ from lora_contract.types import (
     KIND,
     PLURAL,
     VERSION,
+    ConditionType,
     LoRAJobSpec,
+    LoRAJobStatus,
     Phase,
     PlanStatus,
     Progress,
+    RunRecord,
 )
 
 from ..api.hashing import training_spec_hash
@@ -42,7 +47,7 @@ from ..api.operator_config import OperatorConfig
 from ..deepspeed_config import deepspeed_config
 from ..memory import GpuCatalog, PlanningError, plan_job
 from . import metrics
-from .conditions import set_condition
+from .conditions import ConditionStatus, find, set_condition
 from .config import ConfigSource
 from .kube import Kube, KubeError
 from .manifests import (
@@ -55,8 +60,8 @@ from .manifests import (
 from .progress import (
     CredentialsError,
     S3Credentials,
-    progress_status,
     read_progress,
+    record_progress,
     resolve_credentials,
     store_for,
 )
@@ -69,6 +74,7 @@ log = logging.getLogger("lora_operator.reconcile")
 LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
 JOBS = "batch/v1/jobs"
 ACTIVE_PHASES = {Phase.Pending.value, Phase.Queued.value, Phase.Running.value}
+FINISHED = (Phase.Succeeded, Phase.Failed)
 EventFn = Callable[[Kube, dict[str, Any], str, str, str], Awaitable[None]]
 Key = tuple[str, str]
 
@@ -78,6 +84,23 @@ def _mapping(value: Any) -> dict[str, Any]:
     under an older, looser CRD) has something else there, so one bad object never breaks the
     bookkeeping of all the others."""
     return value if isinstance(value, dict) else {}
+
+
+def load_status(raw: dict[str, Any], where: str) -> LoRAJobStatus:
+    """The stored status as a model. A field that does not parse (written by another operator
+    version) is dropped with a warning rather than failing the job; the next write replaces it."""
+    try:
+        return LoRAJobStatus.model_validate(raw)
+    except ValidationError:
+        good: dict[str, Any] = {}
+        for key, value in raw.items():
+            try:
+                LoRAJobStatus.model_validate({key: value})
+            except ValidationError as exc:
+                log.warning("%s: dropping unreadable status.%s: %s", where, key, exc.errors()[:1])
+            else:
+                good[key] = value
+        return LoRAJobStatus.model_validate(good)
 
 
 def demand_from(obj: dict[str, Any]) -> Demand | None:
@@ -254,7 +277,8 @@ class Reconciler:
 
 
 class _Run:
-    """One reconciliation of one object: a working copy of status plus queued Events."""
+    """One reconciliation of one object: a typed working copy of its status plus queued Events.
+    Status is patched once, at the end, and only with the top-level fields that changed."""
 
     def __init__(
         self, owner: Reconciler, kube: Kube, obj: dict[str, Any], config: OperatorConfig
@@ -269,9 +293,7 @@ class _Run:
         self.uid: str = meta.get("uid", "")
         self.generation: int | None = meta.get("generation")
         self.original: dict[str, Any] = copy.deepcopy(_mapping(obj.get("status")))
-        self.status: dict[str, Any] = copy.deepcopy(self.original)
-        self.status.setdefault("conditions", [])
-        self.status.setdefault("runs", [])
+        self.status: LoRAJobStatus = load_status(self.original, f"{self.namespace}/{self.name}")
         self.events: list[tuple[str, str, str]] = []
         self.released = False
         self.spec: LoRAJobSpec | None = None
@@ -281,31 +303,36 @@ class _Run:
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
 
-    def condition(self, type_: str, status: bool | str, reason: str, message: str = "") -> bool:
-        conditions, changed = set_condition(
-            self.status["conditions"], type_, status, reason, message, self.generation
+    def condition(
+        self, type_: ConditionType, status: bool | ConditionStatus, reason: str, message: str = ""
+    ) -> bool:
+        return set_condition(
+            self.status.conditions, type_, status, reason, message, self.generation
         )
-        self.status["conditions"] = conditions
-        return changed
 
     def set_phase(self, phase: Phase, message: str) -> bool:
-        changed = self.status.get("phase") != phase.value
-        self.status["phase"] = phase.value
-        self.status["message"] = message
+        changed = self.status.phase != phase
+        self.status.phase = phase
+        self.status.message = message
         run = self.current_run()
-        if run is not None and run.get("phase") not in (Phase.Succeeded.value, Phase.Failed.value):
-            run["phase"] = phase.value
+        if run is not None and run.phase not in FINISHED:
+            run.phase = phase
         return changed
 
-    def current_run(self) -> dict[str, Any] | None:
-        current = self.status.get("currentRun")
-        return next((r for r in self.status["runs"] if r.get("id") == current), None)
+    def current_run(self) -> RunRecord | None:
+        current = self.status.current_run
+        return next((r for r in self.status.runs if r.id == current), None)
+
+    def plan(self) -> PlanStatus:
+        assert self.status.plan is not None, "a run always has a plan"
+        return self.status.plan
 
     async def flush(self) -> None:
         if self.generation is not None:
-            self.status["observedGeneration"] = self.generation
-        changed = {k: v for k, v in self.status.items() if self.original.get(k) != v}
-        removed = {k: None for k in self.original if k not in self.status}
+            self.status.observed_generation = self.generation
+        wire = self.status.to_wire()
+        changed = {k: v for k, v in wire.items() if self.original.get(k) != v}
+        removed = {k: None for k in self.original if k not in wire}
         if changed or removed:
             body = {"status": {**changed, **removed}}
             try:
@@ -314,7 +341,7 @@ class _Run:
                 if exc.status != 404:
                     raise
                 return
-        self.owner.observe({**self.obj, "status": self.status})
+        self.owner.observe({**self.obj, "status": wire})
         for type_, reason, message in self.events:
             await self.owner.emit(self.kube, self.obj, type_, reason, message)
 
@@ -327,18 +354,18 @@ class _Run:
         self.spec = spec
         spec_hash = training_spec_hash(spec)
         run = self.current_run()
-        if run is None or run.get("specHash") != spec_hash:
+        if run is None or run.spec_hash != spec_hash:
             if not await self.start_new_run(spec, spec_hash):
                 return
             run = self.current_run()
         assert run is not None
-        if run.get("phase") in (Phase.Succeeded.value, Phase.Failed.value):
+        if run.phase in FINISHED:
             await self.after_completion(spec, run)
             return
         if spec.suspend:
             await self.suspend(run)
             return
-        job = await self.kube.get(JOBS, self.namespace, run_name(self.name, run["id"]))
+        job = await self.kube.get(JOBS, self.namespace, run_name(self.name, run.id))
         if job is None:
             await self.launch(spec, run)
         else:
@@ -355,19 +382,21 @@ class _Run:
             spec = parse_lorajob(wire, f"LoRAJob {self.namespace}/{self.name}").spec
         except SpecError as exc:
             message = "invalid spec: " + "; ".join(exc.problems)
-            changed = self.condition("Validated", False, "InvalidSpec", message)
+            changed = self.condition(ConditionType.Validated, False, "InvalidSpec", message)
             self.set_phase(Phase.Failed, message)
             if changed:
                 self.event("Warning", "InvalidSpec", message)
             return None
         problem = self.static_problem(spec)
         if problem:
-            changed = self.condition("Validated", False, "MissingConfiguration", problem)
+            changed = self.condition(
+                ConditionType.Validated, False, "MissingConfiguration", problem
+            )
             self.set_phase(Phase.Failed, problem)
             if changed:
                 self.event("Warning", "MissingConfiguration", problem)
             return None
-        self.condition("Validated", True, "Valid", "spec is valid")
+        self.condition(ConditionType.Validated, True, "Valid", "spec is valid")
         return spec
 
     def static_problem(self, spec: LoRAJobSpec) -> str | None:
@@ -381,64 +410,64 @@ class _Run:
 
     async def start_new_run(self, spec: LoRAJobSpec, spec_hash: str) -> bool:
         previous = self.current_run()
-        if self.status.get("specHash") == spec_hash and self.status.get("phase") == "Failed":
+        if self.status.spec_hash == spec_hash and self.status.phase == Phase.Failed:
             return False  # planning already failed for this exact spec; wait for a change
         try:
             plan = plan_job(spec, self.owner.catalog(self.config))
         except PlanningError as exc:
             message = f"planning failed: {exc}"
-            self.status["specHash"] = spec_hash
-            if self.condition("Planned", False, "PlanningFailed", message):
+            self.status.spec_hash = spec_hash
+            if self.condition(ConditionType.Planned, False, "PlanningFailed", message):
                 self.event("Warning", "PlanningFailed", message)
             self.set_phase(Phase.Failed, message)
             return False
         if previous is not None:
             await self.supersede(previous)
-        run_id = f"r{len(self.status['runs']) + 1}"
+        run_id = f"r{len(self.status.runs) + 1}"
         output = run_location(spec.output, self.name, run_id)
-        self.status["runs"] = [
-            *self.status["runs"],
-            {
-                "id": run_id,
-                "specHash": spec_hash,
-                **({"generation": self.generation} if self.generation is not None else {}),
-                "outputURI": output.uri,
-                "phase": Phase.Pending.value,
-            },
-        ]
-        plan_status = plan.to_status()
-        self.status.update(
-            {
-                "currentRun": run_id,
-                "specHash": spec_hash,
-                "plan": plan_status.to_wire(),
-                "restarts": 0,
-            }
+        self.status.runs.append(
+            RunRecord(
+                id=run_id,
+                spec_hash=spec_hash,
+                generation=self.generation,
+                output_uri=output.uri,
+                phase=Phase.Pending,
+            )
         )
-        for stale in ("progress", "progressSummary", "latestCheckpoint", "queuePosition"):
-            self.status.pop(stale, None)
-        self.status.pop("completionTime", None)
+        plan_status = plan.to_status()
+        self.status.current_run = run_id
+        self.status.spec_hash = spec_hash
+        self.status.plan = plan_status
+        self.status.restarts = 0
+        for stale in ("progress", "progress_summary", "latest_checkpoint", "queue_position"):
+            setattr(self.status, stale, None)
+        self.status.completion_time = None
         message = (
             f"{plan_status.nodes}x{plan_status.gpus_per_node} {plan_status.gpu_type}, "
             f"{plan_status.strategy.value}, {plan_status.per_gpu_peak_gib:.1f} GiB peak per GPU"
         )
-        self.condition("Planned", True, "Planned", message)
-        for type_ in ("Succeeded", "Failed", "CheckpointSaved", "Running"):
-            if any(c.get("type") == type_ for c in self.status["conditions"]):
+        self.condition(ConditionType.Planned, True, "Planned", message)
+        for type_ in (
+            ConditionType.Succeeded,
+            ConditionType.Failed,
+            ConditionType.CheckpointSaved,
+            ConditionType.Running,
+        ):
+            if find(self.status.conditions, type_) is not None:
                 self.condition(type_, False, "NewRun", f"run {run_id} started")
         self.set_phase(Phase.Pending, f"run {run_id} planned: {message}")
         self.event("Normal", "Planned", f"run {run_id}: {message}")
         return True
 
-    async def supersede(self, previous: dict[str, Any]) -> None:
-        if previous.get("phase") in (Phase.Succeeded.value, Phase.Failed.value):
+    async def supersede(self, previous: RunRecord) -> None:
+        if previous.phase in FINISHED:
             return
-        job = run_name(self.name, previous["id"])
+        job = run_name(self.name, previous.id)
         await self.kube.delete(JOBS, self.namespace, job)
-        previous["phase"] = Phase.Failed.value
-        previous["completionTime"] = now_iso()
+        previous.phase = Phase.Failed
+        previous.completion_time = now_iso()
         self.released = True
-        self.event("Normal", "Superseded", f"spec changed: run {previous['id']} stopped")
+        self.event("Normal", "Superseded", f"spec changed: run {previous.id} stopped")
 
     # ------------------------------------------------------------------ launch & admission
 
@@ -457,8 +486,8 @@ class _Run:
             return spec.queue_name
         return self.config.kueue.default_queue if self.config.kueue.enabled else None
 
-    async def launch(self, spec: LoRAJobSpec, run: dict[str, Any]) -> None:
-        plan = PlanStatus.model_validate(self.status["plan"])
+    async def launch(self, spec: LoRAJobSpec, run: RunRecord) -> None:
+        plan = self.plan()
         queue = self.queue_name(spec)
         if queue is None:
             async with self.owner._admission:
@@ -469,8 +498,10 @@ class _Run:
                 self.owner.demands[key] = Demand(**{**demand.__dict__, "holding": True})
                 if not decision.admitted:
                     self.owner.demands[key] = demand
-                    self.status["queuePosition"] = decision.queue_position
-                    changed = self.condition("Admitted", False, "QuotaExceeded", decision.message)
+                    self.status.queue_position = decision.queue_position
+                    changed = self.condition(
+                        ConditionType.Admitted, False, "QuotaExceeded", decision.message
+                    )
                     self.set_phase(
                         Phase.Queued,
                         f"queued (position {decision.queue_position}): {decision.message}",
@@ -480,7 +511,7 @@ class _Run:
                     return
         await self.create_workload(spec, run, plan, queue)
 
-    def context(self, spec: LoRAJobSpec, run: dict[str, Any], plan: PlanStatus) -> RunContext:
+    def context(self, spec: LoRAJobSpec, run: RunRecord, plan: PlanStatus) -> RunContext:
         try:
             selector = dict(self.owner.catalog(self.config).get(plan.gpu_type).node_selector)
         except PlanningError:
@@ -489,36 +520,45 @@ class _Run:
             name=self.name,
             namespace=self.namespace,
             uid=self.uid,
-            run_id=run["id"],
+            run_id=run.id,
             spec=spec,
             plan=plan,
             config=self.config,
-            output_uri=run["outputURI"],
-            spec_hash=run.get("specHash", ""),
+            output_uri=run.output_uri,
+            spec_hash=run.spec_hash,
             gpu_node_selector=selector,
             deepspeed=deepspeed_config(spec, plan.strategy),
             queue_name=self.queue_name(spec),
         )
 
     async def create_workload(
-        self, spec: LoRAJobSpec, run: dict[str, Any], plan: PlanStatus, queue: str | None
+        self, spec: LoRAJobSpec, run: RunRecord, plan: PlanStatus, queue: str | None
     ) -> None:
         ctx = self.context(spec, run, plan)
         for resource, body in build_run_objects(ctx):
             await self.kube.create(resource, self.namespace, body)
-        job = run_name(self.name, run["id"])
-        self.status.pop("queuePosition", None)
+        job = run_name(self.name, run.id)
+        self.status.queue_position = None
         if queue:
-            self.condition("Admitted", False, "WaitingForKueue", f"Job {job} queued in {queue}")
+            self.condition(
+                ConditionType.Admitted, False, "WaitingForKueue", f"Job {job} queued in {queue}"
+            )
             self.set_phase(Phase.Queued, f"waiting for Kueue LocalQueue {queue} to admit {job}")
         else:
             self.condition(
-                "Admitted", True, "Admitted", f"{plan.total_gpus} {plan.gpu_type} GPUs reserved"
+                ConditionType.Admitted,
+                True,
+                "Admitted",
+                f"{plan.total_gpus} {plan.gpu_type} GPUs reserved",
             )
             self.set_phase(Phase.Running, f"Job {job} created")
-        run.setdefault("startTime", now_iso())
-        self.status.setdefault("startTime", run["startTime"])
-        self.condition("Running", False, "Starting", f"waiting for {plan.nodes} pod(s) of {job}")
+        if run.start_time is None:
+            run.start_time = now_iso()
+        if self.status.start_time is None:
+            self.status.start_time = run.start_time
+        self.condition(
+            ConditionType.Running, False, "Starting", f"waiting for {plan.nodes} pod(s) of {job}"
+        )
         self.event("Normal", "Created", f"created Job {job} ({plan.nodes} node(s))")
 
     # ------------------------------------------------------------------ following a run
@@ -527,33 +567,37 @@ class _Run:
         try:
             return await resolve_credentials(self.kube, self.namespace, spec, self.config)
         except CredentialsError as exc:
-            self.status["message"] = f"cannot read progress: {exc}"
+            self.status.message = f"cannot read progress: {exc}"
             return None
 
-    async def progress(self, spec: LoRAJobSpec, run: dict[str, Any]) -> Progress | None:
+    async def progress(self, spec: LoRAJobSpec, run: RunRecord) -> Progress | None:
         creds = await self.credentials(spec)
         if creds is None:
             return None
-        progress = await read_progress(store_for(creds), spec, self.name, run["id"])
+        progress = await read_progress(store_for(creds), spec, self.name, run.id)
         if progress is None:
             return None
-        self.status.update(progress_status(progress))
+        record_progress(self.status, progress)
         checkpoint = progress.latest_checkpoint
-        if checkpoint and self.condition("CheckpointSaved", True, "Saved", checkpoint):
+        if checkpoint and self.condition(ConditionType.CheckpointSaved, True, "Saved", checkpoint):
             self.event("Normal", "CheckpointSaved", checkpoint)
         return progress
 
-    async def follow(self, spec: LoRAJobSpec, run: dict[str, Any], job: dict[str, Any]) -> None:
+    async def follow(self, spec: LoRAJobSpec, run: RunRecord, job: dict[str, Any]) -> None:
         job_status = job.get("status") or {}
         job_name = job["metadata"]["name"]
-        plan = PlanStatus.model_validate(self.status["plan"])
+        plan = self.plan()
         if job.get("spec", {}).get("suspend"):
             queue = self.queue_name(spec)
-            self.condition("Admitted", False, "WaitingForKueue", f"Job {job_name} in {queue}")
+            self.condition(
+                ConditionType.Admitted, False, "WaitingForKueue", f"Job {job_name} in {queue}"
+            )
             self.set_phase(Phase.Queued, f"waiting for Kueue LocalQueue {queue}")
             return
-        if self.status.get("phase") == Phase.Queued.value:
-            self.condition("Admitted", True, "Admitted", f"Kueue admitted Job {job_name}")
+        if self.status.phase == Phase.Queued:
+            self.condition(
+                ConditionType.Admitted, True, "Admitted", f"Kueue admitted Job {job_name}"
+            )
             self.set_phase(Phase.Running, f"Job {job_name} admitted")
         # No pod has started yet: there is no progress to read (saves a Secret read and an S3
         # request per pending job and resync, which is most of them in a large queue).
@@ -562,8 +606,8 @@ class _Run:
             await self.progress(spec, run) if started or job_status.get("conditions") else None
         )
         failed = int(job_status.get("failed", 0) or 0)
-        if failed > int(self.status.get("restarts", 0) or 0):
-            self.status["restarts"] = failed
+        if failed > self.status.restarts:
+            self.status.restarts = failed
             self.event(
                 "Warning",
                 "PodFailed",
@@ -580,38 +624,40 @@ class _Run:
         else:
             active = int(job_status.get("active", 0) or 0)
             if active:
-                summary = self.status.get("progressSummary")
+                summary = self.status.progress_summary
                 detail = f", step {summary}" if summary else ""
                 if self.condition(
-                    "Running", True, "PodsRunning", f"{active}/{plan.nodes} pod(s) active"
+                    ConditionType.Running,
+                    True,
+                    "PodsRunning",
+                    f"{active}/{plan.nodes} pod(s) active",
                 ):
                     self.event("Normal", "Running", f"{active} pod(s) of {job_name} running")
                 self.set_phase(Phase.Running, f"training{detail}")
 
-    async def succeed(
-        self, spec: LoRAJobSpec, run: dict[str, Any], progress: Progress | None
-    ) -> None:
-        adapter = (progress.adapter_uri if progress else None) or f"{run['outputURI']}/{FINAL_DIR}"
+    async def succeed(self, spec: LoRAJobSpec, run: RunRecord, progress: Progress | None) -> None:
+        adapter = (progress.adapter_uri if progress else None) or f"{run.output_uri}/{FINAL_DIR}"
         finished = now_iso()
-        run.update({"phase": Phase.Succeeded.value, "adapterURI": adapter})
-        run["completionTime"] = finished
+        run.phase = Phase.Succeeded
+        run.adapter_uri = adapter
+        run.completion_time = finished
         if progress is not None:
             if progress.loss is not None:
-                run["finalLoss"] = progress.loss
+                run.final_loss = progress.loss
             if progress.eval_loss is not None:
-                run["finalEvalLoss"] = progress.eval_loss
-        self.status["adapterURI"] = adapter
-        self.status["completionTime"] = finished
-        self.condition("Running", False, "Completed", "training finished")
-        self.condition("Succeeded", True, "Completed", f"adapter at {adapter}")
+                run.final_eval_loss = progress.eval_loss
+        self.status.adapter_uri = adapter
+        self.status.completion_time = finished
+        self.condition(ConditionType.Running, False, "Completed", "training finished")
+        self.condition(ConditionType.Succeeded, True, "Completed", f"adapter at {adapter}")
         self.set_phase(Phase.Succeeded, f"adapter at {adapter}")
         self.released = True
-        self.event("Normal", "Succeeded", f"run {run['id']} finished; adapter at {adapter}")
+        self.event("Normal", "Succeeded", f"run {run.id} finished; adapter at {adapter}")
         await self.after_completion(spec, run)
 
     async def fail(
         self,
-        run: dict[str, Any],
+        run: RunRecord,
         job_name: str,
         job_condition: dict[str, Any],
         progress: Progress | None,
@@ -620,17 +666,18 @@ class _Run:
         message = message or job_condition.get("message") or "the trainer Job failed"
         reason = job_condition.get("reason") or "JobFailed"
         finished = now_iso()
-        run.update({"phase": Phase.Failed.value, "completionTime": finished})
-        self.status["completionTime"] = finished
-        self.condition("Running", False, "Failed", message)
-        self.condition("Failed", True, reason, message)
+        run.phase = Phase.Failed
+        run.completion_time = finished
+        self.status.completion_time = finished
+        self.condition(ConditionType.Running, False, "Failed", message)
+        self.condition(ConditionType.Failed, True, reason, message)
         self.set_phase(Phase.Failed, message)
         self.released = True
         self.event("Warning", "Failed", f"Job {job_name} failed: {message}")
 
-    async def pod_message(self, run: dict[str, Any]) -> str | None:
+    async def pod_message(self, run: RunRecord) -> str | None:
         """The trainer's termination message from the last failed pod of this run."""
-        labels = {LABEL_JOB: self.name, LABEL_RUN: run["id"]}
+        labels = {LABEL_JOB: self.name, LABEL_RUN: run.id}
         pods = await self.kube.list("v1/pods", self.namespace, labels)
         for pod in reversed(pods):
             for status in (pod.get("status") or {}).get("containerStatuses", []):
@@ -639,46 +686,46 @@ class _Run:
                     return str(terminated["message"]).strip()
         return None
 
-    async def suspend(self, run: dict[str, Any]) -> None:
-        job = run_name(self.name, run["id"])
+    async def suspend(self, run: RunRecord) -> None:
+        job = run_name(self.name, run.id)
         deleted = await self.kube.delete(JOBS, self.namespace, job)
         if self.set_phase(Phase.Suspended, "suspended; checkpoints kept") or deleted:
-            self.condition("Running", False, "Suspended", "spec.suspend is true")
+            self.condition(ConditionType.Running, False, "Suspended", "spec.suspend is true")
             self.event("Normal", "Suspended", f"deleted Job {job}; checkpoints kept")
             self.released = True
-        self.status.pop("queuePosition", None)
+        self.status.queue_position = None
 
     # ------------------------------------------------------------------ after completion
 
-    async def after_completion(self, spec: LoRAJobSpec, run: dict[str, Any]) -> None:
+    async def after_completion(self, spec: LoRAJobSpec, run: RunRecord) -> None:
         if self.ttl_expired(spec):
             await self.kube.delete(LORAJOBS, self.namespace, self.name)
             self.event("Normal", "Expired", "ttlSecondsAfterFinished reached; deleting")
             return
-        adapter = self.status.get("adapterURI")
-        if run.get("phase") != Phase.Succeeded.value and not adapter:
+        adapter = self.status.adapter_uri
+        if run.phase != Phase.Succeeded and not adapter:
             return
         if spec.serving.enabled and adapter:
             creds = await self.credentials(spec)
             serving_run = next(
-                (r["id"] for r in self.status["runs"] if r.get("adapterURI") == adapter),
-                run["id"],
+                (r.id for r in self.status.runs if r.adapter_uri == adapter),
+                run.id,
             )
             state = await ensure_serving(
                 self.kube, self.name, self.namespace, self.uid, spec, adapter, serving_run, creds
             )
-            if self.condition("Serving", state.status, state.reason, state.message):
+            if self.condition(ConditionType.Serving, state.status, state.reason, state.message):
                 kind = "Normal" if state.status != "False" else "Warning"
                 self.event(kind, f"Serving{state.reason}", state.message)
             if state.reason != "KServeNotInstalled":
-                self.status["inferenceService"] = self.name
-        elif not spec.serving.enabled and self.status.get("inferenceService"):
+                self.status.inference_service = self.name
+        elif not spec.serving.enabled and self.status.inference_service:
             await remove_serving(self.kube, self.name, self.namespace)
-            self.status.pop("inferenceService", None)
-            self.condition("Serving", False, "Disabled", "serving.enabled is false")
+            self.status.inference_service = None
+            self.condition(ConditionType.Serving, False, "Disabled", "serving.enabled is false")
 
     def ttl_expired(self, spec: LoRAJobSpec) -> bool:
         if spec.ttl_seconds_after_finished is None:
             return False
-        finished = parse_iso(self.status.get("completionTime"))
+        finished = parse_iso(self.status.completion_time)
         return finished is not None and time.time() >= finished + spec.ttl_seconds_after_finished

@@ -11,6 +11,7 @@ from typing import Any
 
 from lora_contract.types import LoRAJobSpec
 
+from .conditions import ConditionStatus
 from .kube import Kube, KubeError
 from .manifests import (
     build_inference_service,
@@ -25,7 +26,7 @@ ISVC = "serving.kserve.io/v1beta1/inferenceservices"
 
 @dataclass(frozen=True)
 class ServingState:
-    status: str  # "True" | "False" | "Unknown"
+    status: ConditionStatus
     reason: str
     message: str
     url: str | None = None
