@@ -51,8 +51,6 @@ from .conditions import ConditionStatus, find, set_condition
 from .config import ConfigSource
 from .kube import Kube, KubeError
 from .manifests import (
-    LABEL_JOB,
-    LABEL_RUN,
     RunContext,
     build_run_objects,
     run_name,
@@ -68,6 +66,7 @@ from .progress import (
 from .quota import Demand, admit
 from .s3_target import s3_target
 from .serving import ensure_serving, remove_serving
+from .workload import JobObservation, pod_failure_message
 
 log = logging.getLogger("lora_operator.reconcile")
 
@@ -584,10 +583,10 @@ class _Run:
         return progress
 
     async def follow(self, spec: LoRAJobSpec, run: RunRecord, job: dict[str, Any]) -> None:
-        job_status = job.get("status") or {}
-        job_name = job["metadata"]["name"]
+        seen = JobObservation.of(job)
+        job_name = seen.name
         plan = self.plan()
-        if job.get("spec", {}).get("suspend"):
+        if seen.suspended:
             queue = self.queue_name(spec)
             self.condition(
                 ConditionType.Admitted, False, "WaitingForKueue", f"Job {job_name} in {queue}"
@@ -601,11 +600,8 @@ class _Run:
             self.set_phase(Phase.Running, f"Job {job_name} admitted")
         # No pod has started yet: there is no progress to read (saves a Secret read and an S3
         # request per pending job and resync, which is most of them in a large queue).
-        started = any(job_status.get(k) for k in ("startTime", "active", "failed", "succeeded"))
-        progress = (
-            await self.progress(spec, run) if started or job_status.get("conditions") else None
-        )
-        failed = int(job_status.get("failed", 0) or 0)
+        progress = await self.progress(spec, run) if seen.started else None
+        failed = seen.failed_pods
         if failed > self.status.restarts:
             self.status.restarts = failed
             self.event(
@@ -614,15 +610,12 @@ class _Run:
                 f"a pod of {job_name} failed ({failed} so far); retrying from the latest "
                 "checkpoint",
             )
-        conditions = {c.get("type"): c for c in job_status.get("conditions", [])}
-        complete = conditions.get("Complete", {}).get("status") == "True"
-        job_failed = conditions.get("Failed", {}).get("status") == "True"
-        if complete:
+        if seen.complete:
             await self.succeed(spec, run, progress)
-        elif job_failed:
-            await self.fail(run, job_name, conditions["Failed"], progress)
+        elif seen.failure is not None:
+            await self.fail(run, job_name, seen.failure, progress)
         else:
-            active = int(job_status.get("active", 0) or 0)
+            active = seen.active
             if active:
                 summary = self.status.progress_summary
                 detail = f", step {summary}" if summary else ""
@@ -662,7 +655,9 @@ class _Run:
         job_condition: dict[str, Any],
         progress: Progress | None,
     ) -> None:
-        message = (progress.last_error if progress else None) or await self.pod_message(run)
+        message = (progress.last_error if progress else None) or await pod_failure_message(
+            self.kube, self.namespace, self.name, run.id
+        )
         message = message or job_condition.get("message") or "the trainer Job failed"
         reason = job_condition.get("reason") or "JobFailed"
         finished = now_iso()
@@ -674,17 +669,6 @@ class _Run:
         self.set_phase(Phase.Failed, message)
         self.released = True
         self.event("Warning", "Failed", f"Job {job_name} failed: {message}")
-
-    async def pod_message(self, run: RunRecord) -> str | None:
-        """The trainer's termination message from the last failed pod of this run."""
-        labels = {LABEL_JOB: self.name, LABEL_RUN: run.id}
-        pods = await self.kube.list("v1/pods", self.namespace, labels)
-        for pod in reversed(pods):
-            for status in (pod.get("status") or {}).get("containerStatuses", []):
-                terminated = (status.get("state") or {}).get("terminated") or {}
-                if terminated.get("exitCode") and terminated.get("message"):
-                    return str(terminated["message"]).strip()
-        return None
 
     async def suspend(self, run: RunRecord) -> None:
         job = run_name(self.name, run.id)
