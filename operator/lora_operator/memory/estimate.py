@@ -246,7 +246,12 @@ def activation_terms(
         # fp32 softmax output + its bf16 cast, per head, per query-key pair
         scores = shape.micro_batch * arch.num_heads * shape.seq_len**2 * (4 + cb) * layers_live
     targeted = targeted_linears(arch, shape.target_modules)
-    per_layer_in = per_layer_inputs(arch, targeted)
+    # lm_head runs after the decoder layers, outside gradient checkpointing: its adapter's input
+    # is one tensor kept whole, not a per-layer share.
+    head = [m for m in targeted if arch.head is not None and m.name == arch.head.name]
+    in_layers = [m for m in targeted if m not in head]
+    per_layer_in = per_layer_inputs(arch, in_layers)
+    head_in = float(sum(m.in_features for m in head))
     # Adapters in another dtype than the compute dtype (PEFT's fp32 default): PEFT casts each
     # module's input to it and autocast casts that back for lora_A's matmul, which saves the cast
     # copy: one per target module, nothing shared.
@@ -254,12 +259,13 @@ def activation_terms(
     if shape.dropout > 0:
         # dropout output (adapter dtype) + its mask (1 byte) + autocast's copy, per module
         per_element = assumptions.adapter_bytes + 1 + cast_copy
-        dropout = tokens * per_layer_in * per_element * layers_live
+        dropout = tokens * (per_layer_in * layers_live + head_in) * per_element
     elif cast_copy:
-        dropout = tokens * per_layer_in * cast_copy * layers_live
+        dropout = tokens * (per_layer_in * layers_live + head_in) * cast_copy
     else:
         # lora_A saves its input itself, shared by the modules that read the same tensor
-        dropout = tokens * unsaved_adapter_inputs(arch, targeted) * cb * layers_live
+        unsaved = unsaved_adapter_inputs(arch, in_layers) * layers_live + head_in
+        dropout = tokens * unsaved * cb
     logits = 0.0
     if not assumptions.chunked_loss:
         logits = tokens * arch.vocab_size * assumptions.logits_bytes_per_element
