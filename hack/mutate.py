@@ -83,7 +83,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "layout",
         ("lora_contract.layout",),
-        ("tests/api/test_api_helpers.py",),
+        ("tests/api/test_api_helpers.py", "tests/api/test_layout_paths.py"),
         API_HELPERS_SLOW,
         note="run layout in the bucket, checkpoint names and steps",
     ),

@@ -308,6 +308,10 @@ class S3Store:
 
         return self._call("delete", loc, delete) if keys else 0
 
+    def delete(self, loc: S3Location) -> None:
+        """Delete the one object at `loc` (missing is fine: S3 deletes are idempotent)."""
+        self._call("delete", loc, lambda: self.client.remove_object(loc.bucket, loc.key))
+
     def ensure_bucket(self, name: str) -> None:
         loc = S3Location(name, "")
 

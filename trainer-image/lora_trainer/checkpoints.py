@@ -57,7 +57,7 @@ def prune(store: S3Store, run: S3Location, keep: int) -> list[int]:
         if step is None or step in keep_steps or step > newest:
             continue
         folder = run.child(name)
-        store.delete_prefix(folder.child(MANIFEST))
+        store.delete(folder.child(MANIFEST))  # first: a half-deleted one is never "complete"
         store.delete_prefix(folder)
         deleted.append(step)
     return sorted(deleted)

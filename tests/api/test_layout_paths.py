@@ -1,0 +1,98 @@
+"""Run layout in the bucket: keys never gain a leading, trailing or doubled slash however the
+prefix, URI or parts are written, names are kept whole (whatever letters they start or end
+with), and only `checkpoint-<digits>` folders count as checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+
+from lora_contract.layout import S3Location, checkpoint_name, checkpoint_step, run_location
+from lora_contract.types import OutputSpec
+
+
+@pytest.mark.parametrize(
+    ("uri", "bucket", "key"),
+    [
+        ("s3://adapters", "adapters", ""),
+        ("s3://adapters/", "adapters", ""),
+        ("s3://adapters/runs/job/r1", "adapters", "runs/job/r1"),
+        ("s3://adapters/runs/job/r1/", "adapters", "runs/job/r1"),
+        ("s3://adapters//runs/INDEX//", "adapters", "runs/INDEX"),
+        ("s3://adapters/X/run-X", "adapters", "X/run-X"),
+    ],
+)
+def test_parse(uri: str, bucket: str, key: str) -> None:
+    loc = S3Location.parse(uri)
+    assert (loc.bucket, loc.key) == (bucket, key)
+    assert loc.uri == (f"s3://{bucket}/{key}" if key else f"s3://{bucket}")
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("s3:///runs/job", "s3 URI has no bucket: 's3:///runs/job'"),
+        ("s3://", "s3 URI has no bucket: 's3://'"),
+        ("https://minio/adapters/runs", "not an s3:// URI: 'https://minio/adapters/runs'"),
+    ],
+)
+def test_parse_names_what_is_wrong(uri: str, problem: str) -> None:
+    with pytest.raises(ValueError) as info:
+        S3Location.parse(uri)
+    assert str(info.value) == problem
+
+
+@pytest.mark.parametrize(
+    ("key", "parts", "expected"),
+    [
+        ("runs", ("job", "r1"), "runs/job/r1"),
+        ("runs", ("/job/", "r1/"), "runs/job/r1"),
+        ("runs", ("job/r1/", "/checkpoint-8"), "runs/job/r1/checkpoint-8"),
+        ("", ("/runs/",), "runs"),
+        ("runs", ("", "/", "//", "r1"), "runs/r1"),
+        ("runs", ("X", "INDEX"), "runs/X/INDEX"),
+        ("runs", (), "runs"),
+    ],
+)
+def test_child(key: str, parts: tuple[str, ...], expected: str) -> None:
+    child = S3Location("adapters", key).child(*parts)
+    assert child == S3Location("adapters", expected)
+    assert not child.key.startswith("/") and not child.key.endswith("/")
+    assert "//" not in child.key
+
+
+@pytest.mark.parametrize(
+    ("prefix", "key"),
+    [
+        ("lorajobs", "lorajobs/job/r1"),
+        ("/lorajobs/", "lorajobs/job/r1"),
+        ("team/X", "team/X/job/r1"),
+        ("X-team/lorajobs/", "X-team/lorajobs/job/r1"),
+        ("", "job/r1"),
+        ("/", "job/r1"),
+    ],
+)
+def test_run_location(prefix: str, key: str) -> None:
+    output = OutputSpec.model_validate({"bucket": "adapters", "prefix": prefix})
+    assert run_location(output, "job", "r1") == S3Location("adapters", key)
+
+
+@pytest.mark.parametrize(
+    ("name", "step"),
+    [
+        ("checkpoint-8", 8),
+        ("checkpoint-8/", 8),
+        ("/checkpoint-8/", 8),
+        ("runs/job/r1/checkpoint-120/", 120),
+        ("s3://adapters/a/b/c/checkpoint-0", 0),
+        (checkpoint_name(24), 24),
+        ("checkpoint-8X", None),
+        ("Xcheckpoint-8", None),
+        ("checkpoint-8/X", None),
+        ("checkpoint-", None),
+        ("checkpoint-8.tmp", None),
+        ("final/", None),
+        ("", None),
+    ],
+)
+def test_checkpoint_step(name: str, step: int | None) -> None:
+    assert checkpoint_step(name) == step
