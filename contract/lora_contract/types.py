@@ -131,6 +131,9 @@ KEEPS_RUN = Retrain.no
 PER_FIELD = Retrain.per_field
 
 CPU_GPU_TYPE = "cpu"
+# vLLM's allowed --max-lora-rank values (vllm.config.lora MaxLoRARanks); a served adapter's rank
+# must not exceed the largest.
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # Optimizers that need bitsandbytes' CUDA kernels; the rest run anywhere. The pydantic validator
 # and the CRD's CEL rule (generated in lora_operator.api.crd) both use this one set.
 KBIT_OPTIMIZERS = {Optimizer.adamw_8bit, Optimizer.paged_adamw_8bit, Optimizer.paged_adamw_32bit}
@@ -484,6 +487,11 @@ class LoRAJobSpec(_Model):
             raise ValueError(
                 "8-bit and paged optimizers need a CUDA GPU (bitsandbytes): use adamw_torch "
                 f"with resources.gpuType 'cpu' (optimizer is {self.training.optimizer.value})"
+            )
+        if self.serving.enabled and self.lora.r > VLLM_LORA_RANKS[-1]:
+            raise ValueError(
+                f"serving.enabled: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]} "
+                f"(lora.r is {self.lora.r})"
             )
         has_eval = self.dataset.eval_split > 0 or self.dataset.eval_source is not None
         if self.training.early_stopping_patience is not None and not has_eval:

@@ -72,6 +72,10 @@ CROSS_FIELD = [
     (_with("distributed", {"nodes": 128, "gpusPerNode": 64}), "at most 4096"),
     (_with("distributed", {"strategy": "ddp", "offload": "cpu"}), "needs a DeepSpeed strategy"),
     (_with("lora.targetModules", ["all-linear", "q_proj"]), "'all-linear' must be the only"),
+    (
+        _merge(_with("serving.enabled", True), _with("lora", {"r": 1024, "alpha": 2048})),
+        "vLLM serves LoRA ranks up to 512",
+    ),
 ]
 
 

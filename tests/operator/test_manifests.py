@@ -251,7 +251,10 @@ def test_serving_secret_is_wired_for_kserve_minio() -> None:
 
 
 def test_vllm_lora_rank_rounds_up() -> None:
-    assert [vllm_lora_rank(r) for r in (4, 8, 16, 17, 64, 300)] == [8, 8, 16, 32, 64, 256]
+    ranks = [vllm_lora_rank(r) for r in (4, 8, 16, 17, 64, 256, 257, 300, 320, 321, 512)]
+    assert ranks == [8, 8, 16, 32, 64, 256, 320, 320, 320, 512, 512]
+    with pytest.raises(ValueError, match="above vLLM's largest LoRA rank 512"):
+        vllm_lora_rank(513)
 
 
 @pytest.mark.parametrize(

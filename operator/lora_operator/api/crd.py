@@ -25,6 +25,7 @@ from lora_contract.types import (
     SHORT_NAMES,
     SINGULAR,
     VERSION,
+    VLLM_LORA_RANKS,
     LoRAJobSpec,
     LoRAJobStatus,
 )
@@ -67,6 +68,13 @@ CEL_RULES: list[dict[str, str]] = [
         "message": "training.earlyStoppingPatience needs eval data: set dataset.evalSplit > 0 or "
         "dataset.evalSource",
         "fieldPath": ".training.earlyStoppingPatience",
+    },
+    {
+        "path": "",
+        "rule": "!has(self.serving) || !has(self.serving.enabled) || !self.serving.enabled || "
+        f"!has(self.lora) || !has(self.lora.r) || self.lora.r <= {VLLM_LORA_RANKS[-1]}",
+        "message": f"serving.enabled: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}",
+        "fieldPath": ".lora.r",
     },
     {
         "path": "distributed",

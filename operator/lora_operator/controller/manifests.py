@@ -20,6 +20,7 @@ from lora_contract.types import (
     API_VERSION,
     CPU_GPU_TYPE,
     KIND,
+    VLLM_LORA_RANKS,
     LoRAJobSpec,
     PlanStatus,
     TrainerConfig,
@@ -34,7 +35,6 @@ ANNOTATION_SPEC_HASH = "finetune.lora-operator.io/spec-hash"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 MAX_NAME = 52  # Job names: pods are <job>-<index>-<suffix> and hostnames <job>-<index> (<= 63)
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256)
 SERVING_BASE_PATH = "/mnt/models/base"
 SERVING_ADAPTER_PATH = "/mnt/models/adapter"
 
@@ -362,7 +362,7 @@ def vllm_lora_rank(r: int) -> int:
     for rank in VLLM_LORA_RANKS:
         if r <= rank:
             return rank
-    return VLLM_LORA_RANKS[-1]
+    raise ValueError(f"lora.r {r} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
 
 
 def serving_names(job: str) -> tuple[str, str]:
