@@ -104,8 +104,12 @@ TARGETS: tuple[Target, ...] = (
     Target("placement", ("lora_operator.memory.placement",), MEMORY_TESTS),
     Target(
         "manifests",
-        ("lora_operator.controller.manifests",),
-        ("tests/operator/test_manifests.py", "tests/operator/test_manifest_details.py"),
+        ("lora_operator.controller.manifests", "lora_operator.controller.serving"),
+        (
+            "tests/operator/test_manifests.py",
+            "tests/operator/test_manifest_details.py",
+            "tests/operator/test_reconcile_units.py",
+        ),
     ),
     Target(
         "crd",

@@ -26,16 +26,18 @@ from lora_operator.controller.manifests import (
     MAX_NAME,
     RunContext,
     build_config_map,
-    build_inference_service,
     build_job,
     build_run_objects,
     build_service,
-    build_serving_account,
-    build_serving_secret,
     config_map_name,
     run_name,
-    serving_names,
     short_name,
+)
+from lora_operator.controller.serving import (
+    build_inference_service,
+    build_serving_account,
+    build_serving_secret,
+    serving_names,
 )
 
 # Kubernetes' IANA_SVC_NAME, what container and Service port names must match.

@@ -22,14 +22,16 @@ from lora_operator.controller.manifests import (
     LABEL_RUN,
     RunContext,
     build_config_map,
-    build_inference_service,
     build_job,
     build_run_objects,
     build_service,
-    build_serving_account,
-    build_serving_secret,
     run_name,
     short_name,
+)
+from lora_operator.controller.serving import (
+    build_inference_service,
+    build_serving_account,
+    build_serving_secret,
     vllm_lora_rank,
 )
 from lora_operator.deepspeed_config import deepspeed_config

@@ -1,4 +1,6 @@
-"""Serve a finished adapter with KServe (vLLM multi-LoRA) and report its readiness.
+"""Serve a finished adapter with KServe (vLLM multi-LoRA): the objects it takes (an
+InferenceService, and a Secret + ServiceAccount carrying the S3 credentials the way KServe's
+storage initializer wants them), applying them, and their readiness.
 
 Returns the Serving condition rather than raising: a cluster without KServe still gets a
 Succeeded job, with Serving=False/KServeNotInstalled saying why nothing serves it.
@@ -9,19 +11,138 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lora_contract.types import LoRAJobSpec
+from lora_contract.storage import parse_endpoint
+from lora_contract.types import CPU_GPU_TYPE, VLLM_LORA_RANKS, LoRAJobSpec
 
 from .conditions import ConditionStatus
 from .kube import Kube, KubeError
-from .manifests import (
-    build_inference_service,
-    build_serving_account,
-    build_serving_secret,
-    serving_names,
-)
+from .manifests import labels, owner_reference, short_name
 from .progress import S3Credentials
 
 ISVC = "serving.kserve.io/v1beta1/inferenceservices"
+SERVING_BASE_PATH = "/mnt/models/base"
+SERVING_ADAPTER_PATH = "/mnt/models/adapter"
+
+
+def vllm_lora_rank(r: int) -> int:
+    """Smallest vLLM-supported --max-lora-rank >= r (vLLM's default 16 fails larger adapters)."""
+    for rank in VLLM_LORA_RANKS:
+        if r <= rank:
+            return rank
+    raise ValueError(f"lora.r {r} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
+
+
+def serving_names(job: str) -> tuple[str, str]:
+    """(Secret, ServiceAccount) carrying S3 credentials the KServe storage initializer reads."""
+    return short_name(job, "s3", limit=63), short_name(job, "serving", limit=63)
+
+
+def build_serving_secret(
+    name: str,
+    namespace: str,
+    uid: str,
+    endpoint: str,
+    region: str | None,
+    access_key: str,
+    secret_key: str,
+) -> dict[str, Any]:
+    """KServe wants AWS_* keys and endpoint annotations (no scheme), whatever the user's Secret
+    calls its keys, so the operator writes this copy (owned, deleted with the LoRAJob)."""
+    secret_name, _ = serving_names(name)
+    host, secure = parse_endpoint(endpoint)
+    annotations = {
+        "serving.kserve.io/s3-endpoint": host,
+        "serving.kserve.io/s3-usehttps": "1" if secure else "0",
+        "serving.kserve.io/s3-verifyssl": "1" if secure else "0",
+        "serving.kserve.io/s3-region": region or "us-east-1",
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "namespace": namespace,
+            "labels": labels(name, None, "serving"),
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "type": "Opaque",
+        "stringData": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key},
+    }
+
+
+def build_serving_account(name: str, namespace: str, uid: str) -> dict[str, Any]:
+    secret_name, account_name = serving_names(name)
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": account_name,
+            "namespace": namespace,
+            "labels": labels(name, None, "serving"),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "secrets": [{"name": secret_name}],
+    }
+
+
+def build_inference_service(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: LoRAJobSpec,
+    adapter_uri: str,
+    run_id: str,
+    with_service_account: bool,
+) -> dict[str, Any]:
+    """KServe huggingface runtime on the vLLM backend with the adapter as a LoRA module."""
+    adapter = spec.serving.adapter_name or name
+    args = [
+        "--backend=vllm",
+        f"--model_name={spec.base_model.name}",
+        f"--model_dir={SERVING_BASE_PATH}",
+        "--enable-lora",
+        f"--max-lora-rank={vllm_lora_rank(spec.lora.r)}",
+        "--lora-modules",
+        f"{adapter}={SERVING_ADAPTER_PATH}",
+    ]
+    gpus = "0" if spec.resources.gpu_type == CPU_GPU_TYPE else "1"
+    resources: dict[str, Any] = {}
+    if gpus != "0":
+        resources = {
+            "requests": {spec.resources.gpu_resource_name: gpus},
+            "limits": {spec.resources.gpu_resource_name: gpus},
+        }
+    predictor: dict[str, Any] = {
+        "minReplicas": spec.serving.replicas,
+        "maxReplicas": max(spec.serving.replicas, 1),
+        "model": {
+            "modelFormat": {"name": "huggingface"},
+            "args": args,
+            "storageUris": [
+                {"uri": spec.base_model.source, "mountPath": SERVING_BASE_PATH},
+                {"uri": adapter_uri, "mountPath": SERVING_ADAPTER_PATH},
+            ],
+            "resources": resources,
+        },
+    }
+    if spec.resources.node_selector:
+        predictor["nodeSelector"] = dict(spec.resources.node_selector)
+    if spec.resources.tolerations:
+        predictor["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
+    if with_service_account:
+        predictor["serviceAccountName"] = serving_names(name)[1]
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels(name, run_id, "serving"),
+            "ownerReferences": [owner_reference(name, uid)],
+        },
+        "spec": {"predictor": predictor},
+    }
 
 
 @dataclass(frozen=True)
