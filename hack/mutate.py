@@ -109,6 +109,7 @@ TARGETS: tuple[Target, ...] = (
             "tests/operator/test_manifests.py",
             "tests/operator/test_manifest_details.py",
             "tests/operator/test_reconcile_units.py",
+            "tests/operator/test_serving_units.py",
         ),
     ),
     Target(

@@ -120,6 +120,42 @@ def test_usage_by_namespace_counts_only_holders() -> None:
     assert usage == {("a", "A100"): 2}
 
 
+def test_a_job_that_exactly_fills_a_quota_is_admitted() -> None:
+    by_type = quotas(default={"gpuTypes": {"H100": 8}})
+    running = [demand("r", 6, "00", gpu="H100", holding=True)]
+    assert admit(demand("fill", 2, "01", gpu="H100"), running, by_type).admitted
+    over = admit(demand("over", 3, "01", gpu="H100"), running, by_type)
+    assert (
+        over.admitted is False and over.message == "needs 3 H100 GPUs; namespace a uses 6 of 8 H100"
+    )
+    cluster = quotas(cluster={"gpus": 4})
+    assert admit(demand("fill", 1, "01"), [demand("r", 3, "00", ns="b", holding=True)], cluster)
+
+
+def test_the_candidates_own_entry_is_skipped_not_the_end_of_the_list() -> None:
+    q = quotas(default={"gpus": 4})
+    others = [demand("me", 2, "05"), demand("r1", 2, "00", holding=True)]
+    others.append(demand("r2", 2, "01", holding=True))
+    decision = admit(demand("me", 2, "05"), others, q)
+    assert decision.admitted is False, "the holders listed after the candidate count"
+
+
+def test_cpu_jobs_fit_even_when_usage_is_above_a_lowered_quota() -> None:
+    q = quotas(default={"gpus": 2})
+    running = [demand("r", 4, "00", holding=True)]  # the quota was lowered after it started
+    assert admit(demand("cpu", 0, "01"), running, q).admitted
+
+
+def test_usage_counts_every_holder_with_gpus_per_namespace_and_type() -> None:
+    demands = [
+        demand("one", 1, "00", holding=True),
+        demand("two", 2, "01", holding=True, gpu="H100"),
+        demand("cpu", 0, "02", holding=True),
+        demand("more", 3, "03", holding=True, ns="b"),
+    ]
+    assert usage_by_namespace(demands) == {("a", "A100"): 1, ("a", "H100"): 2, ("b", "A100"): 3}
+
+
 def test_set_condition_merges_by_type_and_moves_time_only_on_flip() -> None:
     ready, other = ConditionType.Running, ConditionType.Serving
     conditions: list[Condition] = []

@@ -1,0 +1,181 @@
+"""Serving, in-process: what an InferenceService's status means (`readiness`), how the objects
+are applied (create, or patch only what differs), what a cluster without KServe gives, and what
+turning serving off deletes. Against `FakeKube` (the real client over an in-memory API)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from fake_kube import FakeKube
+from operator_harness import base_job
+
+from lora_operator.api.loading import parse_lorajob
+from lora_operator.controller.kube import KubeError
+from lora_operator.controller.progress import S3Credentials
+from lora_operator.controller.serving import (
+    ISVC,
+    ServingState,
+    ensure_serving,
+    readiness,
+    remove_serving,
+    serving_names,
+)
+
+NS = "default"
+ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/default/inferenceservices"
+SECRETS = "/api/v1/namespaces/default/secrets"
+ACCOUNTS = "/api/v1/namespaces/default/serviceaccounts"
+CREDS = S3Credentials("http://minio.storage.svc:9000", "AK", "SK", "eu-west-1")
+ADAPTER = "s3://bucket/runs/svc/r1/final"
+
+
+def isvc(conditions: list[dict[str, Any]] | None = None, url: str | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if conditions is not None:
+        status["conditions"] = conditions
+    if url is not None:
+        status["url"] = url
+    return {"metadata": {"name": "svc"}, "status": status}
+
+
+def test_readiness_follows_the_ready_condition() -> None:
+    assert readiness({"metadata": {}}) == ServingState(
+        "Unknown", "Deploying", "InferenceService created, not ready yet"
+    )
+    other = [{"type": "PredictorReady", "status": "True"}]
+    assert readiness(isvc(other)).reason == "Deploying"  # only Ready counts
+    ready = [{"type": "Ready", "status": "True"}]
+    assert readiness(isvc(ready, "http://svc.default.example.com")) == ServingState(
+        "True",
+        "Ready",
+        "serving at http://svc.default.example.com",
+        "http://svc.default.example.com",
+    )
+    assert readiness(isvc(ready)) == ServingState("True", "Ready", "ready", None)
+
+
+def test_not_ready_keeps_kserve_reason_and_message_or_says_so() -> None:
+    failing = [{"type": "Ready", "status": "False", "reason": "RevisionMissing", "message": "x"}]
+    assert readiness(isvc(failing, "http://u")) == ServingState(
+        "False", "RevisionMissing", "x", "http://u"
+    )
+    bare = [{"type": "Ready", "status": "Unknown"}]
+    assert readiness(isvc(bare)) == ServingState(
+        "False", "NotReady", "InferenceService is not ready", None
+    )
+
+
+def spec(**overrides: Any) -> Any:
+    return parse_lorajob(base_job("svc", **{"serving.enabled": True, **overrides})).spec
+
+
+def ensure(kube: FakeKube, creds: S3Credentials | None = CREDS) -> ServingState:
+    return asyncio.run(ensure_serving(kube, "svc", NS, "uid-svc", spec(), ADAPTER, "r1", creds))
+
+
+def patches(kube: FakeKube) -> list[tuple[str, str, str]]:
+    return [call for call in kube.calls if call[2] == "patch"]
+
+
+def test_ensure_creates_then_patches_only_what_differs() -> None:
+    kube = FakeKube()
+    state = ensure(kube)
+    assert state.reason == "Deploying"  # the InferenceService has no status yet
+    secret_name, account_name = serving_names("svc")
+    secret = kube.obj(SECRETS, secret_name)
+    account = kube.obj(ACCOUNTS, account_name)
+    service = kube.obj(ISVCS, "svc")
+    assert secret is not None and account is not None and service is not None
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}
+    assert service["spec"]["predictor"]["serviceAccountName"] == account_name
+
+    kube.calls.clear()
+    ensure(kube)
+    assert patches(kube) == []  # nothing differs: nothing written
+
+    service["spec"]["predictor"]["minReplicas"] = 5  # someone edited what we own
+    secret["metadata"]["labels"] = {}
+    secret["metadata"]["annotations"] = {}
+    kube.calls.clear()
+    ensure(kube)
+    assert patches(kube) == [("serving.kserve.io", "inferenceservices", "patch")]
+    assert kube.obj(ISVCS, "svc")["spec"]["predictor"]["minReplicas"] == 1  # type: ignore[index]
+    # labels/annotations travel with a spec/data patch, they alone do not trigger one
+    assert kube.obj(SECRETS, secret_name)["metadata"]["labels"] == {}  # type: ignore[index]
+
+    secret["stringData"] = {"AWS_ACCESS_KEY_ID": "old"}
+    kube.calls.clear()
+    ensure(kube)
+    assert patches(kube) == [("", "secrets", "patch")]
+    restored = kube.obj(SECRETS, secret_name)
+    assert restored is not None and restored["stringData"]["AWS_ACCESS_KEY_ID"] == "AK"
+    assert restored["metadata"]["labels"]["app.kubernetes.io/component"] == "serving"
+    annotations = restored["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/s3-endpoint"] == "minio.storage.svc:9000"
+
+
+def test_without_credentials_no_secret_or_account() -> None:
+    kube = FakeKube()
+    ensure(kube, creds=None)
+    assert not kube.objects.get(SECRETS) and not kube.objects.get(ACCOUNTS)
+    service = kube.obj(ISVCS, "svc")
+    assert service is not None and "serviceAccountName" not in service["spec"]["predictor"]
+
+
+def failing(kube: FakeKube, status: int) -> None:
+    original = kube.request
+
+    async def request(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        if "serving.kserve.io" in path:
+            raise KubeError(status, "boom")
+        return await original(method, path, *args, **kwargs)
+
+    kube.request = request  # type: ignore[method-assign]
+
+
+def test_kserve_missing_or_failing_is_a_condition_not_an_exception() -> None:
+    kube = FakeKube()
+    failing(kube, 404)
+    state = ensure(kube)
+    assert (state.status, state.reason) == ("False", "KServeNotInstalled")
+    assert "install KServe" in state.message
+    kube = FakeKube()
+    failing(kube, 500)
+    state = ensure(kube)
+    assert (state.status, state.reason) == ("False", "ServingError")
+    assert state.message.startswith("cannot create InferenceService:") and "boom" in state.message
+
+
+def test_ready_inference_service_reports_its_url() -> None:
+    kube = FakeKube()
+    ensure(kube)
+    service = kube.obj(ISVCS, "svc")
+    assert service is not None
+    service["status"] = {"url": "http://svc.x", "conditions": [{"type": "Ready", "status": "True"}]}
+    assert ensure(kube) == ServingState("True", "Ready", "serving at http://svc.x", "http://svc.x")
+
+
+def test_remove_serving_deletes_what_ensure_made() -> None:
+    kube = FakeKube()
+    ensure(kube)
+    assert asyncio.run(remove_serving(kube, "svc", NS)) is True
+    assert not kube.objects[ISVCS] and not kube.objects[SECRETS] and not kube.objects[ACCOUNTS]
+    assert asyncio.run(remove_serving(kube, "svc", NS)) is False  # nothing left: fine
+
+
+def test_remove_serving_without_kserve_still_removes_the_credentials() -> None:
+    kube = FakeKube()
+    ensure(kube)
+    failing(kube, 404)
+    assert asyncio.run(remove_serving(kube, "svc", NS)) is False
+    assert not kube.objects[SECRETS] and not kube.objects[ACCOUNTS]
+    kube = FakeKube()
+    failing(kube, 500)
+    with pytest.raises(KubeError):
+        asyncio.run(remove_serving(kube, "svc", NS))
+
+
+def test_isvc_resource_path() -> None:
+    assert ISVC == "serving.kserve.io/v1beta1/inferenceservices"
