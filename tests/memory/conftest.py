@@ -55,3 +55,32 @@ def tiny_config(tmp_path: Path) -> Path:
     path.parent.mkdir()
     path.write_text(json.dumps(TINY_LLAMA))
     return path
+
+
+# The small Llama the hand-derived memory terms and placements are computed for
+# (tests/memory/test_estimate_terms.py, test_placement_choices.py).
+HAND_LLAMA: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 1000,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": False,
+}
+
+
+def save_random_llama(path: Path, config: dict[str, Any]) -> Path:
+    """A random-init bf16 Llama from `config` saved at `path`, with the config as arch.json for
+    the memory model (seeded: the same weights every time)."""
+    import torch
+    import transformers
+
+    fields = {k: v for k, v in config.items() if k != "model_type"}
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields))
+    model.to(torch.bfloat16).save_pretrained(path)
+    (path / "arch.json").write_text(json.dumps(config))
+    return path

@@ -41,20 +41,12 @@ from lora_operator.memory.estimate import (
     weight_bytes,
 )
 
+from .conftest import HAND_LLAMA
+
 GIB = 1024**3
 BYTE = 1e-3  # tolerance on byte counts: exact up to float noise
 
-TINY: dict[str, Any] = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 176,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 1000,
-    "max_position_embeddings": 4096,
-    "tie_word_embeddings": False,
-}
+TINY = HAND_LLAMA
 # Mixtral-style MoE with the same attention and 2 fused experts per layer (each gate/up/down as
 # above): top-1 routing on one layer, and top-2 routing on two layers.
 MOE_TOP1: dict[str, Any] = {

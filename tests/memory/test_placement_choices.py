@@ -37,20 +37,12 @@ from lora_operator.memory import (
 )
 from lora_operator.memory.placement import _placements
 
+from .conftest import HAND_LLAMA
+
 Spec = Callable[..., LoRAJobSpec]
 GIB = 1024**3
 LLAMA_8B = "meta-llama/Llama-3.1-8B"
-TINY: dict[str, Any] = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 176,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 1000,
-    "max_position_embeddings": 4096,
-    "tie_word_embeddings": False,
-}
+TINY = HAND_LLAMA
 TINY_PARAMS = 220_480  # see tests/memory/test_estimate_terms.py
 
 

@@ -10,7 +10,6 @@ kept extras (the layer input, the embedding output, dropout's mask).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,8 @@ import transformers
 
 from lora_contract.types import QuantizationMode
 from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
+
+from .conftest import save_random_llama
 
 CONFIG = {
     "model_type": "llama",
@@ -39,13 +40,7 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("llama")
-    fields = {k: v for k, v in CONFIG.items() if k != "model_type"}
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields))
-    model.to(torch.bfloat16).save_pretrained(path)
-    (path / "arch.json").write_text(json.dumps(CONFIG))
-    return path
+    return save_random_llama(tmp_path_factory.mktemp("llama"), CONFIG)
 
 
 def peft_model(checkpoint: Path, quantized: bool, dropout: float) -> Any:

@@ -11,7 +11,6 @@ instead of 0.5, say) or a missing absmax is tens of percent off.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ import transformers
 from lora_contract.types import QuantizationMode
 from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
 from lora_operator.memory.estimate import weight_bytes
+
+from .conftest import save_random_llama
 
 CONFIG = {
     "model_type": "llama",
@@ -39,13 +40,7 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("llama-weights")
-    fields = {k: v for k, v in CONFIG.items() if k != "model_type"}
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields))
-    model.to(torch.bfloat16).save_pretrained(path)
-    (path / "arch.json").write_text(json.dumps(CONFIG))
-    return path
+    return save_random_llama(tmp_path_factory.mktemp("llama-weights"), CONFIG)
 
 
 def load(checkpoint: Path, mode: QuantizationMode, double_quant: bool) -> Any:

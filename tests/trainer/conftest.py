@@ -245,3 +245,13 @@ def make_run(tmp_path: Path, s3: S3Server, pvc_root: Path, datasets: dict[str, P
         return Run(config, path, location, tmp_path / "work", env)  # type: ignore[arg-type]
 
     return factory
+
+
+def fake_checkpoint(root: Path, step: int) -> Path:
+    """What the Trainer leaves on disk for checkpoint-<step>: an adapter whose size is the step,
+    and its trainer state."""
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"w" * step)
+    (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+    return folder

@@ -28,17 +28,7 @@ from lora_trainer.checkpoints import (
     write_manifest,
 )
 
-from .conftest import BUCKET
-
-
-def fake_checkpoint(root: Path, step: int) -> Path:
-    """What the Trainer leaves on disk (as test_checkpoints.fake_checkpoint; not imported from
-    there, whose imports pull in transformers: 20 s)."""
-    folder = root / f"checkpoint-{step}"
-    folder.mkdir(parents=True)
-    (folder / "adapter_model.safetensors").write_bytes(b"w" * step)
-    (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
-    return folder
+from .conftest import BUCKET, fake_checkpoint
 
 
 def new_run() -> S3Location:

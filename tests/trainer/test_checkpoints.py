@@ -19,15 +19,7 @@ from lora_trainer.checkpoints import (
 )
 from lora_trainer.metrics import ProgressReporter
 
-from .conftest import BUCKET
-
-
-def fake_checkpoint(root: Path, step: int) -> Path:
-    folder = root / f"checkpoint-{step}"
-    folder.mkdir(parents=True)
-    (folder / "adapter_model.safetensors").write_bytes(b"w" * step)
-    (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
-    return folder
+from .conftest import BUCKET, fake_checkpoint
 
 
 def new_run() -> S3Location:
