@@ -522,9 +522,31 @@ class Condition(_Observed):
 
 
 class ResourceAmounts(_Observed):
+    """A pod's CPU, host memory and scratch disk (Kubernetes quantities)."""
+
     cpu: str | None = None
     memory: str | None = None
     ephemeral_storage: str | None = None
+
+    def overridden_by(self, user: ResourceOverrides | None) -> ResourceAmounts:
+        """The user's `spec.resources.requests/limits` win key by key: the one rule the plan
+        and the rendered pods share (the pods re-apply it, since an override does not replan)."""
+        if user is None:
+            return self
+        return ResourceAmounts(
+            cpu=user.cpu or self.cpu,
+            memory=user.memory or self.memory,
+            ephemeral_storage=user.ephemeral_storage or self.ephemeral_storage,
+        )
+
+    def to_kubernetes(self) -> dict[str, str]:
+        """As a container's resources map: cpu, memory, ephemeral-storage (unset ones left out)."""
+        names = {
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "ephemeral-storage": self.ephemeral_storage,
+        }
+        return {name: value for name, value in names.items() if value}
 
 
 class PlanStatus(_Observed):

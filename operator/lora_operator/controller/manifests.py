@@ -251,24 +251,12 @@ def build_volumes(ctx: RunContext) -> tuple[list[dict[str, Any]], list[dict[str,
     return volumes, mounts
 
 
-def _amounts(planned: dict[str, Any], override: dict[str, Any] | None) -> dict[str, str]:
-    keys = {"cpu": "cpu", "memory": "memory", "ephemeralStorage": "ephemeral-storage"}
-    result: dict[str, str] = {}
-    for wire, k8s_name in keys.items():
-        value = (override or {}).get(wire) or planned.get(wire)
-        if value:
-            result[k8s_name] = str(value)
-    return result
-
-
 def build_resources(ctx: RunContext) -> dict[str, dict[str, str]]:
     """Requests/limits from the plan, overridden by spec.resources; GPUs in both (K8s needs
     requests == limits for extended resources), none on gpuType cpu."""
     res = ctx.spec.resources
-    requests = _amounts(
-        ctx.plan.requests.to_wire(), res.requests.to_wire() if res.requests else None
-    )
-    limits = _amounts(ctx.plan.limits.to_wire(), res.limits.to_wire() if res.limits else None)
+    requests = ctx.plan.requests.overridden_by(res.requests).to_kubernetes()
+    limits = ctx.plan.limits.overridden_by(res.limits).to_kubernetes()
     if res.gpu_type != CPU_GPU_TYPE and ctx.plan.gpus_per_node > 0:
         gpus = str(ctx.plan.gpus_per_node)
         requests[res.gpu_resource_name] = gpus

@@ -17,7 +17,6 @@ from lora_contract.types import (
     Offload,
     PlanStatus,
     ResourceAmounts,
-    ResourceOverrides,
     Strategy,
 )
 
@@ -277,14 +276,7 @@ def _pod_resources(
         cpu=str(cpu), memory=_quantity_gi(memory), ephemeral_storage=_quantity_gi(storage)
     )
     limits = ResourceAmounts(memory=requests.memory, ephemeral_storage=requests.ephemeral_storage)
-    return _override(requests, spec.resources.requests), _override(limits, spec.resources.limits)
-
-
-def _override(planned: ResourceAmounts, user: ResourceOverrides | None) -> ResourceAmounts:
-    if user is None:
-        return planned
-    return ResourceAmounts(
-        cpu=user.cpu or planned.cpu,
-        memory=user.memory or planned.memory,
-        ephemeral_storage=user.ephemeral_storage or planned.ephemeral_storage,
+    return (
+        requests.overridden_by(spec.resources.requests),
+        limits.overridden_by(spec.resources.limits),
     )
