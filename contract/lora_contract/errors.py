@@ -9,15 +9,22 @@ from .types import (
     DATA_URI_PATTERN,
     DNS_LABEL_PATTERN,
     MODEL_URI_PATTERN,
+    PREFIX_PATTERN,
     QUANTITY_PATTERN,
+    RESOURCE_NAME_PATTERN,
 )
 
 PATTERN_HINTS = {
-    MODEL_URI_PATTERN: "must be hf://org/name, s3://bucket/prefix or pvc://claim/path",
-    DATA_URI_PATTERN: "must be s3://bucket/key, pvc://claim/path, file:///path or an absolute path",
+    MODEL_URI_PATTERN: "must be hf://org/name, s3://bucket/prefix or pvc://claim/path, "
+    "without '..' segments",
+    DATA_URI_PATTERN: "must be s3://bucket/key, pvc://claim/path, file:///path or an absolute "
+    "path, without '..' segments",
+    PREFIX_PATTERN: "must be a relative key prefix (letters, digits, '_', '.', '-', '/') without "
+    "'..' segments",
+    RESOURCE_NAME_PATTERN: "must be an extended resource name such as nvidia.com/gpu",
     BUCKET_PATTERN: "must be a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')",
     DNS_LABEL_PATTERN: "must be a DNS label (lowercase letters, digits and '-')",
-    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 8, 500m, 32Gi",
+    QUANTITY_PATTERN: "must be a non-negative Kubernetes quantity such as 8, 500m, 32Gi",
 }
 
 

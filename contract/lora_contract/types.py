@@ -23,9 +23,22 @@ SINGULAR = "lorajob"
 SHORT_NAMES = ["lj"]
 CATEGORIES = ["finetune"]
 
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
-MODEL_URI_PATTERN = r"^(hf|s3|pvc)://[^\s]+$"
-DATA_URI_PATTERN = r"^((s3|pvc|file)://[^\s]+|/[^\s]*)$"
+# Requests and limits: a Kubernetes quantity that is not negative.
+QUANTITY_PATTERN = r"^(\+?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# A path segment that is not `..` (no lookahead: Kubernetes checks patterns with Go's RE2), and
+# paths of such segments: a source cannot climb out of its bucket, claim or mount.
+_SEGMENT = r"(?:[^/\s.][^/\s]*|\.[^/\s.][^/\s]*|\.\.[^/\s]+|\.)"
+_PATH = rf"{_SEGMENT}(?:/{_SEGMENT})*/?"
+MODEL_URI_PATTERN = rf"^(?:hf|s3|pvc)://{_PATH}$"
+DATA_URI_PATTERN = rf"^(?:(?:s3|pvc)://{_PATH}|file:///?{_PATH}|/{_PATH})$"
+_PREFIX_SEGMENT = (
+    r"(?:[A-Za-z0-9_\-][A-Za-z0-9_.\-]*|\.[A-Za-z0-9_\-][A-Za-z0-9_.\-]*|\.\.[A-Za-z0-9_.\-]+)"
+)
+PREFIX_PATTERN = rf"^(?:{_PREFIX_SEGMENT}(?:/{_PREFIX_SEGMENT})*/?)?$"
+# An extended resource name (`[domain/]name`), e.g. nvidia.com/gpu or amd.com/gpu.
+RESOURCE_NAME_PATTERN = (
+    r"^(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -380,6 +393,7 @@ class ResourcesSpec(_Model):
         default="nvidia.com/gpu",
         min_length=1,
         max_length=253,
+        pattern=RESOURCE_NAME_PATTERN,
         description="Extended resource the pods request GPUs as.",
     )
     max_gpus_per_node: Annotated[int, RETRAINS] = Field(
@@ -421,7 +435,7 @@ class OutputSpec(_Model):
     prefix: str = Field(
         default="lorajobs",
         max_length=512,
-        pattern=r"^[A-Za-z0-9_.\-/]*$",
+        pattern=PREFIX_PATTERN,
         description="Key prefix; runs go under <prefix>/<job>/<run>/.",
     )
     endpoint: str | None = Field(

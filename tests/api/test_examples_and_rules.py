@@ -101,6 +101,14 @@ FIELD_ERRORS = [
     (_with("output.bucket", "Not_A_Bucket"), "spec.output.bucket"),
     (_with("baseModel.source", "ftp://x"), "spec.baseModel.source"),
     (_with("resources.requests", {"memory": "lots"}), "spec.resources.requests.memory"),
+    # hostile input: out of the mount or bucket, negative requests, header-injection names
+    (_with("baseModel.source", "pvc://models/../other-claim/x"), "spec.baseModel.source"),
+    (_with("dataset.source", "/data/../etc/passwd"), "spec.dataset.source"),
+    (_with("dataset.evalSource", "pvc://data/a/../../b"), "spec.dataset.evalSource"),
+    (_with("output.prefix", "../other-team"), "spec.output.prefix"),
+    (_with("output.prefix", "/absolute"), "spec.output.prefix"),
+    (_with("resources.requests", {"memory": "-8Gi"}), "spec.resources.requests.memory"),
+    (_with("resources.gpuResourceName", "nvidia.com/gpu\nx"), "spec.resources.gpuResourceName"),
 ]
 
 

@@ -5,7 +5,9 @@ with), and only `checkpoint-<digits>` folders count as checkpoints."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from lora_contract.errors import describe_validation_error
 from lora_contract.layout import S3Location, checkpoint_name, checkpoint_step, run_location
 from lora_contract.types import OutputSpec
 
@@ -72,8 +74,18 @@ def test_child(key: str, parts: tuple[str, ...], expected: str) -> None:
     ],
 )
 def test_run_location(prefix: str, key: str) -> None:
-    output = OutputSpec.model_validate({"bucket": "adapters", "prefix": prefix})
+    """The layout normalises slashes itself, whatever the types let through (a leading slash is
+    refused by OutputSpec's pattern, so those cases are built without validation)."""
+    output = OutputSpec.model_construct(bucket="adapters", prefix=prefix)
     assert run_location(output, "job", "r1") == S3Location("adapters", key)
+
+
+@pytest.mark.parametrize("prefix", ["../other-team", "a/../b", "/abs", "a/..", ".."])
+def test_prefix_cannot_leave_the_bucket_area(prefix: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        OutputSpec.model_validate({"bucket": "adapters", "prefix": prefix})
+    (problem,) = describe_validation_error(info.value)
+    assert problem.startswith("prefix: must be a relative key prefix") and "'..'" in problem
 
 
 @pytest.mark.parametrize(
