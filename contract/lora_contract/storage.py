@@ -70,6 +70,14 @@ def parse_endpoint(endpoint: str) -> tuple[str, bool]:
     return parsed.netloc, parsed.scheme == "https"
 
 
+def env_credentials() -> tuple[str, str] | None:
+    """(access key, secret key) from this process's environment: AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY (what the trainer pod gets), else S3_ACCESS_KEY / S3_SECRET_KEY."""
+    access = os.environ.get(pod.ENV_ACCESS_KEY) or os.environ.get("S3_ACCESS_KEY")
+    secret = os.environ.get(pod.ENV_SECRET_KEY) or os.environ.get("S3_SECRET_KEY")
+    return (access, secret) if access and secret else None
+
+
 class S3Store:
     """Thin, retried S3 client. `retries` attempts with exponential backoff for transient errors."""
 
@@ -114,9 +122,8 @@ class S3Store:
             raise StorageError(
                 "no S3 endpoint: set env S3_ENDPOINT or spec.output.endpoint", transient=False
             )
-        access = os.environ.get(pod.ENV_ACCESS_KEY) or os.environ.get("S3_ACCESS_KEY")
-        secret = os.environ.get(pod.ENV_SECRET_KEY) or os.environ.get("S3_SECRET_KEY")
-        if not access or not secret:
+        credentials = env_credentials()
+        if credentials is None:
             raise StorageError(
                 f"no S3 credentials for {chosen}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                 "(from spec.output.credentialsSecret)",
@@ -129,6 +136,7 @@ class S3Store:
             raise StorageError(
                 f"LORAJOB_S3_RETRIES must be an integer (got {retries_env!r})", transient=False
             ) from None
+        access, secret = credentials
         return cls(chosen, access, secret, os.environ.get(pod.ENV_AWS_REGION), retries=retries)
 
     # ----------------------------------------------------------------------------- internals

@@ -13,7 +13,9 @@ def test_defaults_when_unset_or_empty() -> None:
     assert TrainerSettings.from_env({"LORAJOB_DDP_TIMEOUT_S": ""}) == defaults
     assert (defaults.rendezvous, defaults.max_restarts, defaults.ddp_timeout_s) == ("c10d", 3, 900)
     assert defaults.rendezvous_timeout_s == 600 and defaults.step_delay_s == 0.0
-    assert defaults.termination_log == "/dev/termination-log"
+    from lora_trainer.main import TERMINATION_LOG
+
+    assert TERMINATION_LOG == "/dev/termination-log"  # read raw by the failure path
 
 
 def test_values_are_read_by_variable_name() -> None:

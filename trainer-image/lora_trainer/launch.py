@@ -42,8 +42,6 @@ from .settings import (
     TrainerSettings,
 )
 
-EXIT_CODE_DIR_ENV = ENV_EXIT_CODE_DIR
-DEFAULT_TIMEOUT_S = DEFAULT_RENDEZVOUS_TIMEOUT_S
 STORE_READ_TIMEOUT_S = 60  # a store read on a vanished host fails after this, not after 600 s
 STOP_GRACE_S = 10.0
 # torch 2.13 shares the agent's store with the workers and writes the workers' MASTER_ADDR/PORT
@@ -80,7 +78,7 @@ class Rendezvous:
     run_id: str = "lorajob"
     local_addr: str | None = None
     max_restarts: int = DEFAULT_MAX_RESTARTS
-    timeout_s: float = DEFAULT_TIMEOUT_S
+    timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S
 
 
 def _env_int(env: dict[str, str], name: str, default: int | None) -> int:
@@ -280,7 +278,7 @@ def supervise(child: subprocess.Popen[bytes], folder: Path, poll_s: float = 0.5)
 
 def run_torchrun(topo: Topology, argv: list[str], rdzv: Rendezvous) -> int:
     with tempfile.TemporaryDirectory(prefix="lorajob-exit-") as folder:
-        env = {**os.environ, **TORCHRUN_ENV, EXIT_CODE_DIR_ENV: folder}
+        env = {**os.environ, **TORCHRUN_ENV, ENV_EXIT_CODE_DIR: folder}
         child = subprocess.Popen(torchrun_command(topo, argv, rdzv), env=env)
 
         def forward(signum: int, frame: FrameType | None) -> None:

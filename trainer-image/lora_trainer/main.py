@@ -1,6 +1,6 @@
 """`lora-trainer` / `python -m lora_trainer.main`: one training process.
 
-Exit codes follow the contract in `lora_contract.types`: 0 ok, 3 bad config or data (the
+Exit codes follow the contract in `lora_contract.pod`: 0 ok, 3 bad config or data (the
 Job fails at once), 75 transient (the pod is retried and resumes from the latest checkpoint).
 Before a non-zero exit, rank 0 records the error in progress.json when S3 is reachable, and the
 message goes to stderr and the pod's termination log.

@@ -1,7 +1,8 @@
 """Every LORAJOB_* knob the trainer reads from its environment, in one model: the variable's
 name, default, limits and the one-line message a bad value gets (a bad knob is a bad config:
 exit 3, naming the variable). The pod contract's own variables (LORAJOB_CONFIG, MASTER_ADDR...)
-are in `lora_contract.pod`; LORAJOB_S3_RETRIES is read by `lora_contract.storage` itself."""
+are in `lora_contract.pod`; LORAJOB_S3_RETRIES is read by `lora_contract.storage` itself, and
+the two paths the failure path needs (ENV_EXIT_CODE_DIR, ENV_TERMINATION_LOG) are names only."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lora_contract import pod
-
 from .errors import InvalidConfigError
 
 DEFAULT_DDP_TIMEOUT_S = 900
 DEFAULT_MAX_RESTARTS = 3
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 600.0
+# Read directly by main.py's failure path (a bad knob must not stop the failure being
+# recorded), so not part of the validated model: where the launcher wants the exit code, and
+# where the termination message goes (default: Kubernetes' terminationMessagePath).
 ENV_EXIT_CODE_DIR = "LORAJOB_EXIT_CODE_DIR"
 ENV_TERMINATION_LOG = "LORAJOB_TERMINATION_LOG"
 
@@ -55,10 +57,6 @@ class TrainerSettings(BaseModel):
         default=0.0, ge=0, alias="LORAJOB_STEP_DELAY_S", description="seconds >= 0"
     )
     work_dir: str = Field(default="", alias="LORAJOB_WORK_DIR", description="a directory")
-    exit_code_dir: str = Field(default="", alias=ENV_EXIT_CODE_DIR, description="a directory")
-    termination_log: str = Field(
-        default=pod.TERMINATION_LOG, alias=ENV_TERMINATION_LOG, description="a file path"
-    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerSettings:

@@ -227,22 +227,13 @@ def _field_error(err: Any, root: str) -> FieldError:
     if kind == "enum":
         supported = ", ".join(_go_value(v) for v in err.validator_value)
         return FieldError(shown, "Unsupported value", f"supported values: {supported}", value)
-    if kind == "minimum":
-        word = "greater than" if schema.get("exclusiveMinimum") else "greater than or equal to"
-        return FieldError(
-            shown,
-            "Invalid value",
-            f"{shown} in body should be {word} {_bound(schema, 'minimum')}",
-            value,
-        )
-    if kind == "maximum":
-        word = "less than" if schema.get("exclusiveMaximum") else "less than or equal to"
-        return FieldError(
-            shown,
-            "Invalid value",
-            f"{shown} in body should be {word} {_bound(schema, 'maximum')}",
-            value,
-        )
+    if kind in ("minimum", "maximum"):
+        lower = kind == "minimum"
+        word = "greater than" if lower else "less than"
+        if not schema.get("exclusiveMinimum" if lower else "exclusiveMaximum"):
+            word += " or equal to"
+        detail = f"{shown} in body should be {word} {_bound(schema, kind)}"
+        return FieldError(shown, "Invalid value", detail, value)
     if kind == "minLength":
         detail = f"{shown} in body should be at least {err.validator_value} chars long"
         return FieldError(shown, "Invalid value", detail, value)

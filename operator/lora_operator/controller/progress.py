@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lora_contract.layout import PROGRESS_FILE, run_location
-from lora_contract.storage import S3Store, StorageError
+from lora_contract.storage import S3Store, StorageError, env_credentials
 from lora_contract.types import LoRAJobSpec, LoRAJobStatus, Progress
 
 from ..api.operator_config import OperatorConfig
@@ -58,10 +58,9 @@ async def resolve_credentials(
         )
     region, ref = target.region, target.secret
     if ref is None:
-        access = os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("S3_ACCESS_KEY")
-        secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY") or os.environ.get("S3_SECRET_KEY")
-        if access and secret_key:
-            return S3Credentials(endpoint, access, secret_key, region)
+        from_env = env_credentials()
+        if from_env is not None:
+            return S3Credentials(endpoint, *from_env, region)
         raise CredentialsError(
             "no S3 credentials: set spec.output.credentialsSecret or "
             "s3.credentialsSecret in the operator config"
