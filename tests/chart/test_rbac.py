@@ -1,6 +1,6 @@
 """RBAC grants exactly what the operator calls: nothing missing (it would fail at run time with
 403), nothing extra (least privilege). The operator declares its own calls in
-`lora_operator.controller.kube.API_CALLS`; kopf's framework calls are listed here."""
+`lora_operator.controller.api_calls.API_CALLS`; kopf's framework calls are listed here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from chart_helpers import SCENARIOS, find, only, render
 
-from lora_operator.controller.kube import API_CALLS
+from lora_operator.controller.api_calls import API_CALLS
 from lora_operator.controller.leader import LEASE_CALLS
 
 Call = tuple[str, str, str]  # (API group, resource, verb)

@@ -11,7 +11,8 @@ from typing import Any
 import kopf
 
 from lora_contract.timestamps import now_iso
-from lora_operator.controller.kube import Call, Kube, KubeError, api_call
+from lora_operator.controller.api_calls import Call, api_call
+from lora_operator.controller.kube import Kube, KubeError
 
 
 def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

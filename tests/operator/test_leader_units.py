@@ -15,8 +15,9 @@ import kopf
 import pytest
 
 from lora_devkit.emulator import EmulatedCluster
+from lora_operator.controller.api_calls import api_call
 from lora_operator.controller.elected import LOST_LEADERSHIP_EXIT, run_elected
-from lora_operator.controller.kube import Kube, KubeError, api_call
+from lora_operator.controller.kube import Kube, KubeError
 from lora_operator.controller.leader import LEASE_CALLS, LEASES, LeaderElector, LeaseSettings
 
 NAMESPACE = "lora-system"

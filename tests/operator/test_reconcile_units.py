@@ -1,6 +1,6 @@
 """The reconciler in-process against an in-memory API (`FakeKube`, the real client above it):
 every reconcile path once. `test_api_calls_are_exactly_what_the_operator_uses` runs all of them
-again itself (so it cannot pass vacuously under `-k`) and proves `kube.API_CALLS` lists exactly
+again itself (so it cannot pass vacuously under `-k`) and proves `api_calls.API_CALLS` lists exactly
 the calls the operator makes (the chart's RBAC is compared with that set)."""
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from operator_harness import BUCKET, SECRET, base_job, gpu_job
 from lora_contract.layout import S3Location
 from lora_devkit.s3server import S3Server
 from lora_operator.api.operator_config import OperatorConfig
+from lora_operator.controller.api_calls import API_CALLS
 from lora_operator.controller.config import ConfigSource
 from lora_operator.controller.events import post_event
-from lora_operator.controller.kube import API_CALLS
 from lora_operator.controller.reconcile import SLOW_RESYNC_SECONDS, Reconciler
 
 NS = "default"

@@ -51,6 +51,42 @@ class KueueConfig(_Model):
     default_queue: str | None = Field(default=None, description="LocalQueue when spec has none.")
 
 
+class PlatformPolicy(_Model):
+    """What a LoRAJob author may choose. Every refusal names the policy field and the spec field.
+    (Skeleton: each field is enforced where docs/security.md says.)"""
+
+    allowed_trainer_images: list[str] = Field(
+        default_factory=list,
+        description="Images spec.trainerImage may name (exact, or a prefix ending in '/' or ':'); "
+        "empty: only the operator's configured trainerImage.",
+    )
+    allowed_s3_endpoints: list[str] = Field(
+        default_factory=list,
+        description="Endpoints spec.output.endpoint may name (scheme://host[:port]); empty: only "
+        "the platform's s3.endpoint.",
+    )
+    allowed_priority_classes: list[str] | None = Field(
+        default=None,
+        description="PriorityClasses spec.resources.priorityClassName may name; null: any but "
+        "the system-* classes.",
+    )
+    require_secret_opt_in: bool = Field(
+        default=True,
+        description="Secrets are usable as credentialsSecret only with the opt-in label.",
+    )
+    secret_opt_in_label: str = Field(
+        default="finetune.lora-operator.io/credentials",
+        description="Label (value 'true') a Secret carries to be usable as job credentials.",
+    )
+    allowed_model_config_urls: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes baseModel.config may fetch from; empty: no URL (shipped "
+        "configs and ConfigMaps only).",
+    )
+    model_config_max_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    model_config_timeout_seconds: float = Field(default=10, gt=0, le=120)
+
+
 class OperatorConfig(_Model):
     trainer_image: str = "ghcr.io/lora-operator/trainer:0.1.0"
     image_pull_policy: str = "IfNotPresent"
@@ -60,6 +96,7 @@ class OperatorConfig(_Model):
     quotas: Quotas = Field(default_factory=Quotas)
     kueue: KueueConfig = Field(default_factory=KueueConfig)
     s3: S3Defaults = Field(default_factory=S3Defaults)
+    policy: PlatformPolicy = Field(default_factory=PlatformPolicy)
     model_cache_claim: str | None = Field(
         default=None, description="PVC with a Hugging Face cache, mounted for hf:// models."
     )

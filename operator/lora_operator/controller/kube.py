@@ -13,66 +13,6 @@ from typing import Any
 import aiohttp
 import kopf
 
-Call = tuple[str, str, str]  # (API group, resource[/subresource], verb), as RBAC names them
-
-_LORA = "finetune.lora-operator.io"
-_KSERVE = "serving.kserve.io"
-# Every call the operator's own code makes (kopf's framework calls are not listed): the chart's
-# RBAC grants exactly these plus kopf's. tests/operator/test_reconcile_units.py checks it against
-# a recording client driven through every reconcile path; tests/chart/test_rbac.py against RBAC.
-API_CALLS: frozenset[Call] = frozenset(
-    {
-        # the LoRAJob: read it, learn all jobs' quota usage at start, write status, TTL delete
-        (_LORA, "lorajobs", "get"),
-        (_LORA, "lorajobs", "list"),
-        (_LORA, "lorajobs", "delete"),
-        (_LORA, "lorajobs/status", "patch"),
-        # a run's objects (create is idempotent: a 409 reads the existing object)
-        ("", "configmaps", "create"),
-        ("", "configmaps", "get"),
-        ("", "services", "create"),
-        ("", "services", "get"),
-        ("batch", "jobs", "create"),
-        ("batch", "jobs", "get"),
-        ("batch", "jobs", "delete"),
-        # the trainer's termination message of a failed pod
-        ("", "pods", "list"),
-        # Events on every transition (posted by the operator, not kopf: most come from resync)
-        ("", "events", "create"),
-        # S3 credentials for progress; the serving copy KServe reads
-        ("", "secrets", "get"),
-        ("", "secrets", "create"),
-        ("", "secrets", "patch"),
-        ("", "secrets", "delete"),
-        ("", "serviceaccounts", "create"),
-        ("", "serviceaccounts", "get"),
-        ("", "serviceaccounts", "patch"),
-        ("", "serviceaccounts", "delete"),
-        (_KSERVE, "inferenceservices", "create"),
-        (_KSERVE, "inferenceservices", "get"),
-        (_KSERVE, "inferenceservices", "patch"),
-        (_KSERVE, "inferenceservices", "delete"),
-    }
-)
-_VERBS = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}
-
-
-def api_call(method: str, path: str) -> Call:
-    """The RBAC (group, resource, verb) of one REST request, e.g. ('batch', 'jobs', 'create')."""
-    parts = [p for p in path.split("?", 1)[0].split("/") if p]
-    if parts[0] == "api":  # /api/v1/...
-        group, rest = "", parts[2:]
-    else:  # /apis/<group>/<version>/...
-        group, rest = parts[1], parts[3:]
-    if rest and rest[0] == "namespaces" and len(rest) > 2:
-        rest = rest[2:]
-    resource = rest[0]
-    named = len(rest) > 1
-    if len(rest) > 2:
-        resource = f"{resource}/{rest[2]}"
-    verb = ("get" if named else "list") if method == "GET" else _VERBS[method]
-    return group, resource, verb
-
 
 class KubeError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
