@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lora_operator.api.operator_config import CREDENTIALS_OPT_IN_LABEL
+
 
 def operator_command(namespace: str, config: Path, *extra_args: str) -> list[str]:
     return [
@@ -58,11 +60,16 @@ def start_operator(
 
 
 def secret_manifest(name: str, namespace: str, access_key: str, secret_key: str) -> dict[str, Any]:
-    """The S3 credentials Secret in the shape the operator reads (keys accessKey/secretKey)."""
+    """The S3 credentials Secret in the shape the operator reads (keys accessKey/secretKey),
+    labelled as usable job credentials (the platform policy's opt-in)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {CREDENTIALS_OPT_IN_LABEL: "true"},
+        },
         "stringData": {"accessKey": access_key, "secretKey": secret_key},
     }
 

@@ -37,6 +37,18 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "kueue": {"config": {"kueue": {"enabled": True, "defaultQueue": "team-queue"}}},
+    "policy": {
+        "minio": {"enabled": True},
+        "config": {
+            "policy": {
+                "allowedTrainerImages": ["registry.corp/ml/", "ghcr.io/lora-operator/trainer@"],
+                "allowedS3Endpoints": ["https://s3.corp.example", "http://minio.data:9000"],
+                "allowedPriorityClasses": ["batch-low"],
+                "requireSecretOptIn": False,
+                "secretOptInLabel": "corp.example/ml-credentials",
+            }
+        },
+    },
     "replicas": {"replicaCount": 3, "leaderElection": {"leaseDurationSeconds": 30}},
     "election-one-replica": {"leaderElection": {"enabled": True}},
     "peering": {"peering": {"enabled": True}},

@@ -12,7 +12,7 @@ from chart_helpers import CHART, SCENARIOS, find, helm, only, render, write_valu
 from kubernetes_validate.utils import SchemaNotFoundError
 
 from lora_contract.types import GROUP, PLURAL
-from lora_operator.api.operator_config import OperatorConfig
+from lora_operator.api.operator_config import OperatorConfig, PlatformPolicy
 
 K8S_VERSION = "1.33"
 CRD_FILE = CHART / "crds" / f"{GROUP}_{PLURAL}.yaml"
@@ -58,6 +58,9 @@ def test_config_parses_as_operator_config(scenario: str, tmp_path: Path) -> None
     kueue = values.get("config", {}).get("kueue", {})
     assert config.kueue.enabled == kueue.get("enabled", False)
     assert config.kueue.default_queue == kueue.get("defaultQueue")
+    # the chart's policy defaults are the operator's, and what is set arrives as set
+    policy = values.get("config", {}).get("policy", {})
+    assert config.policy == PlatformPolicy.model_validate(policy)
 
 
 def test_generated_crd_is_a_valid_custom_resource_definition() -> None:
@@ -167,6 +170,17 @@ def test_minio_secret_is_generated_not_hard_coded(tmp_path: Path) -> None:
         for c in d["spec"]["template"]["spec"]["containers"]
     ]
     assert all(not image.endswith(":latest") and ":" in image for image in images)
+
+
+@pytest.mark.parametrize("scenario", ["minio", "policy"])
+def test_minio_secret_opts_in_as_job_credentials(scenario: str, tmp_path: Path) -> None:
+    """Named in a job's spec.output.credentialsSecret, it passes the platform policy's check."""
+    docs = render(tmp_path, SCENARIOS[scenario])
+    config = OperatorConfig.model_validate(
+        yaml.safe_load(only(docs, "ConfigMap", "lora-lora-operator-config")["data"]["config.yaml"])
+    )
+    labels = only(docs, "Secret")["metadata"]["labels"]
+    assert labels[config.policy.secret_opt_in_label] == "true"
 
 
 def test_existing_minio_secret_is_used_not_created(tmp_path: Path) -> None:

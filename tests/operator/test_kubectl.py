@@ -45,7 +45,11 @@ def test_kubectl_apply_example_and_get_printer_columns(harness: Harness, tmp_pat
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
-                "metadata": {"name": "demo-s3", "namespace": harness.namespace},
+                "metadata": {
+                    "name": "demo-s3",
+                    "namespace": harness.namespace,
+                    "labels": {"finetune.lora-operator.io/credentials": "true"},
+                },
                 "stringData": {
                     "accessKey": harness.s3.access_key,
                     "secretKey": harness.s3.secret_key,
@@ -57,14 +61,7 @@ def test_kubectl_apply_example_and_get_printer_columns(harness: Harness, tmp_pat
     assert "lorajob.finetune.lora-operator.io/tiny-cpu created" in out
     harness.wait_phase("tiny-cpu", "Running")
     harness.driver.start("tiny-cpu-r1")
-    harness.write_progress("tiny-cpu", "r1", step=10, loss=2.25)
-    # write_progress writes under the test bucket's layout; the example uses its own bucket
-    from lora_contract.layout import S3Location
-
-    harness.s3.store().put_json(
-        S3Location("lora-demo", "demo/tiny-cpu/r1/progress.json"),
-        {"state": "running", "step": 10, "totalSteps": 40, "loss": 2.25},
-    )
+    harness.write_progress("tiny-cpu", "r1", step=10, loss=2.25)  # in the example's own bucket
     harness.wait(
         "progress", lambda: harness.status("tiny-cpu").get("progressSummary") == "10/40 (25%)"
     )

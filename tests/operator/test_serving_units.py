@@ -5,6 +5,7 @@ turning serving off deletes. Against `FakeKube` (the real client over an in-memo
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from operator_harness import base_job
 
 from lora_operator.api.loading import parse_lorajob
 from lora_operator.controller.kube import KubeError
+from lora_operator.controller.ownership import NameConflict
 from lora_operator.controller.progress import S3Credentials
 from lora_operator.controller.serving import (
     ISVC,
@@ -157,24 +159,147 @@ def test_ready_inference_service_reports_its_url() -> None:
     assert ensure(kube) == ServingState("True", "Ready", "serving at http://svc.x", "http://svc.x")
 
 
+def remove(kube: FakeKube, uid: str = "uid-svc") -> list[NameConflict]:
+    return asyncio.run(remove_serving(kube, "svc", NS, uid))
+
+
 def test_remove_serving_deletes_what_ensure_made() -> None:
     kube = FakeKube()
     ensure(kube)
-    assert asyncio.run(remove_serving(kube, "svc", NS)) is True
+    assert remove(kube) == []
     assert not kube.objects[ISVCS] and not kube.objects[SECRETS] and not kube.objects[ACCOUNTS]
-    assert asyncio.run(remove_serving(kube, "svc", NS)) is False  # nothing left: fine
+    assert remove(kube) == []  # nothing left: fine
 
 
 def test_remove_serving_without_kserve_still_removes_the_credentials() -> None:
     kube = FakeKube()
     ensure(kube)
     failing(kube, 404)
-    assert asyncio.run(remove_serving(kube, "svc", NS)) is False
+    assert remove(kube) == []
     assert not kube.objects[SECRETS] and not kube.objects[ACCOUNTS]
     kube = FakeKube()
     failing(kube, 500)
     with pytest.raises(KubeError):
-        asyncio.run(remove_serving(kube, "svc", NS))
+        remove(kube)
+
+
+# ------------------------------------------------------- ownership: not ours, not touched
+
+PRODUCTION_SECRET: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Secret",
+    "metadata": {"name": "svc-s3", "namespace": NS, "uid": "uid-production"},
+    "type": "Opaque",
+    "data": {"AWS_ACCESS_KEY_ID": "cHJvZC1rZXk=", "AWS_SECRET_ACCESS_KEY": "cHJvZC1zZWNyZXQ="},
+}
+SKLEARN_ISVC: dict[str, Any] = {
+    "apiVersion": "serving.kserve.io/v1beta1",
+    "kind": "InferenceService",
+    "metadata": {"name": "svc", "namespace": NS, "uid": "uid-sklearn"},
+    "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://x"}}},
+}
+
+
+def writes(kube: FakeKube) -> list[tuple[str, str, str]]:
+    return [call for call in kube.calls if call[2] in ("patch", "delete", "update")]
+
+
+def test_an_unowned_secret_stays_byte_identical_and_is_a_name_conflict() -> None:
+    kube = FakeKube()
+    kube.put(SECRETS, copy.deepcopy(PRODUCTION_SECRET))
+    state = ensure(kube)
+    assert (state.status, state.reason) == ("False", "NameConflict")
+    assert "Secret default/svc-s3 already exists and is not owned by this LoRAJob" in state.message
+    assert "no controller owner" in state.message
+    assert kube.obj(SECRETS, "svc-s3") == PRODUCTION_SECRET
+    assert writes(kube) == []
+    # nothing is built on top of someone else's Secret
+    assert not kube.objects.get(ACCOUNTS) and not kube.objects.get(ISVCS)
+
+
+def test_an_unowned_sklearn_inference_service_is_not_rewritten() -> None:
+    kube = FakeKube()
+    kube.put(ISVCS, copy.deepcopy(SKLEARN_ISVC))
+    state = ensure(kube)
+    assert (state.status, state.reason) == ("False", "NameConflict")
+    assert "InferenceService default/svc" in state.message
+    assert kube.obj(ISVCS, "svc") == SKLEARN_ISVC
+    assert ("serving.kserve.io", "inferenceservices", "patch") not in kube.calls
+
+
+def test_objects_of_an_earlier_lorajob_with_the_same_name_are_not_ours() -> None:
+    """Deleted and recreated under the same name: the new LoRAJob has another uid, and what
+    the old one left (the garbage collector may not have run yet) is not the new one's."""
+    kube = FakeKube()
+    ensure(kube)  # made by uid-svc
+    before = copy.deepcopy(kube.objects)
+    kube.calls.clear()
+    state = asyncio.run(ensure_serving(kube, "svc", NS, "uid-new", spec(), ADAPTER, "r1", CREDS))
+    assert state.reason == "NameConflict"
+    assert "controlled by LoRAJob svc (uid uid-svc)" in state.message
+    assert [(c.kind, c.name) for c in remove(kube, uid="uid-new")] == [
+        ("InferenceService", "svc"),
+        ("ServiceAccount", "svc-serving"),
+        ("Secret", "svc-s3"),
+    ]
+    assert kube.objects == before and writes(kube) == []
+
+
+def test_remove_serving_leaves_unowned_objects_alone() -> None:
+    kube = FakeKube()
+    kube.put(SECRETS, copy.deepcopy(PRODUCTION_SECRET))
+    kube.put(ISVCS, copy.deepcopy(SKLEARN_ISVC))
+    left = remove(kube)
+    assert {c.kind for c in left} == {"Secret", "InferenceService"}
+    assert kube.obj(SECRETS, "svc-s3") == PRODUCTION_SECRET
+    assert kube.obj(ISVCS, "svc") == SKLEARN_ISVC
+    assert writes(kube) == []
+
+
+def test_a_patch_carries_the_resource_version_it_checked() -> None:
+    """Optimistic concurrency: if the object is replaced between our read and our patch, the
+    API server refuses the stale resourceVersion instead of letting us overwrite the new one."""
+    kube = FakeKube()
+    ensure(kube)
+    service = kube.obj(ISVCS, "svc")
+    assert service is not None
+    service["metadata"]["resourceVersion"] = "41"
+    service["spec"]["predictor"]["minReplicas"] = 9
+    sent: list[Any] = []
+    original = kube.request
+
+    async def request(method: str, path: str, body: Any = None, *args: Any, **kw: Any) -> Any:
+        if method == "PATCH":
+            sent.append(body)
+        return await original(method, path, body, *args, **kw)
+
+    kube.request = request  # type: ignore[method-assign]
+    ensure(kube)
+    assert [b["metadata"]["resourceVersion"] for b in sent] == ["41"]
+
+
+def test_removal_deletes_with_the_uid_it_checked() -> None:
+    """A uid precondition on each delete: an object replaced between our read and our delete
+    (same name, new uid) is refused by the API server instead of deleted."""
+    kube = FakeKube()
+    ensure(kube)
+    stored = [
+        kube.obj(ISVCS, "svc"),
+        kube.obj(SECRETS, "svc-s3"),
+        kube.obj(ACCOUNTS, "svc-serving"),
+    ]
+    uids = {obj["metadata"]["uid"] for obj in stored if obj is not None}
+    sent: list[Any] = []
+    original = kube.request
+
+    async def request(method: str, path: str, body: Any = None, *args: Any, **kw: Any) -> Any:
+        if method == "DELETE":
+            sent.append(body)
+        return await original(method, path, body, *args, **kw)
+
+    kube.request = request  # type: ignore[method-assign]
+    assert remove(kube) == []
+    assert len(uids) == 3 and {b["preconditions"]["uid"] for b in sent} == uids
 
 
 def test_isvc_resource_path() -> None:

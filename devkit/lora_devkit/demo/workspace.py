@@ -19,6 +19,7 @@ import yaml
 
 from lora_contract.types import KIND, DatasetFormat, LoRAJob
 from lora_operator.api.loading import SpecError, load_documents, parse_lorajob
+from lora_operator.api.operator_config import CREDENTIALS_OPT_IN_LABEL
 from lora_operator.api.validate_cmd import validate_file
 
 REPO = Path(__file__).resolve().parents[3]
@@ -111,7 +112,12 @@ def secret_manifest(job: LoRAJob, access_key: str, secret_key: str) -> dict[str,
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": ref.name, "namespace": job.metadata.namespace or "default"},
+        "metadata": {
+            "name": ref.name,
+            "namespace": job.metadata.namespace or "default",
+            # the platform policy's opt-in: usable as a LoRAJob's credentialsSecret
+            "labels": {CREDENTIALS_OPT_IN_LABEL: "true"},
+        },
         "type": "Opaque",
         "data": {ref.access_key_key: _b64(access_key), ref.secret_key_key: _b64(secret_key)},
     }

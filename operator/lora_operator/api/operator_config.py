@@ -3,9 +3,10 @@ operator reloads it without restart, and the memory model takes its GPU catalog 
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lora_contract.pod import DEFAULT_RENDEZVOUS_PORT
+from lora_contract.storage import StorageError, parse_endpoint
 from lora_contract.types import SecretRef, _Model
 
 
@@ -51,19 +52,26 @@ class KueueConfig(_Model):
     default_queue: str | None = Field(default=None, description="LocalQueue when spec has none.")
 
 
+CREDENTIALS_OPT_IN_LABEL = "finetune.lora-operator.io/credentials"
+
+
 class PlatformPolicy(_Model):
-    """What a LoRAJob author may choose. Every refusal names the policy field and the spec field.
-    (Skeleton: each field is enforced where docs/security.md says.)"""
+    """What a LoRAJob author may choose, so that being allowed to create a LoRAJob does not mean
+    being allowed to run any image with any Secret, or to send data anywhere. Enforced by
+    controller/policy.py at every reconcile; every refusal names the policy field and the spec
+    field (docs/operating.md, "Platform policy")."""
 
     allowed_trainer_images: list[str] = Field(
         default_factory=list,
-        description="Images spec.trainerImage may name (exact, or a prefix ending in '/' or ':'); "
-        "empty: only the operator's configured trainerImage.",
+        description="Images spec.trainerImage may name besides the operator's trainerImage: exact "
+        "references, or prefixes ending in '/' (a registry or path), ':' (any tag of a "
+        "repository) or '@' (any digest of a repository). Empty: only the operator's trainerImage.",
     )
     allowed_s3_endpoints: list[str] = Field(
         default_factory=list,
-        description="Endpoints spec.output.endpoint may name (scheme://host[:port]); empty: only "
-        "the platform's s3.endpoint.",
+        description="Endpoints spec.output.endpoint may name besides the operator's s3.endpoint "
+        "(scheme://host[:port]; a bare host means https, default ports are ignored). Empty: only "
+        "s3.endpoint. Link-local, metadata and loopback addresses are refused unless listed here.",
     )
     allowed_priority_classes: list[str] | None = Field(
         default=None,
@@ -72,10 +80,13 @@ class PlatformPolicy(_Model):
     )
     require_secret_opt_in: bool = Field(
         default=True,
-        description="Secrets are usable as credentialsSecret only with the opt-in label.",
+        description="A Secret named in spec.output.credentialsSecret must carry the opt-in label "
+        "(the operator's own s3.credentialsSecret is exempt). False: any Secret of the namespace.",
     )
     secret_opt_in_label: str = Field(
-        default="finetune.lora-operator.io/credentials",
+        default=CREDENTIALS_OPT_IN_LABEL,
+        min_length=1,
+        max_length=317,
         description="Label (value 'true') a Secret carries to be usable as job credentials.",
     )
     allowed_model_config_urls: list[str] = Field(
@@ -85,6 +96,19 @@ class PlatformPolicy(_Model):
     )
     model_config_max_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     model_config_timeout_seconds: float = Field(default=10, gt=0, le=120)
+
+    @field_validator("allowed_s3_endpoints")
+    @classmethod
+    def _endpoints_parse(cls, endpoints: list[str]) -> list[str]:
+        """A typo here would silently allow nothing: refuse the config (the last good one stays)."""
+        for endpoint in endpoints:
+            if not endpoint or any(char.isspace() for char in endpoint):
+                raise ValueError(f"S3 endpoint {endpoint!r} is not a URL like http://minio:9000")
+            try:
+                parse_endpoint(endpoint)
+            except StorageError as exc:
+                raise ValueError(str(exc)) from None
+        return endpoints
 
 
 class OperatorConfig(_Model):

@@ -10,6 +10,9 @@ from lora_contract.types import Condition, ConditionType
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
+# Condition and Event reasons shared by more than one module.
+NAME_CONFLICT = "NameConflict"  # an object the operator would make exists and is not ours
+
 
 def _status_value(status: bool | ConditionStatus) -> ConditionStatus:
     if isinstance(status, bool):

@@ -14,14 +14,21 @@ from typing import Any
 from lora_contract.storage import parse_endpoint
 from lora_contract.types import CPU_GPU_TYPE, VLLM_LORA_RANKS, LoRAJobSpec
 
-from .conditions import ConditionStatus
+from .conditions import NAME_CONFLICT, ConditionStatus
 from .kube import Kube, KubeError
 from .manifests import labels, owner_reference, short_name
+from .ownership import NameConflict, create_owned, delete_owned
 from .progress import S3Credentials
 
 ISVC = "serving.kserve.io/v1beta1/inferenceservices"
 SERVING_BASE_PATH = "/mnt/models/base"
 SERVING_ADAPTER_PATH = "/mnt/models/adapter"
+# KServe's huggingfaceserver image runs as uid 1000 (user `kserve`, HOME /home/kserve, HF_HOME
+# under /tmp): with a read-only root, vLLM's caches (~/.cache/vllm, ~/.triton, torch compile)
+# and temp files go to these emptyDirs.
+SERVING_UID = 1000
+SERVING_TMP = "/tmp"
+SERVING_HOME = "/home/kserve"
 
 
 def vllm_lora_rank(r: int) -> int:
@@ -124,7 +131,35 @@ def build_inference_service(
                 {"uri": adapter_uri, "mountPath": SERVING_ADAPTER_PATH},
             ],
             "resources": resources,
+            "env": [{"name": "HOME", "value": SERVING_HOME}],
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": SERVING_TMP},
+                {"name": "home", "mountPath": SERVING_HOME},
+                {"name": "dshm", "mountPath": "/dev/shm"},
+            ],
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
         },
+        # PodSpec fields are inlined in KServe's PredictorSpec. The pod-level context also
+        # covers KServe's storage-initializer (its container-level one is KServe's to set).
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SERVING_UID,
+            "runAsGroup": SERVING_UID,
+            "fsGroup": SERVING_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "automountServiceAccountToken": False,  # neither vLLM nor the initializer calls the API
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "home", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
     }
     if spec.resources.node_selector:
         predictor["nodeSelector"] = dict(spec.resources.node_selector)
@@ -153,15 +188,21 @@ class ServingState:
     url: str | None = None
 
 
-async def _apply(kube: Kube, resource: str, namespace: str, body: dict[str, Any]) -> None:
-    """Create, or merge-patch what we own (spec/data/annotations) into the existing object."""
-    existing, created = await kube.create(resource, namespace, body)
+async def _apply(kube: Kube, resource: str, namespace: str, body: dict[str, Any], uid: str) -> None:
+    """Create, or merge-patch what we own (spec/data/annotations) into the existing object when
+    this LoRAJob controls it; anything else of that name is a NameConflict and stays as it is.
+    The patch carries the resourceVersion that was checked, so an object replaced in between
+    is refused (409) rather than overwritten."""
+    existing, created = await create_owned(kube, resource, namespace, body, uid)
     if created:
         return
     patch = {k: v for k, v in body.items() if k not in ("apiVersion", "kind", "metadata")}
     patch["metadata"] = {"labels": body["metadata"].get("labels", {})}
     if body["metadata"].get("annotations"):
         patch["metadata"]["annotations"] = body["metadata"]["annotations"]
+    version = (existing.get("metadata") or {}).get("resourceVersion")
+    if version:
+        patch["metadata"]["resourceVersion"] = version
     if any(existing.get(k) != v for k, v in patch.items() if k != "metadata"):
         await kube.patch(resource, namespace, body["metadata"]["name"], patch)
 
@@ -203,15 +244,16 @@ async def ensure_serving(
                 creds.access_key,
                 creds.secret_key,
             )
-            await _apply(kube, "v1/secrets", namespace, secret)
-            await _apply(
-                kube, "v1/serviceaccounts", namespace, build_serving_account(name, namespace, uid)
-            )
+            await _apply(kube, "v1/secrets", namespace, secret, uid)
+            account = build_serving_account(name, namespace, uid)
+            await _apply(kube, "v1/serviceaccounts", namespace, account, uid)
         body = build_inference_service(
             name, namespace, uid, spec, adapter_uri, run_id, with_service_account=creds is not None
         )
-        await _apply(kube, ISVC, namespace, body)
+        await _apply(kube, ISVC, namespace, body, uid)
         isvc = await kube.get(ISVC, namespace, name)
+    except NameConflict as conflict:
+        return ServingState("False", NAME_CONFLICT, conflict.message())
     except KubeError as exc:
         if exc.status == 404:
             return ServingState(
@@ -224,15 +266,19 @@ async def ensure_serving(
     return readiness(isvc or body)
 
 
-async def remove_serving(kube: Kube, name: str, namespace: str) -> bool:
-    """serving.enabled turned off: delete what ensure_serving made. True if something existed."""
-    existed = False
-    try:
-        existed = await kube.delete(ISVC, namespace, name)
-    except KubeError as exc:
-        if exc.status != 404:
-            raise
+async def remove_serving(kube: Kube, name: str, namespace: str, uid: str) -> list[NameConflict]:
+    """serving.enabled turned off: delete what ensure_serving made, and only that (each object
+    is checked to be controlled by `uid` and deleted with a uid precondition). Returns the
+    objects of those names that are not ours and were left alone."""
     secret, account = serving_names(name)
-    await kube.delete("v1/serviceaccounts", namespace, account)
-    await kube.delete("v1/secrets", namespace, secret)
-    return existed
+    left_alone: list[NameConflict] = []
+    for resource, object_name in (
+        (ISVC, name),
+        ("v1/serviceaccounts", account),
+        ("v1/secrets", secret),
+    ):
+        try:
+            await delete_owned(kube, resource, namespace, object_name, uid)
+        except NameConflict as conflict:
+            left_alone.append(conflict)
+    return left_alone
