@@ -1,17 +1,28 @@
 """Where a run's artifacts live in the bucket; shared by the trainer (writer) and operator (reader).
 
-s3://<bucket>/<prefix>/<job>/<run>/
-    checkpoint-<step>/      adapter + resume state; MANIFEST.json written last = complete
-    final/                  the final adapter (adapter_model.safetensors, adapter_config.json)
-    metrics.jsonl           one JSON object per logged step
-    progress.json           latest values (`Progress`), read by the operator
-    loss.png                train/eval loss curve
+s3://<bucket>/<prefix>/<namespace>/<job>/
+    OWNER.json              the LoRAJob (namespace, name, uid) these runs belong to
+    <run>/
+        checkpoint-<step>/  adapter + resume state; MANIFEST.json written last = complete
+        final/              the final adapter (adapter_model.safetensors, adapter_config.json)
+        metrics.jsonl       one JSON object per logged step
+        progress.json       latest values (`Progress`), read by the operator
+        loss.png            train/eval loss curve
+
+The namespace is in the path so same-name jobs of two teams never share a folder. The owner
+marker sits at the job level, not per run: a LoRAJob deleted and recreated under the same name
+(a new uid) starts again at r1, and must not resume from or overwrite the old object's r1. The
+trainer claims the marker before writing anything and refuses a job folder claimed by another
+uid. The operator records each run's URI in its RunRecord when the run starts and reads that
+back, so a later layout or spec change never moves a running job to another folder.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
 
 from .types import OutputSpec
 
@@ -21,6 +32,7 @@ FINAL_DIR = "final"
 METRICS_FILE = "metrics.jsonl"
 PROGRESS_FILE = "progress.json"
 LOSS_PLOT = "loss.png"
+OWNER_FILE = "OWNER.json"
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,43 @@ class S3Location:
         return S3Location(self.bucket, key)
 
     @property
+    def parent(self) -> S3Location:
+        """The folder one level up (the bucket root stays the bucket root)."""
+        return S3Location(self.bucket, self.key.rpartition("/")[0])
+
+    @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
 
 
-def run_location(output: OutputSpec, job: str, run_id: str) -> S3Location:
-    return S3Location(output.bucket, output.prefix.strip("/")).child(job, run_id)
+def job_location(output: OutputSpec, namespace: str, job: str) -> S3Location:
+    """The LoRAJob's folder: its owner marker and all its runs."""
+    return S3Location(output.bucket, output.prefix.strip("/")).child(namespace, job)
+
+
+def run_location(output: OutputSpec, namespace: str, job: str, run_id: str) -> S3Location:
+    """Where a new run writes. Only the operator calls this, once, when the run starts; everyone
+    else reads the URI it recorded (RunRecord.output_uri, TrainerConfig.output_uri)."""
+    return job_location(output, namespace, job).child(run_id)
+
+
+def owner_marker(run: S3Location) -> S3Location:
+    """The owner marker of the job folder that holds `run` (a run's parent is its job folder;
+    runs recorded before the namespace was in the path get a marker at their old job folder)."""
+    return run.parent.child(OWNER_FILE)
+
+
+class JobOwner(BaseModel):
+    """The LoRAJob a job folder belongs to, as written in its OWNER.json."""
+
+    model_config = ConfigDict(frozen=True)
+
+    namespace: str
+    name: str
+    uid: str
+
+    def describe(self) -> str:
+        return f"LoRAJob {self.namespace}/{self.name} (uid {self.uid})"
 
 
 def checkpoint_name(step: int) -> str:

@@ -22,9 +22,11 @@ import urllib3
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
+from minio.helpers import DictType
+from pydantic import ValidationError
 
 from . import pod
-from .layout import MANIFEST, S3Location, checkpoint_step
+from .layout import MANIFEST, JobOwner, S3Location, checkpoint_step, owner_marker
 
 T = TypeVar("T")
 
@@ -220,6 +222,29 @@ class S3Store:
                 transient=False,
             ) from None
 
+    def create_json_if_absent(self, loc: S3Location, obj: Any) -> bool:
+        """Write `obj` only where no object exists yet; False when one does (nothing written).
+
+        Sends `If-None-Match: *`, which AWS S3 (since 2024), current MinIO and moto honour
+        atomically (412 when the key exists). minio-py's public put_object would turn that
+        header into user metadata, so this uses the single-part upload it calls itself. A
+        server that ignores the header overwrites instead: callers read the object back to see
+        who won (the race is left open only on such servers, between two writers starting
+        within the same moment)."""
+        data = json.dumps(obj, indent=2, sort_keys=True).encode()
+        headers: DictType = {"Content-Type": "application/json", "If-None-Match": "*"}
+
+        def create() -> bool:
+            try:
+                self.client._put_object(loc.bucket, loc.key, data, headers)
+            except S3Error as exc:
+                if exc.code == "PreconditionFailed":
+                    return False
+                raise
+            return True
+
+        return self._call("create", loc, create)
+
     def upload_file(self, loc: S3Location, path: str | Path) -> int:
         """Upload one file (multipart above 16 MiB), retried; returns its size in bytes."""
         size = Path(path).stat().st_size
@@ -343,6 +368,34 @@ class S3Store:
             if step is not None and self.exists(run.child(name, MANIFEST)):
                 steps.append(step)
         return sorted(steps)
+
+    def job_owner(self, run: S3Location) -> JobOwner | None:
+        """Who claimed the job folder holding `run` (its OWNER.json), None when nobody has."""
+        marker = owner_marker(run)
+        raw = self.get_json(marker)
+        if raw is None:
+            return None
+        try:
+            return JobOwner.model_validate(raw)
+        except ValidationError:
+            raise StorageError(
+                f"{marker.uri} at {self.endpoint} is not an owner marker "
+                "(expected namespace, name and uid)",
+                transient=False,
+            ) from None
+
+    def claim_job(self, run: S3Location, owner: JobOwner) -> JobOwner:
+        """Claim the job folder holding `run` for `owner` unless someone has; returns whoever
+        owns it now (the caller compares). Written once and never rewritten."""
+        current = self.job_owner(run)
+        if current is None:
+            self.create_json_if_absent(owner_marker(run), owner.model_dump())
+            current = self.job_owner(run)  # read back: on a server without If-None-Match
+        if current is None:  # the marker was deleted between our write and our read
+            raise StorageError(
+                f"{owner_marker(run).uri} vanished after it was written", transient=True
+            )
+        return current
 
 
 def _short(exc: BaseException) -> str:

@@ -130,7 +130,7 @@ def test_s3_layout() -> None:
 
 def test_run_location(minimal: dict[str, Any]) -> None:
     spec = _spec(minimal)
-    assert run_location(spec.output, "job", "r1").uri == "s3://adapters/lorajobs/job/r1"
+    assert run_location(spec.output, "ns", "job", "r1").uri == "s3://adapters/lorajobs/ns/job/r1"
 
 
 def test_load_errors(tmp_path: Path) -> None:

@@ -66,6 +66,11 @@ def test_demo_trains_serves_and_reports(tmp_path: Path, s3: S3Server) -> None:
     assert summary["steps"] == summary["totalSteps"] == 12
     assert summary["firstLoss"] > summary["finalLoss"], summary["losses"]
     adapter = adapter_in_bucket(s3, summary, tmp_path / "adapter")
+    # The run's folder has the namespace in it, and the real trainer claimed its job folder.
+    run = S3Location.parse(summary["runURI"])
+    assert run.key.endswith(f"/{summary['namespace']}/tiny-cpu/r1"), run
+    owner = s3.store().job_owner(run)
+    assert owner is not None and (owner.namespace, owner.name) == (summary["namespace"], "tiny-cpu")
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -148,12 +148,26 @@ class Harness:
         items = self.client.list("v1/events", NAMESPACE)
         return [e for e in items if (e.get("involvedObject") or {}).get("name") == name]
 
-    def write_progress(self, name: str, run: str, **fields: Any) -> None:
-        body = {"state": "running", "step": 0, "totalSteps": 40, **fields}
-        key = f"runs/{name}/{run}/progress.json"
-        from lora_contract.layout import S3Location
+    def run_uri(self, name: str, run: str, namespace: str = NAMESPACE) -> str:
+        """The run's folder as the operator recorded it (RunRecord.outputURI) when it started."""
 
-        self.s3.store().put_json(S3Location(BUCKET, key), body)
+        def recorded() -> str | None:
+            obj = self.client.get(LORAJOBS, namespace, name) or {}
+            runs = (obj.get("status") or {}).get("runs") or []
+            return next((str(r["outputURI"]) for r in runs if r.get("id") == run), None)
+
+        uri: str = self.wait(f"run {run} of {namespace}/{name} recorded", recorded)
+        return uri
+
+    def write_progress(
+        self, name: str, run: str, *, namespace: str = NAMESPACE, **fields: Any
+    ) -> None:
+        """What the trainer would write: progress.json in the run's recorded folder."""
+        from lora_contract.layout import PROGRESS_FILE, S3Location
+
+        body = {"state": "running", "step": 0, "totalSteps": 40, **fields}
+        location = S3Location.parse(self.run_uri(name, run, namespace)).child(PROGRESS_FILE)
+        self.s3.store().put_json(location, body)
 
     def set_config(self, **config: Any) -> None:
         base = operator_config(self.s3)

@@ -61,9 +61,8 @@ def test_happy_path_to_succeeded_and_served(harness: Harness) -> None:
     ):
         assert harness.client.get(resource, harness.namespace, obj_name) is not None, obj_name
     harness.driver.start(f"{name}-r1")
-    harness.write_progress(
-        name, "r1", step=20, loss=1.5, latestCheckpoint="s3://lora-test/runs/happy/r1/checkpoint-20"
-    )
+    checkpoint = f"{harness.run_uri(name, 'r1')}/checkpoint-20"
+    harness.write_progress(name, "r1", step=20, loss=1.5, latestCheckpoint=checkpoint)
     status = harness.wait(
         "live progress in status",
         lambda: (s := harness.status(name)).get("progress", {}).get("step") == 20 and s,
@@ -72,7 +71,7 @@ def test_happy_path_to_succeeded_and_served(harness: Harness) -> None:
     assert status["progressSummary"] == "20/40 (50%)"
     assert status["latestCheckpoint"].endswith("checkpoint-20")
     assert condition(status, "Running")["status"] == "True"
-    adapter = f"s3://lora-test/runs/{name}/r1/final"
+    adapter = f"{harness.run_uri(name, 'r1')}/final"
     harness.write_progress(
         name, "r1", state="succeeded", step=40, loss=1.1, evalLoss=1.2, adapterUri=adapter
     )

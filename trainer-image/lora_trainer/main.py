@@ -30,6 +30,7 @@ from lora_contract.types import Progress, TrainerConfig
 from .config import ProcessPlace, config_path, load_trainer_config
 from .errors import TrainerError
 from .metrics import ProgressReporter
+from .ownership import may_record_failure
 from .settings import ENV_EXIT_CODE_DIR, ENV_TERMINATION_LOG
 
 TERMINATION_LOG = pod.TERMINATION_LOG
@@ -72,13 +73,16 @@ class FailureTarget:
 
 
 def record_failure(target: FailureTarget | None, place: ProcessPlace, message: str) -> None:
-    """Best effort: state=failed and lastError in progress.json (rank 0, S3 reachable)."""
+    """Best effort: state=failed and lastError in progress.json (rank 0, S3 reachable), never
+    in a folder another LoRAJob owns."""
     if target is None or not place.is_main:
         return
     try:
         store = S3Store.from_env(target.endpoint)
         store.retries = 1
         run = S3Location.parse(target.output_uri)
+        if not may_record_failure(store, run):
+            return
         reporter = ProgressReporter(store, run)
         previous = store.get_json(run.child("progress.json"))
         if isinstance(previous, dict):

@@ -24,6 +24,14 @@ RESUMED = re.compile(r"resuming from checkpoint-(\d+)")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
+def recorded_run(status: dict[str, Any], run_id: str) -> S3Location | None:
+    """Where the operator recorded the run (its RunRecord's outputURI): what the trainer wrote."""
+    for run in status.get("runs") or []:
+        if run.get("id") == run_id and run.get("outputURI"):
+            return S3Location.parse(str(run["outputURI"]))
+    return None
+
+
 def loss_records(store: S3Store, run: S3Location) -> list[dict[str, Any]]:
     """The training-loss records of metrics.jsonl, in step order."""
     try:
@@ -78,7 +86,9 @@ def collect(
     """The machine-readable outcome; downloads the adapter and loss plot into the workdir."""
     status = obj.get("status") or {}
     run_id = str(status.get("currentRun") or "")
-    run = run_location(job.spec.output, job.metadata.name, run_id)
+    run = recorded_run(status, run_id) or run_location(
+        job.spec.output, job.metadata.namespace or "default", job.metadata.name, run_id
+    )
     adapter_uri = status.get("adapterURI")
     adapter_files: list[str] = []
     adapter_dir = workdir / "adapter"

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lora_contract.layout import PROGRESS_FILE, run_location
+from lora_contract.layout import PROGRESS_FILE, S3Location, owner_marker
 from lora_contract.storage import S3Store, StorageError, env_credentials
 from lora_contract.types import LoRAJobSpec, LoRAJobStatus, Progress
 
@@ -92,12 +92,41 @@ def store_for(creds: S3Credentials) -> S3Store:
     return _STORES[creds]
 
 
-async def read_progress(
-    store: S3Store, spec: LoRAJobSpec, job: str, run_id: str
-) -> Progress | None:
-    """None when the trainer has not written progress yet (or S3 is briefly unreachable)."""
-    loc = run_location(spec.output, job, run_id).child(PROGRESS_FILE)
+# (endpoint, marker URI, uid) seen to match: a marker is written once and never changes, so a
+# job's own folder costs one extra read, not one per resync.
+_OWNED: set[tuple[str, str, str]] = set()
+
+
+def _foreign_owner(store: S3Store, run: S3Location, uid: str) -> str | None:
+    """Who owns `run`'s job folder when it is not the LoRAJob `uid`; None when it is, or when
+    nobody has claimed it yet (the trainer claims it before its first write)."""
+    key = (store.endpoint, owner_marker(run).uri, uid)
+    if key in _OWNED:
+        return None
+    owner = store.job_owner(run)
+    if owner is None:
+        return None
+    if owner.uid != uid:
+        return owner.describe()
+    _OWNED.add(key)
+    return None
+
+
+async def read_progress(store: S3Store, output_uri: str, uid: str) -> Progress | None:
+    """The progress.json of the run recorded at `output_uri` (RunRecord.output_uri, fixed when
+    the run started), if the LoRAJob `uid` owns that folder. None when the trainer has not
+    written progress yet (or S3 is briefly unreachable)."""
     try:
+        run = S3Location.parse(output_uri)
+    except ValueError as exc:
+        log.warning("run outputURI is not readable: %s", exc)
+        return None
+    loc = run.child(PROGRESS_FILE)
+    try:
+        foreign = await asyncio.to_thread(_foreign_owner, store, run, uid)
+        if foreign is not None:
+            log.warning("ignoring %s: its folder belongs to %s", loc.uri, foreign)
+            return None
         raw = await asyncio.to_thread(store.get_json, loc)
     except StorageError as exc:
         log.warning("cannot read %s: %s", loc.uri, exc)
