@@ -24,9 +24,21 @@ HF_HOME = "/mnt/hf-cache"  # the Hugging Face cache for hf:// models
 SHM_DIR = "/dev/shm"
 TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
 
+# The trainer runs with a read-only root file system as this non-root user (the image's `trainer`
+# user); everything it writes goes to these emptyDirs, named by the env below.
+TRAINER_UID = 1000
+TRAINER_GID = 1000
+TMP_DIR = "/tmp"  # TMPDIR: torchrun's and Python's temp files, torch inductor's cache
+WORK_DIR = f"{TMP_DIR}/lorajob"  # LORAJOB_WORK_DIR: local checkpoints, S3 downloads
+HOME_DIR = "/home/trainer"  # HOME: ~/.nv (CUDA JIT), ~/.config (matplotlib)
+CACHE_DIR = f"{HOME_DIR}/.cache"  # XDG_CACHE_HOME and the tool caches below it
+
 # Environment set by the operator, read by the trainer.
 ENV_CONFIG = "LORAJOB_CONFIG"
 ENV_RUN_ID = "LORAJOB_RUN_ID"
+# The LoRAJob's metadata.uid: the trainer claims the job's output folder for it (OWNER.json) and
+# refuses a folder another uid owns. Only the operator knows it (the downward API sees the pod).
+ENV_JOB_UID = "LORAJOB_UID"
 ENV_PVC_ROOT = "LORAJOB_PVC_ROOT"
 ENV_MASTER_ADDR = "MASTER_ADDR"  # node 0's DNS name <job>-0.<service>.<namespace>.svc
 ENV_MASTER_PORT = "MASTER_PORT"
@@ -40,5 +52,17 @@ ENV_AWS_REGION = "AWS_REGION"
 ENV_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_HF_HOME = "HF_HOME"
+ENV_WORK_DIR = "LORAJOB_WORK_DIR"
+# Where the libraries the trainer loads write their caches; each points into a writable emptyDir.
+SCRATCH_ENV: dict[str, str] = {
+    "HOME": HOME_DIR,
+    "TMPDIR": TMP_DIR,
+    ENV_WORK_DIR: WORK_DIR,
+    "XDG_CACHE_HOME": CACHE_DIR,
+    "TRITON_CACHE_DIR": f"{CACHE_DIR}/triton",
+    "TORCHINDUCTOR_CACHE_DIR": f"{CACHE_DIR}/torchinductor",
+    "TORCH_EXTENSIONS_DIR": f"{CACHE_DIR}/torch_extensions",  # DeepSpeed's JIT-built ops too
+    "MPLCONFIGDIR": f"{CACHE_DIR}/matplotlib",
+}
 
 DEFAULT_RENDEZVOUS_PORT = 29500  # as Kubeflow's torch runtime

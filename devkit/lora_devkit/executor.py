@@ -11,7 +11,10 @@ back, honouring `suspend`, `parallelism`, `completions`, `backoffLimit`, `backof
 `maxFailedIndexes` and `podFailurePolicy` exit-code rules.
 
 Simplifications (documented, not hidden): one container per pod (init and sidecar containers are
-not run), no resource enforcement, one process group per pod, polling rather than watching.
+not run), no resource enforcement, one process group per pod, polling rather than watching. The
+securityContext is not enforced (processes run as the current user and may write anywhere it
+can), but a pod that sets HOME, TMPDIR or cache variables to its emptyDir mounts gets them mapped
+to its own local directories, as for any env value under a mount path.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ class PodTranslator:
         cwd.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
         base.update(self.extra_env)  # the node's environment: below the pod's own variables
-        tmp = pod_dir / "tmp"  # every container has its own /tmp
+        tmp = mounts.get("/tmp") or pod_dir / "tmp"  # every container has its own /tmp
         tmp.mkdir(parents=True, exist_ok=True)
         base["TMPDIR"] = str(tmp)
         base.setdefault("HF_HUB_OFFLINE", "1")
@@ -396,6 +399,7 @@ class LocalExecutor(Service):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
+        self._missing_accounts: set[tuple[str, str, str]] = set()
 
     @property
     def log_dir(self) -> Path:
@@ -495,6 +499,8 @@ class LocalExecutor(Service):
         completions = int(spec.get("completions", 1))
         parallelism = int(spec.get("parallelism", 1))
         indexed = spec.get("completionMode") == "Indexed"
+        if not self._service_account_exists(job):
+            return  # the API server refuses such pods; the Job controller keeps trying
         for index in range(completions):
             if len(state.running) >= parallelism:
                 return
@@ -503,6 +509,21 @@ class LocalExecutor(Service):
             self._start_pod(job, state, index, indexed)
             if state.finished:
                 return
+
+    def _service_account_exists(self, job: dict[str, Any]) -> bool:
+        """A pod naming a ServiceAccount that does not exist is refused at creation (the
+        ServiceAccount admission plugin), so no pod starts until it does."""
+        name = job["spec"]["template"].get("spec", {}).get("serviceAccountName")
+        if not name or name == "default":
+            return True
+        namespace = job["metadata"]["namespace"]
+        if self.client.get("v1/serviceaccounts", namespace, name) is not None:
+            return True
+        missing = (namespace, job["metadata"]["name"], name)
+        if missing not in self._missing_accounts:  # say it once, as an Event would
+            self._missing_accounts.add(missing)
+            log.warning("Job %s/%s: serviceaccount %r not found: no pods", *missing)
+        return False
 
     def _start_pod(self, job: dict[str, Any], state: JobState, index: int, indexed: bool) -> None:
         pod = self._pod_object(job, index, indexed)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_helpers import SCENARIOS, find, only, render
+import yaml
+from chart_helpers import CHART, SCENARIOS, find, helm, only, render, write_values
 
 from lora_operator.controller.api_calls import API_CALLS
 from lora_operator.controller.leader import LEASE_CALLS
@@ -109,3 +110,104 @@ def test_trainer_service_account_has_no_api_access(tmp_path: Path) -> None:
         for s in b["subjects"]
     }
     assert not trainer & bound
+
+
+# ---------------------------------------------------------------- how far the rights reach
+
+SENSITIVE = {"secrets", "serviceaccounts"}
+SYSTEM_NAMESPACES = ("kube-system", "kube-public", "kube-node-lease")
+OPERATING = Path(__file__).resolve().parents[2] / "docs" / "operating.md"
+
+
+def cluster_wide_grants(docs: list[dict[str, Any]]) -> set[Call]:
+    """What the operator's ServiceAccount may do in every namespace: ClusterRoles bound by a
+    ClusterRoleBinding."""
+    bound = {b["roleRef"]["name"] for b in find(docs, "ClusterRoleBinding")}
+    return {
+        call
+        for role in find(docs, "ClusterRole")
+        if role["metadata"]["name"] in bound
+        for call in granted(role["rules"])
+    }
+
+
+def namespaces_with_rights(docs: list[dict[str, Any]]) -> set[str]:
+    return {d["metadata"]["namespace"] for d in find(docs, "Role") + find(docs, "RoleBinding")}
+
+
+@pytest.mark.parametrize("scenario", ["namespaced", "namespaced-replicas", "namespaced-peering"])
+def test_namespaced_mode_grants_no_secret_or_account_rights_cluster_wide(
+    tmp_path: Path, scenario: str
+) -> None:
+    docs = render(tmp_path, SCENARIOS[scenario])
+    cluster = cluster_wide_grants(docs)
+    assert cluster == {c for c in KOPF_CALLS if c[1] in CLUSTER_SCOPED}  # CRD discovery only
+    assert not {c for c in cluster if c[1] in SENSITIVE}
+    watched = set(SCENARIOS[scenario]["watch"]["namespaces"])
+    for role in find(docs, "Role"):
+        if {c[1] for c in granted(role["rules"])} & SENSITIVE:
+            assert role["metadata"]["namespace"] in watched, role["metadata"]
+    assert not namespaces_with_rights(docs) & set(SYSTEM_NAMESPACES)
+
+
+def test_cluster_wide_mode_grants_nothing_beyond_the_operators_calls(tmp_path: Path) -> None:
+    """The one mode where Secrets/ServiceAccounts rights reach every namespace: no verb more
+    than the code uses (no list/watch on Secrets, no update anywhere)."""
+    docs = render(tmp_path, SCENARIOS["default"])
+    cluster = cluster_wide_grants(docs)
+    assert cluster == operator_calls() | KOPF_CALLS
+    sensitive = {(c[1], c[2]) for c in cluster if c[1] in SENSITIVE}
+    assert not {verb for _, verb in sensitive} & {"list", "watch", "update", "deletecollection"}
+    assert not namespaces_with_rights(docs) & set(SYSTEM_NAMESPACES)
+
+
+@pytest.mark.parametrize("namespace", SYSTEM_NAMESPACES)
+def test_system_namespaces_cannot_be_watched(tmp_path: Path, namespace: str) -> None:
+    values = {"watch": {"allNamespaces": False, "namespaces": ["team-a", namespace]}}
+    for rbac in (True, False):
+        result = helm(
+            "template",
+            "lora",
+            str(CHART),
+            "-f",
+            str(write_values(tmp_path, {**values, "rbac": {"create": rbac}})),
+            check=False,
+        )
+        assert result.returncode != 0
+        assert f"watch.namespaces: {namespace} is a system namespace" in result.stderr
+
+
+def documented_rules() -> set[Call]:
+    """The (group, resource, verb) rows of docs/operating.md's RBAC table."""
+    text = OPERATING.read_text()
+    section = text.split("\n## RBAC\n", 1)[1].split("\n## ", 1)[0]
+    rows: set[Call] = set()
+    for line in section.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or cells[0] in ("group", "---"):
+            continue
+        group = "" if cells[0] == '""' else cells[0]
+        rows |= {(group, cells[1], verb.strip()) for verb in cells[2].split(",")}
+    return rows
+
+
+def test_every_granted_right_is_documented_with_its_reason() -> None:
+    assert documented_rules() == operator_calls() | KOPF_CALLS
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ("default", None),  # the operator makes <job>-trainer per LoRAJob
+        ("s3-defaults", None),  # accounts in listed namespaces only: never named for all
+        ("namespaced", "lora-lora-operator-trainer"),  # exists in every watched namespace
+    ],
+)
+def test_the_config_names_the_trainer_account_only_where_it_exists(
+    tmp_path: Path, scenario: str, expected: str | None
+) -> None:
+    docs = render(tmp_path, SCENARIOS[scenario])
+    config = yaml.safe_load(
+        only(docs, "ConfigMap", "lora-lora-operator-config")["data"]["config.yaml"]
+    )
+    assert config.get("trainerServiceAccount") == expected

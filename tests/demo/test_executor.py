@@ -248,3 +248,64 @@ def test_processes_left_by_an_exited_pod_are_killed(
     assert status["conditions"][-1]["type"] == "Complete"
     child = int((executor.pvc_root / "data" / "child.pid").read_text())
     wait_for(lambda: not alive(child), 10)
+
+
+WRITE_SCRATCH = """
+import os, pathlib, tempfile
+root = pathlib.Path(os.environ["LORAJOB_PVC_ROOT"]) / "data"
+index = os.environ["JOB_COMPLETION_INDEX"]
+paths = [os.environ["HOME"], tempfile.gettempdir(), os.environ["XDG_CACHE_HOME"]]
+for path in paths:
+    pathlib.Path(path).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(path) / "written").write_text(index)
+(root / f"scratch-{index}.txt").write_text("|".join(paths))
+"""
+
+
+def test_scratch_emptydirs_and_the_env_naming_them_map_to_each_pods_own_folders(
+    client: RestClient, executor: LocalExecutor
+) -> None:
+    """As the trainer pods (read-only root): HOME, TMPDIR and caches point into emptyDirs."""
+    body = job("scratch", WRITE_SCRATCH)
+    spec = body["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    container["env"] += [
+        {"name": "HOME", "value": "/home/trainer"},
+        {"name": "TMPDIR", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/home/trainer/.cache"},
+    ]
+    container["volumeMounts"] += [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "home", "mountPath": "/home/trainer"},
+    ]
+    spec["volumes"] += [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
+    submit(client, body)
+    status = wait_for(lambda: finished(client, "scratch"), 60)
+    assert status["conditions"][-1]["type"] == "Complete", status
+    seen: set[str] = set()
+    for index in (0, 1):
+        home, tmp, cache = (
+            (executor.pvc_root / "data" / f"scratch-{index}.txt").read_text().split("|")
+        )
+        assert Path(home).name == "home" and Path(tmp).name == "tmp", (home, tmp)
+        assert cache == f"{home}/.cache"
+        assert not {home, tmp} & seen  # every pod its own
+        seen |= {home, tmp}
+        assert (Path(tmp) / "written").read_text() == str(index)
+
+
+def test_no_pod_starts_until_its_service_account_exists(
+    client: RestClient, executor: LocalExecutor
+) -> None:
+    """As the API server's ServiceAccount admission: the operator must create the account
+    before (or with) the Job, or nothing runs."""
+    body = job("account", WRITE_ENV)
+    body["spec"]["template"]["spec"]["serviceAccountName"] = "account-trainer"
+    submit(client, body)
+    executor.reconcile_once()
+    assert not client.list("v1/pods", NS, "job-name=account")
+    assert finished(client, "account") is None
+    account = {"apiVersion": "v1", "kind": "ServiceAccount"}
+    client.create("v1/serviceaccounts", NS, {**account, "metadata": {"name": "account-trainer"}})
+    status = wait_for(lambda: finished(client, "account"), 60)
+    assert status["conditions"][-1]["type"] == "Complete", status

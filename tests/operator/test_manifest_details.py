@@ -128,15 +128,17 @@ def test_run_objects_are_labelled_as_trainer_components_and_owned() -> None:
     ctx = context(gpu_job("lab", 2))
     for resource, obj in build_run_objects(ctx):
         meta = obj["metadata"]
+        per_run = resource != "v1/serviceaccounts"  # the trainer account is shared by runs
         assert meta["labels"] == {
             "app.kubernetes.io/name": "lora-operator",
             "app.kubernetes.io/instance": "lab",
             "app.kubernetes.io/component": "trainer",
             "app.kubernetes.io/managed-by": "lora-operator",
             LABEL_JOB: "lab",
-            LABEL_RUN: "r1",
+            **({LABEL_RUN: "r1"} if per_run else {}),
         }, resource
-        assert meta["annotations"] == {ANNOTATION_SPEC_HASH: "abc123"}, resource
+        if per_run:
+            assert meta["annotations"] == {ANNOTATION_SPEC_HASH: "abc123"}, resource
         assert meta["ownerReferences"] == [
             {
                 "apiVersion": API_VERSION,
@@ -255,19 +257,27 @@ def test_trainer_image_from_spec_else_operator_config() -> None:
     assert own["image"] == "mine:2"
 
 
-def test_trainer_service_account_only_when_configured() -> None:
-    with_account = valid_job(context(gpu_job("sa", 2), trainerServiceAccount="trainer-sa"))
-    assert pod_spec(with_account)["serviceAccountName"] == "trainer-sa"
-    assert "serviceAccountName" not in pod_spec(valid_job(context(gpu_job("sa", 2))))
+def test_trainer_service_account_from_the_config_else_one_per_lorajob() -> None:
+    configured = context(gpu_job("sa", 2), trainerServiceAccount="trainer-sa")
+    assert pod_spec(valid_job(configured))["serviceAccountName"] == "trainer-sa"
+    assert "v1/serviceaccounts" not in [r for r, _ in build_run_objects(configured)]
+    ctx = context(gpu_job("sa", 2))
+    assert pod_spec(valid_job(ctx))["serviceAccountName"] == "sa-trainer"
+    resource, account = build_run_objects(ctx)[0]  # before the Job whose pods use it
+    assert resource == "v1/serviceaccounts" and account["metadata"]["name"] == "sa-trainer"
+    assert account["automountServiceAccountToken"] is False
+    for spec in (pod_spec(valid_job(configured)), pod_spec(valid_job(ctx))):
+        assert spec["automountServiceAccountToken"] is False
 
 
 def test_env_names_are_the_pod_contract() -> None:
     ctx = context(base_job("env", **{"baseModel.source": HF_MODEL}))
     env = env_of(valid_job(ctx))
     contract = {getattr(pod, n) for n in dir(pod) if n.startswith("ENV_")}
-    assert set(env) - contract == {"PYTHONUNBUFFERED"}
+    assert set(env) - contract - set(pod.SCRATCH_ENV) == {"PYTHONUNBUFFERED"}
     assert env["PYTHONUNBUFFERED"] == "1"  # logs reach `kubectl logs` as they are written
     assert env[pod.ENV_RUN_ID] == "r1"
+    assert env[pod.ENV_JOB_UID] == ctx.uid  # the trainer claims the output folder for it
     assert env[pod.ENV_PVC_ROOT] == pod.PVC_ROOT
     assert env[pod.ENV_HF_HOME] == pod.HF_HOME
 
@@ -363,7 +373,8 @@ def test_hf_models_get_the_cache_at_hf_home(
     job = base_job("hf", **{"baseModel.source": HF_MODEL, "dataset.source": "s3://d/t.jsonl"})
     built = valid_job(context(job, **config))
     env = env_of(built)
-    cache = [v for v in pod_spec(built)["volumes"] if v["name"] not in ("config", "dshm")]
+    scratch = ("config", "dshm", "tmp", "home")
+    cache = [v for v in pod_spec(built)["volumes"] if v["name"] not in scratch]
     assert len(cache) == 1
     [volume] = cache
     assert {k: v for k, v in volume.items() if k != "name"} == expected

@@ -39,6 +39,7 @@ from lora_operator.memory import GpuCatalog, plan_job
 
 K8S_VERSION = "1.33"
 UID = "0b9c3f2e-1111-2222-3333-444455556666"
+ACCOUNTS = "v1/serviceaccounts"
 
 
 def spec_of(job: dict[str, Any]) -> LoRAJobSpec:
@@ -151,7 +152,8 @@ def test_owner_references_and_labels_on_everything(multinode: RunContext) -> Non
         assert (owner["kind"], owner["name"], owner["uid"]) == ("LoRAJob", "mn", UID), resource
         assert owner["controller"] is True
         assert meta["labels"][LABEL_JOB] == "mn"
-        assert meta["labels"][LABEL_RUN] == "r1"
+        # the trainer ServiceAccount is the LoRAJob's, shared by its runs
+        assert meta["labels"].get(LABEL_RUN) == (None if resource == ACCOUNTS else "r1")
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "lora-operator"
         assert meta["namespace"] == "ml"
     assert [r for r, _ in build_run_objects(multinode)][-1] == "batch/v1/jobs"  # Job last

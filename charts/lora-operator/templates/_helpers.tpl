@@ -64,9 +64,16 @@ app.kubernetes.io/part-of: lora-operator
 {{- include "lora-operator.fullname" . }}
 {{- end }}
 
-{{/* Namespaces with a Role: the watched ones in namespaced mode. */}}
+{{/* Namespaces with a Role: the watched ones in namespaced mode. The system namespaces are
+refused: the operator's Role writes Secrets and ServiceAccounts where it is bound. */}}
 {{- define "lora-operator.watchNamespaces" -}}
-{{- if .Values.watch.allNamespaces }}{{ list | toJson }}{{ else }}{{ .Values.watch.namespaces | toJson }}{{ end }}
+{{- if .Values.watch.allNamespaces }}{{ list | toJson }}{{ else }}
+{{- range .Values.watch.namespaces }}
+{{- if has . (list "kube-system" "kube-public" "kube-node-lease") }}
+{{- fail (printf "watch.namespaces: %s is a system namespace; the operator's Role there would let it write Secrets and ServiceAccounts. Run LoRAJobs in a namespace of their own" .) }}
+{{- end }}
+{{- end }}
+{{- .Values.watch.namespaces | toJson }}{{ end }}
 {{- end }}
 
 {{- define "lora-operator.minio.fullname" -}}
@@ -102,11 +109,11 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Rules for what the operator does inside a watched namespace. Keep in step with
-lora_operator.controller.kube.API_CALLS: tests/chart/test_rbac.py compares the two.
+Rules for what the operator does inside a watched namespace: exactly
+lora_operator.controller.api_calls.API_CALLS plus kopf's own calls (tests/chart/test_rbac.py
+compares them). Each rule's reason: docs/operating.md, "RBAC".
 */}}
 {{- define "lora-operator.namespacedRules" -}}
-{{- /* Exactly lora_operator.controller.kube.API_CALLS plus kopf's own calls (tests/chart/test_rbac.py). */}}
 - apiGroups: ["finetune.lora-operator.io"]
   resources: ["lorajobs"]
   verbs: ["get", "list", "watch", "patch", "delete"]
@@ -125,7 +132,9 @@ lora_operator.controller.kube.API_CALLS: tests/chart/test_rbac.py compares the t
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- /* KServe's S3 wiring: a credentials Secret with its annotations and a ServiceAccount. */}}
+{{- /* get: the S3 credentials Secret a job names (progress, serving copy). create/patch/delete:
+  the serving copy <job>-s3 KServe reads. ServiceAccounts: <job>-trainer (create/get) and the
+  serving <job>-serving (also patch/delete). */}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch", "delete"]

@@ -33,6 +33,7 @@ API_CALLS: frozenset[Call] = frozenset(
         ("", "secrets", "create"),
         ("", "secrets", "patch"),
         ("", "secrets", "delete"),
+        # the per-LoRAJob trainer account <job>-trainer (create/get) and the serving one
         ("", "serviceaccounts", "create"),
         ("", "serviceaccounts", "get"),
         ("", "serviceaccounts", "patch"),

@@ -187,6 +187,7 @@ def build_env(ctx: RunContext) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": pod.ENV_CONFIG, "value": pod.CONFIG_PATH},
         {"name": pod.ENV_RUN_ID, "value": ctx.run_id},
+        {"name": pod.ENV_JOB_UID, "value": ctx.uid},
         {"name": pod.ENV_MASTER_ADDR, "value": f"{service}-0.{service}.{ctx.namespace}.svc"},
         {"name": pod.ENV_MASTER_PORT, "value": str(ctx.config.rendezvous_port)},
         {"name": pod.ENV_NNODES, "value": str(ctx.plan.nodes)},
@@ -202,6 +203,8 @@ def build_env(ctx: RunContext) -> list[dict[str, Any]]:
         {"name": pod.ENV_PVC_ROOT, "value": pod.PVC_ROOT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    # The root file system is read-only: every cache and scratch path points into an emptyDir.
+    env.extend({"name": name, "value": value} for name, value in pod.SCRATCH_ENV.items())
     target = s3_target(ctx.spec, ctx.config)
     if target.endpoint:
         env.append({"name": pod.ENV_S3_ENDPOINT, "value": target.endpoint})
@@ -217,14 +220,19 @@ def build_env(ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def build_volumes(ctx: RunContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(volumes, volumeMounts): config, /dev/shm in RAM, pvc:// claims, the HF cache."""
+    """(volumes, volumeMounts): config, /dev/shm in RAM, the writable scratch emptyDirs (the
+    root file system is read-only), pvc:// claims, the HF cache."""
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(ctx.name, ctx.run_id)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "home", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": pod.CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": pod.SHM_DIR},
+        {"name": "tmp", "mountPath": pod.TMP_DIR},
+        {"name": "home", "mountPath": pod.HOME_DIR},
     ]
     for i, (claim, read_only) in enumerate(sorted(pvc_claims(ctx.spec).items())):
         volume = f"pvc-{i}"
@@ -264,6 +272,54 @@ def build_resources(ctx: RunContext) -> dict[str, dict[str, str]]:
     return {"requests": requests, "limits": limits}
 
 
+def trainer_account_name(job: str) -> str:
+    """The per-LoRAJob trainer ServiceAccount, used when the operator config names none."""
+    return short_name(job, "trainer", limit=63)
+
+
+def build_trainer_account(ctx: RunContext) -> dict[str, Any] | None:
+    """A ServiceAccount of the trainer's own, with no token and no RBAC binding, so trainer pods
+    never run as the namespace's `default` account (which other workloads may have bound
+    rights to). One per LoRAJob, shared by its runs; None when the config names an account."""
+    if ctx.config.trainer_service_account:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": trainer_account_name(ctx.name),
+            "namespace": ctx.namespace,
+            "labels": labels(ctx.name, None, "trainer"),
+            "ownerReferences": [owner_reference(ctx.name, ctx.uid)],
+        },
+        "automountServiceAccountToken": False,
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod Security Standards 'restricted': the image's non-root user, the runtime's seccomp
+    profile. OnRootMismatch: a large model-cache PVC is not re-chowned at every start."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": pod.TRAINER_UID,
+        "runAsGroup": pod.TRAINER_GID,
+        "fsGroup": pod.TRAINER_GID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """No privilege escalation, no capabilities, nothing written outside the emptyDirs."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
 def build_job(ctx: RunContext) -> dict[str, Any]:
     name = run_name(ctx.name, ctx.run_id)
     spec = ctx.spec
@@ -279,10 +335,14 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": ctx.config.rendezvous_port}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "subdomain": name,
+        "serviceAccountName": ctx.config.trainer_service_account or trainer_account_name(ctx.name),
+        "automountServiceAccountToken": False,  # trainers never call the Kubernetes API
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": volumes,
     }
@@ -293,8 +353,6 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
         pod_spec["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
-    if ctx.config.trainer_service_account:
-        pod_spec["serviceAccountName"] = ctx.config.trainer_service_account
     metadata = _metadata(ctx, name)
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
@@ -330,8 +388,11 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
 
 
 def build_run_objects(ctx: RunContext) -> list[tuple[str, dict[str, Any]]]:
-    """(resource, object) in creation order: the Job last, so its pods find config and DNS."""
+    """(resource, object) in creation order: the Job last, so its pods find their
+    ServiceAccount, config and DNS."""
+    account = build_trainer_account(ctx)
     return [
+        *([("v1/serviceaccounts", account)] if account else []),
         ("v1/configmaps", build_config_map(ctx)),
         ("v1/services", build_service(ctx)),
         ("batch/v1/jobs", build_job(ctx)),
