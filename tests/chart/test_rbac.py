@@ -26,6 +26,9 @@ KOPF_CALLS: set[Call] = {
     ("finetune.lora-operator.io", "lorajobs", "patch"),
     ("finetune.lora-operator.io", "lorajobs/status", "patch"),
     ("", "events", "create"),
+    # Not a call: the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift)
+    # lets only a client that may update the owner's finalizers set blockOwnerDeletion.
+    ("finetune.lora-operator.io", "lorajobs/finalizers", "update"),
 }
 # kopf peering (opt-in pause switch): keep-alives are patches, peers are watched.
 CLUSTER_PEERING_CALLS: set[Call] = {
