@@ -76,6 +76,13 @@ CROSS_FIELD = [
         _merge(_with("serving.enabled", True), _with("lora", {"r": 1024, "alpha": 2048})),
         "vLLM serves LoRA ranks up to 512",
     ),
+    (
+        _merge(
+            _with("baseModel.config", "https://models.example/config.json"),
+            _with("baseModel.configMapRef", {"name": "model-config"}),
+        ),
+        "set config or configMapRef, not both",
+    ),
 ]
 
 
@@ -109,6 +116,11 @@ FIELD_ERRORS = [
     (_with("output.prefix", "/absolute"), "spec.output.prefix"),
     (_with("resources.requests", {"memory": "-8Gi"}), "spec.resources.requests.memory"),
     (_with("resources.gpuResourceName", "nvidia.com/gpu\nx"), "spec.resources.gpuResourceName"),
+    (_with("baseModel.configMapRef", {"name": "Bad_Name"}), "spec.baseModel.configMapRef.name"),
+    (
+        _with("baseModel.configMapRef", {"name": "cfg", "key": "../config.json"}),
+        "spec.baseModel.configMapRef.key",
+    ),
 ]
 
 

@@ -163,3 +163,33 @@ def test_lm_head_is_adapted_only_by_name() -> None:
     all_linear = lora_param_count(arch, ("all-linear",), 8, False)
     named = arch.module_names
     assert lora_param_count(arch, tuple(named), 8, False) == all_linear + 8 * (4096 + 128256)
+
+
+def test_a_local_config_over_the_size_cap_is_refused(tmp_path: Path) -> None:
+    """`lorajob plan` reads local files, but no bigger than the operator would take."""
+    from lora_operator.memory.local_config import MAX_BYTES
+
+    big = tmp_path / "config.json"
+    big.write_text(" " * MAX_BYTES + '{"model_type": "llama"}')
+    with pytest.raises(PlanningError, match=rf"is larger than {MAX_BYTES} bytes"):
+        load_architecture("x", str(big))
+
+
+def test_a_config_asking_for_absurdly_many_layers_is_refused_before_building(
+    tmp_path: Path,
+) -> None:
+    """A config.json comes from job authors: millions of layers would take the planner hours."""
+    huge = {**json.loads(_llama_text()), "num_hidden_layers": 2_000_000}
+    with pytest.raises(PlanningError, match=r"has 2000000 decoder layers \(num_hidden_layers\)"):
+        load_architecture("x", _write(tmp_path, "huge", huge))
+    broken = {**json.loads(_llama_text()), "num_attention_heads": 0}
+    with pytest.raises(PlanningError, match=r"^spec.baseModel: cannot build a causal LM"):
+        load_architecture("x", _write(tmp_path, "broken", broken))
+
+
+def _llama_text() -> str:
+    from lora_operator.memory.registry import shipped_config_path
+
+    path = shipped_config_path("meta-llama/Llama-3.2-1B")
+    assert path is not None
+    return path.read_text()

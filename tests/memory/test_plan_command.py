@@ -74,3 +74,23 @@ def test_missing_file(tmp_path: Path) -> None:
     result = run(str(tmp_path / "absent.yaml"))
     assert result.returncode == 2
     assert "file not found" in result.stderr
+
+
+def test_a_config_map_config_is_planned_from_a_file_given_on_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """The CLI cannot read the cluster: a configMapRef job names the flag to use instead."""
+    from_config_map = tmp_path / "cm.yaml"
+    from_config_map.write_text(
+        GOOD.replace(
+            "source: hf://meta-llama/Llama-3.1-8B}",
+            "source: hf://my-org/custom, configMapRef: {name: custom-config}}",
+        ).replace("meta-llama/Llama-3.1-8B-Instruct", "my-org/custom")
+    )
+    refused = run(str(from_config_map))
+    assert refused.returncode == 2
+    assert "spec.baseModel.configMapRef: `lorajob plan` does not read the cluster" in refused.stderr
+    shipped = Path(__file__).parents[2] / "operator/lora_operator/memory/configs/llama-3.1-8b.json"
+    planned = run(str(from_config_map), "--model-config", str(shipped), "-o", "json")
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)["plan"]["totalParams"] == 8_030_261_248

@@ -21,6 +21,7 @@ from lora_contract.types import (
     CPU_OPTIMIZERS,
     GROUP,
     KIND,
+    ONE_CONFIG_SOURCE,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
@@ -75,6 +76,12 @@ CEL_RULES: list[dict[str, str]] = [
         f"!has(self.lora) || !has(self.lora.r) || self.lora.r <= {VLLM_LORA_RANKS[-1]}",
         "message": f"serving.enabled: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}",
         "fieldPath": ".lora.r",
+    },
+    {
+        "path": "baseModel",
+        "rule": "!has(self.config) || !has(self.configMapRef)",
+        "message": ONE_CONFIG_SOURCE,
+        "fieldPath": ".configMapRef",
     },
     {
         "path": "distributed",

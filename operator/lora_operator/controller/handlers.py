@@ -70,6 +70,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Reconciler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await reconciler.model_configs.close()  # config fetches still hanging: same reason
         if KubeHolder.kube is not None:
             await KubeHolder.kube.close()
 

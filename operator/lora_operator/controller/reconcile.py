@@ -13,6 +13,8 @@ create ConfigMap/Service/Job -> follow Job + progress.json -> Succeeded/Failed -
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import copy
 import logging
 import math
@@ -46,8 +48,9 @@ from ..api.loading import SpecError, parse_lorajob
 from ..api.operator_config import OperatorConfig
 from ..deepspeed_config import deepspeed_config
 from ..memory import GpuCatalog, PlanningError, plan_job
+from ..memory.forecast import completed_forecast, run_forecast
 from . import metrics
-from .conditions import ConditionStatus, find, set_condition
+from .conditions import NAME_CONFLICT, ConditionStatus, find, set_condition
 from .config import ConfigSource
 from .kube import Kube, KubeError
 from .manifests import (
@@ -55,6 +58,9 @@ from .manifests import (
     build_run_objects,
     run_name,
 )
+from .model_config_source import Fetching, ModelConfigSource
+from .ownership import NameConflict, controlled_by, create_owned, delete_owned
+from .policy import POLICY_VIOLATION, policy_refusals
 from .progress import (
     CredentialsError,
     S3Credentials,
@@ -125,8 +131,24 @@ def demand_from(obj: dict[str, Any]) -> Demand | None:
     )
 
 
+# Counting a model not seen before takes seconds of CPU (transformers on the meta device; more for
+# a config written to be slow): done off the event loop so no other job waits, one at a time.
+PLANNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
+
 # A finished job waiting for KServe to be installed: looked at now and then, not every resync.
 SLOW_RESYNC_SECONDS = 300.0
+# A job refused by the platform policy: looked at again this often, so that a policy change (the
+# config is reloaded without a restart) or an opt-in label added to its Secret lets it start.
+POLICY_RECHECK_SECONDS = 30.0
+
+
+def _condition_reason(status: dict[str, Any], type_: str) -> str | None:
+    conditions = status.get("conditions")
+    for condition in conditions if isinstance(conditions, list) else []:
+        if isinstance(condition, dict) and condition.get("type") == type_:
+            reason = condition.get("reason")
+            return reason if isinstance(reason, str) else None
+    return None
 
 
 def resync_interval(obj: dict[str, Any]) -> float | None:
@@ -140,6 +162,8 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
     phase = status.get("phase")
     if phase is None or phase in ACTIVE_PHASES:
         return 0.0
+    if _condition_reason(status, "Validated") == POLICY_VIOLATION:
+        return POLICY_RECHECK_SECONDS
     if phase == Phase.Suspended.value:
         return None
     if spec.get("ttlSecondsAfterFinished") is not None:
@@ -158,7 +182,9 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
             return 0.0
         if serving.get("status") == "True":
             return None
-        return SLOW_RESYNC_SECONDS if serving.get("reason") == "KServeNotInstalled" else 0.0
+        # Both wait for someone else (install KServe; remove the object holding the name).
+        waiting = serving.get("reason") in ("KServeNotInstalled", NAME_CONFLICT)
+        return SLOW_RESYNC_SECONDS if waiting else 0.0
     return None
 
 
@@ -179,6 +205,11 @@ class Reconciler:
     _warm: bool = False
     _catalog_key: int = 0
     _catalog: GpuCatalog | None = None
+    # a job waiting for its config URL is reconciled again when the fetch ends
+    model_configs: ModelConfigSource = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.model_configs = ModelConfigSource(on_ready=self._safe)
 
     # ------------------------------------------------------------------ admission view
 
@@ -318,6 +349,15 @@ class _Run:
             run.phase = phase
         return changed
 
+    def name_conflict(self, conflict: NameConflict) -> None:
+        """Another object holds a name this run needs: touch it not, say so once, and try again
+        at the next resync (a Pending job is resynced), when its owner may have removed it."""
+        message = conflict.message()
+        if self.condition(ConditionType.Running, False, NAME_CONFLICT, message):
+            self.event("Warning", NAME_CONFLICT, message)
+        self.set_phase(Phase.Pending, message)
+        self.status.queue_position = None
+
     def current_run(self) -> RunRecord | None:
         current = self.status.current_run
         return next((r for r in self.status.runs if r.id == current), None)
@@ -347,7 +387,7 @@ class _Run:
     # ------------------------------------------------------------------ the state machine
 
     async def reconcile(self) -> None:
-        spec = self.validate()
+        spec = await self.validate()
         if spec is None:
             return
         self.spec = spec
@@ -365,12 +405,14 @@ class _Run:
             await self.suspend(run)
             return
         job = await self.kube.get(JOBS, self.namespace, run_name(self.name, run.id))
-        if job is None:
+        if job is not None and not controlled_by(job, self.uid):
+            self.name_conflict(NameConflict.of(job, "Job"))
+        elif job is None:
             await self.launch(spec, run)
         else:
             await self.follow(spec, run, job)
 
-    def validate(self) -> LoRAJobSpec | None:
+    async def validate(self) -> LoRAJobSpec | None:
         wire = {
             "apiVersion": self.obj.get("apiVersion", API_VERSION),
             "kind": self.obj.get("kind", KIND),
@@ -395,8 +437,29 @@ class _Run:
             if changed:
                 self.event("Warning", "MissingConfiguration", problem)
             return None
+        refusals = await policy_refusals(self.kube, self.namespace, spec, self.config)
+        if refusals:
+            self.refuse(refusals)
+            return None
         self.condition(ConditionType.Validated, True, "Valid", "spec is valid")
         return spec
+
+    def refuse(self, refusals: list[str]) -> None:
+        """Refused by the platform policy: create, follow and change nothing. A job that never
+        started fails like an invalid spec; a queued one goes back to Pending (it must not hold
+        its place in the GPU queue); a running or finished one keeps its phase (its pods, if
+        any, run on: they were allowed when made). Re-checked every POLICY_RECHECK_SECONDS."""
+        message = "; ".join(refusals)
+        changed = self.condition(ConditionType.Validated, False, POLICY_VIOLATION, message)
+        if self.current_run() is None:
+            self.set_phase(Phase.Failed, message)
+        elif self.status.phase == Phase.Queued:
+            self.set_phase(Phase.Pending, message)
+            self.status.queue_position = None
+        else:
+            self.status.message = message
+        if changed:
+            self.event("Warning", POLICY_VIOLATION, message)
 
     def static_problem(self, spec: LoRAJobSpec) -> str | None:
         """Things pydantic cannot know: they depend on the operator's configuration."""
@@ -412,7 +475,15 @@ class _Run:
         if self.status.spec_hash == spec_hash and self.status.phase == Phase.Failed:
             return False  # planning already failed for this exact spec; wait for a change
         try:
-            plan = plan_job(spec, self.owner.catalog(self.config))
+            model_config = await self.owner.model_configs.resolve(
+                self.kube, (self.namespace, self.name), spec.base_model, self.config.policy
+            )
+            if isinstance(model_config, Fetching):
+                self.wait_for_model_config(model_config)
+                return False
+            catalog = self.owner.catalog(self.config)
+            loop = asyncio.get_running_loop()
+            plan = await loop.run_in_executor(PLANNER, plan_job, spec, catalog, model_config)
         except PlanningError as exc:
             message = f"planning failed: {exc}"
             self.status.spec_hash = spec_hash
@@ -423,7 +494,7 @@ class _Run:
         if previous is not None:
             await self.supersede(previous)
         run_id = f"r{len(self.status.runs) + 1}"
-        output = run_location(spec.output, self.name, run_id)
+        output = run_location(spec.output, self.namespace, self.name, run_id)
         self.status.runs.append(
             RunRecord(
                 id=run_id,
@@ -434,6 +505,7 @@ class _Run:
             )
         )
         plan_status = plan.to_status()
+        self.status.runs[-1].forecast = run_forecast(plan_status)
         self.status.current_run = run_id
         self.status.spec_hash = spec_hash
         self.status.plan = plan_status
@@ -458,11 +530,20 @@ class _Run:
         self.event("Normal", "Planned", f"run {run_id}: {message}")
         return True
 
+    def wait_for_model_config(self, fetching: Fetching) -> None:
+        """Planned=Unknown until the fetch ends; a previous run keeps its phase meanwhile."""
+        message = f"fetching spec.baseModel.config {fetching.url}"
+        self.condition(ConditionType.Planned, "Unknown", "FetchingModelConfig", message)
+        if self.current_run() is None:
+            self.set_phase(Phase.Pending, message)
+
     async def supersede(self, previous: RunRecord) -> None:
         if previous.phase in FINISHED:
             return
         job = run_name(self.name, previous.id)
-        await self.kube.delete(JOBS, self.namespace, job)
+        # NameConflict: not the previous run's Job, so nothing of ours to stop or delete.
+        with contextlib.suppress(NameConflict):
+            await delete_owned(self.kube, JOBS, self.namespace, job, self.uid)
         previous.phase = Phase.Failed
         previous.completion_time = now_iso()
         self.released = True
@@ -534,8 +615,12 @@ class _Run:
         self, spec: LoRAJobSpec, run: RunRecord, plan: PlanStatus, queue: str | None
     ) -> None:
         ctx = self.context(spec, run, plan)
-        for resource, body in build_run_objects(ctx):
-            await self.kube.create(resource, self.namespace, body)
+        try:
+            for resource, body in build_run_objects(ctx):
+                await create_owned(self.kube, resource, self.namespace, body, self.uid)
+        except NameConflict as conflict:
+            self.name_conflict(conflict)
+            return
         job = run_name(self.name, run.id)
         self.status.queue_position = None
         if queue:
@@ -573,7 +658,7 @@ class _Run:
         creds = await self.credentials(spec)
         if creds is None:
             return None
-        progress = await read_progress(store_for(creds), spec, self.name, run.id)
+        progress = await read_progress(store_for(creds), run.output_uri, self.uid)
         if progress is None:
             return None
         record_progress(self.status, progress)
@@ -634,6 +719,7 @@ class _Run:
         run.phase = Phase.Succeeded
         run.adapter_uri = adapter
         run.completion_time = finished
+        run.forecast = completed_forecast(run, progress)
         if progress is not None:
             if progress.loss is not None:
                 run.final_loss = progress.loss
@@ -672,7 +758,10 @@ class _Run:
 
     async def suspend(self, run: RunRecord) -> None:
         job = run_name(self.name, run.id)
-        deleted = await self.kube.delete(JOBS, self.namespace, job)
+        try:
+            deleted = await delete_owned(self.kube, JOBS, self.namespace, job, self.uid)
+        except NameConflict:
+            deleted = False  # someone else's Job of that name: not ours to stop
         if self.set_phase(Phase.Suspended, "suspended; checkpoints kept") or deleted:
             self.condition(ConditionType.Running, False, "Suspended", "spec.suspend is true")
             self.event("Normal", "Suspended", f"deleted Job {job}; checkpoints kept")
@@ -683,7 +772,14 @@ class _Run:
 
     async def after_completion(self, spec: LoRAJobSpec, run: RunRecord) -> None:
         if self.ttl_expired(spec):
-            await self.kube.delete(LORAJOBS, self.namespace, self.name)
+            # The uid precondition: never delete a newer LoRAJob that took this name meanwhile
+            # (the server refuses with 409; that one is not finished, so nothing to do).
+            try:
+                await self.kube.delete(LORAJOBS, self.namespace, self.name, uid=self.uid or None)
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+                return
             self.event("Normal", "Expired", "ttlSecondsAfterFinished reached; deleting")
             return
         adapter = self.status.adapter_uri
@@ -701,12 +797,23 @@ class _Run:
             if self.condition(ConditionType.Serving, state.status, state.reason, state.message):
                 kind = "Normal" if state.status != "False" else "Warning"
                 self.event(kind, f"Serving{state.reason}", state.message)
-            if state.reason != "KServeNotInstalled":
+            if state.reason not in ("KServeNotInstalled", NAME_CONFLICT):
                 self.status.inference_service = self.name
-        elif not spec.serving.enabled and self.status.inference_service:
-            await remove_serving(self.kube, self.name, self.namespace)
-            self.status.inference_service = None
-            self.condition(ConditionType.Serving, False, "Disabled", "serving.enabled is false")
+        elif not spec.serving.enabled:
+            serving = find(self.status.conditions, ConditionType.Serving)
+            conflicted = serving is not None and serving.reason == NAME_CONFLICT
+            if self.status.inference_service or conflicted:
+                await self.stop_serving()
+
+    async def stop_serving(self) -> None:
+        """Delete the serving objects this LoRAJob controls; name the others, left alone."""
+        left_alone = await remove_serving(self.kube, self.name, self.namespace, self.uid)
+        self.status.inference_service = None
+        message = "serving.enabled is false"
+        if left_alone:
+            names = ", ".join(f"{c.kind} {c.namespace}/{c.name}" for c in left_alone)
+            message += f"; left alone (not owned by this LoRAJob): {names}"
+        self.condition(ConditionType.Serving, False, "Disabled", message)
 
     def ttl_expired(self, spec: LoRAJobSpec) -> bool:
         if spec.ttl_seconds_after_finished is None:

@@ -3,10 +3,12 @@ and a placement (GPU type, nodes, GPUs per node, strategy, pod resources) that f
 
 from __future__ import annotations
 
-from .architecture import Architecture, load_architecture
+from .architecture import Architecture, architecture_of
 from .catalog import GpuCatalog
 from .errors import PlanningError
 from .estimate import TERM_HELP, Assumptions, MemoryEstimate, TrainingShape, estimate_memory
+from .local_config import load_architecture
+from .model_config import ModelConfig
 from .placement import PlanResult, plan_job, shape_for
 
 __all__ = [
@@ -15,9 +17,11 @@ __all__ = [
     "Assumptions",
     "GpuCatalog",
     "MemoryEstimate",
+    "ModelConfig",
     "PlanResult",
     "PlanningError",
     "TrainingShape",
+    "architecture_of",
     "estimate_memory",
     "load_architecture",
     "plan_job",

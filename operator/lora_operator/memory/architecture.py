@@ -1,6 +1,6 @@
-"""Load a model's config.json and count its parameters exactly, module by module, on the meta
-device (no weights, no memory): the memory model needs exact counts of the quantizable linears,
-the 16-bit rest, and the in/out sizes of every module LoRA may adapt.
+"""Count a model's parameters exactly from its already-loaded config.json, module by module, on
+the meta device (no weights, no memory, no IO): the memory model needs exact counts of the
+quantizable linears, the 16-bit rest, and the in/out sizes of every module LoRA may adapt.
 
 Mixtral in transformers 5 stores its experts as fused 3-D parameters (`experts.gate_up_proj` of
 shape experts x 2*intermediate x hidden and `experts.down_proj`), not as nn.Linear modules, so
@@ -14,16 +14,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import PlanningError
-from .registry import shipped_config_path, shipped_names
-
-URL_TIMEOUT_SECONDS = 5.0
+from .model_config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -43,6 +38,9 @@ class LinearModule:
     def params(self) -> int:
         return self.copies * self.in_features * self.out_features
 
+
+# Far above any released model (Llama 3.1 405B has 126 layers).
+MAX_LAYERS = 1024
 
 # Linear names that only a gated MLP has (Llama/Mistral/Qwen/Gemma, Phi-3's fused gate_up,
 # Mixtral's experts); Phi-2, Falcon and GPT-NeoX have fc1/dense_h_to_4h -> act -> fc2.
@@ -86,73 +84,14 @@ class Architecture:
         return sorted({m.short_name for m in (*self.linears, *heads)})
 
 
-def read_config(name: str, config_ref: str | None) -> tuple[str, dict[str, Any]]:
-    """(identity, config dict) from spec.baseModel.config if given, else the shipped file."""
-    if config_ref:
-        if config_ref.startswith(("http://", "https://")):
-            return config_ref, _fetch_url(config_ref)
-        return _read_file(Path(config_ref).expanduser(), "spec.baseModel.config")
-    path = shipped_config_path(name)
-    if path is None:
-        raise PlanningError(
-            f"spec.baseModel.name: unknown model {name!r}; shipped: {', '.join(shipped_names())}"
-            " (or set spec.baseModel.config to the model's config.json path or URL)"
-        )
-    return _read_file(path, "spec.baseModel.name")
-
-
-def _read_file(path: Path, field: str) -> tuple[str, dict[str, Any]]:
-    if path.is_dir():
-        path = path / "config.json"
-    try:
-        text = path.read_text()
-        stamp = os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        raise PlanningError(f"{field}: config file {str(path)!r} not found") from None
-    except OSError as exc:
-        raise PlanningError(f"{field}: cannot read {str(path)!r}: {exc.strerror}") from None
-    return f"{path.resolve()}@{stamp}", _parse_json(text, f"{field}: {str(path)!r}")
-
-
-@functools.lru_cache(maxsize=64)
-def _fetch_url_text(url: str) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response:
-            body: bytes = response.read(4 * 1024 * 1024)
-            return body.decode("utf-8")
-    except (urllib.error.URLError, OSError, ValueError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise PlanningError(
-            f"spec.baseModel.config: cannot fetch {url!r} ({reason}); the operator may be "
-            "offline: use a shipped model name or a local config.json path"
-        ) from None
-
-
-def _fetch_url(url: str) -> dict[str, Any]:
-    return _parse_json(_fetch_url_text(url), f"spec.baseModel.config: {url!r}")
-
-
-def _parse_json(text: str, where: str) -> dict[str, Any]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PlanningError(f"{where} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict):
-        raise PlanningError(f"{where} must hold a JSON object (a model config.json)")
-    if "model_type" not in data:
-        raise PlanningError(f"{where} has no 'model_type': not a transformers config.json")
-    return data
-
-
-def load_architecture(name: str, config_ref: str | None) -> Architecture:
-    """The architecture for a spec's base model; repeated calls hit a cache (milliseconds)."""
-    identity, data = read_config(name, config_ref)
-    return _architecture_cached(identity, json.dumps(data, sort_keys=True))
+def architecture_of(config: ModelConfig) -> Architecture:
+    """The architecture of an already-loaded config.json; repeated calls hit a cache."""
+    return _architecture_cached(config.source, json.dumps(config.data, sort_keys=True))
 
 
 @functools.lru_cache(maxsize=256)
-def _architecture_cached(identity: str, config_json: str) -> Architecture:
-    return count_architecture(identity, json.loads(config_json))
+def _architecture_cached(source: str, config_json: str) -> Architecture:
+    return count_architecture(source, json.loads(config_json))
 
 
 def count_architecture(source: str, data: dict[str, Any]) -> Architecture:
@@ -165,16 +104,30 @@ def count_architecture(source: str, data: dict[str, Any]) -> Architecture:
     model_type = fields.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **fields)
+        _check_layers(source, config)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
-    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        return _walk(source, model_type, config, model)
+    except PlanningError:
+        raise
+    except Exception as exc:  # whatever a foreign config.json makes transformers raise
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = source.rsplit("@", 1)[0] if not source.startswith("http") else source
         raise PlanningError(
-            f"spec.baseModel: cannot build a causal LM from config.json {where!r} "
+            f"spec.baseModel: cannot build a causal LM from config.json {source!r} "
             f"(model_type {model_type!r}): {first_line}"
         ) from None
-    return _walk(source, model_type, config, model)
+
+
+def _check_layers(source: str, config: Any) -> None:
+    """Building costs about 5 ms and 36 KiB per layer: a config from a job author asking for
+    millions would hold the planner for hours and exhaust the operator's memory."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = int(getattr(text_config, "num_hidden_layers", 0) or 0)
+    if layers > MAX_LAYERS:
+        raise PlanningError(
+            f"spec.baseModel: config.json {source!r} has {layers} decoder layers "
+            f"(num_hidden_layers); the memory model counts models of at most {MAX_LAYERS}"
+        )
 
 
 def _walk(source: str, model_type: str, config: Any, model: Any) -> Architecture:

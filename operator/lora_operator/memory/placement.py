@@ -22,10 +22,13 @@ from lora_contract.types import (
 
 from ..api.operator_config import GpuType
 from .advice import lora_warnings
-from .architecture import Architecture, load_architecture
+from .architecture import Architecture, architecture_of
 from .catalog import GpuCatalog
 from .errors import PlanningError
 from .estimate import GIB, Assumptions, MemoryEstimate, TrainingShape, estimate_memory
+from .forecast import DatasetStats, Forecast, forecast_job
+from .local_config import read_local_config
+from .model_config import ModelConfig
 
 USABLE_FRACTION = 0.90  # plan peak must stay under 90% of the card
 CPUS_PER_GPU = 8
@@ -51,6 +54,7 @@ class PlanResult:
     reason: str
     warnings: list[str] = field(default_factory=list)
     on_cpu: bool = False
+    forecast: Forecast | None = None
 
     @property
     def total_gpus(self) -> int:
@@ -77,6 +81,7 @@ class PlanResult:
             limits=self.limits,
             reason=self.reason,
             warnings=list(self.warnings),
+            forecast=self.forecast.to_status() if self.forecast else None,
         )
 
 
@@ -100,15 +105,25 @@ def shape_for(
         strategy=strategy,
         data_parallel=ranks,
         offload_cpu=spec.distributed.offload == Offload.cpu,
+        chunked_loss=spec.training.chunked_loss,
     )
 
 
-def plan_job(spec: LoRAJobSpec, catalog: GpuCatalog | None = None) -> PlanResult:
-    """Estimate memory and place `spec`; raises PlanningError with one clear sentence."""
+def plan_job(
+    spec: LoRAJobSpec,
+    catalog: GpuCatalog | None = None,
+    model_config: ModelConfig | None = None,
+    dataset: DatasetStats | None = None,
+) -> PlanResult:
+    """Estimate memory and place `spec`; raises PlanningError with one clear sentence.
+
+    The operator passes the `model_config` it resolved without blocking; without one the config
+    is read here, as `lorajob plan` does on the user's machine (local paths and URLs allowed).
+    `dataset`: row count and mean tokens when the caller could read the data (the forecast)."""
     catalog = catalog or GpuCatalog.default()
     gpu = catalog.get(spec.resources.gpu_type)
     on_cpu = GpuCatalog.is_cpu(gpu)
-    arch = load_architecture(spec.base_model.name, spec.base_model.config)
+    arch = architecture_of(model_config or read_local_config(spec.base_model))
     assumptions = Assumptions(cuda_context_gib=0.0) if on_cpu else Assumptions()
     usable = gpu.memory_gib * USABLE_FRACTION
     max_per_node = min(gpu.max_per_node, spec.resources.max_gpus_per_node)
@@ -127,6 +142,7 @@ def plan_job(spec: LoRAJobSpec, catalog: GpuCatalog | None = None) -> PlanResult
         reason=why,
         warnings=lora_warnings(spec, arch, gpu, on_cpu) + estimate.notes,
         on_cpu=on_cpu,
+        forecast=forecast_job(spec, arch, gpu, nodes, per_node, dataset),
     )
 
 
