@@ -16,15 +16,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "lora_operator.memory.report",
         "print the GPU memory breakdown and placement of a LoRAJob",
     ),
+    "calibrate": (
+        "lora_operator.memory.calibrate",
+        "fit the GPU catalog's efficiency to finished runs (kubectl get lj -A -o json)",
+    ),
     "validate": ("lora_operator.api.validate_cmd", "check LoRAJob files against the API"),
     "crds": ("lora_operator.api.crd", "print, write or check the generated CRD YAML"),
+    "shapes": (
+        "lora_operator.memory.shapes",
+        "print, write or check the precomputed shapes of the shipped model configs",
+    ),
     "run": ("lora_operator.controller.main", "run the operator (kopf) against the current cluster"),
 }
 
 
 def usage() -> str:
     lines = ["usage: lorajob <command> [options]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`lorajob <command> --help` for a command's options."]
     return "\n".join(lines)
 

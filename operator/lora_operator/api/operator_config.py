@@ -6,7 +6,6 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from lora_contract.pod import DEFAULT_RENDEZVOUS_PORT
-from lora_contract.storage import StorageError, parse_endpoint
 from lora_contract.types import SecretRef, _Model
 
 
@@ -22,6 +21,22 @@ class GpuType(_Model):
         default_factory=dict, description="Labels that select nodes with this GPU."
     )
     max_per_node: int = Field(default=8, ge=1, le=64)
+    peak_tflops: float | None = Field(
+        default=None,
+        gt=0,
+        description="Dense 16-bit tensor peak per GPU, TFLOP/s (bf16; fp16 where no bf16), "
+        "from the vendor's datasheet; null: no time forecast.",
+    )
+    efficiency: float = Field(
+        default=0.40,
+        gt=0,
+        le=1,
+        description="Share of peakTflops a LoRA step reaches, recomputation counted; "
+        "`lorajob calibrate` measures it from finished runs.",
+    )
+    price_per_gpu_hour: float | None = Field(
+        default=None, ge=0, description="Cost of one GPU-hour; null: the plan shows no cost."
+    )
 
 
 class Quota(_Model):
@@ -101,6 +116,9 @@ class PlatformPolicy(_Model):
     @classmethod
     def _endpoints_parse(cls, endpoints: list[str]) -> list[str]:
         """A typo here would silently allow nothing: refuse the config (the last good one stays)."""
+        # Imported here: the storage module loads minio, half of `lorajob plan`'s start-up.
+        from lora_contract.storage import StorageError, parse_endpoint
+
         for endpoint in endpoints:
             if not endpoint or any(char.isspace() for char in endpoint):
                 raise ValueError(f"S3 endpoint {endpoint!r} is not a URL like http://minio:9000")

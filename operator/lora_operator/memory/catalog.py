@@ -59,9 +59,16 @@ class GpuCatalog:
         return cls().merged(entries)
 
     def merged(self, extra: Iterable[GpuType]) -> GpuCatalog:
+        """An entry for a known name overrides only the fields it sets, so a platform can add
+        `pricePerGpuHour` or a calibrated `efficiency` without restating the datasheet peak."""
         entries = dict(self.entries)
         for gpu in extra:
-            entries[gpu.name] = gpu
+            known = entries.get(gpu.name)
+            if known is None:
+                entries[gpu.name] = gpu
+            else:
+                changes = {field: getattr(gpu, field) for field in gpu.model_fields_set}
+                entries[gpu.name] = known.model_copy(update=changes)
         return GpuCatalog(entries)
 
     def names(self) -> list[str]:

@@ -9,12 +9,14 @@ from typing import Any
 
 import yaml
 
-from lora_contract.types import LoRAJob
+from lora_contract.types import ForecastStatus, LoRAJob
 
 from ..api.loading import SpecError, load_lorajobs
 from .catalog import GpuCatalog
+from .dataset_stats import read_dataset_stats
 from .errors import PlanningError
 from .estimate import TERM_HELP
+from .local_config import read_config
 from .placement import PlanResult, plan_job
 
 EXIT_BAD_INPUT = 2
@@ -30,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gpu-type", metavar="NAME", help="plan for this GPU type instead of resources.gpuType"
     )
+    parser.add_argument(
+        "--model-config",
+        metavar="PATH_OR_URL",
+        help="the model's config.json (a file, folder or URL) instead of spec.baseModel's; for "
+        "a config kept in a ConfigMap (baseModel.configMapRef)",
+    )
     return parser
 
 
@@ -41,7 +49,7 @@ def main(argv: list[str]) -> int:
             for job in load_lorajobs(path):
                 if args.gpu_type:
                     job.spec.resources.gpu_type = args.gpu_type
-                results.append((job, _plan(job, path)))
+                results.append((job, _plan(job, path, args.model_config)))
     except SpecError as exc:
         for problem in exc.problems:
             print(f"error: {exc.source}: {problem}", file=sys.stderr)
@@ -61,9 +69,11 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _plan(job: LoRAJob, path: str) -> PlanResult:
+def _plan(job: LoRAJob, path: str, model_config: str | None = None) -> PlanResult:
     try:
-        return plan_job(job.spec, GpuCatalog.default())
+        given = read_config(job.spec.base_model.name, model_config) if model_config else None
+        dataset = read_dataset_stats(job.spec.dataset.source, job.spec.dataset.max_seq_length)
+        return plan_job(job.spec, GpuCatalog.default(), given, dataset)
     except PlanningError as exc:
         raise SpecError(f"{path} ({job.metadata.name})", [str(exc)]) from None
 
@@ -93,9 +103,34 @@ def render_table(job: LoRAJob, result: PlanResult) -> str:
         f"  pod requests: {_amounts(status.requests.to_wire())}",
         f"  pod limits:   {_amounts(status.limits.to_wire())}",
     ]
+    lines += ["", *forecast_lines(status.forecast)]
     if status.warnings:
         lines += ["", "  warnings:"] + [f"    - {w}" for w in status.warnings]
     return "\n".join(lines)
+
+
+def forecast_lines(forecast: ForecastStatus | None) -> list[str]:
+    """The "Forecast" section of the table (memory/forecast.py explains the arithmetic)."""
+    if forecast is None:
+        return [
+            "  forecast: none (set dataset.numExamples or training.maxSteps, and the GPU "
+            "type's peakTflops in the catalog)"
+        ]
+    cost = "-" if forecast.cost is None else f"{forecast.cost:,.2f} (pricePerGpuHour)"
+    return [
+        "  forecast",
+        f"    tokens              {forecast.tokens:,} ({forecast.tokens_from})",
+        f"    wall time           {_duration(forecast.hours)}",
+        f"    GPU-hours           {forecast.gpu_hours:,.2f}",
+        f"    cost                {cost}",
+        *[f"    - {note}" for note in forecast.assumptions],
+    ]
+
+
+def _duration(hours: float) -> str:
+    if hours < 1:
+        return f"{hours * 60:.1f} min"
+    return f"{hours:,.1f} h" if hours < 48 else f"{hours / 24:,.1f} days ({hours:,.0f} h)"
 
 
 def _amounts(values: dict[str, Any]) -> str:
