@@ -7,14 +7,16 @@ TOOLS := .tools/bin
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(TOOLS):$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test lint typecheck unit demo demo-kill bench mutate crds image clean help
+.PHONY: setup test lint typecheck unit demo demo-kill bench gpu-check mutate crds shapes image clean help
 
 help:
 	@echo "make demo   - set up, then run the whole flow (emulated cluster + S3, real operator, real training)"
 	@echo "make test   - set up, then lint, type-check and run the full test suite"
 	@echo "make bench  - memory-model accuracy, operator scale and trainer throughput benchmarks"
+	@echo "make gpu-check - on one CUDA GPU: the trainer's measured peak memory beside the plan's"
 	@echo "make mutate - mutation score of the decision modules (MODULE=quota,layout for some; JOBS=2)"
 	@echo "make crds   - regenerate crds/ and the chart's copy from the pydantic types"
+	@echo "make shapes - regenerate the precomputed module shapes of the shipped model configs"
 	@echo "make image  - build the trainer and operator images (needs a docker engine)"
 
 setup: $(STAMP) $(TOOLS)/helm
@@ -51,6 +53,18 @@ demo-kill: setup
 bench: setup
 	$(PY) -m lora_devkit.bench
 
+# GPU calibration (docs/benchmarks.md, "GPU calibration"), at most 8 minutes on one GPU. It uses
+# the torch in the venv: `make setup` installs torch==2.13.0 from the configured index (PyPI's
+# Linux wheel is the CUDA build; a CPU-only index gives +cpu, and the check then says so and
+# stops). GPU_CHECK_PY=python3 runs a CUDA Python that already has torch, transformers, peft and
+# accelerate from the source tree instead, without `make setup` (no downloads).
+GPU_CHECK_PY   ?=
+GPU_CHECK_ARGS ?= --write-docs
+GPU_CHECK_PATH := contract:operator:trainer-image:devkit
+gpu-check: $(if $(GPU_CHECK_PY),,setup)
+	$(if $(GPU_CHECK_PY),PYTHONPATH=$(GPU_CHECK_PATH)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_CHECK_PY),$(PY)) \
+		-m lora_devkit.gpu_check $(GPU_CHECK_ARGS)
+
 # Mutation testing (mutmut) of the decision modules against their fast unit tests; the table is
 # also in .mutate/summary.md, the surviving mutants' diffs in .mutate/<module>-survivors.txt.
 MODULE ?=
@@ -60,6 +74,10 @@ mutate: setup
 
 crds: setup
 	$(VENV)/bin/lorajob crds --write
+
+# The shipped configs' module shapes, so `lorajob plan` never imports torch for them.
+shapes: setup
+	$(VENV)/bin/lorajob shapes --write
 
 image:
 	@command -v docker >/dev/null || { echo "docker not found: make image needs a docker engine"; exit 1; }
