@@ -16,6 +16,7 @@ API server does on top, and `LoRAJobEmulator` adds it:
 - PUT replaces an object (kmock would merge it); merge and JSON patches apply as such;
 - lists are `<Kind>List`s whose items carry apiVersion/kind (`kubectl get -o json|yaml|name`),
   cluster-wide too; label selectors; `kubectl get` tables from the CRD's printer columns;
+- a DELETE's preconditions (uid, resourceVersion in DeleteOptions) are checked (409 Conflict);
 - the garbage collector: deleting an object deletes (background propagation) every object whose
   `ownerReferences` all point at deleted objects, recursively (a Job's Pods too).
 
@@ -52,7 +53,12 @@ from kmock._internal import dicts, enums, k8s, rendering
 from lora_contract.timestamps import now_iso, parse_iso
 from lora_contract.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 from lora_operator.api.schema_check import FieldError, apply_defaults, field_errors, prune_unknown
-from lora_operator.controller.kube import resource_path
+from lora_operator.controller.kube import (
+    KubeError,
+    delete_options,
+    resource_path,
+    status_message,
+)
 
 from .service import Service
 
@@ -335,6 +341,7 @@ class LoRAJobEmulator(KubernetesEmulator):
             # in between, so two of them could otherwise both pass the check).
             async with self._conditional_writes() if conditional else _no_lock():
                 async with self._lock:
+                    self._check_preconditions(request)
                     owner_uid = self._uid(request)
                     served, warnings = self._admit(request)
                     self._stamp(served)
@@ -356,6 +363,26 @@ class LoRAJobEmulator(KubernetesEmulator):
                 if seen is request:
                     self._requests[index] = served
                     return
+
+    def _check_preconditions(self, request: rendering.Request) -> None:
+        """A DELETE's `DeleteOptions.preconditions` (uid, resourceVersion) must match the stored
+        object, or the API server refuses with 409 and deletes nothing: a client deleting what it
+        read earlier never deletes a newer object that took the name."""
+        data = request.data
+        if request.action != enums.action.DELETE or not isinstance(data, dict):
+            return
+        current = self._current(request)
+        preconditions = data.get("preconditions") or {}
+        if current is None or not isinstance(preconditions, dict):
+            return
+        meta = current.get("metadata") or {}
+        for field, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
+            expected = preconditions.get(field)
+            if expected is not None and expected != meta.get(field):
+                raise VersionConflictError(
+                    message=f"Precondition failed: {label} in precondition: {expected}, "
+                    f"{label} in object meta: {meta.get(field)}"
+                )
 
     def _uid(self, request: rendering.Request) -> str | None:
         """The uid of the object a delete or update names: if it is gone afterwards (deleted, or
@@ -771,15 +798,15 @@ class EmulatedCluster(Service):
 # ------------------------------------------------------------------------------------- client
 
 
-class ApiError(RuntimeError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
+ApiError = KubeError  # one error for both clients: HTTP status and the Status object's message
 
 
 class RestClient:
     """Small synchronous JSON client for tests and benches: the emulator (plain http) or a real
-    cluster (`RestClient.from_kubeconfig`, auth handled by the `kubernetes` client)."""
+    cluster (`RestClient.from_kubeconfig`, auth handled by the `kubernetes` client).
+
+    The same paths (`resource_path`), errors and get/delete rules as the operator's async `Kube`;
+    unlike it, `create` does not swallow a 409 (tests check what the server refuses)."""
 
     def __init__(self, base_url: str, api_client: Any = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -809,7 +836,7 @@ class RestClient:
             with urllib.request.urlopen(req, timeout=30) as response:
                 text = response.read().decode()
         except urllib.error.HTTPError as exc:
-            raise ApiError(exc.code, exc.read().decode()[:500]) from None
+            raise ApiError(exc.code, status_message(exc.read(), exc.reason)) from None
         return json.loads(text) if text else None
 
     def _request_kubernetes(
@@ -829,7 +856,7 @@ class RestClient:
                 _preload_content=False,
             )
         except ApiException as exc:
-            raise ApiError(int(exc.status), str(exc.body)[:500]) from None
+            raise ApiError(int(exc.status), status_message(exc.body, exc.reason)) from None
         raw = response[0].data if isinstance(response, tuple) else response.data
         return json.loads(raw) if raw else None
 
@@ -859,9 +886,14 @@ class RestClient:
         path = resource_path(resource, namespace, name) + ("/status" if status else "")
         return self.request("PATCH", path, body)
 
-    def delete(self, resource: str, namespace: str | None, name: str) -> None:
+    def delete(
+        self, resource: str, namespace: str | None, name: str, uid: str | None = None
+    ) -> bool:
+        """True if it existed; background propagation, `uid` a precondition (as `Kube.delete`)."""
         try:
-            self.request("DELETE", resource_path(resource, namespace, name))
+            self.request("DELETE", resource_path(resource, namespace, name), delete_options(uid))
+            return True
         except ApiError as exc:
-            if exc.status != 404:
-                raise
+            if exc.status == 404:
+                return False
+            raise

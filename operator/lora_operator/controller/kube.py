@@ -1,17 +1,32 @@
-"""A thin async Kubernetes REST client on aiohttp, using the credentials kopf logged in with.
+"""The operator's Kubernetes client: kubernetes_asyncio's ApiClient (the maintained asyncio port
+of the official `kubernetes` client), logged in with the credentials kopf logged in with.
 
-Why not the official client: it is synchronous (one thread per call across 1000 jobs) and needs
-per-kind API classes; the operator only needs get/list/create/patch/delete of a few kinds.
+Auth, TLS, connection pooling, timeouts and error types are the maintained client's. What is ours
+is a small generic layer over it: the operator needs get/list/create/patch/delete of a few kinds as
+plain dicts, with the idempotency rules below, and one choke point (`Kube.request`) that tests
+replace with an in-memory server and that `api_calls.py` (the RBAC) is checked against.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import ssl
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import kopf
+from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.client.exceptions import ApiException
+
+REQUEST_TIMEOUT_SECONDS = 60
+CONNECTIONS = 32  # per operator process; kopf's watches have their own
+CLIENT_READ_BUFSIZE = 2**21  # the client's own: etcd's largest object fits one read buffer
+ANY_SUCCESS = {200: "object", 201: "object", 202: "object"}  # returned as parsed JSON
 
 
 class KubeError(RuntimeError):
@@ -30,67 +45,105 @@ def resource_path(resource: str, namespace: str | None, name: str | None = None)
     return f"{path}/{name}" if name else path
 
 
-def _as_bytes(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
+def _pem_file(
+    path: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None,
+    data: str | bytes | None,
+    target: Path,
+) -> str | None:
+    """A certificate/key as a file name: the client's ssl context loads them only from files.
+    kubeconfig `*-data` fields are base64 of the PEM; kopf passes them on as they are."""
+    if path:
+        return os.fsdecode(path)
+    if not data:
+        return None
+    raw = data.encode() if isinstance(data, str) else data
+    pem = raw if raw.startswith(b"-----BEGIN ") else base64.b64decode(raw)
+    if not target.parent.exists():
+        target.parent.mkdir(mode=0o700)
+    target.write_bytes(pem)
+    target.chmod(0o600)
+    return str(target)
 
 
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
-    if info.insecure:
-        return False
-    if not info.server.startswith("https"):
-        return True
-    context = ssl.create_default_context(
-        cafile=info.ca_path,
-        cadata=info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data,
+def client_configuration(info: kopf.ConnectionInfo, files: Path) -> Configuration:
+    """kopf's login as the client's Configuration. Inline PEM data is written under `files`
+    (created only then: the root filesystem may be read-only), which must stay until the
+    ApiClient is built. Basic auth wins over a token, as in kopf."""
+    config = Configuration(host=info.server.rstrip("/"))
+    config.verify_ssl = not info.insecure
+    config.ssl_ca_cert = _pem_file(info.ca_path, info.ca_data, files / "ca.crt")
+    config.cert_file = _pem_file(info.certificate_path, info.certificate_data, files / "tls.crt")
+    config.key_file = _pem_file(info.private_key_path, info.private_key_data, files / "tls.key")
+    config.proxy = info.proxy_url
+    config.connection_pool_maxsize = CONNECTIONS
+    if info.username and info.password:
+        config.username, config.password = info.username, info.password
+        # The client's own kubeconfig loader sends basic auth this way.
+        config.api_key["BearerToken"] = config.get_basic_auth_token()
+    elif info.token:
+        config.api_key["BearerToken"] = info.token
+        config.api_key_prefix["BearerToken"] = info.scheme or "Bearer"
+    return config
+
+
+def status_message(body: str | bytes | None, fallback: str | None = None) -> str:
+    """The `message` of the Status object the API server answers errors with (the body itself
+    when it is not one). Shared with the devkit's synchronous client."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    try:
+        message = json.loads(text or "").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or text or fallback or "")[:2000]
+
+
+def delete_options(uid: str | None = None) -> dict[str, Any]:
+    """DeleteOptions: background propagation (a Job's Pods go too); with `uid`, only that
+    incarnation of the name is deleted (else 409), so a stale read never deletes a newer object."""
+    options: dict[str, Any] = {"propagationPolicy": "Background"}
+    if uid is not None:
+        options["preconditions"] = {"uid": uid}
+    return options
+
+
+def _trust_env(api: ApiClient, trust: bool) -> None:
+    """Proxies and ~/.netrc from the environment only when kopf's login says so (kopf's
+    `networking.trust_env`, off by default), so the operator's calls and kopf's take the same
+    route. The client always trusts the environment (aiohttp then looks both up in a worker
+    thread on every request). Same connector (pool, TLS), another session around it."""
+    rest = api.rest_client
+    session: aiohttp.ClientSession = rest.pool_manager
+    if session.trust_env == trust or session.connector is None:
+        return
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=session.connector, trust_env=trust, read_bufsize=CLIENT_READ_BUFSIZE
     )
-    if info.certificate_path and info.private_key_path:
-        context.load_cert_chain(info.certificate_path, info.private_key_path)
-    elif info.certificate_data and info.private_key_data:
-        import tempfile
-
-        with (
-            tempfile.NamedTemporaryFile("wb", suffix=".crt") as cert,
-            tempfile.NamedTemporaryFile("wb", suffix=".key") as key,
-        ):
-            cert.write(_as_bytes(info.certificate_data))
-            key.write(_as_bytes(info.private_key_data))
-            cert.flush()
-            key.flush()
-            context.load_cert_chain(cert.name, key.name)
-    return context
+    session.detach()
 
 
 class Kube:
-    """One aiohttp session per operator process; created lazily on the operator's loop."""
+    """One ApiClient (one aiohttp connection pool) per operator process, created lazily: the
+    client needs the running event loop, and kopf's login handler runs outside it."""
 
     def __init__(self, info: kopf.ConnectionInfo) -> None:
         self.info = info
-        self.server = info.server.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        self._api: ApiClient | None = None
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if self.info.token:
-            headers["Authorization"] = f"{self.info.scheme or 'Bearer'} {self.info.token}"
-        elif self.info.username and self.info.password:
-            import base64
-
-            raw = f"{self.info.username}:{self.info.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        if content_type:
-            headers["Content-Type"] = content_type
-        return headers
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=_ssl_context(self.info), limit=32)
-            timeout = aiohttp.ClientTimeout(total=60)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-        return self._session
+    def api(self) -> ApiClient:
+        if self._api is None:
+            files = Path(tempfile.gettempdir()) / f"lora-operator-tls-{uuid.uuid4().hex}"
+            try:
+                self._api = ApiClient(client_configuration(self.info, files))
+            finally:
+                shutil.rmtree(files, ignore_errors=True)
+            self._api.user_agent = "lora-operator"
+            _trust_env(self._api, self.info.trust_env)
+        return self._api
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._api is not None:
+            api, self._api = self._api, None
+            await api.close()
 
     async def request(
         self,
@@ -100,22 +153,22 @@ class Kube:
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        data = json.dumps(body) if body is not None else None
-        async with self.session().request(
-            method,
-            self.server + path,
-            data=data,
-            params=params,
-            headers=self._headers(content_type if data is not None else None),
-        ) as response:
-            text = await response.text()
-            if response.status >= 400:
-                try:
-                    message = json.loads(text).get("message", text)
-                except (ValueError, AttributeError):
-                    message = text
-                raise KubeError(response.status, str(message)[:2000])
-            return json.loads(text) if text else None
+        """Every API call goes through here. Errors are KubeError(HTTP status, Status message);
+        connection failures stay the client's (aiohttp's OSError / asyncio.TimeoutError)."""
+        try:
+            return await self.api().call_api(
+                path,
+                method,
+                query_params=list((params or {}).items()),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                response_types_map=ANY_SUCCESS,
+                _return_http_data_only=True,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except ApiException as exc:
+            raise KubeError(int(exc.status or 0), status_message(exc.body, exc.reason)) from None
 
     async def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
@@ -135,7 +188,7 @@ class Kube:
         params = {"labelSelector": selector} if selector else None
         result = await self.request("GET", resource_path(resource, namespace), params=params)
         items: list[dict[str, Any]] = result.get("items", []) if result else []
-        # Filter again: some servers (the test emulator) ignore label selectors.
+        # Filter again: a server or proxy that drops the selector must not widen what we act on.
         return [
             item
             for item in items
@@ -173,14 +226,14 @@ class Kube:
         )
         return obj
 
-    async def delete(self, resource: str, namespace: str | None, name: str) -> bool:
-        """True if it existed. Background propagation: the Job's pods go too."""
+    async def delete(
+        self, resource: str, namespace: str | None, name: str, uid: str | None = None
+    ) -> bool:
+        """True if it existed. See `delete_options`: a `uid` that no longer matches is
+        KubeError 409."""
         try:
-            await self.request(
-                "DELETE",
-                resource_path(resource, namespace, name),
-                {"propagationPolicy": "Background"},
-            )
+            path = resource_path(resource, namespace, name)
+            await self.request("DELETE", path, delete_options(uid))
             return True
         except KubeError as exc:
             if exc.status == 404:
@@ -195,7 +248,9 @@ class KubeHolder:
 
     @classmethod
     def set(cls, info: kopf.ConnectionInfo) -> None:
-        cls.kube = Kube(info)
+        """kopf logs in again after a 401; the same credentials keep the open connection pool."""
+        if cls.kube is None or cls.kube.info != info:
+            cls.kube = Kube(info)
 
     @classmethod
     def get(cls) -> Kube:
