@@ -68,6 +68,9 @@ class FakeKube(Kube):
         if method == "PATCH":
             return copy.deepcopy(merge(store[name], body))
         if method == "DELETE":
+            expected = ((body or {}).get("preconditions") or {}).get("uid")
+            if expected and store[name]["metadata"].get("uid") != expected:
+                raise KubeError(409, f"Precondition failed: UID in precondition: {expected}")
             return store.pop(name)
         raise AssertionError(f"unexpected {method} {path}")
 
