@@ -5,7 +5,7 @@ that image in the live-reloaded operator config."""
 
 from __future__ import annotations
 
-from operator_harness import Harness, base_job
+from operator_harness import NAMESPACE, Harness, base_job
 
 FOREIGN_IMAGE = "registry.corp/ml/trainer:2"
 
@@ -50,3 +50,47 @@ def test_a_foreign_trainer_image_is_refused_until_the_platform_allows_it(
     finally:
         harness.set_config()
         harness.clean_up()
+
+
+def test_a_database_secret_and_the_metadata_address_are_refused_together(
+    harness: Harness,
+) -> None:
+    """Issue 11's copy attack: a Secret that never opted in (a database password) named as the
+    job's credentials, sent to the cloud metadata address. Both refusals are listed, nothing is
+    created, and the Secret is neither copied nor changed."""
+    name = "policy-exfil"
+    database = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "team-db", "namespace": NAMESPACE},
+        "stringData": {"password": "hunter2"},
+    }
+    harness.client.create("v1/secrets", NAMESPACE, database)
+    try:
+        before = harness.client.get("v1/secrets", NAMESPACE, "team-db")
+        harness.apply(
+            base_job(
+                name,
+                **{
+                    "output.endpoint": "http://169.254.169.254",
+                    "output.credentialsSecret": {
+                        "name": "team-db",
+                        "accessKeyKey": "password",
+                        "secretKeyKey": "password",
+                    },
+                },
+            )
+        )
+        status = harness.wait_phase(name, "Failed")
+        condition = validated(harness, name)
+        assert condition["reason"] == "PolicyViolation"
+        message = str(condition["message"])
+        assert message.startswith("spec.output.endpoint: 'http://169.254.169.254' is a link-local")
+        assert "spec.output.credentialsSecret: Secret 'team-db' is not usable" in message
+        assert status["message"] == message
+        assert harness.job(f"{name}-r1") is None
+        assert harness.client.get("v1/secrets", NAMESPACE, f"{name}-s3") is None
+        assert harness.client.get("v1/secrets", NAMESPACE, "team-db") == before
+    finally:
+        harness.clean_up()
+        harness.client.delete("v1/secrets", NAMESPACE, "team-db")
