@@ -41,6 +41,8 @@ RESOURCE_NAME_PATTERN = (
 )
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+CONFIG_MAP_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 
 
 class _Model(BaseModel):
@@ -156,6 +158,22 @@ CPU_OPTIMIZERS = frozenset(o for o in Optimizer if o not in KBIT_OPTIMIZERS)
 # --------------------------------------------------------------------------------------- spec
 
 
+# Shared by the pydantic validator and the CRD's CEL rule (lora_operator.api.crd).
+ONE_CONFIG_SOURCE = "set config or configMapRef, not both"
+
+
+class ConfigMapKeyRef(_Model):
+    """One key of a ConfigMap in the LoRAJob's own namespace (the operator reads no other)."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="ConfigMap name.")
+    key: str = Field(
+        default="config.json",
+        pattern=CONFIG_MAP_KEY_PATTERN,
+        max_length=253,
+        description="Key holding the config.json text.",
+    )
+
+
 class BaseModelSpec(_Model):
     """Which model to fine-tune and where its weights live (never downloaded by the operator)."""
 
@@ -174,8 +192,25 @@ class BaseModelSpec(_Model):
     config: str | None = Field(
         default=None,
         max_length=2048,
-        description="Path or http(s) URL of a config.json for models the operator does not ship.",
+        description="http(s) URL of a config.json for models the operator does not ship; the "
+        "operator fetches only URLs its platform policy allows (allowedModelConfigUrls) and never "
+        "reads a local path (`lorajob plan` on your machine also takes a file path). Exclusive "
+        "with configMapRef.",
     )
+    # Left out of dumps while unset: the retraining hash covers the whole baseModel section, and a
+    # new `null` in it would retrain every existing job after an upgrade.
+    config_map_ref: ConfigMapKeyRef | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="A ConfigMap in the job's namespace holding the model's config.json, for "
+        "models the operator does not ship. Exclusive with config.",
+    )
+
+    @model_validator(mode="after")
+    def _one_config_source(self) -> BaseModelSpec:
+        if self.config is not None and self.config_map_ref is not None:
+            raise ValueError(ONE_CONFIG_SOURCE)
+        return self
 
 
 class QuantizationSpec(_Model):
@@ -301,6 +336,15 @@ class TrainingSpec(_Model):
     )
     gradient_checkpointing: Annotated[bool, RETRAINS] = Field(
         default=True, description="Recompute activations in backward: less memory, ~30% slower."
+    )
+    # Same loss to float rounding, so it keeps the run (a RETRAINS field would also change
+    # every stored spec hash).
+    chunked_loss: Annotated[bool, KEEPS_RUN] = Field(
+        default=True,
+        description=(
+            "Compute lm_head + cross-entropy in chunks (fused kernel on CUDA) instead of "
+            "materialising batch x seq x vocab logits: same loss, far less memory."
+        ),
     )
     attention: Annotated[Attention, RETRAINS] = Field(
         default=Attention.sdpa, description="Attention kernel; eager keeps s^2 scores in memory."
@@ -436,7 +480,7 @@ class OutputSpec(_Model):
         default="lorajobs",
         max_length=512,
         pattern=PREFIX_PATTERN,
-        description="Key prefix; runs go under <prefix>/<job>/<run>/.",
+        description="Key prefix; runs go under <prefix>/<namespace>/<job>/<run>/.",
     )
     endpoint: str | None = Field(
         default=None, pattern=r"^https?://[^\s/]+(/.*)?$", description="S3 endpoint (MinIO URL)."
@@ -563,6 +607,45 @@ class ResourceAmounts(_Observed):
         return {name: value for name, value in names.items() if value}
 
 
+class ForecastStatus(_Observed):
+    """Time and cost the plan expects (operator/lora_operator/memory/forecast.py): training
+    tokens x FLOPs per token over the GPUs' catalog peak x efficiency."""
+
+    tokens: int = Field(description="Training tokens over all epochs (eval passes excluded).")
+    tokens_from: str = Field(
+        default="", description="dataset, numExamples x maxSeqLength, or maxSteps."
+    )
+    flops_per_token: float = Field(default=0, description="Training FLOPs per token.")
+    total_flops: float = Field(default=0, description="Training + evaluation FLOPs.")
+    peak_tflops: float = Field(default=0, description="Catalog peak per GPU (TFLOP/s).")
+    efficiency: float = Field(default=0, description="Share of the peak assumed.")
+    hours: float = Field(description="Wall-clock hours of training (pod start excluded).")
+    gpu_hours: float = Field(description="hours x GPUs.")
+    cost: float | None = Field(
+        default=None, description="gpuHours x the catalog's pricePerGpuHour; null: no price."
+    )
+    assumptions: list[str] = Field(default_factory=list)
+
+
+class RunForecast(_Observed):
+    """A run's forecast, frozen when the run is planned, and what it actually took."""
+
+    gpu_type: str
+    gpus: int
+    efficiency: float = Field(description="Catalog efficiency the forecast assumed.")
+    hours: float = Field(description="Forecast wall-clock hours.")
+    gpu_hours: float
+    cost: float | None = None
+    actual_hours: float | None = Field(
+        default=None, description="Job creation to completion (includes pod start)."
+    )
+    actual_gpu_hours: float | None = None
+    forecast_ratio: float | None = Field(
+        default=None,
+        description="actualHours / forecast hours of the steps done (early stop counts).",
+    )
+
+
 class PlanStatus(_Observed):
     """What the memory model decided, stored in status so `kubectl describe` explains it."""
 
@@ -581,6 +664,7 @@ class PlanStatus(_Observed):
     limits: ResourceAmounts = Field(default_factory=ResourceAmounts)
     reason: str = ""
     warnings: list[str] = Field(default_factory=list)
+    forecast: ForecastStatus | None = None
 
 
 class Progress(_Observed):
@@ -619,6 +703,7 @@ class RunRecord(_Observed):
     final_eval_loss: float | None = None
     start_time: str | None = None
     completion_time: str | None = None
+    forecast: RunForecast | None = None
 
 
 class LoRAJobStatus(_Observed):
@@ -669,7 +754,7 @@ class TrainerConfig(_Model):
     job_name: str
     namespace: str = "default"
     run_id: str
-    output_uri: str = Field(description="s3://bucket/prefix/job/run: checkpoints, metrics, final.")
+    output_uri: str = Field(description="s3://bucket/prefix/namespace/job/run: the run's outputs.")
     spec: LoRAJobSpec
     plan: PlanStatus | None = None
     deepspeed: dict[str, Any] | None = Field(

@@ -37,6 +37,7 @@ from lora_operator.memory import (
 from lora_operator.memory.estimate import (
     activation_terms,
     lora_param_count,
+    loss_chunk_positions,
     targeted_linears,
     weight_bytes,
 )
@@ -108,18 +109,18 @@ def test_the_tiny_model_counts_as_derived_by_hand(tiny: Architecture) -> None:
         ({}, 220_480 * 2),
         # fp32 compute: 4 bytes
         ({"compute_dtype": ComputeDtype.fp32}, 220_480 * 4),
-        # LLM.int8: 1 byte per quantized weight + one fp32 scale per output row; the 16-bit
-        # rest is upcast to fp32 by prepare_model_for_kbit_training: 4 bytes
-        ({"quantization": QuantizationMode.int8}, 92_160 * 1 + 1_216 * 4 + 128_320 * 4),
+        # LLM.int8: 1 byte per quantized weight + one fp32 scale per output row; the trainer
+        # keeps the rest in the compute dtype (no fp32 upcast): 2 bytes
+        ({"quantization": QuantizationMode.int8}, 92_160 * 1 + 1_216 * 4 + 128_320 * 2),
         # NF4 without double quant: half a byte per weight + an fp32 absmax per block of 64
         (
             {"quantization": QuantizationMode.nf4, "double_quant": False},
-            92_160 * 0.5 + (92_160 / 64) * 4 + 128_320 * 4,
+            92_160 * 0.5 + (92_160 / 64) * 4 + 128_320 * 2,
         ),
         # NF4 with double quant: absmax as 1 byte each, plus an fp32 constant per 256 absmaxes
         (
             {"quantization": QuantizationMode.nf4},
-            92_160 * 0.5 + (92_160 / 64) * 1 + (92_160 / 64 / 256) * 4 + 128_320 * 4,
+            92_160 * 0.5 + (92_160 / 64) * 1 + (92_160 / 64 / 256) * 4 + 128_320 * 2,
         ),
     ],
 )
@@ -128,10 +129,10 @@ def test_weight_bytes(tiny: Architecture, changes: dict[str, Any], expected: flo
 
 
 def test_quantized_rest_follows_the_upcast_assumption(tiny: Architecture) -> None:
-    # without the fp32 upcast (kbit_upcast_bytes 2) the 128,320 non-quantized stay 16-bit
-    kept_16bit = Assumptions(kbit_upcast_bytes=2.0)
-    int8 = weight_bytes(tiny, shape(quantization=QuantizationMode.int8), kept_16bit)
-    assert int8 == pytest.approx(92_160 + 1_216 * 4 + 128_320 * 2, abs=BYTE)
+    # with peft's fp32 upcast (kbit_upcast_bytes 4) the 128,320 non-quantized take 4 bytes
+    upcast = Assumptions(kbit_upcast_bytes=4.0)
+    int8 = weight_bytes(tiny, shape(quantization=QuantizationMode.int8), upcast)
+    assert int8 == pytest.approx(92_160 + 1_216 * 4 + 128_320 * 4, abs=BYTE)
 
 
 # ------------------------------------------------------------------------------ LoRA size
@@ -200,13 +201,17 @@ def test_activations_with_and_without_checkpointing(tiny: Architecture) -> None:
     assert full["activations"] == pytest.approx(expected, abs=BYTE)
 
 
-def test_kbit_training_keeps_the_residual_stream_and_mlp_in_fp32(tiny: Architecture) -> None:
-    # NF4 + bf16 compute: the MLP's saved tensors (3 * 176) and the checkpointed layer inputs
+def test_kbit_training_saves_what_lora_saves_without_the_upcast(tiny: Architecture) -> None:
+    # NF4 + bf16 compute, no fp32 upcast (the trainer): the same bf16 tensors as plain LoRA
+    nf4 = shape(quantization=QuantizationMode.nf4)
+    terms = activation_terms(tiny, nf4, Assumptions())
+    assert terms == activation_terms(tiny, BASE, Assumptions())
+    # with peft's upcast the MLP's saved tensors (3 * 176) and the checkpointed layer inputs
     # are fp32 (4 bytes); attention's saved tensors stay bf16
     per_layer = 512 + 256 + 128 + 16 + 3 * 176 * 4 + 128
-    terms = activation_terms(tiny, shape(quantization=QuantizationMode.nf4), Assumptions())
+    upcast = activation_terms(tiny, nf4, Assumptions(kbit_upcast_bytes=4.0))
     expected = TOKENS * (2 * 64 * 4 + per_layer + EMBED_AND_FINAL_NORM)
-    assert terms["activations"] == pytest.approx(expected, abs=BYTE)
+    assert upcast["activations"] == pytest.approx(expected, abs=BYTE)
 
 
 def test_fp32_compute_doubles_the_16_bit_tensors(tiny: Architecture) -> None:
@@ -247,6 +252,17 @@ def test_logits_in_fp32_with_their_gradient_unless_chunked(tiny: Architecture) -
     two = shape(micro_batch=2, seq_len=1024)
     assert activation_terms(tiny, two, Assumptions())["logits"] == 2 * 1024 * 1000 * 12
     assert activation_terms(tiny, two, Assumptions(chunked_loss=True))["logits"] == 0
+
+
+def test_chunked_loss_keeps_the_hidden_states_and_one_chunk(tiny: Architecture) -> None:
+    # the labelled hidden states (64 wide, bf16) + one chunk of 2**25 // 1000 = 33,554 positions
+    # (all 2,048 here) x vocab x 12 bytes
+    chunked = shape(micro_batch=2, seq_len=1024, chunked_loss=True)
+    assert activation_terms(tiny, chunked, Assumptions())["logits"] == 2048 * 64 * 2 + (
+        2048 * 1000 * 12
+    )
+    # a 128k vocabulary at 2 x 2048: 261 positions per chunk instead of 4,096
+    assert loss_chunk_positions(128_256) == 261
 
 
 # q/k/v/o read 64-wide inputs: 4 * 64 = 256 input elements per token and layer
@@ -387,12 +403,11 @@ def test_zero3_gather_uses_the_bytes_per_parameter_of_the_stored_weights(
     tiny: Architecture,
 ) -> None:
     # NF4 weights, 4 ranks: the gathered layers cost the average stored bytes per parameter
-    nf4 = 92_160 * 0.5 + 92_160 / 64 + 92_160 / 64 / 256 * 4 + 128_320 * 4
+    nf4 = 92_160 * 0.5 + 92_160 / 64 + 92_160 / 64 / 256 * 4 + 128_320 * 2
     job = shape(
         quantization=QuantizationMode.nf4, strategy=Strategy.deepspeed_zero3, data_parallel=4
     )
-    per_layer = 512 + 256 + 128 + 16 + 3 * 176 * 4 + 128
-    saved = TOKENS * (2 * 64 * 4 + per_layer + EMBED_AND_FINAL_NORM) + DROPOUT + LOGITS
+    saved = SAVED  # no upcast: the same activations as 16-bit LoRA
     expected = nf4 / 4 + 2 * 46_208 * (nf4 / 220_480) + LORA * (4 + 4 + 8) / 4 + saved
     assert allocated_bytes(tiny, job) == pytest.approx(expected, abs=BYTE)
 

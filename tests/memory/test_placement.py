@@ -34,7 +34,7 @@ def test_bf16_lora_8b_fits_one_a100_80gb(spec: Spec) -> None:
 
 
 def test_bf16_lora_8b_does_not_fit_a_24gb_card(spec: Spec) -> None:
-    result = plan_job(spec(resources={"gpuType": "L4-24GB"}, dataset={"maxSeqLength": 4096}))
+    result = plan_job(spec(resources={"gpuType": "L4-24GB"}, dataset={"maxSeqLength": 8192}))
     assert result.total_gpus > 1
     assert result.strategy == Strategy.deepspeed_zero3
     assert "shards the weights" in result.reason
@@ -88,7 +88,7 @@ def test_unknown_gpu_type(spec: Spec) -> None:
 
 
 def test_catalog_merge_adds_and_overrides(spec: Spec) -> None:
-    extra = [GpuType(name="B300", memory_gib=270), GpuType(name="L4-24GB", memory_gib=10)]
+    extra = [GpuType(name="B300", memory_gib=270), GpuType(name="L4-24GB", memory_gib=6)]
     catalog = GpuCatalog.default().merged(extra)
     assert plan_job(spec(resources={"gpuType": "B300"}), catalog).gpu.memory_gib == 270
     qlora = spec(quantization={"mode": "nf4"}, resources={"gpuType": "L4-24GB"})

@@ -266,10 +266,10 @@ def cpu_catalog(memory_gib: float, bf16: bool = True) -> GpuCatalog:
 
 
 def cpu_estimate(path: str, strategy: Strategy, ranks: int, **changes: Any) -> float:
-    """The CPU run's peak: fp32 everywhere, no CUDA context."""
+    """The CPU run's peak: fp32 everywhere, no CUDA context, the spec's default chunked loss."""
     arch = load_architecture("tiny-test-llama", path)
     shape = replace(
-        TrainingShape(),
+        TrainingShape(chunked_loss=True),
         compute_dtype=ComputeDtype.fp32,
         strategy=strategy,
         data_parallel=ranks,
@@ -315,11 +315,11 @@ def test_cpu_explicit_processes(spec: Spec, tiny_path: str) -> None:
         baseModel=tiny_model(tiny_path),
         resources={"gpuType": "cpu"},
         distributed={"nodes": 1, "gpusPerNode": 3, "strategy": "deepspeed-zero2"},
-        # 16 x 4096 tokens: about 1.2 GiB per process, so the 1.3x factor shows in whole GiB
-        training={"microBatchSize": 16},
+        # 32 x 4096 tokens: about 1.3 GiB per process, so the 1.3x factor shows in whole GiB
+        training={"microBatchSize": 32},
         dataset={"maxSeqLength": 4096},
     )
-    expected = cpu_estimate(tiny_path, Strategy.deepspeed_zero2, 3, micro_batch=16, seq_len=4096)
+    expected = cpu_estimate(tiny_path, Strategy.deepspeed_zero2, 3, micro_batch=32, seq_len=4096)
     assert expected > 1.0
     memory = memory_for_usable(expected)  # exactly at the host's usable memory: no warning
     result = plan_job(job, cpu_catalog(memory))
@@ -453,6 +453,7 @@ def test_shape_for_carries_every_memory_relevant_field(spec: Spec) -> None:
         strategy=Strategy.deepspeed_zero2,
         data_parallel=6,
         offload_cpu=True,
+        chunked_loss=True,  # training.chunkedLoss's default
     )
     assert shape_for(job, Strategy.deepspeed_zero2, 6) == expected
     # CPU runs train in fp32 whatever the spec says

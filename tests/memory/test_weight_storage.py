@@ -1,7 +1,7 @@
 """The `weights` term in absolute bytes, against what bitsandbytes itself stores.
 
 A small random Llama is loaded the way the trainer loads it (bf16; NF4 with or without double
-quantization; LLM.int8), k-bit models then go through `prepare_model_for_kbit_training`, and the
+quantization; LLM.int8), k-bit models then go through `prepare_quantized_model`, and the
 bytes of every parameter and quantization state are added up: packed 4-bit data, the per-block
 absmax (uint8 under double quantization, plus the fp32 second-level absmax and offset), int8 data
 plus one fp32 scale per row (`SCB`). The shared 16- and 256-entry lookup tables are not counted
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import bitsandbytes  # noqa: F401  (the NF4/int8 layers below; CPU kernels suffice)
-import peft
 import pytest
 import torch
 import transformers
@@ -23,6 +22,7 @@ import transformers
 from lora_contract.types import QuantizationMode
 from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
 from lora_operator.memory.estimate import weight_bytes
+from lora_trainer.model import prepare_quantized_model
 
 from .conftest import save_random_llama
 
@@ -57,7 +57,7 @@ def load(checkpoint: Path, mode: QuantizationMode, double_quant: bool) -> Any:
         options["quantization_config"] = transformers.BitsAndBytesConfig(load_in_8bit=True)
     model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, **options)
     if mode != QuantizationMode.none:
-        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_quantized_model(model)
     return model
 
 
@@ -123,5 +123,5 @@ def test_nf4_storage_is_half_a_byte_per_weight_plus_block_absmax(checkpoint: Pat
     assert plain["absmax"] == arch.quantizable_params // 64 * 4  # fp32 per block of 64
     assert double["packed"] == plain["packed"]
     assert double["absmax"] < plain["absmax"] / 3.5  # uint8 per block + fp32 per 256 blocks
-    # prepare_model_for_kbit_training leaves embeddings, norms and lm_head in fp32
-    assert plain["unquantized"] == (arch.total_params - arch.quantizable_params) * 4
+    # the trainer leaves embeddings, norms and lm_head in the compute dtype (bf16), not fp32
+    assert plain["unquantized"] == (arch.total_params - arch.quantizable_params) * 2

@@ -17,11 +17,16 @@ from operator_harness import BUCKET, SECRET, base_job, gpu_job
 
 from lora_contract.layout import S3Location
 from lora_devkit.s3server import S3Server
+from lora_operator.api.operator_config import CREDENTIALS_OPT_IN_LABEL as OPT_IN
 from lora_operator.api.operator_config import OperatorConfig
 from lora_operator.controller.api_calls import API_CALLS
 from lora_operator.controller.config import ConfigSource
 from lora_operator.controller.events import post_event
-from lora_operator.controller.reconcile import SLOW_RESYNC_SECONDS, Reconciler
+from lora_operator.controller.reconcile import (
+    POLICY_RECHECK_SECONDS,
+    SLOW_RESYNC_SECONDS,
+    Reconciler,
+)
 
 NS = "default"
 LJ = "/apis/finetune.lora-operator.io/v1alpha1/namespaces/default/lorajobs"
@@ -71,7 +76,7 @@ class World:
 
     def progress(self, name: str, run: str, **fields: Any) -> None:
         self.s3.store().put_json(
-            S3Location(BUCKET, f"runs/{name}/{run}/progress.json"),
+            S3Location(BUCKET, f"runs/{NS}/{name}/{run}/progress.json"),
             {"state": "running", "step": 1, "totalSteps": 40, **fields},
         )
 
@@ -288,6 +293,224 @@ def test_status_is_patched_only_when_it_changes(world: World) -> None:
     assert status_patch in world.kube.calls  # the Running condition flipped
 
 
+def test_policy_refuses_an_unlabelled_secret_until_it_opts_in(world: World) -> None:
+    """A database password named as S3 credentials: refused with the policy named, nothing
+    created, one Warning Event; the Secret's owner adds the opt-in label and the next reconcile
+    (the periodic re-check) starts the job."""
+    world.kube.put(
+        SECRETS,
+        {
+            "metadata": {"name": "db-password", "namespace": NS},
+            "stringData": {"password": world.s3.secret_key, "user": world.s3.access_key},
+        },
+    )
+    ref = {"name": "db-password", "accessKeyKey": "user", "secretKeyKey": "password"}
+    world.add(base_job("u-policy", **{"output.credentialsSecret": ref}))
+    for _ in range(2):
+        status = world.reconcile("u-policy")
+        assert status["phase"] == "Failed"
+        validated = next(c for c in status["conditions"] if c["type"] == "Validated")
+        assert validated["status"] == "False" and validated["reason"] == "PolicyViolation"
+        assert "spec.output.credentialsSecret" in validated["message"]
+        label = f"policy.requireSecretOptIn: the Secret must carry the label {OPT_IN}=true"
+        assert label in status["message"]
+    assert not world.kube.objects.get(JOBS) and world.kube.obj(SECRETS, "u-policy-s3") is None
+    assert world.reasons("u-policy") == ["PolicyViolation"]  # once, not at every re-check
+    assert world.reconciler.periodic[(NS, "u-policy")] == POLICY_RECHECK_SECONDS
+    secret = world.kube.obj(SECRETS, "db-password")
+    assert secret is not None
+    secret["metadata"]["labels"] = {OPT_IN: "true"}
+    status = world.reconcile("u-policy")
+    assert status["phase"] == "Running" and world.kube.obj(JOBS, "u-policy-r1") is not None
+    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
+    assert validated["status"] == "True"
+
+
+def test_policy_refusal_mid_run_keeps_the_run(world: World) -> None:
+    """A running job edited to a foreign trainer image: refused, its phase and Job kept (they
+    were allowed when made); edited back, it is followed again."""
+    world.add(base_job("u-polrun"))
+    world.reconcile("u-polrun")
+    world.job_status("u-polrun-r1", active=1)
+    lj = world.kube.obj(LJ, "u-polrun")
+    assert lj is not None
+    lj["spec"]["trainerImage"] = "evil/img:1"
+    status = world.reconcile("u-polrun")
+    assert status["phase"] == "Running" and "spec.trainerImage: 'evil/img:1'" in status["message"]
+    assert world.kube.obj(JOBS, "u-polrun-r1") is not None
+    assert "PolicyViolation" in world.reasons("u-polrun")
+    del lj["spec"]["trainerImage"]
+    status = world.reconcile("u-polrun")
+    assert status["phase"] == "Running" and status["message"] == "training"
+    validated = next(c for c in status["conditions"] if c["type"] == "Validated")
+    assert validated["reason"] == "Valid"
+
+
+# ------------------------------------------------------------- objects the operator does not own
+
+CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+SERVICES = "/api/v1/namespaces/default/services"
+COMPLETE = [{"type": "Complete", "status": "True"}]
+
+
+def condition_of(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in status["conditions"] if c["type"] == type_)
+    return found
+
+
+def warnings(world: World, name: str) -> list[str]:
+    return [
+        e["reason"]
+        for e in world.kube.objects.get(EVENTS, {}).values()
+        if e["involvedObject"]["name"] == name and e["type"] == "Warning"
+    ]
+
+
+def foreign(kind: str, name: str, **fields: Any) -> dict[str, Any]:
+    """Someone else's object (no controller owner) holding a name the operator derives."""
+    return {"kind": kind, "metadata": {"name": name, "namespace": NS, "uid": "uid-x"}, **fields}
+
+
+def test_policy_refused_queued_job_gives_up_its_place(s3: S3Server) -> None:
+    """A queued job edited to a system PriorityClass goes back to Pending and reserves no GPUs,
+    so the next job in the queue starts when GPUs free up; fixed, it queues again."""
+    world = World(s3, quotas={"default": {"gpus": 2}})
+    for name in ("u-pq1", "u-pq2", "u-pq3"):
+        world.add(gpu_job(name, 2))
+        world.reconcile(name)
+    lj = world.kube.obj(LJ, "u-pq2")
+    assert lj is not None
+    lj["spec"]["resources"]["priorityClassName"] = "system-node-critical"
+    status = world.reconcile("u-pq2")
+    assert status["phase"] == "Pending" and "queuePosition" not in status
+    assert "policy.allowedPriorityClasses" in status["message"]
+    world.job_status("u-pq1-r1", conditions=[{"type": "Complete", "status": "True"}])
+    world.reconcile("u-pq1")
+    assert world.reconcile("u-pq3")["phase"] == "Running"
+    del lj["spec"]["resources"]["priorityClassName"]
+    assert world.reconcile("u-pq2")["phase"] == "Queued"
+
+
+def test_serving_never_takes_over_objects_it_does_not_own(world: World) -> None:
+    """An unowned Secret `<job>-s3` with production keys and an unrelated sklearn
+    InferenceService `<job>`: neither is patched, both are reported, neither is deleted when
+    serving is turned off."""
+    secret = foreign("Secret", "u-own-s3", data={"AWS_ACCESS_KEY_ID": "cHJvZA=="})
+    sklearn = foreign(
+        "InferenceService",
+        "u-own",
+        spec={"predictor": {"model": {"modelFormat": {"name": "sklearn"}}}},
+    )
+    world.kube.put(SECRETS, copy.deepcopy(secret))
+    world.kube.put(ISVC, copy.deepcopy(sklearn))
+    world.add(base_job("u-own", **{"serving.enabled": True}))
+    world.reconcile("u-own")
+    world.job_status("u-own-r1", succeeded=1, conditions=COMPLETE)
+    status = world.reconcile("u-own")
+    assert status["phase"] == "Succeeded" and "inferenceService" not in status
+    serving = condition_of(status, "Serving")
+    assert (serving["status"], serving["reason"]) == ("False", "NameConflict")
+    assert "Secret default/u-own-s3 already exists and is not owned" in serving["message"]
+    assert warnings(world, "u-own") == ["ServingNameConflict"]
+    assert world.kube.obj(SECRETS, "u-own-s3") == secret
+    assert world.kube.obj(ISVC, "u-own") == sklearn
+    assert world.kube.obj(ACCOUNTS, "u-own-serving") is None
+    # waits for a person: looked at again only now and then
+    assert world.reconciler.periodic[(NS, "u-own")] == SLOW_RESYNC_SECONDS
+    # the Secret's owner moves it away: the operator makes its own; the sklearn one still blocks
+    del world.kube.objects[SECRETS]["u-own-s3"]
+    status = world.reconcile("u-own")
+    assert "InferenceService default/u-own" in condition_of(status, "Serving")["message"]
+    assert world.kube.obj(ISVC, "u-own") == sklearn
+    assert world.kube.obj(SECRETS, "u-own-s3") is not None  # ours now
+    lj = world.kube.obj(LJ, "u-own")
+    assert lj is not None
+    lj["spec"]["serving"]["enabled"] = False
+    status = world.reconcile("u-own")
+    serving = condition_of(status, "Serving")
+    assert serving["reason"] == "Disabled"
+    left_alone = "left alone (not owned by this LoRAJob): InferenceService default/u-own"
+    assert left_alone in serving["message"]
+    assert world.kube.obj(ISVC, "u-own") == sklearn
+    assert world.kube.obj(SECRETS, "u-own-s3") is None  # ours: deleted
+
+
+def test_a_recreated_lorajob_does_not_adopt_what_its_namesake_left(world: World) -> None:
+    """Deleted and recreated under the same name before the garbage collector ran: the old
+    uid's Job, ConfigMap and serving objects are not the new LoRAJob's. It neither follows the
+    old Job (which would report the old run's result) nor creates its own beside them, and says
+    why until they are gone."""
+    world.add(base_job("u-again", **{"serving.enabled": True}))
+    world.reconcile("u-again")
+    world.job_status("u-again-r1", succeeded=1, conditions=COMPLETE)
+    assert world.reconcile("u-again")["phase"] == "Succeeded"
+    world.kube.objects[LJ].pop("u-again")
+    world.add(base_job("u-again", **{"serving.enabled": True}))
+    world.kube.obj(LJ, "u-again")["metadata"]["uid"] = "uid-u-again-2"  # type: ignore[index]
+    left = copy.deepcopy({k: v for k, v in world.kube.objects.items() if k not in (LJ, EVENTS)})
+
+    status = world.reconcile("u-again")
+    assert status["phase"] == "Pending"
+    running = condition_of(status, "Running")
+    assert (running["status"], running["reason"]) == ("False", "NameConflict")
+    assert "Job default/u-again-r1" in running["message"]
+    assert "controlled by LoRAJob u-again (uid uid-u-again)" in running["message"]
+    world.reconcile("u-again")  # still there: said once, not at every resync
+    assert warnings(world, "u-again") == ["NameConflict"]
+    assert world.reconciler.periodic[(NS, "u-again")] == 0.0  # retried at every resync
+    assert {k: v for k, v in world.kube.objects.items() if k not in (LJ, EVENTS)} == left
+
+    del world.kube.objects[JOBS]["u-again-r1"]  # the old Job goes; its ConfigMap etc. block
+    status = world.reconcile("u-again")
+    assert "already exists and is not owned by this LoRAJob" in status["message"]
+    assert world.kube.obj(JOBS, "u-again-r1") is None  # no Job beside someone else's objects
+
+    for path in (CONFIGMAPS, SERVICES, ACCOUNTS):  # the rest of the old run's objects go
+        for stale in [n for n in world.kube.objects.get(path, {}) if n != "u-again-serving"]:
+            del world.kube.objects[path][stale]
+    assert world.reconcile("u-again")["phase"] == "Running"
+    job = world.kube.obj(JOBS, "u-again-r1")
+    assert job is not None and job["metadata"]["ownerReferences"][0]["uid"] == "uid-u-again-2"
+    world.job_status("u-again-r1", succeeded=1, conditions=COMPLETE)
+    status = world.reconcile("u-again")
+    assert condition_of(status, "Serving")["reason"] == "NameConflict"
+    assert world.kube.obj(SECRETS, "u-again-s3") == left[SECRETS]["u-again-s3"]
+
+
+def test_retrain_and_suspend_delete_only_their_own_jobs(world: World) -> None:
+    world.add(base_job("u-rt"))
+    world.reconcile("u-rt")
+    squatter = foreign("Job", "u-rt-r1", spec={"template": {}})
+    world.kube.put(JOBS, copy.deepcopy(squatter))  # ours replaced by someone else's
+    assert condition_of(world.reconcile("u-rt"), "Running")["reason"] == "NameConflict"
+    lj = world.kube.obj(LJ, "u-rt")
+    assert lj is not None
+    lj["spec"]["training"] = {**lj["spec"]["training"], "learningRate": 1e-4}
+    status = world.reconcile("u-rt")  # r2 supersedes r1: r1's name is not ours to delete
+    assert status["currentRun"] == "r2" and status["phase"] == "Running"
+    assert world.kube.obj(JOBS, "u-rt-r1") == squatter
+    lj["spec"]["suspend"] = True
+    assert world.reconcile("u-rt")["phase"] == "Suspended"
+    assert world.kube.obj(JOBS, "u-rt-r2") is None  # ours: deleted
+    world.kube.put(JOBS, foreign("Job", "u-rt-r2", spec={"template": {}}))
+    world.reconcile("u-rt")  # suspended again: someone else's Job of that name stays
+    assert world.kube.obj(JOBS, "u-rt-r2") is not None
+
+
+def test_a_finished_run_records_its_forecast_beside_the_actual(world: World) -> None:
+    world.add(base_job("u-fc"))
+    status = world.reconcile("u-fc")
+    forecast = status["plan"]["forecast"]
+    assert forecast["tokens"] == 40 * 8 * 256  # maxSteps x global batch x maxSeqLength
+    frozen = status["runs"][0]["forecast"]
+    assert frozen["hours"] == forecast["hours"] and "actualHours" not in frozen
+    world.progress("u-fc", "r1", step=40, totalSteps=40)
+    world.job_status("u-fc-r1", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    done = world.reconcile("u-fc")["runs"][0]["forecast"]
+    assert done["actualHours"] >= 0 and done["forecastRatio"] >= 0
+    assert done["actualGpuHours"] == pytest.approx(done["actualHours"] * done["gpus"])
+
+
 SCENARIOS: list[Callable[..., None]] = [
     test_success_then_serving_then_serving_off,
     test_kserve_absent_still_succeeds,
@@ -299,6 +522,13 @@ SCENARIOS: list[Callable[..., None]] = [
     test_retrain_only_when_the_training_spec_changes,
     test_a_malformed_object_does_not_hold_up_the_others,
     test_status_is_patched_only_when_it_changes,
+    test_policy_refuses_an_unlabelled_secret_until_it_opts_in,
+    test_policy_refusal_mid_run_keeps_the_run,
+    test_policy_refused_queued_job_gives_up_its_place,
+    test_serving_never_takes_over_objects_it_does_not_own,
+    test_a_recreated_lorajob_does_not_adopt_what_its_namesake_left,
+    test_retrain_and_suspend_delete_only_their_own_jobs,
+    test_a_finished_run_records_its_forecast_beside_the_actual,
 ]
 
 

@@ -42,6 +42,8 @@ def test_trains_uploads_and_adapter_changes_outputs(
     assert losses[-1] < losses[0] - 0.5, losses
     assert any("eval_loss" in r for r in records)
     assert {"step", "epoch", "learning_rate", "tokens_per_second"} <= set(records[0])
+    # training.chunkedLoss defaults on: the loss path is recorded with every loss
+    assert {r.get("loss_path") for r in records if "loss" in r} == {"chunked"}
 
     # keepCheckpoints 2 of 8, 16, 24: the oldest was pruned; all left are complete.
     assert store.complete_checkpoints(run.location) == [16, 24]

@@ -139,6 +139,8 @@ class ProgressCallback(TrainerCallback):  # type: ignore[misc]
                 tokens_per_second=tps,
                 gpu_memory_peak_gib=peak_gpu_memory_gib(),
             )
+            if self.reporter.loss_path:
+                record["loss_path"] = self.reporter.loss_path
             self.reporter.update(
                 loss=record["loss"], learning_rate=record["learning_rate"], tokens_per_second=tps
             )

@@ -31,6 +31,7 @@ class ProgressReporter:
         self.enabled = enabled and store is not None
         self.progress = Progress(state="starting")
         self.records: list[dict[str, Any]] = []
+        self.loss_path: str | None = None  # lora_trainer.loss.LossPath, in every loss record
 
     def load_previous_records(self, up_to_step: int) -> None:
         """On resume, keep the metrics logged before the checkpoint (drop the lost tail)."""

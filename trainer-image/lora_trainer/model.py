@@ -118,11 +118,21 @@ def load_base_model(path: str | Path, spec: LoRAJobSpec, local_rank: int) -> Any
     except (OSError, ValueError) as exc:
         raise InvalidConfigError(f"cannot load baseModel from {path}: {exc}") from None
     if quant is not None:
-        from peft import prepare_model_for_kbit_training
+        model = prepare_quantized_model(model)
+    return model
 
-        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
-            model, use_gradient_checkpointing=spec.training.gradient_checkpointing
-        )
+
+def prepare_quantized_model(model: Any) -> Any:
+    """A k-bit model ready for LoRA: every base parameter frozen, nothing upcast.
+
+    peft's `prepare_model_for_kbit_training` also casts every non-4-bit parameter (embeddings,
+    lm_head, norms) to fp32, which makes the whole residual stream fp32 and doubles those weights
+    and most saved activations. As TRL's SFTTrainer and Axolotl do, they stay in the compute
+    dtype here: RMSNorm already normalises in fp32 internally, the adapters are fp32 (PEFT's
+    default) and the loss upcasts its logits. Gradient checkpointing and the inputs' requires-grad
+    come from the Trainer's arguments and `apply_lora`, as for plain LoRA."""
+    for param in model.parameters():
+        param.requires_grad_(False)
     return model
 
 

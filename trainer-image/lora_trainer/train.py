@@ -28,6 +28,7 @@ from .data import ListDataset, PadCollator, load_examples, pack, split_eval
 from .errors import InvalidConfigError, TransientError
 from .metrics import ProgressReporter, log
 from .model import apply_lora, cuda_available, load_base_model, load_tokenizer, trainable_summary
+from .ownership import claim_output, owner_from_env
 from .settings import TrainerSettings
 from .sources import (
     fetch_s3_object,
@@ -256,8 +257,6 @@ def run_training(
 ) -> TrainResult:
     """Train; raise a TrainerError subclass on any expected failure. `extra_callbacks` are added
     to the HF Trainer's (the benchmark's clock)."""
-    from transformers import Trainer
-
     from .callbacks import (
         EvalLossEarlyStopping,
         ForceSaveAtEnd,
@@ -265,6 +264,7 @@ def run_training(
         S3CheckpointCallback,
         StepDelay,
     )
+    from .loss import LeanLossTrainer, choose_loss_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = config.spec
@@ -275,6 +275,7 @@ def run_training(
     reporter = ProgressReporter(store, run, enabled=place.is_main)
     if place.is_main:
         check_bucket(store, config)
+        claim_output(store, run, owner_from_env(config))
         reporter.update(state="starting", last_error=None)
         if reporter.publish():
             raise TransientError(f"S3 at {store.endpoint} is not writable: see the log above")
@@ -300,10 +301,13 @@ def run_training(
     set_seed(spec.training.seed)  # LoRA's A matrices are random: same seed, same run
     model = apply_lora(load_base_model(base, spec, place.local_rank), spec)
     trainable, total = trainable_summary(model)
+    zero3 = bool(config.deepspeed) and config.deepspeed["zero_optimization"]["stage"] == 3
+    loss_path = choose_loss_path(model, spec.training.chunked_loss, zero3)
+    reporter.loss_path = loss_path.value
     log(
         f"model {spec.base_model.name}: {trainable:,} trainable of {total:,} parameters; "
         f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} eval sequences; "
-        f"world size {place.world_size}; {'cuda' if on_cuda else 'cpu'}"
+        f"world size {place.world_size}; {'cuda' if on_cuda else 'cpu'}; loss {loss_path.value}"
         + (
             f"; deepspeed ZeRO-{config.deepspeed['zero_optimization']['stage']}"
             if config.deepspeed
@@ -322,7 +326,8 @@ def run_training(
         callbacks.append(StepDelay(delay))
     if spec.training.early_stopping_patience is not None:
         callbacks.append(EvalLossEarlyStopping(spec.training.early_stopping_patience))
-    trainer = Trainer(
+    trainer = LeanLossTrainer(
+        loss_path=loss_path,
         model=model,
         args=args,
         train_dataset=train_ds,

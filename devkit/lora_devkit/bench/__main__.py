@@ -11,8 +11,11 @@ from .goals import RESULTS, summary_table
 
 BENCHMARKS = [
     ("memory model accuracy", "lora_devkit.bench.memory"),
+    ("plan speed (cold `lorajob plan`)", "lora_devkit.bench.plan_speed"),
     ("operator scale (1000 LoRAJobs)", "lora_devkit.bench.operator_scale"),
+    ("model-config isolation (trickling URL)", "lora_devkit.bench.model_config_isolation"),
     ("trainer throughput", "lora_devkit.bench.trainer"),
+    ("trainer memory (128k vocabulary, 2 x 2048)", "lora_devkit.bench.trainer_memory"),
 ]
 
 

@@ -21,7 +21,7 @@ import yaml
 
 from lora_contract.types import QuantizationMode
 from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
-from lora_operator.memory.architecture import read_config
+from lora_operator.memory.local_config import read_config
 
 from .goals import record
 
@@ -38,14 +38,18 @@ TRAINER_ASSUMPTIONS = {
     "litgpt": Assumptions(
         adapter_bytes=2.0, kbit_upcast_bytes=2.0, chunked_loss=True, fused_activations=True
     ),
-    "hf-peft": Assumptions(),
+    # PEFT's published QLoRA runs go through prepare_model_for_kbit_training (fp32 non-quantized
+    # parameters) and the model's own unchunked loss; our trainer does neither any more.
+    "hf-peft": Assumptions(kbit_upcast_bytes=4.0),
     # PEFT on a bf16 model with bf16 adapters (autocast_adapter_dtype=False) and no
     # prepare_model_for_kbit_training; torchtune's single-device LoRA recipe: the same dtypes.
     "peft-bf16-adapters": Assumptions(adapter_bytes=2.0, kbit_upcast_bytes=2.0),
     "torchtune": Assumptions(adapter_bytes=2.0, kbit_upcast_bytes=2.0),
+    # lora-operator's own trainer (rows written by `make gpu-check`): the plan's assumptions.
+    "lora-operator": Assumptions(),
 }
 # Cases measured on the operator's own code path: HF transformers + PEFT (+ bitsandbytes).
-OWN_STACK = frozenset({"hf-peft", "peft-bf16-adapters"})
+OWN_STACK = frozenset({"hf-peft", "peft-bf16-adapters", "lora-operator"})
 # LitGPT materialises the 16-bit checkpoint on the GPU before quantizing it, so its QLoRA
 # max_memory_allocated is set while loading, not while training.
 QUANTIZES_AFTER_LOADING = {"litgpt"}
@@ -97,7 +101,7 @@ def accelerate_total_gb(config_json: str, dtype: str) -> float:
 
 
 def accelerate_case(case: dict[str, Any]) -> float:
-    _, config = read_config(case["model"], config_ref(case))
+    config = read_config(case["model"], config_ref(case)).data
     dtype = ACCELERATE_DTYPES[QuantizationMode(case["quantization"])]
     return accelerate_total_gb(json.dumps(config, sort_keys=True), dtype)
 
@@ -114,6 +118,7 @@ def estimate_case(case: dict[str, Any]) -> tuple[float, float]:
         seq_len=case["seq_len"],
         micro_batch=case["micro_batch"],
         gradient_checkpointing=case["checkpointing"],
+        chunked_loss=case.get("chunked_loss", False),  # the trainer's training.chunkedLoss
     )
     trainer = case["trainer"]
     assumptions = TRAINER_ASSUMPTIONS[trainer]

@@ -117,6 +117,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "format": "float"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Adapter", "type": "string", "jsonPath": ".status.adapterURI", "priority": 1},
+    {"name": "Hours", "type": "number", "jsonPath": ".status.plan.forecast.hours", "priority": 1},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]
 

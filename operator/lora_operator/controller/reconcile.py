@@ -517,6 +517,8 @@ class _Run:
             f"{plan_status.nodes}x{plan_status.gpus_per_node} {plan_status.gpu_type}, "
             f"{plan_status.strategy.value}, {plan_status.per_gpu_peak_gib:.1f} GiB peak per GPU"
         )
+        if plan_status.forecast is not None:
+            message += f", ~{plan_status.forecast.hours:.3g} h to train (forecast)"
         self.condition(ConditionType.Planned, True, "Planned", message)
         for type_ in (
             ConditionType.Succeeded,

@@ -11,6 +11,7 @@ linears, and adaptable when targeted by name (`gate_up_proj`, `down_proj`, or th
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -85,7 +86,13 @@ class Architecture:
 
 
 def architecture_of(config: ModelConfig) -> Architecture:
-    """The architecture of an already-loaded config.json; repeated calls hit a cache."""
+    """The architecture of an already-loaded config.json: a shipped config's from the
+    precomputed file (no torch import), any other counted on the meta device, then cached."""
+    from .shapes import precomputed_architecture  # imported here: shapes imports this module
+
+    precomputed = precomputed_architecture(config)
+    if precomputed is not None:
+        return precomputed
     return _architecture_cached(config.source, json.dumps(config.data, sort_keys=True))
 
 
@@ -100,7 +107,13 @@ def count_architecture(source: str, data: dict[str, Any]) -> Architecture:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    fields = {k: v for k, v in data.items() if k not in ("_name_or_path", "transformers_version")}
+    # A deep copy: transformers edits nested dicts (rope_scaling) in place, and `data` is the
+    # caller's (a cached shipped config, whose content digest keys the precomputed shapes).
+    fields = {
+        k: copy.deepcopy(v)
+        for k, v in data.items()
+        if k not in ("_name_or_path", "transformers_version")
+    }
     model_type = fields.pop("model_type")
     try:
         config = AutoConfig.for_model(model_type, **fields)

@@ -7,7 +7,8 @@ allocator's cache/fragmentation (a fraction of allocated) and the CUDA context. 
 
 Term names (stable; they are the keys of `breakdown_gib`):
 - `weights`: frozen base weights (16/32-bit, LLM.int8 + per-row scales, or NF4 + absmax) plus
-  the 16-bit (fp32 under k-bit training) embeddings, lm_head and norms; ZeRO-3 shards it.
+  the embeddings, lm_head and norms in the compute dtype (the trainer does not upcast them under
+  k-bit training); ZeRO-3 shards it.
 - `zero3_gather`: the full parameters of the layers ZeRO-3 gathers at once (current + prefetch).
 - `lora_weights`: adapter weights, fp32 as PEFT keeps them under autocast.
 - `gradients`: adapter gradients (fp32); ZeRO-2/3 shard them.
@@ -17,7 +18,9 @@ Term names (stable; they are the keys of `breakdown_gib`):
 - `attention_scores`: eager attention's softmax (b*heads*s^2), absent with SDPA/flash.
 - `lora_dropout`: what the adapters keep of their inputs for backward: with dropout, each target
   module's dropped-out copy and mask; without, lora_A's input itself where nothing else saves it.
-- `logits`: b*s*vocab logits, their fp32 upcast and the loss gradient.
+- `logits`: the loss. Unchunked: b*s*vocab logits, their fp32 upcast and the loss gradient.
+  Chunked (`training.chunkedLoss`, the default; not under ZeRO-3): the labelled hidden states
+  kept for the recomputation plus one chunk's logits, upcast and gradient.
 - `allocator_overhead`, `cuda_context`: not in max_memory_allocated, seen by nvidia-smi.
 """
 
@@ -33,6 +36,9 @@ from .errors import PlanningError
 GIB = 1024**3
 NF4_BLOCK = 64
 NF4_DOUBLE_QUANT_BLOCK = 256
+# Logit elements per chunk of the trainer's chunked loss (lora_trainer.loss.CHUNK_LOGIT_ELEMENTS;
+# a test keeps the two equal).
+LOSS_CHUNK_LOGIT_ELEMENTS = 2**25
 
 # Optimizer state bytes per trainable parameter; None = two moments in the adapter dtype.
 OPTIMIZER_BYTES: dict[Optimizer, float | None] = {
@@ -51,7 +57,7 @@ TERM_HELP: dict[str, str] = {
     "activations": "saved for backward: checkpointed layer inputs + one layer's working set",
     "attention_scores": "eager attention's softmax scores, batch x heads x seq^2",
     "lora_dropout": "adapter inputs kept for backward (dropout copies, or the shared inputs)",
-    "logits": "batch x seq x vocab logits, their fp32 upcast and the loss gradient",
+    "logits": "the loss: full batch x seq x vocab logits (fp32 + gradient), or one chunk of them",
     "allocator_overhead": "PyTorch caching-allocator slack and fragmentation",
     "cuda_context": "CUDA context and kernels (seen by nvidia-smi, not by torch)",
 }
@@ -64,9 +70,11 @@ class Assumptions:
     cuda_context_gib: float = 0.5
     allocator_overhead_fraction: float = 0.05
     adapter_bytes: float = 4.0  # PEFT keeps adapters, their grads and Adam moments in fp32
-    kbit_upcast_bytes: float = 4.0  # prepare_model_for_kbit_training casts non-quantized to fp32
+    # Bytes of the non-quantized parameters under k-bit training; None = the compute dtype (our
+    # trainer); 4.0 = peft's prepare_model_for_kbit_training, which upcasts them to fp32.
+    kbit_upcast_bytes: float | None = None
     logits_bytes_per_element: float = 12.0  # bf16 logits + fp32 copy + fp32 log-softmax + grad
-    chunked_loss: bool = False  # chunked cross-entropy (torchtune/litgpt/Liger) drops the logits
+    chunked_loss: bool = False  # a peer's own chunked cross-entropy (torchtune/litgpt): no term
     norm_bytes_per_element: float = 4.0  # RMSNorm upcasts its input to fp32 and saves it
     zero3_prefetch_layers: float = 2.0  # ZeRO-3 holds the current and the prefetched layer
     # True when the trainer runs every activation as one kernel (LitGPT's F.gelu); HF runs
@@ -105,6 +113,7 @@ class TrainingShape:
     strategy: Strategy = Strategy.ddp
     data_parallel: int = 1  # ranks that ZeRO shards across
     offload_cpu: bool = False
+    chunked_loss: bool = False  # training.chunkedLoss: the trainer's chunked/fused loss
 
 
 @dataclass(frozen=True)
@@ -155,13 +164,19 @@ def lora_param_count(arch: Architecture, targets: tuple[str, ...], rank: int, do
     return total
 
 
+def kbit_param_bytes(shape: TrainingShape, assumptions: Assumptions) -> float:
+    """Bytes per non-quantized parameter of a k-bit model (embeddings, norms, lm_head)."""
+    upcast = assumptions.kbit_upcast_bytes
+    return upcast if upcast is not None else dtype_bytes(shape.compute_dtype)
+
+
 def weight_bytes(arch: Architecture, shape: TrainingShape, assumptions: Assumptions) -> float:
     """Frozen base weights on one unsharded replica."""
     cb = dtype_bytes(shape.compute_dtype)
     q = arch.quantizable_params
     if shape.quantization == QuantizationMode.none:
         return arch.total_params * cb
-    rest = arch.unquantized_params * assumptions.kbit_upcast_bytes
+    rest = arch.unquantized_params * kbit_param_bytes(shape, assumptions)
     if shape.quantization == QuantizationMode.int8:
         return q * 1.0 + arch.quantizable_rows * 4.0 + rest
     blocks = q / NF4_BLOCK
@@ -220,11 +235,12 @@ def activation_terms(
     q_width = arch.num_heads * hd
     kv_width = arch.num_kv_heads * hd
     mlp_width = arch.intermediate_size * max(arch.experts_per_token, 1)
-    # k-bit training: prepare_model_for_kbit_training keeps the norms in fp32, so the residual
-    # stream is fp32 and bitsandbytes casts each linear's output back to it; the MLP's saved
-    # tensors are then fp32 too (measured: tests/memory/test_saved_tensors.py).
+    # k-bit training with fp32 norms (prepare_model_for_kbit_training) makes the residual stream
+    # fp32 and bitsandbytes casts each linear's output back to it; the MLP's saved tensors are
+    # then fp32 too. The trainer keeps them in the compute dtype: the same as plain LoRA
+    # (measured: tests/memory/test_saved_tensors.py).
     quantized = shape.quantization != QuantizationMode.none
-    stream = max(assumptions.kbit_upcast_bytes, cb) if quantized else cb
+    stream = max(kbit_param_bytes(shape, assumptions), cb) if quantized else cb
     # Per token, per layer, with frozen base weights (frozen linears save no input):
     per_token_layer = (
         2 * h * assumptions.norm_bytes_per_element  # two RMSNorms save their fp32 input
@@ -266,15 +282,36 @@ def activation_terms(
         # lora_A saves its input itself, shared by the modules that read the same tensor
         unsaved = unsaved_adapter_inputs(arch, in_layers) * layers_live + head_in
         dropout = tokens * unsaved * cb
-    logits = 0.0
-    if not assumptions.chunked_loss:
-        logits = tokens * arch.vocab_size * assumptions.logits_bytes_per_element
+    logits = loss_bytes(arch, shape, assumptions)
     return {
         "activations": saved,
         "attention_scores": scores,
         "lora_dropout": dropout,
         "logits": logits,
     }
+
+
+def loss_chunk_positions(vocab_size: int) -> int:
+    """Positions per chunk of the trainer's chunked loss (lora_trainer.loss.chunk_positions)."""
+    return max(1, LOSS_CHUNK_LOGIT_ELEMENTS // max(vocab_size, 1))
+
+
+def loss_bytes(arch: Architecture, shape: TrainingShape, assumptions: Assumptions) -> float:
+    """The loss's memory at its peak (backward of the loss).
+
+    Unchunked: the full logits, their fp32 upcast, log-softmax and gradient. Chunked: the
+    labelled positions' final hidden states (saved for the recomputation; every position is
+    counted, the plan does not know the label mask) plus one chunk's logits buffers, recomputed
+    in backward. CUDA's fused kernel (liger) keeps less than that, so the chunked figure bounds
+    both."""
+    tokens = shape.micro_batch * shape.seq_len
+    if assumptions.chunked_loss:
+        return 0.0
+    if not shape.chunked_loss:
+        return tokens * arch.vocab_size * assumptions.logits_bytes_per_element
+    kept = tokens * arch.hidden_size * dtype_bytes(shape.compute_dtype)
+    chunk = min(tokens, loss_chunk_positions(arch.vocab_size))
+    return kept + chunk * arch.vocab_size * assumptions.logits_bytes_per_element
 
 
 def estimate_memory(

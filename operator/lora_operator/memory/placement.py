@@ -105,7 +105,8 @@ def shape_for(
         strategy=strategy,
         data_parallel=ranks,
         offload_cpu=spec.distributed.offload == Offload.cpu,
-        chunked_loss=spec.training.chunked_loss,
+        # the trainer keeps the stock loss under ZeRO-3 (lora_trainer.loss.choose_loss_path)
+        chunked_loss=spec.training.chunked_loss and strategy != Strategy.deepspeed_zero3,
     )
 
 
