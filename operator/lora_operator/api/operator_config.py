@@ -37,6 +37,13 @@ class GpuType(_Model):
     price_per_gpu_hour: float | None = Field(
         default=None, ge=0, description="Cost of one GPU-hour; null: the plan shows no cost."
     )
+    safety_margin_fraction: float = Field(
+        default=0.10,
+        ge=0,
+        lt=1,
+        description="Share of memoryGib the plan keeps free for estimate error: a peak inside "
+        "it is a warning, not a refusal (only a peak above memoryGib is refused).",
+    )
 
 
 class Quota(_Model):
