@@ -80,8 +80,10 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Reconciler:
     async def changed(namespace: str | None, name: str, **_: Any) -> None:
         await reconciler.reconcile(namespace or "", name)
 
+    # async, so it runs on the event loop: kopf runs a plain function in a worker thread, where
+    # it would change the admission view while `admit` iterates it ("dictionary changed size").
     @kopf.on.event(*resource, registry=registry)
-    def observed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    async def observed(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         reconciler.observe(dict(body), deleted=event.get("type") == "DELETED")
 
     return reconciler
