@@ -21,5 +21,5 @@ def test_resource_handlers_run_on_the_event_loop() -> None:
         for handler in group.get_all_handlers()
     ]
     assert len(handlers) >= 3
-    in_threads = [h.fn.__name__ for h in handlers if not inspect.iscoroutinefunction(h.fn)]
+    in_threads = [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)]
     assert in_threads == []
