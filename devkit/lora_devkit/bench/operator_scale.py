@@ -2,7 +2,7 @@
 planned (status.plan) and its trainer Job exists, with the operator's peak memory.
 
 The real operator process (`lorajob run`) runs against the kmock emulator and a moto S3 on
-loopback (progress reads are real); quotas do not block. Goal: under 60 s on 2 cores.
+loopback (progress reads are real); quotas do not block. Goal: under 30 s on 2 cores (issue 12).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--goal", type=float, default=60.0, help="seconds")
+    parser.add_argument("--goal", type=float, default=30.0, help="seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the operator log here")
     args = parser.parse_args(argv if argv is not None else [])
     if args.workdir is not None:
