@@ -78,6 +78,7 @@ KEEPS_RUN_FIELDS = {
     "resources.priorityClassName",
     "resources.requests",
     "resources.tolerations",
+    "training.chunkedLoss",  # the same loss to float rounding: memory, not maths
 }
 
 

@@ -56,3 +56,22 @@ def test_clock_excludes_checkpoint_pauses_after_warm_up(monkeypatch: pytest.Monk
     assert clock.start == (10.0 * WARMUP_STEPS, 5.0 * WARMUP_STEPS, 100 * WARMUP_STEPS)
     assert clock.end == (10.0 * steps + 3.0, 5.0 * steps + 1.5, 100 * steps)
     assert clock.paused == [2.0 * 3, 1.0 * 3]  # the three saves after the warm-up
+
+
+def test_trainer_memory_goal_is_the_chunked_loss_cut_at_128k(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from lora_devkit.bench.trainer_memory import CONFIGS, Measure
+    from lora_devkit.bench.trainer_memory import print_table as memory_table
+
+    def results(lean_peak: float) -> dict[str, Measure]:
+        peaks = dict(zip(CONFIGS, (6000.0, lean_peak, 35.0, 29.0), strict=True))
+        return {name: Measure(10.0, peak, 100.0) for name, peak in peaks.items()}
+
+    assert memory_table(results(400.0)) is True
+    out = capsys.readouterr().out
+    assert "chunked loss: peak 6000 -> 400 MiB (-93%)" in out and ": met" in out
+    assert "no fp32 upcast: peak 35 -> 29 MiB (-17%)" in out
+    assert "Llama-3.1-8B" in out
+    assert memory_table(results(4000.0)) is False  # -33%
+    assert "NOT met" in capsys.readouterr().out

@@ -301,7 +301,7 @@ def run_training(
     set_seed(spec.training.seed)  # LoRA's A matrices are random: same seed, same run
     model = apply_lora(load_base_model(base, spec, place.local_rank), spec)
     trainable, total = trainable_summary(model)
-    zero3 = bool(config.deepspeed) and config.deepspeed["zero_optimization"]["stage"] == 3
+    zero3 = (config.deepspeed or {}).get("zero_optimization", {}).get("stage") == 3
     loss_path = choose_loss_path(model, spec.training.chunked_loss, zero3)
     reporter.loss_path = loss_path.value
     log(

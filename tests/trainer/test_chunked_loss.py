@@ -1,0 +1,197 @@
+"""The chunked loss (lora_trainer.loss) against the stock one: the same loss and the same LoRA
+gradients, with ignored labels, tied or untied lm_head, lm_head as a LoRA target, and under the
+HF Trainer's gradient accumulation (num_items_in_batch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import peft
+import pytest
+import torch
+import transformers
+
+from lora_trainer.data import PadCollator
+from lora_trainer.loss import (
+    IGNORE_INDEX,
+    LeanLossTrainer,
+    LossPath,
+    causal_lm_loss,
+    causal_lm_of,
+    choose_loss_path,
+    chunk_positions,
+)
+
+VOCAB = 512
+
+
+def tiny_lora(tied: bool, head_target: bool, seed: int = 0) -> Any:
+    """A random fp32 Llama with non-zero LoRA adapters (so every adapter gets a gradient)."""
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        tie_word_embeddings=tied,
+    )
+    targets = ["q_proj", "v_proj", *(["lm_head"] if head_target else [])]
+    lora = peft.LoraConfig(r=4, target_modules=targets, lora_dropout=0.0, init_lora_weights=False)
+    return peft.get_peft_model(transformers.LlamaForCausalLM(config), lora)
+
+
+def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows; the prompt part (first 9 / 14 positions) and the padding are ignored."""
+    ids = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(seed))
+    labels = ids.clone()
+    labels[0, :9] = IGNORE_INDEX
+    labels[1, :14] = IGNORE_INDEX
+    labels[1, 20:] = IGNORE_INDEX
+    return ids, labels
+
+
+def adapter_grads(model: Any) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return grads
+
+
+def chunked(model: Any, ids: torch.Tensor, labels: torch.Tensor, **options: Any) -> Any:
+    causal_lm = causal_lm_of(model)
+    hidden = causal_lm.get_decoder()(input_ids=ids).last_hidden_state
+    return causal_lm_loss(hidden, labels, causal_lm.get_output_embeddings(), **options)
+
+
+@pytest.mark.parametrize(("tied", "head_target"), [(False, False), (True, False), (False, True)])
+def test_loss_and_lora_gradients_equal_the_stock_loss(tied: bool, head_target: bool) -> None:
+    model = tiny_lora(tied, head_target)
+    ids, labels = batch()
+    stock = model(input_ids=ids, labels=labels).loss
+    stock.backward()
+    expected = adapter_grads(model)
+    assert any("lm_head" in n for n in expected) == head_target
+
+    ours = chunked(model, ids, labels, chunk=5)  # 5 positions a chunk: several chunks
+    ours.backward()
+    got = adapter_grads(model)
+    assert ours.item() == pytest.approx(stock.item(), rel=1e-5)
+    for name, grad in expected.items():
+        scale = grad.abs().max().item()
+        assert (got[name] - grad).abs().max().item() <= 1e-5 * max(scale, 1e-6), name
+
+
+def test_num_items_in_batch_sums_over_accumulated_micro_batches() -> None:
+    """Gradient accumulation: each micro-batch's sum is divided by the whole step's count, as
+    transformers does when the Trainer passes num_items_in_batch."""
+    model = tiny_lora(tied=False, head_target=False)
+    micro = [batch(seed) for seed in (1, 2)]
+    total = sum(int(labels[..., 1:].ne(IGNORE_INDEX).sum()) for _, labels in micro)
+    count = torch.tensor(total)
+    stock = [model(input_ids=i, labels=lab, num_items_in_batch=count).loss for i, lab in micro]
+    ours = [chunked(model, i, lab, num_items_in_batch=count, chunk=7) for i, lab in micro]
+    for mine, theirs in zip(ours, stock, strict=True):
+        assert mine.item() == pytest.approx(theirs.item(), rel=1e-5)
+    assert sum(ours).item() == pytest.approx(sum(stock).item(), rel=1e-5)
+
+
+def test_a_batch_without_labels_is_zero_with_a_gradient_path() -> None:
+    model = tiny_lora(tied=False, head_target=True)
+    ids, _ = batch()
+    nothing = torch.full_like(ids, IGNORE_INDEX)
+    loss = chunked(model, ids, nothing, num_items_in_batch=torch.tensor(5))
+    loss.backward()  # connected to the graph: accumulation over such a micro-batch still works
+    assert loss.item() == 0.0
+    # without num_items_in_batch the mean over zero labels is NaN, as in transformers
+    assert torch.isnan(chunked(model, ids, nothing)).item()
+
+
+def test_chunk_positions_keep_one_chunk_of_logits_bounded() -> None:
+    assert chunk_positions(128_256) == 261  # 2**25 logit elements: 128 MiB per fp32 copy
+    assert chunk_positions(512) == 65_536
+    assert chunk_positions(2**30) == 1
+
+
+def test_loss_path_choice(model_dir: Path) -> None:
+    model = peft.get_peft_model(
+        transformers.AutoModelForCausalLM.from_pretrained(model_dir),
+        peft.LoraConfig(r=4, target_modules=["q_proj"]),
+    )
+    assert choose_loss_path(model, chunked_loss=True) is LossPath.chunked  # CPU: no liger
+    assert choose_loss_path(model, chunked_loss=False) is LossPath.standard
+    # ZeRO-3 re-partitions lm_head before backward recomputes a chunk: the stock loss
+    assert choose_loss_path(model, chunked_loss=True, zero3=True) is LossPath.standard
+    # a model that transforms its logits after lm_head keeps the stock loss
+    base: Any = model.get_base_model()
+    base.config.final_logit_softcapping = 30.0
+    assert choose_loss_path(model, chunked_loss=True) is LossPath.standard
+
+
+def train_two_steps(model_dir: Path, output: Path, path: LossPath) -> tuple[list[float], Any]:
+    """Two optimizer steps of 2 x 2 micro-batches through the real HF Trainer."""
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"], lora_dropout=0.0)
+    model = peft.get_peft_model(base, lora)
+    rows = []
+    for seed in range(8):
+        ids, labels = batch(seed)
+        ids = ids % base.config.vocab_size
+        labels = torch.where(labels >= 0, ids, labels)
+        length = 20 + seed % 4  # uneven lengths: padding and per-row label counts differ
+        rows.append({"input_ids": ids[0, :length].tolist(), "labels": labels[0, :length].tolist()})
+    args = transformers.TrainingArguments(
+        output_dir=str(output),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=2,
+        learning_rate=1e-2,
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    trainer = LeanLossTrainer(
+        loss_path=path,
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=PadCollator(0),
+    )
+    trainer.train()
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return losses, weights
+
+
+def test_the_trainer_takes_the_same_steps_with_either_loss(model_dir: Path, tmp_path: Path) -> None:
+    stock_losses, stock = train_two_steps(model_dir, tmp_path / "a", LossPath.standard)
+    ours_losses, ours = train_two_steps(model_dir, tmp_path / "b", LossPath.chunked)
+    assert ours_losses == pytest.approx(stock_losses, rel=1e-5)
+    for name, weight in stock.items():
+        assert torch.allclose(ours[name], weight, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.gpu
+def test_fused_liger_loss_equals_the_stock_loss_on_cuda() -> None:
+    """CUDA with liger-kernel (the trainer image): the fused path is chosen for a frozen plain
+    lm_head and gives the stock loss and gradients (bf16 logits: a looser tolerance)."""
+    model = tiny_lora(tied=False, head_target=False).to("cuda", torch.bfloat16)
+    assert choose_loss_path(model, chunked_loss=True) is LossPath.fused
+    ids, labels = (t.cuda() for t in batch())
+    stock = model(input_ids=ids, labels=labels).loss
+    stock.backward()
+    expected = adapter_grads(model)
+    ours = chunked(model, ids, labels, path=LossPath.fused)
+    ours.backward()
+    got = adapter_grads(model)
+    assert ours.item() == pytest.approx(stock.item(), rel=1e-2)
+    for name, grad in expected.items():
+        assert torch.allclose(got[name].float(), grad.float(), rtol=5e-2, atol=1e-3), name
