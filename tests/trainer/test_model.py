@@ -12,6 +12,7 @@ from lora_trainer.errors import InvalidConfigError
 from lora_trainer.model import (
     apply_lora,
     check_quantization_device,
+    load_kwargs,
     lora_config,
     quantization_config,
     trainable_summary,
@@ -117,3 +118,30 @@ def test_real_nf4_load_and_lora_on_cuda(model_dir: Path) -> None:
     )
     out.loss.backward()
     assert torch.isfinite(out.loss)
+
+
+def _qlora_spec() -> LoRAJobSpec:
+    return LoRAJobSpec.model_validate(
+        {
+            "baseModel": {"name": "meta-llama/Llama-3.1-70B", "source": "s3://models/llama-70b"},
+            "quantization": {"mode": "nf4", "computeDtype": "bf16"},
+            "dataset": {"source": "s3://data/train.jsonl", "format": "chat"},
+            "resources": {"gpuType": "A100-80GB"},
+            "distributed": {"nodes": 1, "gpusPerNode": 4, "strategy": "deepspeed-zero3"},
+            "output": {"bucket": "adapters"},
+        }
+    )
+
+
+def test_qlora_under_zero3_loads_without_a_device_map_and_shards_in_the_compute_dtype() -> None:
+    """transformers refuses a device_map under ZeRO-3 (a 70B QLoRA across GPUs failed at load);
+    the 4-bit weights are stored in bf16 so that DeepSpeed can partition them."""
+    import torch
+
+    spec = _qlora_spec()
+    sharded = load_kwargs(spec, local_rank=2, has_cuda=True, zero3=True)
+    assert "device_map" not in sharded
+    assert sharded["quantization_config"].bnb_4bit_quant_storage == torch.bfloat16
+    assert sharded["dtype"] == torch.bfloat16
+    placed = load_kwargs(spec, local_rank=2, has_cuda=True, zero3=False)
+    assert placed["device_map"] == {"": 2}

@@ -96,12 +96,11 @@ def load_tokenizer(path: str | Path, local_only: bool = True) -> Any:
     return tokenizer
 
 
-def load_base_model(path: str | Path, spec: LoRAJobSpec, local_rank: int) -> Any:
-    """The base model on this process's device, quantized when the spec asks for it."""
-    from transformers import AutoModelForCausalLM
-
-    has_cuda = cuda_available()
-    check_quantization_device(spec.quantization, has_cuda)
+def load_kwargs(spec: LoRAJobSpec, local_rank: int, has_cuda: bool, zero3: bool) -> dict[str, Any]:
+    """`from_pretrained` arguments. A quantized model is placed on this rank's GPU with a
+    `device_map`, except under ZeRO-3: transformers refuses a device_map there, and DeepSpeed
+    partitions the weights itself (the 4-bit weights are stored in the compute dtype,
+    `bnb_4bit_quant_storage`, so they shard like any other parameter)."""
     kwargs: dict[str, Any] = {
         "dtype": model_dtype(spec, has_cuda),
         "attn_implementation": spec.training.attention.value,
@@ -112,12 +111,27 @@ def load_base_model(path: str | Path, spec: LoRAJobSpec, local_rank: int) -> Any
     quant = quantization_config(spec.quantization)
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": local_rank}
+        if not zero3:
+            kwargs["device_map"] = {"": local_rank}
+    return kwargs
+
+
+def load_base_model(
+    path: str | Path, spec: LoRAJobSpec, local_rank: int, zero3: bool = False
+) -> Any:
+    """The base model on this process's device, quantized when the spec asks for it. Under
+    ZeRO-3 the Trainer's arguments must exist before this call, so that transformers loads the
+    weights partitioned (`zero.Init`)."""
+    from transformers import AutoModelForCausalLM
+
+    has_cuda = cuda_available()
+    check_quantization_device(spec.quantization, has_cuda)
+    kwargs = load_kwargs(spec, local_rank, has_cuda, zero3)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError) as exc:
         raise InvalidConfigError(f"cannot load baseModel from {path}: {exc}") from None
-    if quant is not None:
+    if spec.quantization.mode != QuantizationMode.none:
         model = prepare_quantized_model(model)
     return model
 

@@ -299,9 +299,9 @@ def run_training(
     from transformers import set_seed
 
     set_seed(spec.training.seed)  # LoRA's A matrices are random: same seed, same run
-    model = apply_lora(load_base_model(base, spec, place.local_rank), spec)
-    trainable, total = trainable_summary(model)
     zero3 = (config.deepspeed or {}).get("zero_optimization", {}).get("stage") == 3
+    model = apply_lora(load_base_model(base, spec, place.local_rank, zero3), spec)
+    trainable, total = trainable_summary(model)
     loss_path = choose_loss_path(model, spec.training.chunked_loss, zero3)
     reporter.loss_path = loss_path.value
     log(
