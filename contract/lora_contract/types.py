@@ -646,6 +646,24 @@ class RunForecast(_Observed):
     )
 
 
+class TrainingOverrides(_Observed):
+    """Training knobs the plan changed so the job fits (memory/fit.py): none changes the maths
+    (the global batch micro x accumulation x ranks is kept); null = the spec's value."""
+
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    gradient_accumulation: int | None = Field(default=None, ge=1)
+    gradient_checkpointing: bool | None = None
+    chunked_loss: bool | None = None
+
+    def applied_to(self, spec: LoRAJobSpec) -> LoRAJobSpec:
+        """`spec` with these values in spec.training: what the trainer runs."""
+        changes = self.model_dump(exclude_none=True)
+        if not changes:
+            return spec
+        training = spec.training.model_copy(update=changes)
+        return spec.model_copy(update={"training": training})
+
+
 class PlanStatus(_Observed):
     """What the memory model decided, stored in status so `kubectl describe` explains it."""
 
@@ -665,6 +683,17 @@ class PlanStatus(_Observed):
     reason: str = ""
     warnings: list[str] = Field(default_factory=list)
     forecast: ForecastStatus | None = None
+    adjustments: list[str] = Field(
+        default_factory=list,
+        description="What the plan changed so the job fits, and why (strategy auto only).",
+    )
+    training_overrides: TrainingOverrides | None = Field(
+        default=None, description="The changed training values the trainer runs with."
+    )
+
+    def applied_to(self, spec: LoRAJobSpec) -> LoRAJobSpec:
+        """`spec` as the trainer runs it: the plan's training overrides applied."""
+        return self.training_overrides.applied_to(spec) if self.training_overrides else spec
 
 
 class Progress(_Observed):

@@ -167,7 +167,8 @@ def test_up_to_64_nodes_and_no_more(spec: Spec) -> None:
     assert p65 < p64 < p63
     result = plan_job(job, catalog_with((p64 + p63) / 2 / 0.9, max_per_node=1))
     assert (result.nodes, result.gpus_per_node) == (64, 1)
-    memory = (p65 + p64) / 2 / 0.9
+    # refused only when 64 nodes exceed the card itself: inside the safety margin is a warning
+    memory = (p65 + p64) / 2
     with pytest.raises(PlanningError) as refused:
         plan_job(job, catalog_with(memory, max_per_node=1))
     assert str(refused.value) == (
@@ -222,7 +223,12 @@ def test_explicit_placement_exactly_at_capacity(spec: Spec) -> None:
     result = plan_job(job, catalog_with(memory_for_usable(two)))
     assert (result.total_gpus, result.strategy) == (2, Strategy.deepspeed_zero3)
     assert "Warning" not in result.reason
-    memory = memory_for_usable(math.nextafter(two, 0.0))
+    # one ulp inside the safety margin: still placed, with a warning
+    inside = plan_job(job, catalog_with(memory_for_usable(math.nextafter(two, 0.0))))
+    assert inside.total_gpus == 2
+    assert any("safety margin" in w for w in inside.warnings)
+    # refused only above the card itself
+    memory = math.nextafter(two, 0.0)
     with pytest.raises(PlanningError) as refused:
         plan_job(job, catalog_with(memory))
     # the message names the fields, the placement, the strategy and the number it needs
@@ -266,10 +272,11 @@ def cpu_catalog(memory_gib: float, bf16: bool = True) -> GpuCatalog:
 
 
 def cpu_estimate(path: str, strategy: Strategy, ranks: int, **changes: Any) -> float:
-    """The CPU run's peak: fp32 everywhere, no CUDA context, the spec's default chunked loss."""
+    """The CPU run's peak: fp32 everywhere, no CUDA context, the spec's default chunked loss
+    (the trainer keeps the stock loss under ZeRO-3)."""
     arch = load_architecture("tiny-test-llama", path)
     shape = replace(
-        TrainingShape(chunked_loss=True),
+        TrainingShape(chunked_loss=strategy != Strategy.deepspeed_zero3),
         compute_dtype=ComputeDtype.fp32,
         strategy=strategy,
         data_parallel=ranks,
@@ -307,7 +314,8 @@ def test_cpu_keeps_a_requested_strategy(spec: Spec, tiny_path: str) -> None:
     assert result.strategy == Strategy.deepspeed_zero3
     # ZeRO-3 with one rank still gathers two layers: its own estimate, not DDP's
     assert result.estimate.peak_gib == cpu_estimate(tiny_path, Strategy.deepspeed_zero3, 1)
-    assert result.estimate.peak_gib > cpu_estimate(tiny_path, Strategy.ddp, 1)
+    # (compared with DDP on the same, stock loss: ZeRO-3 keeps it)
+    assert result.estimate.peak_gib > cpu_estimate(tiny_path, Strategy.ddp, 1, chunked_loss=False)
 
 
 def test_cpu_explicit_processes(spec: Spec, tiny_path: str) -> None:

@@ -111,12 +111,13 @@ def _metadata(ctx: RunContext, name: str, component: str = "trainer") -> dict[st
 
 
 def trainer_config(ctx: RunContext) -> TrainerConfig:
+    """The spec as the trainer runs it: with the training values the plan changed to fit."""
     return TrainerConfig(
         job_name=ctx.name,
         namespace=ctx.namespace,
         run_id=ctx.run_id,
         output_uri=ctx.output_uri,
-        spec=ctx.spec,
+        spec=ctx.plan.applied_to(ctx.spec),
         plan=ctx.plan,
         deepspeed=ctx.deepspeed,
     )

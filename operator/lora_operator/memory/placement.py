@@ -2,13 +2,17 @@
 
 Search order when nothing is pinned: one GPU (plain DDP with one rank) if a full replica fits;
 otherwise ZeRO-3 sharding across more GPUs of one node, then across nodes. Explicit
-`distributed.nodes`/`gpusPerNode`/`strategy` are honoured; if they cannot fit, that is an error
-(an OOM found at plan time instead of an hour into a queue).
+`distributed.nodes`/`gpusPerNode`/`strategy` are honoured. What does not fit is retried with the
+maths-preserving changes of memory/fit.py (applied under strategy auto, named in the refusal
+otherwise: an OOM found at plan time instead of an hour into a queue). The card's safety margin
+is preferred, never required: a peak inside it is a warning, only a peak above the card refuses.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lora_contract.types import (
@@ -18,6 +22,7 @@ from lora_contract.types import (
     PlanStatus,
     ResourceAmounts,
     Strategy,
+    TrainingOverrides,
 )
 
 from ..api.operator_config import GpuType
@@ -26,11 +31,11 @@ from .architecture import Architecture, architecture_of
 from .catalog import GpuCatalog
 from .errors import PlanningError
 from .estimate import GIB, Assumptions, MemoryEstimate, TrainingShape, estimate_memory
+from .fit import FitSearch, Variant, search_fit
 from .forecast import DatasetStats, Forecast, forecast_job
 from .local_config import read_local_config
 from .model_config import ModelConfig
 
-USABLE_FRACTION = 0.90  # plan peak must stay under 90% of the card
 CPUS_PER_GPU = 8
 MAX_CPUS_PER_NODE = 96
 CPUS_PER_CPU_PROCESS = 2
@@ -55,6 +60,10 @@ class PlanResult:
     warnings: list[str] = field(default_factory=list)
     on_cpu: bool = False
     forecast: Forecast | None = None
+    adjustments: list[str] = field(default_factory=list)
+    training_overrides: TrainingOverrides | None = None
+    # kept for `lorajob plan`'s longest-sequence table (memory/fit.py), not part of the status
+    architecture: Architecture | None = field(default=None, repr=False, compare=False)
 
     @property
     def total_gpus(self) -> int:
@@ -82,6 +91,8 @@ class PlanResult:
             reason=self.reason,
             warnings=list(self.warnings),
             forecast=self.forecast.to_status() if self.forecast else None,
+            adjustments=list(self.adjustments),
+            training_overrides=self.training_overrides,
         )
 
 
@@ -126,28 +137,42 @@ def plan_job(
     on_cpu = GpuCatalog.is_cpu(gpu)
     arch = architecture_of(model_config or read_local_config(spec.base_model))
     assumptions = Assumptions(cuda_context_gib=0.0) if on_cpu else Assumptions()
-    usable = gpu.memory_gib * USABLE_FRACTION
+    usable = gpu.memory_gib * (1 - gpu.safety_margin_fraction)
     max_per_node = min(gpu.max_per_node, spec.resources.max_gpus_per_node)
     chosen = _choose(spec, arch, assumptions, usable, max_per_node, on_cpu, gpu)
-    strategy, nodes, per_node, estimate, why = chosen
-    requests, limits = _pod_resources(spec, arch, estimate, per_node, on_cpu)
+    run = chosen.variant.applied_to(spec) if chosen.variant else spec  # what the trainer runs
+    requests, limits = _pod_resources(run, arch, chosen.estimate, chosen.per_node, on_cpu)
     return PlanResult(
         gpu=gpu,
-        nodes=nodes,
-        gpus_per_node=per_node,
-        strategy=strategy,
-        estimate=estimate,
+        nodes=chosen.nodes,
+        gpus_per_node=chosen.per_node,
+        strategy=chosen.strategy,
+        estimate=chosen.estimate,
         usable_gib=usable,
         requests=requests,
         limits=limits,
-        reason=why,
-        warnings=lora_warnings(spec, arch, gpu, on_cpu) + estimate.notes,
+        reason=chosen.reason,
+        warnings=chosen.warnings + lora_warnings(run, arch, gpu, on_cpu) + chosen.estimate.notes,
         on_cpu=on_cpu,
-        forecast=forecast_job(spec, arch, gpu, nodes, per_node, dataset),
+        forecast=forecast_job(run, arch, gpu, chosen.nodes, chosen.per_node, dataset),
+        adjustments=chosen.adjustments,
+        training_overrides=chosen.variant.overrides(spec) if chosen.variant else None,
+        architecture=arch,
     )
 
 
-Choice = tuple[Strategy, int, int, MemoryEstimate, str]
+@dataclass(frozen=True)
+class Choice:
+    """A placement, and the maths-preserving change (fit.py) it needed, if any."""
+
+    strategy: Strategy
+    nodes: int
+    per_node: int
+    estimate: MemoryEstimate
+    reason: str
+    variant: Variant | None = None
+    adjustments: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def _choose(
@@ -159,35 +184,39 @@ def _choose(
     on_cpu: bool,
     gpu: GpuType,
 ) -> Choice:
+    """The spec as written within the safety margin; else (strategy auto) the cheapest
+    maths-preserving variant within it; else the same two inside the margin, with a warning;
+    else a refusal naming what would fit."""
     dist = spec.distributed
     unit = "process" if on_cpu else "GPU"
     card = f"{gpu.name} ({usable:.1f} of {gpu.memory_gib:g} GiB usable)"
 
-    def fits(strategy: Strategy, nodes: int, per_node: int) -> MemoryEstimate:
-        shape = shape_for(spec, strategy, nodes * per_node, on_cpu)
+    def fits(
+        strategy: Strategy, nodes: int, per_node: int, job: LoRAJobSpec = spec
+    ) -> MemoryEstimate:
+        shape = shape_for(job, strategy, nodes * per_node, on_cpu)
         return estimate_memory(arch, shape, assumptions)
 
-    if dist.nodes is not None and dist.gpus_per_node is not None:
-        nodes, per_node = dist.nodes, dist.gpus_per_node
+    pinned = (
+        None
+        if dist.nodes is None or dist.gpus_per_node is None
+        else (dist.nodes, dist.gpus_per_node)
+    )
+    explicit = pinned is not None
+    if pinned is not None:
+        nodes, per_node = pinned
         if per_node > max_per_node and not on_cpu:
             raise PlanningError(
                 f"spec.distributed.gpusPerNode: {per_node} exceeds the {max_per_node} "
                 f"{gpu.name} GPUs a node offers (resources.maxGpusPerNode / catalog maxPerNode)"
             )
-        candidates = _strategies(dist.strategy, nodes * per_node)
-        for strategy in candidates:
+        if on_cpu:
+            strategy = _strategies(dist.strategy, nodes * per_node)[0]
             est = fits(strategy, nodes, per_node)
-            if est.peak_gib <= usable or on_cpu:
-                why = _reason_explicit(strategy, nodes, per_node, est, card, unit, on_cpu)
-                if on_cpu and est.peak_gib > usable:
-                    why += f" Warning: {est.peak_gib:.1f} GiB per process exceeds {usable:.1f}."
-                return strategy, nodes, per_node, est, why
-        est = fits(candidates[-1], nodes, per_node)
-        raise PlanningError(
-            f"spec.distributed: {nodes} node(s) x {per_node} {unit}(s) with "
-            f"{candidates[-1].value} needs {est.peak_gib:.1f} GiB per {unit}, more than "
-            f"{card}; add GPUs, use quantization.mode nf4, or shorten dataset.maxSeqLength"
-        )
+            why = _reason_explicit(strategy, nodes, per_node, est, card, unit, on_cpu)
+            if est.peak_gib > usable:
+                why += f" Warning: {est.peak_gib:.1f} GiB per process exceeds {usable:.1f}."
+            return Choice(strategy, nodes, per_node, est, why)
     if on_cpu:
         strategy = Strategy.ddp if dist.strategy == Strategy.auto else dist.strategy
         est = fits(strategy, 1, 1)
@@ -195,27 +224,127 @@ def _choose(
             f"CPU placement: 1 training process with {strategy.value}; about "
             f"{est.peak_gib:.1f} GiB of host memory at peak."
         )
-        return strategy, 1, 1, est, why
-    smallest: MemoryEstimate | None = None
-    for nodes, per_node in _placements(max_per_node):
-        for strategy in _strategies(dist.strategy, nodes * per_node):
-            est = fits(strategy, nodes, per_node)
-            smallest = smallest or est
-            if est.peak_gib <= usable:
-                return (
-                    strategy,
-                    nodes,
-                    per_node,
-                    est,
-                    _reason_auto(strategy, nodes, per_node, est, card, smallest),
-                )
-    need = smallest.peak_gib if smallest else float("nan")
-    raise PlanningError(
-        f"spec.resources.gpuType: this job does not fit on any placement of {card} up to "
-        f"{MAX_NODES} nodes x {max_per_node} GPUs (one GPU would need {need:.1f} GiB); use "
-        "quantization.mode nf4, distributed.offload cpu, a shorter dataset.maxSeqLength or a "
-        "larger GPU"
+        return Choice(strategy, 1, 1, est, why)
+    placements = [pinned] if pinned is not None else _placements(max_per_node)
+
+    @functools.cache
+    def single() -> MemoryEstimate:  # only for the reasons that name it: one estimate saved
+        return fits(_strategies(dist.strategy, 1)[0], 1, 1)
+
+    margin_card = (
+        f"{gpu.name} ({gpu.memory_gib:g} GiB, inside its "
+        f"{gpu.safety_margin_fraction:.0%} safety margin)"
     )
+    adjust = dist.strategy == Strategy.auto
+    for limit, card_text in ((usable, card), (gpu.memory_gib, margin_card)):
+        for nodes, per_node in placements:
+            for strategy in _strategies(dist.strategy, nodes * per_node):
+                est = fits(strategy, nodes, per_node)
+                if est.peak_gib <= limit:
+                    why = (
+                        _reason_explicit(strategy, nodes, per_node, est, card_text, unit, False)
+                        if explicit
+                        else _reason_auto(strategy, nodes, per_node, est, card_text, single)
+                    )
+                    return Choice(
+                        strategy, nodes, per_node, est, why, warnings=_margin(est, usable, gpu)
+                    )
+        if not adjust:
+            continue
+        found = _fit_variant(spec, placements, limit, fits)
+        if found is not None and found[3].cheapest is not None:
+            strategy, nodes, per_node, variant = (*found[:3], found[3].cheapest)
+            est = fits(strategy, nodes, per_node, variant.applied_to(spec))
+            as_written = fits(strategy, nodes, per_node)
+            changes = variant.changes(spec, nodes * per_node)
+            why = (
+                _reason_explicit(strategy, nodes, per_node, est, card_text, unit, False)
+                if explicit
+                else _reason_auto(strategy, nodes, per_node, est, card_text, single)
+            )
+            why += (
+                f" Changed to fit (same training maths): {'; '.join(changes)}; "
+                f"{as_written.peak_gib:.1f} GiB per GPU as written, {est.peak_gib:.1f} with "
+                f"the change ({limit:.1f} GiB allowed)."
+            )
+            return Choice(
+                strategy,
+                nodes,
+                per_node,
+                est,
+                why,
+                variant=variant,
+                adjustments=changes,
+                warnings=_margin(est, usable, gpu),
+            )
+    alternatives = _fit_variant(spec, placements, gpu.memory_gib, fits)
+    if explicit:
+        nodes, per_node = placements[0]
+        strategy = _strategies(dist.strategy, nodes * per_node)[-1]
+        message = (
+            f"spec.distributed: {nodes} node(s) x {per_node} {unit}(s) with "
+            f"{strategy.value} needs {fits(strategy, nodes, per_node).peak_gib:.1f} GiB per "
+            f"{unit}, more than {card}; add GPUs, use quantization.mode nf4, or shorten "
+            "dataset.maxSeqLength"
+        )
+    else:
+        message = (
+            f"spec.resources.gpuType: this job does not fit on any placement of {card} up to "
+            f"{MAX_NODES} nodes x {max_per_node} GPUs (one GPU would need "
+            f"{single().peak_gib:.1f} GiB); use quantization.mode nf4, distributed.offload "
+            "cpu, a shorter dataset.maxSeqLength or a larger GPU"
+        )
+    raise PlanningError(message + _alternatives_text(spec, alternatives, explicit))
+
+
+Fits = Callable[..., MemoryEstimate]
+
+
+def _fit_variant(
+    spec: LoRAJobSpec, placements: list[tuple[int, int]], limit: float, fits: Fits
+) -> tuple[Strategy, int, int, FitSearch] | None:
+    """The first placement (in search order) where a maths-preserving variant of `spec` fits
+    under `limit`, with the search's result there."""
+    for nodes, per_node in placements:
+        for strategy in _strategies(spec.distributed.strategy, nodes * per_node):
+
+            def peak(
+                job: LoRAJobSpec, s: Strategy = strategy, n: int = nodes, g: int = per_node
+            ) -> float:
+                return fits(s, n, g, job).peak_gib
+
+            result = search_fit(
+                spec, peak, limit, chunked_loss_applies=strategy != Strategy.deepspeed_zero3
+            )
+            if result.cheapest is not None:
+                return strategy, nodes, per_node, result
+    return None
+
+
+def _alternatives_text(
+    spec: LoRAJobSpec, found: tuple[Strategy, int, int, FitSearch] | None, explicit: bool
+) -> str:
+    """'; fits with: microBatchSize 1 + gradientAccumulation 16; gradientCheckpointing true'
+    (the placement named when the search chose it), or nothing."""
+    if found is None:
+        return ""
+    strategy, nodes, per_node, result = found
+    where = "" if explicit else f" on {nodes} node(s) x {per_node} GPU(s) with {strategy.value}"
+    names = "; ".join(v.summary(spec) for v in result.fitting)
+    return f"; fits{where} with training.{names} (set distributed.strategy auto to apply it)"
+
+
+def _margin(est: MemoryEstimate, usable: float, gpu: GpuType) -> list[str]:
+    """The safety margin is a warning: the estimate fits the card, with less slack than the
+    platform asks for (an estimate error of that size would run out of memory)."""
+    if est.peak_gib <= usable:
+        return []
+    return [
+        f"memory: the estimated peak {est.peak_gib:.1f} GiB per GPU is inside {gpu.name}'s "
+        f"{gpu.safety_margin_fraction:.0%} safety margin ({usable:.1f} of "
+        f"{gpu.memory_gib:g} GiB); it fits by the estimate, with "
+        f"{gpu.memory_gib - est.peak_gib:.1f} GiB to spare"
+    ]
 
 
 def _strategies(requested: Strategy, ranks: int) -> list[Strategy]:
@@ -238,7 +367,7 @@ def _reason_auto(
     per_node: int,
     est: MemoryEstimate,
     card: str,
-    single: MemoryEstimate,
+    single: Callable[[], MemoryEstimate],
 ) -> str:
     peak = f"{est.peak_gib:.1f} GiB per GPU fits {card}"
     if nodes * per_node == 1:
@@ -247,7 +376,7 @@ def _reason_auto(
         return f"{peak} with plain data parallelism on {per_node} GPUs."
     where = f"{per_node} GPUs" if nodes == 1 else f"{nodes} nodes x {per_node} GPUs"
     return (
-        f"One GPU would need {single.peak_gib:.1f} GiB, so {strategy.value} shards the weights "
+        f"One GPU would need {single().peak_gib:.1f} GiB, so {strategy.value} shards the weights "
         f"across {where}: {peak}."
     )
 

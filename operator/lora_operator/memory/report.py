@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -15,9 +17,10 @@ from ..api.loading import SpecError, load_lorajobs
 from .catalog import GpuCatalog
 from .dataset_stats import read_dataset_stats
 from .errors import PlanningError
-from .estimate import TERM_HELP
+from .estimate import TERM_HELP, estimate_memory
+from .fit import DEFAULT_MAX_SEQ, SEQ_STEP, longest_fitting
 from .local_config import read_config
-from .placement import PlanResult, plan_job
+from .placement import PlanResult, plan_job, shape_for
 
 EXIT_BAD_INPUT = 2
 
@@ -103,10 +106,45 @@ def render_table(job: LoRAJob, result: PlanResult) -> str:
         f"  pod requests: {_amounts(status.requests.to_wire())}",
         f"  pod limits:   {_amounts(status.limits.to_wire())}",
     ]
+    if status.adjustments:
+        lines += ["", "  changed to fit (same training maths; the trainer runs these values):"]
+        lines += [f"    - {change}" for change in status.adjustments]
+    lines += ["", *longest_sequence_lines(job, result)]
     lines += ["", *forecast_lines(status.forecast)]
     if status.warnings:
         lines += ["", "  warnings:"] + [f"    - {w}" for w in status.warnings]
     return "\n".join(lines)
+
+
+def longest_sequence_lines(
+    job: LoRAJob, result: PlanResult, catalog: GpuCatalog | None = None
+) -> list[str]:
+    """The longest dataset.maxSeqLength that fits each catalog GPU, within its safety margin,
+    with the job's other settings on the planned number of GPUs and strategy."""
+    arch = result.architecture
+    if arch is None or result.on_cpu:
+        return []
+    run = result.to_status().applied_to(job.spec)
+    ranks, strategy = result.total_gpus, result.strategy
+
+    @functools.cache
+    def peak(seq_len: int) -> float:
+        shape = replace(shape_for(run, strategy, ranks), seq_len=seq_len)
+        return estimate_memory(arch, shape).peak_gib
+
+    upper = arch.max_position_embeddings or DEFAULT_MAX_SEQ
+    lines = [
+        f"  longest dataset.maxSeqLength that fits ({ranks} GPU(s), {strategy.value}, "
+        f"up to the model's {upper:,}; within each card's safety margin)"
+    ]
+    for gpu in (catalog or GpuCatalog.default()).entries.values():
+        if GpuCatalog.is_cpu(gpu):
+            continue
+        longest = longest_fitting(peak, gpu.memory_gib * (1 - gpu.safety_margin_fraction), upper)
+        shown = f"{longest:,}" if longest else f"none (not even {SEQ_STEP} tokens)"
+        mark = "  <- resources.gpuType" if gpu.name == result.gpu.name else ""
+        lines.append(f"    {gpu.name:<16}{shown:>10}{mark}")
+    return lines
 
 
 def forecast_lines(forecast: ForecastStatus | None) -> list[str]:

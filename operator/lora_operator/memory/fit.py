@@ -1,0 +1,204 @@
+"""Ways to make a job fit a card without changing what it learns.
+
+A placement that does not fit is often one knob away from fitting: a smaller micro batch with
+more gradient accumulation (the global batch, micro x accumulation x ranks, stays exactly the
+same), gradient checkpointing, or the chunked loss. None of them changes the training maths, so
+the plan may apply one by itself under `distributed.strategy: auto`, and otherwise names them in
+the refusal. Pure: the caller passes the estimator, this module only orders and tries variants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from lora_contract.types import LoRAJobSpec, TrainingOverrides
+
+# Relative step time of each knob (rough, for ordering only): checkpointing reruns each layer's
+# forward in backward (~1/3 more compute); each halving of the micro batch loses some kernel
+# efficiency; the chunked loss recomputes only the lm_head matmul.
+CHECKPOINTING_COST = 4 / 3
+MICRO_BATCH_HALVING_COST = 0.08
+CHUNKED_LOSS_COST = 1.02
+MAX_ACCUMULATION = 4096  # training.gradientAccumulation's upper bound
+MAX_MICRO_BATCH_STEPS = 8
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The spec's training knobs after a change that keeps the maths; `cost` is the relative
+    step time (1.0 = the spec as written)."""
+
+    micro_batch_size: int
+    gradient_accumulation: int
+    gradient_checkpointing: bool
+    chunked_loss: bool
+    cost: float
+
+    def overrides(self, spec: LoRAJobSpec) -> TrainingOverrides:
+        """Only the fields this variant changes."""
+        t = spec.training
+        return TrainingOverrides(
+            micro_batch_size=_changed(t.micro_batch_size, self.micro_batch_size),
+            gradient_accumulation=_changed(t.gradient_accumulation, self.gradient_accumulation),
+            gradient_checkpointing=_changed(t.gradient_checkpointing, self.gradient_checkpointing),
+            chunked_loss=_changed(t.chunked_loss, self.chunked_loss),
+        )
+
+    def applied_to(self, spec: LoRAJobSpec) -> LoRAJobSpec:
+        return self.overrides(spec).applied_to(spec)
+
+    def changes(self, spec: LoRAJobSpec, ranks: int) -> list[str]:
+        """One phrase per changed knob, e.g. 'microBatchSize 4 -> 1 and gradientAccumulation
+        4 -> 16 (global batch 16 kept)'."""
+        t = spec.training
+        out: list[str] = []
+        if self.micro_batch_size != t.micro_batch_size:
+            batch = t.micro_batch_size * t.gradient_accumulation * ranks
+            out.append(
+                f"training.microBatchSize {t.micro_batch_size} -> {self.micro_batch_size} and "
+                f"gradientAccumulation {t.gradient_accumulation} -> {self.gradient_accumulation}"
+                f" (global batch {batch} kept)"
+            )
+        if self.gradient_checkpointing != t.gradient_checkpointing:
+            out.append("training.gradientCheckpointing true (~1/3 more compute)")
+        if self.chunked_loss != t.chunked_loss:
+            out.append("training.chunkedLoss true")
+        return out
+
+    def summary(self, spec: LoRAJobSpec) -> str:
+        """Short form for a refusal: 'microBatchSize 1 + gradientAccumulation 16'."""
+        t = spec.training
+        parts: list[str] = []
+        if self.micro_batch_size != t.micro_batch_size:
+            parts.append(
+                f"microBatchSize {self.micro_batch_size} + gradientAccumulation "
+                f"{self.gradient_accumulation}"
+            )
+        if self.gradient_checkpointing != t.gradient_checkpointing:
+            parts.append("gradientCheckpointing true")
+        if self.chunked_loss != t.chunked_loss:
+            parts.append("chunkedLoss true")
+        return " + ".join(parts)
+
+
+@dataclass(frozen=True)
+class FitSearch:
+    """`cheapest`: the first fitting variant in cost order (None: nothing fits); `fitting`: the
+    cheapest fitting variant of each knob combination, in cost order."""
+
+    cheapest: Variant | None
+    fitting: list[Variant]
+
+
+def _changed(old: T, new: T) -> T | None:
+    return None if old == new else new
+
+
+def _micro_batches(micro: int, accumulation: int) -> list[int]:
+    """Smaller micro batches that divide the per-rank batch exactly, largest first; at most
+    MAX_MICRO_BATCH_STEPS of them (the largest, then 1) to bound the search."""
+    per_rank = micro * accumulation
+    found = [
+        m
+        for m in range(micro - 1, 0, -1)
+        if per_rank % m == 0 and per_rank // m <= MAX_ACCUMULATION
+    ]
+    if len(found) > MAX_MICRO_BATCH_STEPS:
+        found = [*found[: MAX_MICRO_BATCH_STEPS - 1], found[-1]]
+    return found
+
+
+def candidates(spec: LoRAJobSpec, chunked_loss_applies: bool = True) -> list[list[Variant]]:
+    """Per knob combination (checkpointing, chunked loss), its micro-batch variants from the
+    largest micro batch down; the spec as written is left out, and the last variant of the last
+    group is the most saving one. `chunked_loss_applies`: False
+    where the trainer ignores the chunked loss (ZeRO-3), so turning it on would change nothing."""
+    t = spec.training
+    per_rank = t.micro_batch_size * t.gradient_accumulation
+    checkpointing = [t.gradient_checkpointing] + ([] if t.gradient_checkpointing else [True])
+    chunked = [t.chunked_loss] + ([] if t.chunked_loss or not chunked_loss_applies else [True])
+    smaller = _micro_batches(t.micro_batch_size, t.gradient_accumulation)
+    groups: list[list[Variant]] = []
+    for ckpt in checkpointing:
+        for chunk in chunked:
+            knob_cost = (CHECKPOINTING_COST if ckpt != t.gradient_checkpointing else 1.0) * (
+                CHUNKED_LOSS_COST if chunk != t.chunked_loss else 1.0
+            )
+            micros = [t.micro_batch_size, *smaller]
+            group = [
+                Variant(
+                    micro_batch_size=m,
+                    gradient_accumulation=per_rank // m,
+                    gradient_checkpointing=ckpt,
+                    chunked_loss=chunk,
+                    cost=knob_cost
+                    * (1 + MICRO_BATCH_HALVING_COST * math.log2(t.micro_batch_size / m)),
+                )
+                for m in micros
+            ]
+            if ckpt == t.gradient_checkpointing and chunk == t.chunked_loss:
+                group = group[1:]  # the spec itself
+            if group:
+                groups.append(group)
+    return groups
+
+
+def search_fit(
+    spec: LoRAJobSpec,
+    peak_gib: Callable[[LoRAJobSpec], float],
+    limit_gib: float,
+    chunked_loss_applies: bool = True,
+) -> FitSearch:
+    """Variants of `spec` whose `peak_gib` is at most `limit_gib`. Every knob only lowers the
+    peak, so the most saving variant is tried first and, when it does not fit, nothing does
+    (one estimate); otherwise each knob combination stops at its largest fitting micro batch."""
+    fitting: list[Variant] = []
+    groups = candidates(spec, chunked_loss_applies)
+    if not groups or peak_gib(groups[-1][-1].applied_to(spec)) > limit_gib:
+        return FitSearch(cheapest=None, fitting=[])
+    for group in groups:
+        for variant in group:
+            if peak_gib(variant.applied_to(spec)) <= limit_gib:
+                fitting.append(variant)
+                break
+    fitting.sort(key=lambda v: (v.cost, len(v.summary(spec))))
+    return FitSearch(cheapest=fitting[0] if fitting else None, fitting=fitting)
+
+
+SEQ_STEP = 128  # the longest-sequence answer is a multiple of this
+DEFAULT_MAX_SEQ = 131_072  # upper bound when the model states no max_position_embeddings
+
+
+def longest_fitting(peak_gib: Callable[[int], float], limit_gib: float, upper: int) -> int | None:
+    """The longest multiple of SEQ_STEP up to `upper` whose `peak_gib` is at most `limit_gib`
+    (None: not even SEQ_STEP). Peak memory grows with the sequence, near linearly, so an
+    interpolation search needs a handful of estimates; `peak_gib` should be memoised by the
+    caller when it asks for several limits."""
+    lo, hi = 1, max(upper // SEQ_STEP, 1)  # in steps; lo fits, hi + 1 does not (once checked)
+    p_lo = peak_gib(lo * SEQ_STEP)
+    if p_lo > limit_gib:
+        return None
+    p_hi = peak_gib(hi * SEQ_STEP)
+    if p_hi <= limit_gib:
+        return hi * SEQ_STEP
+    while hi - lo > 1:
+        slope = (p_hi - p_lo) / (hi - lo)
+        guess = lo + int((limit_gib - p_lo) / slope) if slope > 0 else (lo + hi) // 2
+        mid = min(max(guess, lo + 1), hi - 1)
+        p_mid = peak_gib(mid * SEQ_STEP)
+        if p_mid <= limit_gib:
+            lo, p_lo = mid, p_mid
+            # the next step up usually settles it for a near-linear peak
+            if mid + 1 < hi:
+                p_next = peak_gib((mid + 1) * SEQ_STEP)
+                if p_next > limit_gib:
+                    return mid * SEQ_STEP
+                lo, p_lo = mid + 1, p_next
+        else:
+            hi, p_hi = mid, p_mid
+    return lo * SEQ_STEP
