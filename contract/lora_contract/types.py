@@ -346,6 +346,15 @@ class TrainingSpec(_Model):
             "materialising batch x seq x vocab logits: same loss, far less memory."
         ),
     )
+    # Moves where the saved tensors live, not what they are: keeps the run.
+    activation_offloading: Annotated[bool, KEEPS_RUN] = Field(
+        default=False,
+        description=(
+            "Move the tensors saved for backward to pinned host memory during the forward pass "
+            "and bring them back for backward: less GPU memory, more host memory (the pod's "
+            "memory request grows), ~15% slower."
+        ),
+    )
     attention: Annotated[Attention, RETRAINS] = Field(
         default=Attention.sdpa, description="Attention kernel; eager keeps s^2 scores in memory."
     )
@@ -654,6 +663,7 @@ class TrainingOverrides(_Observed):
     gradient_accumulation: int | None = Field(default=None, ge=1)
     gradient_checkpointing: bool | None = None
     chunked_loss: bool | None = None
+    activation_offloading: bool | None = None
 
     def applied_to(self, spec: LoRAJobSpec) -> LoRAJobSpec:
         """`spec` with these values in spec.training: what the trainer runs."""

@@ -79,6 +79,7 @@ KEEPS_RUN_FIELDS = {
     "resources.requests",
     "resources.tolerations",
     "training.chunkedLoss",  # the same loss to float rounding: memory, not maths
+    "training.activationOffloading",  # where saved tensors live, not what they are
 }
 
 

@@ -161,7 +161,8 @@ def test_never_more_gpus_per_node_than_the_catalog_offers(spec: Spec) -> None:
 
 
 def test_up_to_64_nodes_and_no_more(spec: Spec) -> None:
-    job = spec(resources={"gpuType": "TEST"})
+    # offloading already on: the fit search has no knob left that would move the boundary
+    job = spec(resources={"gpuType": "TEST"}, training={"activationOffloading": True})
     p63, p64 = peak(job, Strategy.deepspeed_zero3, 63), peak(job, Strategy.deepspeed_zero3, 64)
     p65 = peak(job, Strategy.deepspeed_zero3, 65)
     assert p65 < p64 < p63
@@ -218,6 +219,7 @@ def test_explicit_placement_exactly_at_capacity(spec: Spec) -> None:
     job = spec(
         resources={"gpuType": "TEST"},
         distributed={"nodes": 1, "gpusPerNode": 2, "strategy": "deepspeed-zero3"},
+        training={"activationOffloading": True},  # no fit-search knob left (see above)
     )
     two = peak(job, Strategy.deepspeed_zero3, 2)
     result = plan_job(job, catalog_with(memory_for_usable(two)))

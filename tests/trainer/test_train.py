@@ -44,6 +44,7 @@ def test_trains_uploads_and_adapter_changes_outputs(
     assert {"step", "epoch", "learning_rate", "tokens_per_second"} <= set(records[0])
     # training.chunkedLoss defaults on: the loss path is recorded with every loss
     assert {r.get("loss_path") for r in records if "loss" in r} == {"chunked"}
+    assert {r.get("activation_offload") for r in records if "loss" in r} == {"off"}
 
     # keepCheckpoints 2 of 8, 16, 24: the oldest was pruned; all left are complete.
     assert store.complete_checkpoints(run.location) == [16, 24]

@@ -141,6 +141,8 @@ class ProgressCallback(TrainerCallback):  # type: ignore[misc]
             )
             if self.reporter.loss_path:
                 record["loss_path"] = self.reporter.loss_path
+            if self.reporter.activation_offload:
+                record["activation_offload"] = self.reporter.activation_offload
             self.reporter.update(
                 loss=record["loss"], learning_rate=record["learning_rate"], tokens_per_second=tps
             )

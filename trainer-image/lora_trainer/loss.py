@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
+from .offload import OffloadPath, offload_contexts
+
 IGNORE_INDEX = -100
 # Logit elements per chunk: 2**25 is 256 positions at a 128k vocabulary, 128 MiB per fp32 copy.
 CHUNK_LOGIT_ELEMENTS = 2**25
@@ -195,8 +197,16 @@ class LeanLossTrainer(Trainer):  # type: ignore[misc]
     """HF Trainer whose causal-LM loss never materialises the full logits (see the module
     docstring). With `LossPath.standard` it is the stock Trainer."""
 
-    def __init__(self, *args: Any, loss_path: LossPath = LossPath.standard, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        loss_path: LossPath = LossPath.standard,
+        offload_path: OffloadPath = OffloadPath.off,
+        **kwargs: Any,
+    ) -> None:
         self.loss_path = loss_path
+        self.offload_path = offload_path
+        self._offload = offload_contexts(kwargs["model"], offload_path)
         self._capture: HiddenStateCapture | None = None
         self._head: torch.nn.Module | None = None
         if loss_path is not LossPath.standard:
@@ -214,6 +224,12 @@ class LeanLossTrainer(Trainer):  # type: ignore[misc]
             return causal_lm_loss(
                 self._capture.take(), labels, self._head, self.loss_path, num_items_in_batch
             )
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        """Forward and backward under the offloading context (lora_trainer.offload): what the
+        forward saves, the loss's chunk inputs and checkpointed layer inputs included, moves."""
+        with self._offload():
+            return super().training_step(*args, **kwargs)
 
     def compute_loss(
         self,

@@ -32,6 +32,7 @@ class ProgressReporter:
         self.progress = Progress(state="starting")
         self.records: list[dict[str, Any]] = []
         self.loss_path: str | None = None  # lora_trainer.loss.LossPath, in every loss record
+        self.activation_offload: str | None = None  # lora_trainer.offload.OffloadPath, likewise
 
     def load_previous_records(self, up_to_step: int) -> None:
         """On resume, keep the metrics logged before the checkpoint (drop the lost tail)."""

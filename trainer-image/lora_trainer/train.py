@@ -265,6 +265,7 @@ def run_training(
         StepDelay,
     )
     from .loss import LeanLossTrainer, choose_loss_path
+    from .offload import choose_offload_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = config.spec
@@ -304,10 +305,13 @@ def run_training(
     trainable, total = trainable_summary(model)
     loss_path = choose_loss_path(model, spec.training.chunked_loss, zero3)
     reporter.loss_path = loss_path.value
+    offload_path = choose_offload_path(spec.training.activation_offloading, on_cuda)
+    reporter.activation_offload = offload_path.value
     log(
         f"model {spec.base_model.name}: {trainable:,} trainable of {total:,} parameters; "
         f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} eval sequences; "
-        f"world size {place.world_size}; {'cuda' if on_cuda else 'cpu'}; loss {loss_path.value}"
+        f"world size {place.world_size}; {'cuda' if on_cuda else 'cpu'}; loss {loss_path.value}; "
+        f"activation offload {offload_path.value}"
         + (
             f"; deepspeed ZeRO-{config.deepspeed['zero_optimization']['stage']}"
             if config.deepspeed
@@ -328,6 +332,7 @@ def run_training(
         callbacks.append(EvalLossEarlyStopping(spec.training.early_stopping_patience))
     trainer = LeanLossTrainer(
         loss_path=loss_path,
+        offload_path=offload_path,
         model=model,
         args=args,
         train_dataset=train_ds,

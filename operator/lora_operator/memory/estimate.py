@@ -15,6 +15,9 @@ Term names (stable; they are the keys of `breakdown_gib`):
 - `optimizer`: optimizer states (AdamW 8 B, 8-bit Adam 2 B per trainable parameter); ZeRO-2/3
   shard them, CPU offload moves them to host memory.
 - `activations`: tensors saved for backward (per-layer formula, gradient checkpointing aware).
+  With `training.activationOffloading` the per-layer saved tensors (with checkpointing: the
+  layer inputs) live in host memory, counted in `host_offload_gib`; the GPU keeps what the
+  offloader keeps there (see `OFFLOAD_GPU_TENSORS`).
 - `attention_scores`: eager attention's softmax (b*heads*s^2), absent with SDPA/flash.
 - `lora_dropout`: what the adapters keep of their inputs for backward: with dropout, each target
   module's dropped-out copy and mask; without, lora_A's input itself where nothing else saves it.
@@ -39,6 +42,13 @@ NF4_DOUBLE_QUANT_BLOCK = 256
 # Logit elements per chunk of the trainer's chunked loss (lora_trainer.loss.CHUNK_LOGIT_ELEMENTS;
 # a test keeps the two equal).
 LOSS_CHUNK_LOGIT_ELEMENTS = 2**25
+
+# Activation offloading (lora_trainer.offload, TRL's OffloadActivations): the forward keeps its
+# last `max_fwd_stash_size` (5) offloaded tensors on the GPU until their copies finish, backward
+# brings back one tensor and prefetches the next. Counted as that many per-layer saved tensors:
+# with checkpointing, five layer inputs; without, the layer in backward plus the next one's.
+OFFLOAD_GPU_TENSORS = 5
+OFFLOAD_GPU_LAYERS = 2
 
 # Optimizer state bytes per trainable parameter; None = two moments in the adapter dtype.
 OPTIMIZER_BYTES: dict[Optimizer, float | None] = {
@@ -114,6 +124,7 @@ class TrainingShape:
     data_parallel: int = 1  # ranks that ZeRO shards across
     offload_cpu: bool = False
     chunked_loss: bool = False  # training.chunkedLoss: the trainer's chunked/fused loss
+    activation_offloading: bool = False  # training.activationOffloading: saved tensors on host
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ class MemoryEstimate:
     peak_gib: float  # + allocator overhead + CUDA context: what must fit on the card
     total_params: int
     trainable_params: int
-    host_offload_gib: float  # optimizer states / params moved to CPU RAM, per rank
+    host_offload_gib: float  # optimizer states / params / activations in CPU RAM, per rank
     notes: list[str] = field(default_factory=list)
 
 
@@ -228,7 +239,22 @@ def unsaved_adapter_inputs(arch: Architecture, targeted: list[LinearModule]) -> 
 def activation_terms(
     arch: Architecture, shape: TrainingShape, assumptions: Assumptions
 ) -> dict[str, float]:
-    """Bytes saved for backward at the peak: activations, eager scores, dropout copies, logits."""
+    """Bytes saved for backward at the peak on the GPU: activations, eager scores, dropout
+    copies, logits."""
+    return activation_split(arch, shape, assumptions)[0]
+
+
+def activation_split(
+    arch: Architecture, shape: TrainingShape, assumptions: Assumptions
+) -> tuple[dict[str, float], float]:
+    """The GPU terms of `activation_terms`, and the bytes activation offloading moves to host
+    memory (0 without it). Offloaded: the tensors saved across layers (checkpointed layer inputs,
+    or every layer's saved tensors, eager scores and adapter inputs without checkpointing). Kept:
+    the offloader's GPU window, one layer's working set (recomputed inside the checkpoint, which
+    the offloader does not see), the embedding/final-norm tensors and the loss (both small or
+    needed at once; an over-estimate of at most batch x seq x hidden on GPU). Measured with a
+    saved-tensors hook on a 6-layer Llama (tests/memory/test_activation_offloading_plan.py): the
+    host figure is what the hook sees with checkpointing, and 5-6% above it without."""
     cb = dtype_bytes(shape.compute_dtype)
     tokens = shape.micro_batch * shape.seq_len
     h, hd = arch.hidden_size, arch.head_dim
@@ -251,16 +277,34 @@ def activation_terms(
         + h * cb  # the layer input
     )
     layer_input = h * stream
+    offload = shape.activation_offloading
+    host = 0.0
     if shape.gradient_checkpointing:
-        saved = tokens * (arch.num_layers * layer_input + per_token_layer)
+        kept_inputs = min(arch.num_layers, OFFLOAD_GPU_TENSORS) if offload else arch.num_layers
+        saved = tokens * (kept_inputs * layer_input + per_token_layer)
+        host += tokens * arch.num_layers * layer_input if offload else 0.0
     else:
-        saved = tokens * arch.num_layers * per_token_layer
+        kept_layers = min(arch.num_layers, OFFLOAD_GPU_LAYERS) if offload else arch.num_layers
+        saved = tokens * kept_layers * per_token_layer
+        host += tokens * arch.num_layers * per_token_layer if offload else 0.0
     saved += tokens * 2 * h * 4  # embedding output and final norm (fp32)
+    if offload:
+        # the final norm's fp32 input is offloaded too (measured); counted on the GPU as well,
+        # where the offloader's stash still holds it when backward starts
+        host += tokens * h * 4
     layers_live = 1 if shape.gradient_checkpointing else arch.num_layers
+    # layers whose saved tensors are on the GPU at the peak, and those offloaded to host
+    layers_on_gpu = layers_live
+    layers_on_host = 0
+    if offload and not shape.gradient_checkpointing:
+        layers_on_gpu = min(arch.num_layers, OFFLOAD_GPU_LAYERS)
+        layers_on_host = arch.num_layers
     scores = 0.0
     if shape.attention == Attention.eager:
         # fp32 softmax output + its bf16 cast, per head, per query-key pair
-        scores = shape.micro_batch * arch.num_heads * shape.seq_len**2 * (4 + cb) * layers_live
+        per_layer_scores = shape.micro_batch * arch.num_heads * shape.seq_len**2 * (4 + cb)
+        scores = per_layer_scores * layers_on_gpu
+        host += per_layer_scores * layers_on_host
     targeted = targeted_linears(arch, shape.target_modules)
     # lm_head runs after the decoder layers, outside gradient checkpointing: its adapter's input
     # is one tensor kept whole, not a per-layer share.
@@ -274,21 +318,23 @@ def activation_terms(
     cast_copy = cb if assumptions.adapter_bytes != cb else 0
     if shape.dropout > 0:
         # dropout output (adapter dtype) + its mask (1 byte) + autocast's copy, per module
-        per_element = assumptions.adapter_bytes + 1 + cast_copy
-        dropout = tokens * (per_layer_in * layers_live + head_in) * per_element
+        per_layer, per_head = per_layer_in, head_in
+        element = assumptions.adapter_bytes + 1 + cast_copy
     elif cast_copy:
-        dropout = tokens * (per_layer_in * layers_live + head_in) * cast_copy
+        per_layer, per_head, element = per_layer_in, head_in, cast_copy
     else:
         # lora_A saves its input itself, shared by the modules that read the same tensor
-        unsaved = unsaved_adapter_inputs(arch, in_layers) * layers_live + head_in
-        dropout = tokens * unsaved * cb
+        per_layer, per_head, element = unsaved_adapter_inputs(arch, in_layers), head_in, cb
+    dropout = tokens * (per_layer * layers_on_gpu + per_head) * element
+    host += tokens * per_layer * layers_on_host * element
     logits = loss_bytes(arch, shape, assumptions)
-    return {
+    terms = {
         "activations": saved,
         "attention_scores": scores,
         "lora_dropout": dropout,
         "logits": logits,
     }
+    return terms, host
 
 
 def loss_chunk_positions(vocab_size: int) -> int:
@@ -354,13 +400,17 @@ def estimate_memory(
     if shape.optimizer in (Optimizer.paged_adamw_8bit, Optimizer.paged_adamw_32bit):
         notes.append("paged optimizer: states can page to host memory under pressure")
 
+    on_gpu, offloaded = activation_split(arch, shape, a)
+    if offloaded:
+        host += offloaded
+        notes.append("activation offloading: saved activations live in pinned host memory")
     terms = {
         "weights": weights,
         "zero3_gather": gather,
         "lora_weights": lora_weights,
         "gradients": grads,
         "optimizer": optimizer,
-        **activation_terms(arch, shape, a),
+        **on_gpu,
     }
     allocated = sum(terms.values())
     terms["allocator_overhead"] = allocated * a.allocator_overhead_fraction

@@ -2,13 +2,15 @@
 
 A placement that does not fit is often one knob away from fitting: a smaller micro batch with
 more gradient accumulation (the global batch, micro x accumulation x ranks, stays exactly the
-same), gradient checkpointing, or the chunked loss. None of them changes the training maths, so
-the plan may apply one by itself under `distributed.strategy: auto`, and otherwise names them in
-the refusal. Pure: the caller passes the estimator, this module only orders and tries variants.
+same), gradient checkpointing, the chunked loss, or activation offloading to host memory. None
+of them changes the training maths, so the plan may apply one by itself under
+`distributed.strategy: auto`, and otherwise names them in the refusal. Pure: the caller passes
+the estimator, this module only orders and tries variants.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +20,13 @@ from lora_contract.types import LoRAJobSpec, TrainingOverrides
 
 # Relative step time of each knob (rough, for ordering only): checkpointing reruns each layer's
 # forward in backward (~1/3 more compute); each halving of the micro batch loses some kernel
-# efficiency; the chunked loss recomputes only the lm_head matmul.
+# efficiency; the chunked loss recomputes only the lm_head matmul; activation offloading's
+# copies mostly overlap compute on a side stream, the rest is a guess (no published figure for
+# LoRA: torchtune and TRL report it as "slower", not by how much).
 CHECKPOINTING_COST = 4 / 3
 MICRO_BATCH_HALVING_COST = 0.08
 CHUNKED_LOSS_COST = 1.02
+ACTIVATION_OFFLOADING_COST = 1.15
 MAX_ACCUMULATION = 4096  # training.gradientAccumulation's upper bound
 MAX_MICRO_BATCH_STEPS = 8
 
@@ -38,6 +43,7 @@ class Variant:
     gradient_checkpointing: bool
     chunked_loss: bool
     cost: float
+    activation_offloading: bool = False
 
     def overrides(self, spec: LoRAJobSpec) -> TrainingOverrides:
         """Only the fields this variant changes."""
@@ -47,6 +53,7 @@ class Variant:
             gradient_accumulation=_changed(t.gradient_accumulation, self.gradient_accumulation),
             gradient_checkpointing=_changed(t.gradient_checkpointing, self.gradient_checkpointing),
             chunked_loss=_changed(t.chunked_loss, self.chunked_loss),
+            activation_offloading=_changed(t.activation_offloading, self.activation_offloading),
         )
 
     def applied_to(self, spec: LoRAJobSpec) -> LoRAJobSpec:
@@ -68,6 +75,8 @@ class Variant:
             out.append("training.gradientCheckpointing true (~1/3 more compute)")
         if self.chunked_loss != t.chunked_loss:
             out.append("training.chunkedLoss true")
+        if self.activation_offloading != t.activation_offloading:
+            out.append("training.activationOffloading true (activations in host memory)")
         return out
 
     def summary(self, spec: LoRAJobSpec) -> str:
@@ -83,6 +92,8 @@ class Variant:
             parts.append("gradientCheckpointing true")
         if self.chunked_loss != t.chunked_loss:
             parts.append("chunkedLoss true")
+        if self.activation_offloading != t.activation_offloading:
+            parts.append("activationOffloading true")
         return " + ".join(parts)
 
 
@@ -114,37 +125,48 @@ def _micro_batches(micro: int, accumulation: int) -> list[int]:
 
 
 def candidates(spec: LoRAJobSpec, chunked_loss_applies: bool = True) -> list[list[Variant]]:
-    """Per knob combination (checkpointing, chunked loss), its micro-batch variants from the
-    largest micro batch down; the spec as written is left out, and the last variant of the last
-    group is the most saving one. `chunked_loss_applies`: False
+    """Per knob combination (checkpointing, chunked loss, offloading), its micro-batch variants
+    from the largest micro batch down; the spec as written is left out, and the last variant of
+    the last group is the most saving one. `chunked_loss_applies`: False
     where the trainer ignores the chunked loss (ZeRO-3), so turning it on would change nothing."""
     t = spec.training
     per_rank = t.micro_batch_size * t.gradient_accumulation
     checkpointing = [t.gradient_checkpointing] + ([] if t.gradient_checkpointing else [True])
     chunked = [t.chunked_loss] + ([] if t.chunked_loss or not chunked_loss_applies else [True])
+    offloading = [t.activation_offloading] + ([] if t.activation_offloading else [True])
     smaller = _micro_batches(t.micro_batch_size, t.gradient_accumulation)
     groups: list[list[Variant]] = []
-    for ckpt in checkpointing:
-        for chunk in chunked:
-            knob_cost = (CHECKPOINTING_COST if ckpt != t.gradient_checkpointing else 1.0) * (
-                CHUNKED_LOSS_COST if chunk != t.chunked_loss else 1.0
+    for ckpt, chunk, offload in itertools.product(checkpointing, chunked, offloading):
+        if offload and not ckpt and not t.activation_offloading:
+            # without checkpointing every layer's saved tensors go to host memory (~128 GiB per
+            # GPU for an 8B model at 2 x 8192): the plan does not know node memory, so it only
+            # offers offloading the checkpointed layer inputs
+            continue
+        knob_cost = (
+            (CHECKPOINTING_COST if ckpt != t.gradient_checkpointing else 1.0)
+            * (CHUNKED_LOSS_COST if chunk != t.chunked_loss else 1.0)
+            * (ACTIVATION_OFFLOADING_COST if offload != t.activation_offloading else 1.0)
+        )
+        micros = [t.micro_batch_size, *smaller]
+        group = [
+            Variant(
+                micro_batch_size=m,
+                gradient_accumulation=per_rank // m,
+                gradient_checkpointing=ckpt,
+                chunked_loss=chunk,
+                activation_offloading=offload,
+                cost=knob_cost * (1 + MICRO_BATCH_HALVING_COST * math.log2(t.micro_batch_size / m)),
             )
-            micros = [t.micro_batch_size, *smaller]
-            group = [
-                Variant(
-                    micro_batch_size=m,
-                    gradient_accumulation=per_rank // m,
-                    gradient_checkpointing=ckpt,
-                    chunked_loss=chunk,
-                    cost=knob_cost
-                    * (1 + MICRO_BATCH_HALVING_COST * math.log2(t.micro_batch_size / m)),
-                )
-                for m in micros
-            ]
-            if ckpt == t.gradient_checkpointing and chunk == t.chunked_loss:
-                group = group[1:]  # the spec itself
-            if group:
-                groups.append(group)
+            for m in micros
+        ]
+        if (ckpt, chunk, offload) == (
+            t.gradient_checkpointing,
+            t.chunked_loss,
+            t.activation_offloading,
+        ):
+            group = group[1:]  # the spec itself
+        if group:
+            groups.append(group)
     return groups
 
 
@@ -167,7 +189,30 @@ def search_fit(
                 fitting.append(variant)
                 break
     fitting.sort(key=lambda v: (v.cost, len(v.summary(spec))))
+    fitting = [v for i, v in enumerate(fitting) if not _dominated(v, fitting[:i])]
     return FitSearch(cheapest=fitting[0] if fitting else None, fitting=fitting)
+
+
+def _knobs(variant: Variant) -> set[str]:
+    return {
+        name
+        for name, on in (
+            ("checkpointing", variant.gradient_checkpointing),
+            ("chunked", variant.chunked_loss),
+            ("offloading", variant.activation_offloading),
+        )
+        if on
+    }
+
+
+def _dominated(variant: Variant, cheaper: list[Variant]) -> bool:
+    """True if a cheaper fitting variant turns on no knob this one leaves off and keeps at least
+    its micro batch: naming this one too would only add a slowdown (e.g. offloading on top of a
+    micro batch that already fits)."""
+    return any(
+        _knobs(c) <= _knobs(variant) and c.micro_batch_size >= variant.micro_batch_size
+        for c in cheaper
+    )
 
 
 SEQ_STEP = 128  # the longest-sequence answer is a multiple of this

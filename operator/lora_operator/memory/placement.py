@@ -118,6 +118,8 @@ def shape_for(
         offload_cpu=spec.distributed.offload == Offload.cpu,
         # the trainer keeps the stock loss under ZeRO-3 (lora_trainer.loss.choose_loss_path)
         chunked_loss=spec.training.chunked_loss and strategy != Strategy.deepspeed_zero3,
+        # on CPU the saved tensors are in host memory already (counted once, in the terms)
+        activation_offloading=spec.training.activation_offloading and not on_cpu,
     )
 
 
