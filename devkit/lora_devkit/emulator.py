@@ -40,15 +40,15 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiohttp.web
 import attrs
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
-from kmock._internal import dicts, enums, k8s, rendering
+from kmock._internal import apps, dicts, enums, k8s, rendering
 
 from lora_contract.timestamps import now_iso, parse_iso
 from lora_contract.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
@@ -78,6 +78,8 @@ CORE_RESOURCES: list[tuple[str, str, bool]] = [
     ("coordination.k8s.io/v1/leases", "Lease", True),
 ]
 KSERVE_RESOURCE = ("serving.kserve.io/v1beta1/inferenceservices", "InferenceService", True)
+T = TypeVar("T")
+CRDS = "customresourcedefinitions"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
 
 
@@ -136,6 +138,23 @@ def _merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
+def _validated_view(schema: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    """What a CRD's schema and rules can see of an object: its metadata only as far as the
+    schema declares it (the API server lets a CRD constrain only name and generateName), so
+    an update that changes annotations or finalizers alone needs no validation."""
+    meta_schema = schema.get("properties", {}).get("metadata", {})
+    meta = obj.get("metadata") or {}
+    sees_all = (
+        "x-kubernetes-validations" in schema
+        or "additionalProperties" in meta_schema
+        or "x-kubernetes-preserve-unknown-fields" in meta_schema
+        or "x-kubernetes-validations" in meta_schema
+    )
+    declared = meta_schema.get("properties", {})
+    seen = meta if sees_all else {k: v for k, v in meta.items() if k in declared}
+    return {**{k: v for k, v in obj.items() if k != "metadata"}, "metadata": seen}
+
+
 def _age(timestamp: str) -> str:
     """'2026-01-01T00:00:00Z' -> '42s' / '5m' / '3h' / '2d', as kubectl prints ages."""
     then = parse_iso(timestamp)
@@ -176,8 +195,57 @@ def _matches_selector(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
-class LoRAJobEmulator(KubernetesEmulator):
+RouteKey = tuple[str, str, bool, str | None]
+OBJECT_ACTIONS = {
+    enums.action.LIST,
+    enums.action.WATCH,
+    enums.action.FETCH,
+    enums.action.CREATE,
+    enums.action.UPDATE,
+    enums.action.DELETE,
+}
+
+
+class _RememberedRoutes(apps.RawHandler):
+    """kmock routes each request by filtering every in-flight request through each reaction's
+    criteria until one matches its own (~1 ms a request with the operator's watches and
+    concurrent calls open). The emulator's object requests always end in the same fallback
+    reaction for the same shape (method, action, named or not, subresource): once kmock has
+    routed one (`_remember_route`), the next of that shape goes straight there."""
+
+    _routes: dict[RouteKey, Any] | None = None
+
+    @staticmethod
+    def _route_key(request: rendering.Request) -> RouteKey | None:
+        resource = request.resource
+        if resource is None or resource.plural is None or request.action not in OBJECT_ACTIONS:
+            return None
+        return (str(request.method), str(request.action), request.name is None, request.subresource)
+
+    def _remember_route(self, request: rendering.Request) -> None:
+        key = self._route_key(request)
+        if key is None:
+            return
+        for payload in self._payloads:
+            if any(seen is request for seen in payload._requests):
+                if self._routes is None:
+                    self._routes = {}
+                self._routes[key] = payload
+                return
+
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        key = self._route_key(request)
+        payload = None if key is None or self._routes is None else self._routes.get(key)
+        live = payload is not None and any(p is payload for p in self._payloads)
+        if payload is not None and live and not payload._disabled.is_set():
+            return cast(aiohttp.web.StreamResponse, await payload(request))
+        return await super()._handle(request)
+
+
+class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
     """kmock's emulator plus the API server's bookkeeping that operators depend on."""
+
+    _crd_cache: list[dict[str, Any]] | None = None  # see `_crds`
 
     def declare(self, key: str, kind: str, namespaced: bool, **extra: Any) -> None:
         self.resources[key] = ResourceInfo(
@@ -190,6 +258,23 @@ class LoRAJobEmulator(KubernetesEmulator):
         if raw_request.path.startswith("/openapi/v3"):
             return self._serve_openapi(raw_request.path)
         return await super().__call__(raw_request)
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        """The API server's Status, without the traceback kmock formats into `details`: every
+        404 (a get of a Job not yet made) paid ~2 ms for it."""
+        if not isinstance(exc, k8s.KubernetesError):
+            return await super()._render_error(exc)
+        status = {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "code": exc.status,
+            "status": "Failure",
+            "reason": exc.reason or type(exc).__name__,
+            "message": exc.message or repr(exc),
+            "details": exc.details or {},
+        }
+        return aiohttp.web.json_response(status, status=exc.status)
 
     def _serve_openapi(self, path: str) -> aiohttp.web.StreamResponse:
         """OpenAPI v3 for the custom resources, from their CRDs' schemas: `kubectl apply`
@@ -231,11 +316,16 @@ class LoRAJobEmulator(KubernetesEmulator):
         return aiohttp.web.json_response(document)
 
     def _crds(self) -> list[dict[str, Any]]:
-        return [
-            obj.raw
-            for (resource, _, _), obj in self.objects.items()
-            if not obj.deleted and resource.plural == "customresourcedefinitions"
-        ]
+        """The stored CRDs, kept until a CRD is written (`_handle`, `_collect_garbage`): every
+        write looks its CRD up, and scanning all objects each time made N creates O(N²)."""
+        cached = self._crd_cache
+        if cached is None:
+            cached = self._crd_cache = [
+                obj.raw
+                for (resource, _, _), obj in self.objects.items()
+                if not obj.deleted and resource.plural == CRDS
+            ]
+        return cached
 
     async def _serve_namespaces(
         self, raw_request: aiohttp.web.BaseRequest
@@ -353,6 +443,8 @@ class LoRAJobEmulator(KubernetesEmulator):
                 await self._collect_garbage({owner_uid})
             return response
         finally:
+            if specific and request.resource is not None and request.resource.plural == CRDS:
+                self._crd_cache = None
             self._forget(request)
             self._forget(served)
 
@@ -491,7 +583,11 @@ class LoRAJobEmulator(KubernetesEmulator):
                 details={"kind": custom.kind, "group": custom.group},
             )
         apply_defaults(custom.schema, desired)
-        if status_write and custom.status_subresource:
+        if current is not None and _validated_view(custom.schema, desired) == _validated_view(
+            custom.schema, current
+        ):
+            errors = []  # nothing the schema sees changed (kopf's annotations): all ratcheted
+        elif status_write and custom.status_subresource:
             status_schema = custom.schema.get("properties", {}).get("status", {})
             errors = field_errors(status_schema, desired.get("status"), "status")
             if desired.get("status") is None:
@@ -556,6 +652,8 @@ class LoRAJobEmulator(KubernetesEmulator):
                         event = {"type": "DELETED", "object": obj.raw}
                         obj.delete()
                         deleted.add(str(meta.get("uid")))
+                    if key[0].plural == CRDS:
+                        self._crd_cache = None
                     await self._buses[key[0]].put(event)
 
     def _conditional_writes(self) -> asyncio.Lock:
@@ -584,13 +682,44 @@ class LoRAJobEmulator(KubernetesEmulator):
         ]
 
     def _forget(self, request: rendering.Request) -> None:
-        """kmock keeps every request ever served and routes each new one by re-filtering that
-        whole history (O(requests) per request: 0.2 s per GET after a few thousand). Nothing here
-        asserts on past requests, so a served request is dropped; in-flight ones stay."""
+        """kmock keeps every request ever served (in the handler and in the reaction that served
+        it) and routes each new one by re-filtering the handler's whole list against every
+        reaction (O(requests) per request: 0.2 s per GET after a few thousand). Nothing here
+        asserts on past requests, so a request is dropped once it is routed (`_routed`) and
+        from its reaction once served."""
+        self._routed(request)
+        for payload in self._payloads:
+            served: list[rendering.Request] = getattr(payload, "_requests", [])
+            for index in range(len(served) - 1, -1, -1):
+                if served[index] is request:
+                    del served[index]
+                    return
+
+    def _routed(self, request: rendering.Request) -> None:
+        """Its reaction is running: kmock needs it no more to route it. Long-lived watches
+        leave the list too, which every other request's routing would otherwise filter."""
+        self._remember_route(request)
         for index, seen in enumerate(self._requests):
             if seen is request:
                 del self._requests[index]
                 return
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[Any]:
+        self._routed(request)
+        async for event in super()._serve_watch(request):
+            yield event
+
+    async def _serve_create(self, request: rendering.Request) -> Any:
+        self._routed(request)
+        return await super()._serve_create(request)
+
+    async def _serve_update(self, request: rendering.Request) -> Any:
+        self._routed(request)
+        return await super()._serve_update(request)
+
+    async def _serve_delete(self, request: rendering.Request) -> Any:
+        self._routed(request)
+        return await super()._serve_delete(request)
 
     def _type_meta(self, request: rendering.Request) -> tuple[str, str]:
         """(apiVersion, kind) of the requested resource, for lists and items that lack them."""
@@ -607,6 +736,7 @@ class LoRAJobEmulator(KubernetesEmulator):
     async def _serve_list(self, request: rendering.Request) -> Any:
         """A `<Kind>List` as the API server sends it: kubectl's json/yaml/name printers need
         apiVersion and kind on the list and on every item."""
+        self._routed(request)
         result = cast(dict[str, Any], await super()._serve_list(request))
         items: list[dict[str, Any]] = result["items"]
         selector = request.params.get("labelSelector")
@@ -633,6 +763,7 @@ class LoRAJobEmulator(KubernetesEmulator):
         return result
 
     async def _serve_fetch(self, request: rendering.Request) -> Any:
+        self._routed(request)
         obj = cast(dict[str, Any], await super()._serve_fetch(request))
         if "as=Table" in request.headers.get("Accept", ""):
             return self._table(request, [obj])
@@ -640,10 +771,8 @@ class LoRAJobEmulator(KubernetesEmulator):
         return {"apiVersion": api_version, "kind": kind, **obj}
 
     def _printer_columns(self, request: rendering.Request) -> list[dict[str, Any]]:
-        for (resource, _, _), obj in self.objects.items():
-            if obj.deleted or resource.plural != "customresourcedefinitions":
-                continue
-            spec = obj.raw.get("spec", {})
+        for crd in self._crds():
+            spec = crd.get("spec", {})
             if request.resource is None or spec.get("group") != request.resource.group:
                 continue
             if spec.get("names", {}).get("plural") != request.resource.plural:
@@ -784,6 +913,19 @@ class EmulatedCluster(Service):
 
         client = self.client()
         client.create("apiextensions.k8s.io/v1/customresourcedefinitions", None, build_crd())
+
+    def inspect(self, look: Callable[[LoRAJobEmulator], T], timeout: float = 30.0) -> T:
+        """`look` at the store on the emulator's own thread (it is not thread-safe): the scale
+        bench counts 1000s of objects this way instead of listing them over HTTP twice a
+        second, which cost the emulator more CPU than the operator's own requests."""
+        loop, emulator = self._loop, self.emulator
+        if loop is None or emulator is None:
+            raise RuntimeError("the Kubernetes emulator is not running")
+
+        async def call() -> T:
+            return look(emulator)
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout)
 
     def client(self) -> RestClient:
         return RestClient(self.url)

@@ -39,9 +39,12 @@ def start_operator(
     log_path: Path,
     *extra_args: str,
     new_session: bool = False,
+    python_args: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """The operator process, its output appended to `log_path`. `new_session`: own process
-    group, so a Ctrl-C in the terminal reaches only the parent, which stops it in order."""
+    group, so a Ctrl-C in the terminal reaches only the parent, which stops it in order.
+    `python_args` go before `-m lora_operator.cli` (the scale bench's `-m cProfile -o FILE`)."""
+    command = operator_command(namespace, config, *extra_args)
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -50,7 +53,7 @@ def start_operator(
     }
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            operator_command(namespace, config, *extra_args),
+            [command[0], *python_args, *command[1:]],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,

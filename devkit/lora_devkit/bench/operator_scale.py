@@ -8,7 +8,9 @@ loopback (progress reads are real); quotas do not block. Goal: under 30 s on 2 c
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,7 @@ import yaml
 
 from lora_contract.types import GROUP, PLURAL, VERSION
 
-from ..emulator import EmulatedCluster, RestClient
+from ..emulator import EmulatedCluster, LoRAJobEmulator
 from ..operator_process import secret_manifest, stop_operator
 from ..operator_process import start_operator as shared_start_operator
 from ..s3server import S3Server
@@ -58,12 +60,41 @@ def proc_status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU of a process, or of one of its threads (`thread`: its native id)."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ProfiledCluster(EmulatedCluster):
+    """The emulator with cProfile on in its thread (`--profile`): cProfile sees one thread."""
+
+    def __init__(self, workdir: Path, profiler: cProfile.Profile | None) -> None:
+        super().__init__(workdir, kserve=False)
+        self.profiler = profiler
+
+    def _run(self) -> None:
+        if self.profiler is None:
+            super()._run()
+            return
+        self.profiler.enable()
+        try:
+            super()._run()
+        finally:
+            self.profiler.disable()
+
+    def thread_cpu_seconds(self) -> float:
+        native_id = self._thread.native_id if self._thread is not None else None
+        return 0.0 if native_id is None else cpu_seconds(os.getpid(), native_id)
+
+
+def print_profile(title: str, stats: pstats.Stats, top: int = 25) -> None:
+    print(f"\n=== {title}: top {top} by cumulative time ===", flush=True)
+    stats.sort_stats("cumulative").print_stats(top)
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -71,25 +102,46 @@ def peak_rss_mib(pid: int) -> float:
     return int(value) / 1024
 
 
-def count_done(client: RestClient) -> tuple[int, int]:
-    """(LoRAJobs with a plan, trainer Jobs)."""
-    planned = sum(
-        1 for obj in client.list(LORAJOBS, NAMESPACE) if (obj.get("status") or {}).get("plan")
-    )
-    jobs = len(client.list("batch/v1/jobs", NAMESPACE))
-    return planned, jobs
+def count_done(cluster: EmulatedCluster) -> tuple[int, int]:
+    """(LoRAJobs with a plan, trainer Jobs), counted in the emulator's store: listing both
+    over HTTP every half second (MBs of JSON) slowed the emulator the operator talks to."""
+
+    def count(emulator: LoRAJobEmulator) -> tuple[int, int]:
+        planned = jobs = 0
+        for (resource, namespace, _), obj in emulator.objects.items():
+            if namespace != NAMESPACE or obj.deleted:
+                continue
+            if resource.plural == PLURAL and (obj.get("status") or {}).get("plan"):
+                planned += 1
+            elif resource.plural == "jobs" and resource.group == "batch":
+                jobs += 1
+        return planned, jobs
+
+    return cluster.inspect(count)
 
 
 def start_operator(
-    kubeconfig: Path, config: Path, log: Path, concurrency: int
+    kubeconfig: Path, config: Path, log: Path, concurrency: int, profile: Path | None = None
 ) -> subprocess.Popen[bytes]:
+    """`profile`: run it under cProfile, which writes its stats there when the operator exits."""
+    python_args = ("-m", "cProfile", "-o", str(profile)) if profile is not None else ()
     return shared_start_operator(
-        kubeconfig, config, NAMESPACE, log, "--concurrency", str(concurrency)
+        kubeconfig,
+        config,
+        NAMESPACE,
+        log,
+        "--concurrency",
+        str(concurrency),
+        python_args=python_args,
     )
 
 
-def run(jobs: int, timeout: float, concurrency: int, workdir: Path) -> dict[str, Any]:
-    with S3Server() as s3, EmulatedCluster(workdir / "k8s", kserve=False) as cluster:
+def run(
+    jobs: int, timeout: float, concurrency: int, workdir: Path, profile: bool = False
+) -> dict[str, Any]:
+    emulator_profiler = cProfile.Profile() if profile else None
+    operator_profile = workdir / "operator.prof" if profile else None
+    with S3Server() as s3, ProfiledCluster(workdir / "k8s", emulator_profiler) as cluster:
         s3.ensure_bucket(BUCKET)
         client = cluster.client()
         client.create(
@@ -108,7 +160,7 @@ def run(jobs: int, timeout: float, concurrency: int, workdir: Path) -> dict[str,
             )
         )
         log = workdir / "operator.log"
-        operator = start_operator(cluster.kubeconfig, config, log, concurrency)
+        operator = start_operator(cluster.kubeconfig, config, log, concurrency, operator_profile)
         result: dict[str, Any] = {"jobs": jobs}
         try:
             started = time.monotonic()
@@ -117,11 +169,13 @@ def run(jobs: int, timeout: float, concurrency: int, workdir: Path) -> dict[str,
             result["create_s"] = time.monotonic() - started
             planned_at = jobs_at = None
             planned = created = 0
+            timeline: list[tuple[float, int, int]] = []
             while time.monotonic() - started < timeout:
                 if operator.poll() is not None:
                     raise RuntimeError(f"the operator exited ({operator.returncode}); see {log}")
-                planned, created = count_done(client)
+                planned, created = count_done(cluster)
                 now = time.monotonic() - started
+                timeline.append((now, planned, created))
                 if planned_at is None and planned >= jobs:
                     planned_at = now
                 if jobs_at is None and created >= jobs:
@@ -133,20 +187,38 @@ def run(jobs: int, timeout: float, concurrency: int, workdir: Path) -> dict[str,
                 text = log.read_text(errors="replace")
                 result["log_tail"] = text[-4000:]
             result.update(
+                timeline=timeline,
                 planned=planned,
                 created=created,
                 planned_s=planned_at,
                 jobs_s=jobs_at,
                 peak_rss_mib=peak_rss_mib(operator.pid),
                 cpu_s=cpu_seconds(operator.pid),
+                emulator_cpu_s=cluster.thread_cpu_seconds(),
             )
         finally:
-            stop_operator(operator, grace_seconds=20)
-        return result
+            stop_operator(operator, grace_seconds=60 if profile else 20)
+    if emulator_profiler is not None:
+        emulator_profiler.dump_stats(workdir / "emulator.prof")
+        print_profile("emulator thread", pstats.Stats(emulator_profiler))
+    if operator_profile is not None and operator_profile.exists():
+        print_profile("operator process", pstats.Stats(str(operator_profile)))
+    return result
 
 
 def _fmt(value: float | None) -> str:
     return "timeout" if value is None else f"{value:.1f}"
+
+
+def _timeline(samples: list[tuple[float, int, int]], every: float = 5.0) -> str:
+    """One sample per `every` seconds: where the time went (creation, planning, Jobs)."""
+    shown: list[str] = []
+    next_at = 0.0
+    for at, planned, created in samples:
+        if at >= next_at:
+            shown.append(f"{at:.0f}: {planned}/{created}")
+            next_at = at + every
+    return ", ".join(shown)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,23 +228,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--goal", type=float, default=30.0, help="seconds")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the operator log here")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the emulator thread and the operator process; print the top 25 of each",
+    )
     args = parser.parse_args(argv if argv is not None else [])
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args.jobs, args.timeout, args.concurrency, args.workdir)
+        result = run(args.jobs, args.timeout, args.concurrency, args.workdir, args.profile)
     else:
         with tempfile.TemporaryDirectory(prefix="lorajob-bench-") as tmp:
-            result = run(args.jobs, args.timeout, args.concurrency, Path(tmp))
+            result = run(args.jobs, args.timeout, args.concurrency, Path(tmp), args.profile)
     done = result["jobs_s"] is not None and result["planned_s"] is not None
     rows = [
         ("LoRAJobs created", f"{result['jobs']} in {result['create_s']:.1f} s"),
         ("all planned (status.plan)", f"{_fmt(result['planned_s'])} s ({result['planned']})"),
         ("all trainer Jobs created", f"{_fmt(result['jobs_s'])} s ({result['created']})"),
         ("operator CPU time", f"{result['cpu_s']:.1f} s"),
+        ("emulator CPU time (its thread)", f"{result['emulator_cpu_s']:.1f} s"),
         ("operator peak RSS (VmHWM)", f"{result['peak_rss_mib']:.0f} MiB"),
         ("CPU cores", str(os.cpu_count())),
         ("goal", f"< {args.goal:.0f} s"),
     ]
+    if args.profile:
+        rows.append(("progress (s: planned/Jobs)", _timeline(result.get("timeline", []))))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

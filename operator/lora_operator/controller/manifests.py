@@ -125,7 +125,9 @@ def trainer_config(ctx: RunContext) -> TrainerConfig:
 
 def build_config_map(ctx: RunContext) -> dict[str, Any]:
     """The full training config (spec, plan, DeepSpeed config) the trainer reads at start."""
-    text = yaml.safe_dump(trainer_config(ctx).to_wire(), sort_keys=False)
+    # libyaml's emitter when present: the pure-Python one took ~15 ms per job (operator scale).
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    text = yaml.dump(trainer_config(ctx).to_wire(), Dumper=dumper, sort_keys=False)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -609,7 +609,7 @@ class _Run:
             output_uri=run.output_uri,
             spec_hash=run.spec_hash,
             gpu_node_selector=selector,
-            deepspeed=deepspeed_config(spec, plan.strategy),
+            deepspeed=deepspeed_config(plan.applied_to(spec), plan.strategy),
             queue_name=self.queue_name(spec),
         )
 
