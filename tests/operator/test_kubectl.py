@@ -12,6 +12,9 @@ import pytest
 import yaml
 from operator_harness import LORAJOBS, REPO, Harness, base_job
 
+from lora_contract.layout import job_location
+from lora_operator.api.loading import load_lorajobs
+
 KUBECTL = REPO / ".tools" / "bin" / "kubectl"
 EXAMPLE = REPO / "examples" / "tiny-cpu.yaml"
 
@@ -38,6 +41,12 @@ def kubectl(harness: Harness, *args: str) -> str:
 
 def test_kubectl_apply_example_and_get_printer_columns(harness: Harness, tmp_path: Path) -> None:
     harness.s3.ensure_bucket("lora-demo")
+    # moto's store is per process: a demo test may have left this job name's folder, owned by
+    # another uid (which the operator would rightly ignore), in the same bucket.
+    example = load_lorajobs(EXAMPLE)[0]
+    harness.s3.store().delete_prefix(
+        job_location(example.spec.output, harness.namespace, example.metadata.name)
+    )
     if harness.client.get("v1/secrets", harness.namespace, "demo-s3") is None:
         harness.client.create(
             "v1/secrets",

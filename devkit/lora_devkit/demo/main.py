@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from lora_contract.layout import job_location
 from lora_contract.types import LoRAJob
 
 from ..emulator import EmulatedCluster
@@ -148,6 +149,11 @@ class Demo:
             write_model_and_data(job, pvc_root)
             plan_table = self.plan_table(job)
         s3.ensure_bucket(job.spec.output.bucket)
+        # A new emulated cluster gives the LoRAJob a new uid, and the trainer refuses a folder
+        # another uid owns: the demo clears its own job folder from an earlier demo run.
+        previous = job_location(job.spec.output, namespace, job.metadata.name)
+        if s3.store().delete_prefix(previous):
+            self.say(f"cleared an earlier demo run's outputs at {previous.uri}")
         secret = secret_manifest(job, s3.access_key, s3.secret_key)
         config_path = self.workdir / "operator-config.yaml"
         config = operator_config(s3.endpoint, secret["metadata"]["name"], 1.0)

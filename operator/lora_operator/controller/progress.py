@@ -95,6 +95,8 @@ def store_for(creds: S3Credentials) -> S3Store:
 # (endpoint, marker URI, uid) seen to match: a marker is written once and never changes, so a
 # job's own folder costs one extra read, not one per resync.
 _OWNED: set[tuple[str, str, str]] = set()
+# The same, seen NOT to match: warned about once per operator process, not on every resync.
+_WARNED_FOREIGN: set[tuple[str, str]] = set()
 
 
 def _foreign_owner(store: S3Store, run: S3Location, uid: str) -> str | None:
@@ -125,7 +127,9 @@ async def read_progress(store: S3Store, output_uri: str, uid: str) -> Progress |
     try:
         foreign = await asyncio.to_thread(_foreign_owner, store, run, uid)
         if foreign is not None:
-            log.warning("ignoring %s: its folder belongs to %s", loc.uri, foreign)
+            if (loc.uri, uid) not in _WARNED_FOREIGN:
+                _WARNED_FOREIGN.add((loc.uri, uid))
+                log.warning("ignoring %s: its folder belongs to %s", loc.uri, foreign)
             return None
         raw = await asyncio.to_thread(store.get_json, loc)
     except StorageError as exc:
