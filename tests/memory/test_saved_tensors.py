@@ -25,13 +25,7 @@ import transformers
 from lora_contract.types import QuantizationMode
 from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
 from lora_operator.memory.estimate import GIB, LOSS_CHUNK_LOGIT_ELEMENTS, loss_chunk_positions
-from lora_trainer.loss import (
-    CHUNK_LOGIT_ELEMENTS,
-    HiddenStateCapture,
-    LossPath,
-    causal_lm_loss,
-    causal_lm_of,
-)
+from lora_trainer.loss import CHUNK_LOGIT_ELEMENTS, LossPath, lean_forward_loss
 from lora_trainer.model import prepare_quantized_model
 
 from .conftest import save_random_llama
@@ -76,14 +70,7 @@ def peft_model(checkpoint: Path, quantized: bool, dropout: float) -> Any:
 
 def training_forward(model: Any, ids: Any, chunked: bool) -> Any:
     """One forward + loss as `lora_trainer.loss.LeanLossTrainer` runs it (or the stock path)."""
-    if not chunked:
-        return model(input_ids=ids, labels=ids).loss
-    causal_lm = causal_lm_of(model)
-    capture = HiddenStateCapture(causal_lm.get_decoder())
-    with capture.active():
-        model(input_ids=ids, logits_to_keep=torch.zeros(0, dtype=torch.long))
-        hidden = capture.take()
-    return causal_lm_loss(hidden, ids, causal_lm.get_output_embeddings(), LossPath.chunked)
+    return lean_forward_loss(model, ids, ids, LossPath.chunked if chunked else LossPath.standard)
 
 
 def saved_activation_bytes(model: Any, chunked: bool) -> int:

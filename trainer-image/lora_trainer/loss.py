@@ -193,6 +193,21 @@ class HiddenStateCapture:
         return hidden
 
 
+def lean_forward_loss(
+    model: Any, input_ids: torch.Tensor, labels: torch.Tensor, path: LossPath = LossPath.chunked
+) -> torch.Tensor:
+    """One forward + loss the way `LeanLossTrainer` runs it, outside a Trainer (benchmarks and
+    measurements of the trainer's own code path); `LossPath.standard` is the stock loss."""
+    if path is LossPath.standard:
+        return cast(torch.Tensor, model(input_ids=input_ids, labels=labels).loss)
+    causal_lm = causal_lm_of(model)
+    capture = HiddenStateCapture(causal_lm.get_decoder())
+    with capture.active():
+        model(input_ids=input_ids, logits_to_keep=torch.zeros(0, dtype=torch.long))
+        hidden = capture.take()
+    return causal_lm_loss(hidden, labels, causal_lm.get_output_embeddings(), path)
+
+
 class LeanLossTrainer(Trainer):  # type: ignore[misc]
     """HF Trainer whose causal-LM loss never materialises the full logits (see the module
     docstring). With `LossPath.standard` it is the stock Trainer."""

@@ -135,17 +135,11 @@ def training_step(model: Any, ids: Any, config: Config) -> Any:
     """Forward (the loss as LeanLossTrainer computes it, or the stock one); returns the loss."""
     import torch
 
-    from lora_trainer.loss import HiddenStateCapture, LossPath, causal_lm_loss, causal_lm_of
+    from lora_trainer.loss import LossPath, lean_forward_loss
 
+    path = LossPath.chunked if config.chunked else LossPath.standard
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-        if not config.chunked:
-            return model(input_ids=ids, labels=ids).loss
-        causal_lm = causal_lm_of(model)
-        capture = HiddenStateCapture(causal_lm.get_decoder())
-        with capture.active():
-            model(input_ids=ids, logits_to_keep=torch.zeros(0, dtype=torch.long))
-            hidden = capture.take()
-        return causal_lm_loss(hidden, ids, causal_lm.get_output_embeddings(), LossPath.chunked)
+        return lean_forward_loss(model, ids, ids, path)
 
 
 def measure_one(checkpoint: Path, name: str) -> Measure:
