@@ -1,7 +1,7 @@
 """Trainer throughput: the real trainer (HF Trainer + S3 checkpoints + metrics) against a plain
 PEFT training loop on the same model, data, batch shape and step count, in the same run on CPU.
 
-Goal: the trainer within 10% of the plain loop's tokens/s, with a small checkpoint-upload
+Goal (issue 12): the trainer at >= 95% of the plain loop's tokens/s, with a small checkpoint-upload
 overhead. Both count non-padding input tokens from the end of the warm-up steps; the trainer's
 window runs to the end of training, so it pays for its logging, progress.json and every
 checkpoint upload (against a real S3 server on loopback: moto, or MinIO via S3_ENDPOINT).
@@ -192,7 +192,7 @@ def _all(values: list[float]) -> str:
 
 def print_table(plain: list[Rate], runs: list[TrainerMeasure]) -> bool:
     """The results table (best round of each, every round in brackets); True when the trainer's
-    steps are within 10% of the plain loop's (CPU time). Checkpoint cost has its own rows."""
+    steps reach 95% of the plain loop's (CPU time). Checkpoint cost has its own rows."""
     best_plain = max(plain, key=lambda r: r.cpu)
     ours = max(runs, key=lambda m: m.steps_only.cpu)
     plain_wall = max(r.wall for r in plain)
@@ -248,10 +248,10 @@ def print_table(plain: list[Rate], runs: list[TrainerMeasure]) -> bool:
     print(f"{'measure':<{width}}{'value':>10}  note")
     for name, value, note in rows:
         print(f"{name:<{width}}{value:>10}  {note}".rstrip())
-    met = ratio >= 0.9
+    met = ratio >= 0.95
     record(
         "trainer throughput",
-        "trainer steps within 10% of a plain PEFT loop (tokens per CPU second)",
+        "trainer steps >= 95% of a plain PEFT loop (tokens per CPU second)",
         pct(ratio),
         met,
     )
