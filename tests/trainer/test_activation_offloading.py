@@ -9,17 +9,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import peft
 import pytest
 import torch
-import transformers
 
 from lora_contract.storage import S3Store
-from lora_trainer.data import PadCollator
-from lora_trainer.loss import LeanLossTrainer, LossPath
+from lora_trainer.loss import LossPath
 from lora_trainer.offload import OffloadPath, choose_offload_path, offload_contexts
 
 from .test_chunked_loss import adapter_grads, batch, chunked, tiny_lora
+from .test_chunked_loss import train_two_steps as two_trainer_steps
 
 NON_REENTRANT = {"use_reentrant": False}  # as the trainer checkpoints (train.training_arguments)
 
@@ -77,47 +75,9 @@ def test_under_checkpointing_the_offloaded_tensors_are_the_layer_inputs() -> Non
 
 def train_two_steps(model_dir: Path, output: Path, offload: OffloadPath) -> tuple[Any, Any]:
     """Two optimizer steps of 2 x 2 micro-batches, chunked loss and checkpointing on."""
-    torch.manual_seed(0)
-    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
-    model = peft.get_peft_model(base, lora)
-    rows = []
-    for seed in range(8):
-        ids, labels = batch(seed)
-        ids = ids % base.config.vocab_size
-        labels = torch.where(labels >= 0, ids, labels)
-        length = 20 + seed % 4
-        rows.append({"input_ids": ids[0, :length].tolist(), "labels": labels[0, :length].tolist()})
-    args = transformers.TrainingArguments(
-        output_dir=str(output),
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=2,
-        learning_rate=1e-2,
-        use_cpu=True,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataloader_num_workers=0,
-        activation_checkpointing=True,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        seed=0,
+    return two_trainer_steps(
+        model_dir, output, LossPath.chunked, offload, ("q_proj", "v_proj"), checkpointing=True
     )
-    trainer = LeanLossTrainer(
-        loss_path=LossPath.chunked,
-        offload_path=offload,
-        model=model,
-        args=args,
-        train_dataset=rows,
-        data_collator=PadCollator(0),
-    )
-    trainer.train()
-    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return losses, weights
 
 
 def test_the_trainer_takes_the_same_steps_with_offloading(model_dir: Path, tmp_path: Path) -> None:

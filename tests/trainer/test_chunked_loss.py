@@ -22,6 +22,7 @@ from lora_trainer.loss import (
     choose_loss_path,
     chunk_positions,
 )
+from lora_trainer.offload import OffloadPath
 
 VOCAB = 512
 
@@ -129,11 +130,19 @@ def test_loss_path_choice(model_dir: Path) -> None:
     assert choose_loss_path(model, chunked_loss=True) is LossPath.standard
 
 
-def train_two_steps(model_dir: Path, output: Path, path: LossPath) -> tuple[list[float], Any]:
-    """Two optimizer steps of 2 x 2 micro-batches through the real HF Trainer."""
+def train_two_steps(
+    model_dir: Path,
+    output: Path,
+    path: LossPath,
+    offload: OffloadPath = OffloadPath.off,
+    targets: tuple[str, ...] = ("q_proj", "v_proj", "lm_head"),
+    checkpointing: bool = False,
+) -> tuple[list[float], Any]:
+    """Two optimizer steps of 2 x 2 micro-batches through the real HF Trainer (the offloading
+    tests use it too)."""
     torch.manual_seed(0)
     base = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
-    lora = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"], lora_dropout=0.0)
+    lora = peft.LoraConfig(r=4, target_modules=list(targets), lora_dropout=0.0)
     model = peft.get_peft_model(base, lora)
     rows = []
     for seed in range(8):
@@ -156,10 +165,13 @@ def train_two_steps(model_dir: Path, output: Path, path: LossPath) -> tuple[list
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         seed=0,
     )
     trainer = LeanLossTrainer(
         loss_path=path,
+        offload_path=offload,
         model=model,
         args=args,
         train_dataset=rows,
