@@ -142,12 +142,12 @@ SLOW_RESYNC_SECONDS = 300.0
 POLICY_RECHECK_SECONDS = 30.0
 
 
-def _condition_reason(status: dict[str, Any], type_: str) -> str | None:
+def _raw_condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """A condition of a LoRAJob as the watch delivers it (untyped: any shape may come)."""
     conditions = status.get("conditions")
     for condition in conditions if isinstance(conditions, list) else []:
         if isinstance(condition, dict) and condition.get("type") == type_:
-            reason = condition.get("reason")
-            return reason if isinstance(reason, str) else None
+            return condition
     return None
 
 
@@ -162,22 +162,14 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
     phase = status.get("phase")
     if phase is None or phase in ACTIVE_PHASES:
         return 0.0
-    if _condition_reason(status, "Validated") == POLICY_VIOLATION:
+    if (_raw_condition(status, "Validated") or {}).get("reason") == POLICY_VIOLATION:
         return POLICY_RECHECK_SECONDS
     if phase == Phase.Suspended.value:
         return None
     if spec.get("ttlSecondsAfterFinished") is not None:
         return 0.0
     if phase == Phase.Succeeded.value and _mapping(spec.get("serving")).get("enabled"):
-        conditions = status.get("conditions")
-        serving = next(
-            (
-                c
-                for c in (conditions if isinstance(conditions, list) else [])
-                if isinstance(c, dict) and c.get("type") == "Serving"
-            ),
-            None,
-        )
+        serving = _raw_condition(status, "Serving")
         if serving is None:
             return 0.0
         if serving.get("status") == "True":

@@ -50,9 +50,10 @@ def shipped_config(name: str) -> ModelConfig:
             " (or give the model's config.json in spec.baseModel.configMapRef or "
             "spec.baseModel.config)"
         )
-    return ModelConfig(f"shipped {path.name}", _shipped_data(path))
+    return ModelConfig(f"shipped {path.name}", shipped_data(path))
 
 
 @functools.lru_cache(maxsize=64)
-def _shipped_data(path: Path) -> dict[str, Any]:
+def shipped_data(path: Path) -> dict[str, Any]:
+    """A shipped config.json, parsed once (callers must not change it)."""
     return parse_config(path.read_text(), f"shipped config {path.name}")

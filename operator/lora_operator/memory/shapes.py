@@ -87,12 +87,12 @@ def _linear_row(module: LinearModule) -> list[str | int]:
 def count_shipped() -> dict[str, tuple[dict[str, Any], Architecture]]:
     """Every shipped config (stem -> parsed data, meta-device count); imports torch."""
     from .architecture import count_architecture
-    from .model_config import parse_config
+    from .model_config import shipped_data
 
     counts: dict[str, tuple[dict[str, Any], Architecture]] = {}
     for stem in sorted(set(MODELS.values())):
         path = CONFIG_DIR / f"{stem}.json"
-        data = parse_config(path.read_text(), f"shipped config {path.name}")
+        data = shipped_data(path)
         counts[stem] = (data, count_architecture(f"shipped {path.name}", data))
     return counts
 
