@@ -16,7 +16,7 @@ from lora_contract.types import CPU_GPU_TYPE, VLLM_LORA_RANKS, LoRAJobSpec
 
 from .conditions import NAME_CONFLICT, ConditionStatus
 from .kube import Kube, KubeError
-from .manifests import labels, owner_reference, short_name
+from .manifests import container_security_context, labels, owner_reference, short_name
 from .ownership import NameConflict, create_owned, delete_owned
 from .progress import S3Credentials
 
@@ -137,13 +137,7 @@ def build_inference_service(
                 {"name": "home", "mountPath": SERVING_HOME},
                 {"name": "dshm", "mountPath": "/dev/shm"},
             ],
-            "securityContext": {
-                "allowPrivilegeEscalation": False,
-                "privileged": False,
-                "readOnlyRootFilesystem": True,
-                "runAsNonRoot": True,
-                "capabilities": {"drop": ["ALL"]},
-            },
+            "securityContext": container_security_context(),  # the trainer's rules
         },
         # PodSpec fields are inlined in KServe's PredictorSpec. The pod-level context also
         # covers KServe's storage-initializer (its container-level one is KServe's to set).
