@@ -9,7 +9,7 @@ import inspect
 import kopf
 
 from lora_operator.controller.config import ConfigSource
-from lora_operator.controller.handlers import Options, register
+from lora_operator.controller.handlers import Options, configure_kopf, register
 
 
 def test_resource_handlers_run_on_the_event_loop() -> None:
@@ -23,3 +23,13 @@ def test_resource_handlers_run_on_the_event_loop() -> None:
     assert len(handlers) >= 3
     in_threads = [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)]
     assert in_threads == []
+
+
+def test_kopf_workers_free_their_slot_soon_after_an_object_goes_quiet() -> None:
+    """A worker holds one of `worker_limit` slots until its object is quiet for `idle_timeout`:
+    at kopf's 5 s, 1000 new LoRAJobs were handled in waves of 64 every ~6 s (49 s in all)."""
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, concurrency=16)
+    assert settings.queueing.worker_limit == 64
+    assert settings.queueing.idle_timeout <= 0.5
+    assert settings.queueing.idle_timeout < settings.persistence.consistency_timeout
