@@ -4,6 +4,7 @@ goals and the closing table of `make bench` say met / not met from the figures."
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -57,3 +58,23 @@ def test_closing_table_lists_every_goal_and_the_benchmarks_without_figures() -> 
     assert "97.0% of plain" in lines[3] and lines[3].endswith("met")
     assert "operator scale" in lines[4] and lines[4].endswith("NOT measured")
     assert lines[-1] == "1 of 3 goals met"
+
+
+def test_peft_dropout_is_active_on_a_model_left_in_eval_mode(tiny_llama: dict[str, Any]) -> None:
+    """The premise of the two PEFT rows (peft-llama-3-8b-*-bossan, dropout 0.05): their loop never
+    calls train(), so the base model stays in from_pretrained's eval() mode, yet the layers
+    get_peft_model injects are created in training mode and their dropout runs (and saves its
+    output and mask). Counted as inactive, the rows were 2.8% and 27% under."""
+    import peft
+    import torch
+    import transformers
+
+    fields = {k: v for k, v in tiny_llama.items() if k != "model_type"}
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields)).eval()
+    config = peft.LoraConfig(r=4, lora_dropout=0.5, target_modules=["q_proj", "v_proj"])
+    wrapped = peft.get_peft_model(model, config, autocast_adapter_dtype=False)
+    layer = wrapped.base_model.model.model.layers[0].self_attn.q_proj
+    assert not wrapped.base_model.model.model.training
+    assert layer.training and layer.lora_dropout["default"].training
+    x = torch.ones(1, 8, fields["hidden_size"])
+    assert (layer.lora_dropout["default"](x) == 0).any()

@@ -214,6 +214,24 @@ def test_kbit_training_saves_what_lora_saves_without_the_upcast(tiny: Architectu
     assert upcast["activations"] == pytest.approx(expected, abs=BYTE)
 
 
+def test_old_bitsandbytes_keeps_every_4bit_linear_input(tiny: Architecture) -> None:
+    # bitsandbytes < 0.43.2 (the LitGPT rows' pin): attention input (64) and output (64), MLP
+    # input (64) and inner activation (176) per layer, bf16, for both layers without
+    # checkpointing; nothing for a bf16 model, and the adapters' shared inputs are those tensors
+    old = Assumptions(adapter_bytes=2.0, kbit_saves_input=True)
+    nf4 = shape(quantization=QuantizationMode.nf4, gradient_checkpointing=False, dropout=0.0)
+    now = activation_terms(tiny, nf4, Assumptions(adapter_bytes=2.0))
+    then = activation_terms(tiny, nf4, old)
+    extra = TOKENS * 2 * (64 + 64 + 64 + 176) * 2
+    assert then["activations"] - now["activations"] == pytest.approx(extra, abs=BYTE)
+    assert now["lora_dropout"] == pytest.approx(TOKENS * 2 * 64 * 2, abs=BYTE)  # q/k/v input
+    assert then["lora_dropout"] == 0.0
+    bf16 = replace(nf4, quantization=QuantizationMode.none)
+    assert activation_terms(tiny, bf16, old) == activation_terms(
+        tiny, bf16, Assumptions(adapter_bytes=2.0)
+    )
+
+
 def test_fp32_compute_doubles_the_16_bit_tensors(tiny: Architecture) -> None:
     # cb = 4: norms 512, qkv (64 + 64) * 4, attention output 64 * 4, lse 16, MLP 3 * 176 * 4,
     # layer input 64 * 4; checkpointed layer inputs 64 * 4

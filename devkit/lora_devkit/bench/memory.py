@@ -34,9 +34,14 @@ TARGET_SHARE = 0.80
 # What each trainer does differently from our defaults (HF Trainer + PEFT under autocast).
 TRAINER_ASSUMPTIONS = {
     # bf16-true: adapters and Adam moments in bf16; chunked cross-entropy; norms stay bf16;
-    # activations run as single kernels (F.gelu).
+    # activations run as single kernels (F.gelu). Its config-hub runs pinned bitsandbytes 0.41/
+    # 0.42 (pyproject.toml, March-July 2024), whose 4-bit matmul kept its input for backward.
     "litgpt": Assumptions(
-        adapter_bytes=2.0, kbit_upcast_bytes=2.0, chunked_loss=True, fused_activations=True
+        adapter_bytes=2.0,
+        kbit_upcast_bytes=2.0,
+        chunked_loss=True,
+        fused_activations=True,
+        kbit_saves_input=True,
     ),
     # PEFT's published QLoRA runs go through prepare_model_for_kbit_training (fp32 non-quantized
     # parameters) and the model's own unchunked loss; our trainer does neither any more.

@@ -90,6 +90,9 @@ class Assumptions:
     # True when the trainer runs every activation as one kernel (LitGPT's F.gelu); HF runs
     # `gelu_new`/`gelu_fast` as Python expressions that save several intermediates.
     fused_activations: bool = False
+    # bitsandbytes before 0.43.2 kept every 4-bit linear's input for backward (MatMul4Bit's
+    # `ctx.tensors = (A, B)`, dropped by bitsandbytes#1270), frozen or not; 0.50 keeps none.
+    kbit_saves_input: bool = False
 
 
 # Tensors an activation function saves for backward, per element of its input: one (its input)
@@ -220,10 +223,13 @@ def per_layer_inputs(arch: Architecture, modules: list[LinearModule]) -> float:
     return total / max(arch.num_layers, 1)
 
 
-def unsaved_adapter_inputs(arch: Architecture, targeted: list[LinearModule]) -> float:
+def unsaved_adapter_inputs(
+    arch: Architecture, targeted: list[LinearModule], kept_by_base: bool = False
+) -> float:
     """Per token and layer, the width of the adapters' inputs that nothing else keeps: each
-    distinct input tensor once (expert adapters: their own input per active expert)."""
-    short = {m.short_name for m in targeted if m.copies == 1}
+    distinct input tensor once (expert adapters: their own input per active expert).
+    `kept_by_base`: the base linears keep their inputs already (old bitsandbytes)."""
+    short = {m.short_name for m in targeted if m.copies == 1} if not kept_by_base else set()
     width = 0.0
     if short & _READS_ATTENTION_INPUT:
         width += arch.hidden_size
@@ -276,6 +282,10 @@ def activation_split(
         + mlp_saved_widths(arch, assumptions) * mlp_width * stream  # e.g. gate, act(gate), up
         + h * cb  # the layer input
     )
+    kbit_keeps_inputs = quantized and assumptions.kbit_saves_input
+    if kbit_keeps_inputs:
+        # the 4-bit linears' inputs: attention input and output, MLP input and inner activation
+        per_token_layer += (2 * h + q_width + mlp_width) * stream
     layer_input = h * stream
     offload = shape.activation_offloading
     host = 0.0
@@ -324,7 +334,8 @@ def activation_split(
         per_layer, per_head, element = per_layer_in, head_in, cast_copy
     else:
         # lora_A saves its input itself, shared by the modules that read the same tensor
-        per_layer, per_head, element = unsaved_adapter_inputs(arch, in_layers), head_in, cb
+        per_layer = unsaved_adapter_inputs(arch, in_layers, kept_by_base=kbit_keeps_inputs)
+        per_head, element = head_in, cb
     dropout = tokens * (per_layer * layers_on_gpu + per_head) * element
     host += tokens * per_layer * layers_on_host * element
     logits = loss_bytes(arch, shape, assumptions)
