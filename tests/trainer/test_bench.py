@@ -26,14 +26,17 @@ def measure(steps_cpu_s: float) -> TrainerMeasure:
     )
 
 
-def test_goal_is_judged_on_training_steps_cpu_time(capsys: pytest.CaptureFixture[str]) -> None:
-    plain = [Rate(10_000, 3.0, 2.5), Rate(10_000, 3.0, 2.0)]  # best: 5000 tokens/CPU-s
-    assert print_table(plain, [measure(3.0), measure(2.1)]) is True  # best 4762/s: 95%
+def test_goal_is_judged_on_the_median_round_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each round's trainer rate over the plain rate measured just before it; the median ratio
+    decides, so one undisturbed round of either side does not."""
+    plain = [Rate(10_000, 3.0, 2.5), Rate(10_000, 3.0, 2.0), Rate(10_000, 3.0, 1.0)]
+    # ratios: 4000/4000 = 100%, 4762/5000 = 95.2%, 3333/10000 = 33.3% (an outlier plain round)
+    assert print_table(plain, [measure(2.5), measure(2.1), measure(3.0)]) is True
     out = capsys.readouterr().out
-    assert "95.2% of plain [3333 / 4762]" in out and ": met" in out
-    assert "[4000 / 5000]" in out
+    assert "95.2% of plain [4000 / 4762 / 3333; 100.0% / 95.2% / 33.3%]" in out and ": met" in out
+    assert "[4000 / 5000 / 10000]" in out
     assert "5.0% of window" in out  # 0.2 s of uploads in a 4 s window
-    assert print_table(plain, [measure(2.5)]) is False  # 4000/s: 80%
+    assert print_table(plain[:1], [measure(3.125)]) is False  # 3200/s against 4000/s: 80%
     assert "NOT met" in capsys.readouterr().out
 
 

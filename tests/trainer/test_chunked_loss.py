@@ -84,6 +84,24 @@ def test_loss_and_lora_gradients_equal_the_stock_loss(tied: bool, head_target: b
         assert (got[name] - grad).abs().max().item() <= 1e-5 * max(scale, 1e-6), name
 
 
+@pytest.mark.parametrize(("chunk", "head_calls"), [(7, 2 * 3), (64, 1)])
+def test_only_a_batch_of_several_chunks_recomputes_them(chunk: int, head_calls: int) -> None:
+    """Several chunks: each lm_head runs again in backward (its logits are not kept). One chunk:
+    its buffers live from the loss straight into backward anyway, so it runs once."""
+    model = tiny_lora(tied=False, head_target=False)
+    ids, labels = batch()
+    labelled = int(labels[..., 1:].ne(IGNORE_INDEX).sum())
+    assert labelled == 21  # 3 chunks of 7, or one of 64
+    calls: list[int] = []
+    head = causal_lm_of(model).get_output_embeddings()
+    hook = head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        chunked(model, ids, labels, chunk=chunk).backward()
+    finally:
+        hook.remove()
+    assert len(calls) == head_calls
+
+
 def test_num_items_in_batch_sums_over_accumulated_micro_batches() -> None:
     """Gradient accumulation: each micro-batch's sum is divided by the whole step's count, as
     transformers does when the Trainer passes num_items_in_batch."""
@@ -139,7 +157,24 @@ def train_two_steps(
     checkpointing: bool = False,
 ) -> tuple[list[float], Any]:
     """Two optimizer steps of 2 x 2 micro-batches through the real HF Trainer (the offloading
-    tests use it too)."""
+    tests use it too): the logged losses and the trained adapter weights."""
+    trainer = run_two_steps(model_dir, output, path, offload, targets, checkpointing)
+    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+    weights = {
+        n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad
+    }
+    return losses, weights
+
+
+def run_two_steps(
+    model_dir: Path,
+    output: Path,
+    path: LossPath,
+    offload: OffloadPath = OffloadPath.off,
+    targets: tuple[str, ...] = ("q_proj", "v_proj", "lm_head"),
+    checkpointing: bool = False,
+) -> Any:
+    """The trainer after `train_two_steps`' two steps (its state: log history, FLOPs)."""
     torch.manual_seed(0)
     base = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
     lora = peft.LoraConfig(r=4, target_modules=list(targets), lora_dropout=0.0)
@@ -178,9 +213,7 @@ def train_two_steps(
         data_collator=PadCollator(0),
     )
     trainer.train()
-    losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return losses, weights
+    return trainer
 
 
 def test_the_trainer_takes_the_same_steps_with_either_loss(model_dir: Path, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
+from .lean_steps import LeanStepsMixin
 from .offload import OffloadPath, offload_contexts
 
 IGNORE_INDEX = -100
@@ -66,14 +67,17 @@ def chunked_cross_entropy_sum(
     hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, chunk: int
 ) -> torch.Tensor:
     """Sum of cross-entropy over the labelled positions, `chunk` positions at a time; each chunk
-    is checkpointed, so only its input (a slice of the labelled hidden states) is kept."""
+    is checkpointed, so only its input (a slice of the labelled hidden states) is kept. A batch
+    that fits in one chunk is not: its buffers are alive from the loss straight into backward
+    either way, so recomputing them would only add an lm_head forward."""
     keep = targets.ne(IGNORE_INDEX)
     selected = hidden[keep]  # only labelled positions are projected at all
     wanted = targets[keep]
     total = selected.sum() * 0.0  # zero, but connected to the graph when nothing is labelled
+    recompute = torch.is_grad_enabled() and selected.shape[0] > chunk
     for start in range(0, selected.shape[0], chunk):
         part = (selected[start : start + chunk], wanted[start : start + chunk])
-        if torch.is_grad_enabled():
+        if recompute:
             total = total + checkpoint(_chunk_loss_sum, head, *part, use_reentrant=False)
         else:
             total = total + _chunk_loss_sum(head, *part)
@@ -208,9 +212,10 @@ def lean_forward_loss(
     return causal_lm_loss(hidden, labels, causal_lm.get_output_embeddings(), path)
 
 
-class LeanLossTrainer(Trainer):  # type: ignore[misc]
+class LeanLossTrainer(LeanStepsMixin, Trainer):  # type: ignore[misc]
     """HF Trainer whose causal-LM loss never materialises the full logits (see the module
-    docstring). With `LossPath.standard` it is the stock Trainer."""
+    docstring), without the Trainer's per-step module walks (`lean_steps`). With
+    `LossPath.standard` its loss is the stock one."""
 
     def __init__(
         self,
