@@ -90,8 +90,12 @@ def test_dropout_copies_and_logits(llama8b: Architecture) -> None:
     shared = estimate_memory(llama8b, replace(BASE, dropout=0.0), bf16_adapters)
     assert 0 < shared.breakdown_gib["lora_dropout"] < no_dropout
     shape = replace(BASE, seq_len=4096)
-    chunked = estimate_memory(llama8b, shape, Assumptions(chunked_loss=True))
-    assert chunked.breakdown_gib["logits"] == 0
+    chunked = estimate_memory(llama8b, replace(shape, chunked_loss=True))
+    assert (
+        0
+        < chunked.breakdown_gib["logits"]
+        < estimate_memory(llama8b, shape).breakdown_gib["logits"] / 10
+    )
     # 128k vocabulary: the logits dominate activations at 4k tokens
     full = estimate_memory(llama8b, shape).breakdown_gib
     assert full["logits"] > full["activations"]

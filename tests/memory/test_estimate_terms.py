@@ -264,12 +264,14 @@ def test_eager_attention_scores(tiny: Architecture, checkpointing: bool, layers_
     assert activation_terms(tiny, sdpa, Assumptions())["attention_scores"] == 0
 
 
-def test_logits_in_fp32_with_their_gradient_unless_chunked(tiny: Architecture) -> None:
+def test_logits_in_fp32_with_their_gradient(tiny: Architecture) -> None:
     # 2 sequences of 1024 tokens: b*s*vocab, 12 bytes each (bf16 + fp32 copy + fp32 log-softmax
     # + grad)
     two = shape(micro_batch=2, seq_len=1024)
     assert activation_terms(tiny, two, Assumptions())["logits"] == 2 * 1024 * 1000 * 12
-    assert activation_terms(tiny, two, Assumptions(chunked_loss=True))["logits"] == 0
+    # LitGPT's list of bf16 logit chunks + bf16 log-softmax: 4 bytes each
+    litgpt = Assumptions(logits_bytes_per_element=4.0)
+    assert activation_terms(tiny, two, litgpt)["logits"] == 2 * 1024 * 1000 * 4
 
 
 def test_chunked_loss_keeps_the_hidden_states_and_one_chunk(tiny: Architecture) -> None:

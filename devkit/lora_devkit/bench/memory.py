@@ -33,13 +33,16 @@ TARGET_SHARE = 0.80
 
 # What each trainer does differently from our defaults (HF Trainer + PEFT under autocast).
 TRAINER_ASSUMPTIONS = {
-    # bf16-true: adapters and Adam moments in bf16; chunked cross-entropy; norms stay bf16;
-    # activations run as single kernels (F.gelu). Its config-hub runs pinned bitsandbytes 0.41/
-    # 0.42 (pyproject.toml, March-July 2024), whose 4-bit matmul kept its input for backward.
+    # bf16-true: adapters and Adam moments in bf16; norms stay bf16; activations run as single
+    # kernels (F.gelu). Its "chunked" cross-entropy runs lm_head per 128 positions but keeps
+    # every chunk's bf16 logits (the list stays referenced through backward) and each chunk's
+    # bf16 log-softmax: 4 bytes per logit (litgpt/utils.py chunked_cross_entropy, April 2024).
+    # Its config-hub runs pinned bitsandbytes 0.41/0.42 (pyproject.toml, March-July 2024),
+    # whose 4-bit matmul kept its input for backward.
     "litgpt": Assumptions(
         adapter_bytes=2.0,
         kbit_upcast_bytes=2.0,
-        chunked_loss=True,
+        logits_bytes_per_element=4.0,
         fused_activations=True,
         kbit_saves_input=True,
     ),

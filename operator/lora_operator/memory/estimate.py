@@ -84,7 +84,6 @@ class Assumptions:
     # trainer); 4.0 = peft's prepare_model_for_kbit_training, which upcasts them to fp32.
     kbit_upcast_bytes: float | None = None
     logits_bytes_per_element: float = 12.0  # bf16 logits + fp32 copy + fp32 log-softmax + grad
-    chunked_loss: bool = False  # a peer's own chunked cross-entropy (torchtune/litgpt): no term
     norm_bytes_per_element: float = 4.0  # RMSNorm upcasts its input to fp32 and saves it
     zero3_prefetch_layers: float = 2.0  # ZeRO-3 holds the current and the prefetched layer
     # True when the trainer runs every activation as one kernel (LitGPT's F.gelu); HF runs
@@ -362,8 +361,6 @@ def loss_bytes(arch: Architecture, shape: TrainingShape, assumptions: Assumption
     in backward. CUDA's fused kernel (liger) keeps less than that, so the chunked figure bounds
     both."""
     tokens = shape.micro_batch * shape.seq_len
-    if assumptions.chunked_loss:
-        return 0.0
     if not shape.chunked_loss:
         return tokens * arch.vocab_size * assumptions.logits_bytes_per_element
     kept = tokens * arch.hidden_size * dtype_bytes(shape.compute_dtype)
