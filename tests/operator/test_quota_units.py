@@ -115,6 +115,23 @@ def test_cpu_jobs_and_unlimited_quotas_always_fit() -> None:
     assert admit(demand("any", 64, "00"), [demand("r", 64, "00", holding=True)], quotas()).admitted
 
 
+class Unwalkable:
+    """`others` that must not be walked."""
+
+    def __iter__(self) -> Any:
+        raise AssertionError("walked every other job for a candidate no quota limits")
+
+
+def test_a_candidate_no_quota_limits_is_admitted_without_walking_the_others() -> None:
+    limited_elsewhere = quotas(namespaces={"b": {"gpus": 1}})
+    assert admit(demand("any", 8, "00"), Unwalkable(), limited_elsewhere).admitted
+    assert admit(demand("cpu", 0, "00"), Unwalkable(), quotas(cluster={"gpus": 0})).admitted
+    with pytest.raises(AssertionError, match="walked"):
+        admit(demand("any", 8, "00"), Unwalkable(), quotas(cluster={"gpus": 64}))
+    with pytest.raises(AssertionError, match="walked"):
+        admit(demand("any", 8, "00", ns="b"), Unwalkable(), limited_elsewhere)
+
+
 def test_usage_by_namespace_counts_only_holders() -> None:
     usage = usage_by_namespace([demand("r", 2, "00", holding=True), demand("q", 4, "01")])
     assert usage == {("a", "A100"): 2}

@@ -100,8 +100,18 @@ def order_key(demand: Demand) -> tuple[str, str, str]:
     return demand.created, demand.namespace, demand.name
 
 
+def unlimited(quota: Quota) -> bool:
+    return quota.gpus is None and not quota.gpu_types
+
+
 def admit(candidate: Demand, others: Iterable[Demand], quotas: Quotas) -> Decision:
-    """Admit `candidate` or say why not and where it stands in its namespace's queue."""
+    """Admit `candidate` or say why not and where it stands in its namespace's queue. Without a
+    limit on the candidate (no namespace or cluster quota, or no GPUs) nothing else is walked:
+    each admission is then O(1), not O(jobs) (1000 new jobs were O(jobs²))."""
+    if candidate.gpus <= 0 or (
+        unlimited(namespace_quota(quotas, candidate.namespace)) and unlimited(quotas.cluster)
+    ):
+        return Decision(True, f"admitted: {candidate.gpus} {candidate.gpu_type} GPUs")
     ledger = Ledger(quotas)
     waiting: list[Demand] = []
     for demand in others:
