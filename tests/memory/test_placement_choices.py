@@ -501,3 +501,21 @@ def test_to_status_reports_the_decision(spec: Spec) -> None:
     assert status.reason == result.reason
     assert status.warnings == result.warnings
     assert any("rank 64 is high for 100 examples" in w for w in status.warnings)
+
+
+def test_a_kbit_plan_without_the_published_excess_of_headroom_says_so(spec: Spec) -> None:
+    """QLoRA estimates are not GPU-calibrated: published bitsandbytes peaks ran up to 33% above
+    the model. A k-bit plan that would not survive that is placed with a warning naming the
+    field; one with the headroom, and a bf16 plan, are not warned."""
+    qlora = spec(resources={"gpuType": "TEST"}, quantization={"mode": "nf4"})
+    need = peak(qlora, Strategy.ddp, 1)
+    tight = plan_job(qlora, catalog_with(need * 1.2))
+    assert tight.total_gpus == 1
+    [warning] = [w for w in tight.warnings if "calibrated" in w]
+    assert warning.startswith("memory: spec.quantization.mode nf4 estimates are not yet")
+    assert f"{need * 1.33:.1f} of {need * 1.2:g} GiB" in warning
+    roomy = plan_job(qlora, catalog_with(need * 1.34))
+    assert not any("calibrated" in w for w in roomy.warnings)
+    bf16 = spec(resources={"gpuType": "TEST"})
+    bf16_tight = plan_job(bf16, catalog_with(peak(bf16, Strategy.ddp, 1) * 1.2))
+    assert not any("calibrated" in w for w in bf16_tight.warnings)
