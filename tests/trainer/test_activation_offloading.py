@@ -16,8 +16,14 @@ from lora_contract.storage import S3Store
 from lora_trainer.loss import LossPath
 from lora_trainer.offload import OffloadPath, choose_offload_path, offload_contexts
 
-from .test_chunked_loss import adapter_grads, batch, chunked, tiny_lora
-from .test_chunked_loss import train_two_steps as two_trainer_steps
+from .test_chunked_loss import (
+    adapter_grads,
+    batch,
+    chunked,
+    losses_and_weights,
+    run_two_steps,
+    tiny_lora,
+)
 
 NON_REENTRANT = {"use_reentrant": False}  # as the trainer checkpoints (train.training_arguments)
 
@@ -75,9 +81,10 @@ def test_under_checkpointing_the_offloaded_tensors_are_the_layer_inputs() -> Non
 
 def train_two_steps(model_dir: Path, output: Path, offload: OffloadPath) -> tuple[Any, Any]:
     """Two optimizer steps of 2 x 2 micro-batches, chunked loss and checkpointing on."""
-    return two_trainer_steps(
+    trainer = run_two_steps(
         model_dir, output, LossPath.chunked, offload, ("q_proj", "v_proj"), checkpointing=True
     )
+    return losses_and_weights(trainer)
 
 
 def test_the_trainer_takes_the_same_steps_with_offloading(model_dir: Path, tmp_path: Path) -> None:

@@ -148,22 +148,11 @@ def test_loss_path_choice(model_dir: Path) -> None:
     assert choose_loss_path(model, chunked_loss=True) is LossPath.standard
 
 
-def train_two_steps(
-    model_dir: Path,
-    output: Path,
-    path: LossPath,
-    offload: OffloadPath = OffloadPath.off,
-    targets: tuple[str, ...] = ("q_proj", "v_proj", "lm_head"),
-    checkpointing: bool = False,
-) -> tuple[list[float], Any]:
-    """Two optimizer steps of 2 x 2 micro-batches through the real HF Trainer (the offloading
-    tests use it too): the logged losses and the trained adapter weights."""
-    trainer = run_two_steps(model_dir, output, path, offload, targets, checkpointing)
+def losses_and_weights(trainer: Any) -> tuple[list[float], Any]:
+    """What a `run_two_steps` trainer logged as losses, and its trained adapter weights."""
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    weights = {
-        n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad
-    }
-    return losses, weights
+    named = trainer.model.named_parameters()
+    return losses, {n: p.detach().clone() for n, p in named if p.requires_grad}
 
 
 def run_two_steps(
@@ -174,7 +163,8 @@ def run_two_steps(
     targets: tuple[str, ...] = ("q_proj", "v_proj", "lm_head"),
     checkpointing: bool = False,
 ) -> Any:
-    """The trainer after `train_two_steps`' two steps (its state: log history, FLOPs)."""
+    """Two optimizer steps of 2 x 2 micro-batches through the real HF Trainer (the offloading
+    and lean-step tests use it too); the trainer, with its state (log history, FLOPs)."""
     torch.manual_seed(0)
     base = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
     lora = peft.LoraConfig(r=4, target_modules=list(targets), lora_dropout=0.0)
@@ -217,8 +207,12 @@ def run_two_steps(
 
 
 def test_the_trainer_takes_the_same_steps_with_either_loss(model_dir: Path, tmp_path: Path) -> None:
-    stock_losses, stock = train_two_steps(model_dir, tmp_path / "a", LossPath.standard)
-    ours_losses, ours = train_two_steps(model_dir, tmp_path / "b", LossPath.chunked)
+    stock_losses, stock = losses_and_weights(
+        run_two_steps(model_dir, tmp_path / "a", LossPath.standard)
+    )
+    ours_losses, ours = losses_and_weights(
+        run_two_steps(model_dir, tmp_path / "b", LossPath.chunked)
+    )
     assert ours_losses == pytest.approx(stock_losses, rel=1e-5)
     for name, weight in stock.items():
         assert torch.allclose(ours[name], weight, rtol=1e-4, atol=1e-6), name
