@@ -13,6 +13,7 @@ from lora_operator.api.operator_config import GpuType
 from lora_operator.memory import GpuCatalog, load_architecture, plan_job
 from lora_operator.memory.architecture import count_architecture
 from lora_operator.memory.dataset_stats import read_dataset_stats
+from lora_operator.memory.fit import ACTIVATION_OFFLOADING_COST
 from lora_operator.memory.forecast import (
     SECONDS_PER_HOUR,
     base_matmul_params,
@@ -113,6 +114,27 @@ def test_wall_time_gpu_hours_and_cost(tiny_config: Path) -> None:
     assert entry.peak_tflops == 989.4  # an override keeps the fields it does not set
     again = forecast_job(spec, arch, entry, 1, 2)
     assert again is not None and again.cost == pytest.approx(3.0 * again.gpu_hours)
+
+
+def test_activation_offloading_slows_the_forecast_by_the_fit_search_s_guess(
+    tiny_config: Path,
+) -> None:
+    model = {"name": "tiny", "source": "s3://m/tiny", "config": str(tiny_config)}
+    arch = count_architecture("tiny", dict(TINY_LLAMA))
+    gpu = GpuCatalog.default().get("H100-80GB")
+
+    def forecast(offloading: bool) -> Any:
+        spec = make_spec(
+            baseModel=model,
+            dataset={"numExamples": 5000, "evalSplit": 0},
+            training={"activationOffloading": offloading},
+            resources={"gpuType": "H100-80GB"},
+        )
+        return forecast_job(spec, arch, gpu, 1, 1)
+
+    plain, offloaded = forecast(False), forecast(True)
+    assert offloaded.hours == pytest.approx(plain.hours * ACTIVATION_OFFLOADING_COST)
+    assert any(a.startswith("activation offloading: x0.87") for a in offloaded.assumptions)
 
 
 @pytest.mark.parametrize("name", GpuCatalog.default().names())

@@ -47,6 +47,7 @@ from lora_contract.types import (
 from ..api.operator_config import GpuType
 from .architecture import Architecture, LinearModule
 from .estimate import targeted_linears
+from .fit import ACTIVATION_OFFLOADING_COST
 
 # bitsandbytes dequantises every NF4 weight to 16-bit before each matmul, once per pass
 # (forward, recompute, backward) per micro-batch, whatever the sequence length: a cost per
@@ -186,6 +187,12 @@ def _throughput_factor(spec: LoRAJobSpec, nodes: int) -> tuple[float, list[str]]
     if spec.quantization.mode == QuantizationMode.int8:
         factor *= INT8_THROUGHPUT
         notes.append(f"int8: x{INT8_THROUGHPUT} for LLM.int8's outlier matmuls (assumed)")
+    if spec.training.activation_offloading:
+        factor /= ACTIVATION_OFFLOADING_COST
+        notes.append(
+            f"activation offloading: x{1 / ACTIVATION_OFFLOADING_COST:.2f} for host copies not "
+            "hidden behind compute (assumed, the same guess the fit search orders by)"
+        )
     if nodes > 1:
         factor *= MULTI_NODE_THROUGHPUT
         notes.append(f"{nodes} nodes: x{MULTI_NODE_THROUGHPUT} for gradient traffic between nodes")
