@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import Trainer
 
-from lora_trainer.lean_steps import LeanStepsMixin, train_mode_kept
+from lora_trainer.lean_steps import LeanStepsMixin, train_switch_skipped
 from lora_trainer.loss import LossPath
 
 from .test_chunked_loss import run_two_steps
@@ -39,16 +39,58 @@ def test_the_same_steps_logs_and_flops_as_the_stock_bookkeeping(
             assert torch.allclose(weight, trained[name], rtol=1e-6, atol=1e-8), name
 
 
-def test_train_is_skipped_only_while_the_model_is_training() -> None:
+def test_inside_the_step_train_is_skipped_and_eval_still_switches() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
     model.train()
     model[1].eval()  # a child out of step: only a real train() would reset it
-    with train_mode_kept(model):
+    with train_switch_skipped(model):
         assert model.train() is model
-        assert not model[1].training  # skipped: the model was already training
+        assert not model[1].training  # skipped
         model.eval()  # eval() still switches everything
         assert not model.training and not model[0].training
     assert "train" not in vars(model)  # the real method is back
-    with train_mode_kept(model):  # evaluated: the next train() is the real one
+    model.train()
+    assert model[1].training
+
+
+def test_every_module_trains_even_when_only_the_peft_wrapper_was_in_train_mode(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """from_pretrained leaves the base model in eval(); PeftModel itself is created in train
+    mode. The first step must still switch every module (gradient checkpointing and dropout
+    look at each module's own flag)."""
+    trainer = run_two_steps(model_dir, tmp_path / "lean", LossPath.standard)
+    assert [name for name, m in trainer.model.named_modules() if not m.training] == []
+
+
+class StepsAndEvaluation:
+    """What Trainer does to the modes: training_step calls train() on the model it is given (a
+    DDP wrapper in multi-process runs), evaluation_loop calls eval() on the unwrapped model."""
+
+    model: torch.nn.Module
+
+    def training_step(self, model: torch.nn.Module) -> list[bool]:
         model.train()
-    assert model.training and model[0].training and model[1].training
+        return [m.training for m in model.modules()]
+
+    def evaluation_loop(self) -> None:
+        self.model.eval()
+
+
+class LeanSteps(LeanStepsMixin, StepsAndEvaluation):
+    pass
+
+
+def test_a_step_after_an_evaluation_of_the_unwrapped_model_trains_every_module() -> None:
+    inner = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    wrapped = torch.nn.Sequential(inner)  # stands for DistributedDataParallel(inner)
+    trainer = LeanSteps()
+    trainer.model = inner
+    assert all(trainer.training_step(wrapped))
+    trainer.evaluation_loop()
+    assert wrapped.training and not inner[1].training  # the wrapper's own flag stays True
+    assert all(trainer.training_step(wrapped))
+    inner.eval()  # anything else that puts the unwrapped model in eval mode
+    assert all(trainer.training_step(wrapped))
+    inner[1].eval()  # a child alone: not tracked (nothing in the Trainer does this)
+    assert not all(trainer.training_step(wrapped))

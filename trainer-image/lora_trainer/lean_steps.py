@@ -4,9 +4,10 @@ HF Trainer re-derives three things every optimizer step by walking every module 
 model (hundreds of them: each adapted linear carries its lora_A/lora_B/dropout dicts):
 `floating_point_ops` counts the parameters again, `training_step` calls `model.train()` (a
 recursive mode switch), and gradient clipping iterates all parameters, frozen ones included.
-None of them changes between steps. On the trainer-throughput bench (tiny Llama, ~150 ms CPU
-steps) they cost ~14 ms a step: 5.5, 5.4 and 2.9 ms (cProfile of the timed window). The results
-are the same: the FLOP count, the modules' modes, and the clipped gradients and their norm.
+None of them changes between steps (the mode only through an evaluation, which is tracked).
+On the trainer-throughput bench (tiny Llama, ~150 ms CPU steps) they cost ~14 ms a step: 5.5,
+5.4 and 2.9 ms (cProfile of the timed window). The results are the same: the FLOP count, the
+modules' modes, and the clipped gradients and their norm.
 """
 
 from __future__ import annotations
@@ -26,12 +27,9 @@ PLAIN_CLIPPING = frozenset(
 
 
 @contextmanager
-def train_mode_kept(model: torch.nn.Module) -> Iterator[None]:
-    """Inside, `model.train()` is a no-op while the model is already in training mode (the
-    Trainer's evaluation puts it in eval(), and then the real switch runs again)."""
-    if not model.training:
-        yield
-        return
+def train_switch_skipped(model: torch.nn.Module) -> Iterator[None]:
+    """Inside, `model.train()` returns at once: the caller has put every module in training mode
+    already (`eval()` still switches)."""
 
     def already_training(mode: bool = True) -> torch.nn.Module:
         return model if mode else torch.nn.Module.train(model, False)
@@ -51,6 +49,7 @@ class LeanStepsMixin:
     args: Any
     _flop_params: int | None = None
     _trainable: list[torch.nn.Parameter] | None = None
+    _switched: torch.nn.Module | None = None  # the model this trainer last put in train mode
 
     def floating_point_ops(self, inputs: dict[str, Any]) -> int:
         """Trainer's estimate (6 x input tokens x non-embedding parameters), counted once."""
@@ -62,8 +61,19 @@ class LeanStepsMixin:
         return 6 * int(inputs[main_input].numel()) * self._flop_params
 
     def training_step(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        with train_mode_kept(model):
+        """The real `train()` on the first step and after anything put the model in eval mode:
+        a module's own flag says nothing of its children before that (PeftModel is created in
+        train mode around a base that from_pretrained left in eval), and evaluation switches the
+        unwrapped model while a DDP wrapper's flag stays True."""
+        if self._switched is not model or not (model.training and self.model.training):
+            model.train()
+            self._switched = model
+        with train_switch_skipped(model):
             return super().training_step(model, *args, **kwargs)  # type: ignore[misc]
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        self._switched = None  # it calls eval(): the next step switches back for real
+        return super().evaluation_loop(*args, **kwargs)  # type: ignore[misc]
 
     def _clip_grad_norm(self, model: torch.nn.Module) -> Any:
         """Clip over the trainable parameters only: frozen ones have no gradient, so the norm
