@@ -32,6 +32,13 @@ MAX_MICRO_BATCH_STEPS = 8
 
 T = TypeVar("T")
 
+# The on/off knobs a variant may turn on: (attribute, spec field, what it costs).
+SWITCHES = (
+    ("gradient_checkpointing", "gradientCheckpointing", " (~1/3 more compute)"),
+    ("chunked_loss", "chunkedLoss", ""),
+    ("activation_offloading", "activationOffloading", " (activations in host memory)"),
+)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -59,6 +66,13 @@ class Variant:
     def applied_to(self, spec: LoRAJobSpec) -> LoRAJobSpec:
         return self.overrides(spec).applied_to(spec)
 
+    def _switched_on(self, spec: LoRAJobSpec) -> list[tuple[str, str]]:
+        """(spec field, what it costs) of each on/off knob this variant sets differently."""
+        t = spec.training
+        return [
+            (name, note) for attr, name, note in SWITCHES if getattr(self, attr) != getattr(t, attr)
+        ]
+
     def changes(self, spec: LoRAJobSpec, ranks: int) -> list[str]:
         """One phrase per changed knob, e.g. 'microBatchSize 4 -> 1 and gradientAccumulation
         4 -> 16 (global batch 16 kept)'."""
@@ -71,12 +85,7 @@ class Variant:
                 f"gradientAccumulation {t.gradient_accumulation} -> {self.gradient_accumulation}"
                 f" (global batch {batch} kept)"
             )
-        if self.gradient_checkpointing != t.gradient_checkpointing:
-            out.append("training.gradientCheckpointing true (~1/3 more compute)")
-        if self.chunked_loss != t.chunked_loss:
-            out.append("training.chunkedLoss true")
-        if self.activation_offloading != t.activation_offloading:
-            out.append("training.activationOffloading true (activations in host memory)")
+        out += [f"training.{name} true{note}" for name, note in self._switched_on(spec)]
         return out
 
     def summary(self, spec: LoRAJobSpec) -> str:
@@ -88,12 +97,7 @@ class Variant:
                 f"microBatchSize {self.micro_batch_size} + gradientAccumulation "
                 f"{self.gradient_accumulation}"
             )
-        if self.gradient_checkpointing != t.gradient_checkpointing:
-            parts.append("gradientCheckpointing true")
-        if self.chunked_loss != t.chunked_loss:
-            parts.append("chunkedLoss true")
-        if self.activation_offloading != t.activation_offloading:
-            parts.append("activationOffloading true")
+        parts += [f"{name} true" for name, _ in self._switched_on(spec)]
         return " + ".join(parts)
 
 
