@@ -241,17 +241,21 @@ def _choose(
         f"{gpu.name} ({gpu.memory_gib:g} GiB, inside its "
         f"{gpu.safety_margin_fraction:.0%} safety margin)"
     )
+
+    def reason(
+        strategy: Strategy, nodes: int, per_node: int, est: MemoryEstimate, card_text: str
+    ) -> str:
+        if explicit:
+            return _reason_explicit(strategy, nodes, per_node, est, card_text, unit, False)
+        return _reason_auto(strategy, nodes, per_node, est, card_text, single)
+
     adjust = dist.strategy == Strategy.auto
     for limit, card_text in ((usable, card), (gpu.memory_gib, margin_card)):
         for nodes, per_node in placements:
             for strategy in _strategies(dist.strategy, nodes * per_node):
                 est = fits(strategy, nodes, per_node)
                 if est.peak_gib <= limit:
-                    why = (
-                        _reason_explicit(strategy, nodes, per_node, est, card_text, unit, False)
-                        if explicit
-                        else _reason_auto(strategy, nodes, per_node, est, card_text, single)
-                    )
+                    why = reason(strategy, nodes, per_node, est, card_text)
                     return Choice(
                         strategy, nodes, per_node, est, why, warnings=_margin(est, usable, gpu)
                     )
@@ -263,11 +267,7 @@ def _choose(
             est = fits(strategy, nodes, per_node, variant.applied_to(spec))
             as_written = fits(strategy, nodes, per_node)
             changes = variant.changes(spec, nodes * per_node)
-            why = (
-                _reason_explicit(strategy, nodes, per_node, est, card_text, unit, False)
-                if explicit
-                else _reason_auto(strategy, nodes, per_node, est, card_text, single)
-            )
+            why = reason(strategy, nodes, per_node, est, card_text)
             why += (
                 f" Changed to fit (same training maths): {'; '.join(changes)}; "
                 f"{as_written.peak_gib:.1f} GiB per GPU as written, {est.peak_gib:.1f} with "
