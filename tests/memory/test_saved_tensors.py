@@ -23,6 +23,7 @@ import torch
 import transformers
 
 from lora_contract.types import QuantizationMode
+from lora_devkit.bench.trainer_memory import SMALL_LLAMA, TARGETS
 from lora_operator.memory import Assumptions, TrainingShape, estimate_memory, load_architecture
 from lora_operator.memory.estimate import GIB, LOSS_CHUNK_LOGIT_ELEMENTS, loss_chunk_positions
 from lora_trainer.loss import CHUNK_LOGIT_ELEMENTS, LossPath, lean_forward_loss
@@ -30,18 +31,8 @@ from lora_trainer.model import prepare_quantized_model
 
 from .conftest import save_random_llama
 
-CONFIG = {
-    "model_type": "llama",
-    "hidden_size": 512,
-    "intermediate_size": 1792,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 2,
-    "vocab_size": 4096,
-    "max_position_embeddings": 1024,
-}
+CONFIG = SMALL_LLAMA  # the trainer-memory benchmark's small model
 BATCH, SEQ = 2, 256
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ SMALL_LLAMA: dict[str, Any] = {  # tests/memory/test_saved_tensors.py's model
     "vocab_size": 4096,
 }
 MODELS = {"llama-128k": (LLAMA, 2, 2048), "llama-4k": (SMALL_LLAMA, 2, 256)}  # config, b, s
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GOAL_REDUCTION = 0.40
 MIB = 2**20
 
@@ -125,7 +125,7 @@ def build_model(checkpoint: Path, config: Config) -> Any:
     model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
         gradient_checkpointing_kwargs={"use_reentrant": False}
     )
-    lora = peft.LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, lora_dropout=0.0)
+    lora = peft.LoraConfig(r=16, lora_alpha=32, target_modules=list(TARGETS), lora_dropout=0.0)
     peft_model = peft.get_peft_model(model, lora)
     peft_model.enable_input_require_grads()
     return peft_model
