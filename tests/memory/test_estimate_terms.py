@@ -432,12 +432,56 @@ def test_zero3_gather_uses_the_bytes_per_parameter_of_the_stored_weights(
     assert allocated_bytes(tiny, job) == pytest.approx(expected, abs=BYTE)
 
 
+# DoRA on q/k/v/o (outputs 64, 32, 32, 64; inputs 64), per layer, with dropout under autocast:
+# base and adapter outputs (bf16), the dropout path's bf16 weight copy, three fp32 scale vectors
+# (memory/dora.py, measured by tests/memory/test_dora_memory.py)
+DORA_OUTS = 64 + 32 + 32 + 64
+DORA_SAVED_LAYER = TOKENS * DORA_OUTS * (2 + 2) + DORA_OUTS * 64 * 2 + 3 * DORA_OUTS * 4
+
+
 def test_dora_adds_magnitudes_to_every_adapter_state(tiny: Architecture) -> None:
-    dora = LORA + 2 * (64 + 32 + 32 + 64)
+    dora = LORA + 2 * DORA_OUTS
     est = estimate_memory(tiny, shape(use_dora=True))
     assert est.trainable_params == dora
+    # checkpointing: one layer's DoRA saves; the tiny transient stays under the logits buffers
     assert est.peak_allocated_gib * GIB == pytest.approx(
-        WEIGHTS_BF16 + dora * (4 + 4 + 8) + SAVED, abs=BYTE
+        WEIGHTS_BF16 + dora * (4 + 4 + 8) + SAVED + DORA_SAVED_LAYER, abs=BYTE
+    )
+    assert est.breakdown_gib["dora_magnitude"] == round(2 * DORA_OUTS * 16 / GIB, 3)
+    assert est.breakdown_gib["dora_transient"] == 0
+    assert "dora_magnitude" not in estimate_memory(tiny, BASE).breakdown_gib
+
+
+def test_dora_saves_per_layer_and_follows_the_adapter_autocast(tiny: Architecture) -> None:
+    """Without checkpointing both layers keep DoRA's saves; without autocast (PEFT's
+    use_amp=False runs) the adapter output, F.linear's output and weight copy are fp32."""
+
+    def dora_saved(job: TrainingShape, a: Assumptions | None = None) -> float:
+        lora = allocated_bytes(tiny, replace(job, use_dora=False), a)
+        magnitude = 2 * DORA_OUTS * (4 + 4 + 8)
+        return allocated_bytes(tiny, job, a) - lora - magnitude
+
+    no_ckpt = shape(use_dora=True, gradient_checkpointing=False)
+    assert dora_saved(no_ckpt) == pytest.approx(2 * DORA_SAVED_LAYER, abs=BYTE)
+    fp32 = TOKENS * DORA_OUTS * (4 + 4) + DORA_OUTS * 64 * 4 + 3 * DORA_OUTS * 4
+    assert dora_saved(no_ckpt, Assumptions(adapter_autocast=False)) == pytest.approx(
+        2 * fp32, abs=BYTE
+    )
+    no_dropout = TOKENS * DORA_OUTS * (2 + 2) + 3 * DORA_OUTS * 4
+    assert dora_saved(replace(no_ckpt, dropout=0.0)) == pytest.approx(2 * no_dropout, abs=BYTE)
+
+
+def test_dora_transient_counts_what_exceeds_the_loss(tiny: Architecture) -> None:
+    """One token, unchunked logits of 1000 x 12 bytes: q_proj's weight phase (identity 64^2 bf16,
+    four 64 x 64 fp32 matrices, rank-wide casts) is the largest and exceeds them."""
+    job = shape(use_dora=True, seq_len=1, dropout=0.0)
+    weight_phase = 64 * 64 * 2 + 4 * 64 * 64 * 4 + (2 * 64 + 64) * 16 * 2
+    transient = weight_phase - 1000 * 12
+    assert estimate_memory(tiny, job).breakdown_gib["dora_transient"] == round(transient / GIB, 3)
+    lora = allocated_bytes(tiny, replace(job, use_dora=False))
+    saved = DORA_OUTS * (2 + 2) + 3 * DORA_OUTS * 4
+    assert allocated_bytes(tiny, job) - lora == pytest.approx(
+        2 * DORA_OUTS * 16 + saved + transient, abs=BYTE
     )
 
 

@@ -24,6 +24,11 @@ Term names (stable; they are the keys of `breakdown_gib`):
 - `logits`: the loss. Unchunked: b*s*vocab logits, their fp32 upcast and the loss gradient.
   Chunked (`training.chunkedLoss`, the default; not under ZeRO-3): the labelled hidden states
   kept for the recomputation plus one chunk's logits, upcast and gradient.
+- `dora_magnitude`, `dora_activations`, `dora_transient` (DoRA only; `memory/dora.py`): the
+  magnitude vectors' share of the adapter weights, gradients and optimizer states; what PEFT's
+  DoRA forward saves beyond LoRA (base and adapter outputs, with dropout a weight copy); and its
+  largest module's transient (the full B@A delta and weight norm, or the scaling products) as far
+  as it exceeds the loss's buffers, which are not alive when it happens.
 - `allocator_overhead`, `cuda_context`: not in max_memory_allocated, seen by nvidia-smi.
 """
 
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 
 from lora_contract.types import Attention, ComputeDtype, Optimizer, QuantizationMode, Strategy
 
+from . import dora
 from .architecture import Architecture, LinearModule
 from .errors import PlanningError
 
@@ -68,6 +74,9 @@ TERM_HELP: dict[str, str] = {
     "attention_scores": "eager attention's softmax scores, batch x heads x seq^2",
     "lora_dropout": "adapter inputs kept for backward (dropout copies, or the shared inputs)",
     "logits": "the loss: full batch x seq x vocab logits (fp32 + gradient), or one chunk of them",
+    "dora_magnitude": "DoRA magnitude vectors: weights, gradients and optimizer states",
+    "dora_activations": "DoRA's saved base/adapter outputs (and weight copies with dropout)",
+    "dora_transient": "DoRA's largest module transient (B@A delta + weight norm) over the loss",
     "allocator_overhead": "PyTorch caching-allocator slack and fragmentation",
     "cuda_context": "CUDA context and kernels (seen by nvidia-smi, not by torch)",
 }
@@ -92,6 +101,9 @@ class Assumptions:
     # bitsandbytes before 0.43.2 kept every 4-bit linear's input for backward (MatMul4Bit's
     # `ctx.tensors = (A, B)`, dropped by bitsandbytes#1270), frozen or not; 0.50 keeps none.
     kbit_saves_input: bool = False
+    # False: the adapters run outside autocast (PEFT's MetaMathQA runs, use_amp=False), so their
+    # matmuls save and return the adapter dtype. Read by the DoRA terms only (memory/dora.py).
+    adapter_autocast: bool = True
 
 
 # Tensors an activation function saves for backward, per element of its input: one (its input)
@@ -241,6 +253,64 @@ def unsaved_adapter_inputs(
     return width + per_layer_inputs(arch, others)
 
 
+def saved_layers(arch: Architecture, shape: TrainingShape) -> tuple[int, int]:
+    """Layers whose per-layer saved tensors are on the GPU at the peak (one under checkpointing,
+    the offloader's window under activation offloading), and those offloaded to host."""
+    if shape.gradient_checkpointing:
+        return 1, 0
+    if shape.activation_offloading:
+        return min(arch.num_layers, OFFLOAD_GPU_LAYERS), arch.num_layers
+    return arch.num_layers, 0
+
+
+def dora_dtypes(shape: TrainingShape, assumptions: Assumptions) -> dora.DoraDtypes:
+    return dora.DoraDtypes(
+        compute=dtype_bytes(shape.compute_dtype),
+        adapter=assumptions.adapter_bytes,
+        autocast=assumptions.adapter_autocast,
+        quantized=shape.quantization != QuantizationMode.none,
+    )
+
+
+def dora_modules(arch: Architecture, shape: TrainingShape) -> list[LinearModule]:
+    """The modules DoRA wraps: PEFT refuses DoRA on fused expert parameters (ParamWrapper)."""
+    return [m for m in targeted_linears(arch, shape.target_modules) if m.copies == 1]
+
+
+def dora_activation_split(
+    arch: Architecture, shape: TrainingShape, assumptions: Assumptions
+) -> tuple[float, float]:
+    """DoRA's saved tensors (`dora.saved_bytes` per module) on the GPU at the peak, and on host
+    under activation offloading; split by layer like the adapters' inputs, lm_head whole."""
+    dt = dora_dtypes(shape, assumptions)
+    tokens = shape.micro_batch * shape.seq_len
+    head = arch.head.name if arch.head is not None else None
+    in_layers = on_head = 0.0
+    for m in dora_modules(arch, shape):
+        saved = dora.saved_bytes(m.in_features, m.out_features, tokens, shape.dropout > 0, dt)
+        if m.name == head:
+            on_head += saved
+        else:
+            in_layers += saved
+    per_layer = in_layers / max(arch.num_layers, 1)
+    on_gpu, on_host = saved_layers(arch, shape)
+    return per_layer * on_gpu + on_head, per_layer * on_host
+
+
+def dora_transient(arch: Architecture, shape: TrainingShape, assumptions: Assumptions) -> float:
+    """The largest single module's DoRA transient (`dora.transient_bytes`); modules run one at
+    a time, so only the largest one counts."""
+    dt = dora_dtypes(shape, assumptions)
+    tokens = shape.micro_batch * shape.seq_len
+    return max(
+        (
+            dora.transient_bytes(m.in_features, m.out_features, shape.rank, tokens, dt)
+            for m in dora_modules(arch, shape)
+        ),
+        default=0.0,
+    )
+
+
 def activation_terms(
     arch: Architecture, shape: TrainingShape, assumptions: Assumptions
 ) -> dict[str, float]:
@@ -301,13 +371,7 @@ def activation_split(
         # the final norm's fp32 input is offloaded too (measured); counted on the GPU as well,
         # where the offloader's stash still holds it when backward starts
         host += tokens * h * 4
-    layers_live = 1 if shape.gradient_checkpointing else arch.num_layers
-    # layers whose saved tensors are on the GPU at the peak, and those offloaded to host
-    layers_on_gpu = layers_live
-    layers_on_host = 0
-    if offload and not shape.gradient_checkpointing:
-        layers_on_gpu = min(arch.num_layers, OFFLOAD_GPU_LAYERS)
-        layers_on_host = arch.num_layers
+    layers_on_gpu, layers_on_host = saved_layers(arch, shape)
     scores = 0.0
     if shape.attention == Attention.eager:
         # fp32 softmax output + its bf16 cast, per head, per query-key pair
@@ -409,6 +473,20 @@ def estimate_memory(
         notes.append("paged optimizer: states can page to host memory under pressure")
 
     on_gpu, offloaded = activation_split(arch, shape, a)
+    dora_terms: dict[str, float] = {}
+    if shape.use_dora:
+        # the magnitudes' share of each adapter state, so sharding and offload apply alike
+        targeted = targeted_linears(arch, shape.target_modules)
+        magnitudes = sum(m.copies * m.out_features for m in targeted)  # as lora_param_count
+        share = magnitudes / max(trainable, 1)
+        dora_terms["dora_magnitude"] = (lora_weights + grads + optimizer) * share
+        lora_weights, grads, optimizer = (x * (1 - share) for x in (lora_weights, grads, optimizer))
+        saved, saved_on_host = dora_activation_split(arch, shape, a)
+        offloaded += saved_on_host
+        dora_terms["dora_activations"] = saved
+        dora_terms["dora_transient"] = dora.transient_at_peak(
+            dora_transient(arch, shape, a), on_gpu["logits"]
+        )
     if offloaded:
         host += offloaded
         notes.append("activation offloading: saved activations live in pinned host memory")
@@ -419,6 +497,7 @@ def estimate_memory(
         "gradients": grads,
         "optimizer": optimizer,
         **on_gpu,
+        **dora_terms,
     }
     allocated = sum(terms.values())
     terms["allocator_overhead"] = allocated * a.allocator_overhead_fraction
