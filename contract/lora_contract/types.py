@@ -313,7 +313,9 @@ class TrainingSpec(_Model):
         default=8,
         ge=1,
         le=4096,
-        description="Micro-batches per optimizer step (global batch: micro x accumulation x GPUs).",
+        description="Micro-batches per optimizer step. Global batch: microBatchSize x "
+        "gradientAccumulation (x nodes x gpusPerNode when distributed pins both), kept on any "
+        "GPU count the plan picks.",
     )
     learning_rate: Annotated[float, RETRAINS] = Field(
         default=2e-4, gt=0, le=1, description="Peak learning rate."
@@ -674,6 +676,24 @@ class TrainingOverrides(_Observed):
         return spec.model_copy(update={"training": training})
 
 
+class PlacementAlternative(_Observed):
+    """A fitting placement the plan did not choose, with what it would cost (memory/objective.py:
+    the cheapest forecast wins; more GPUs only when they save more than 10%)."""
+
+    nodes: int
+    gpus_per_node: int
+    strategy: Strategy
+    per_gpu_peak_gib: float
+    gpu_hours: float | None = Field(
+        default=None, description="Forecast GPU-hours; null when the forecast is unknown."
+    )
+    hours: float | None = Field(default=None, description="Forecast wall-clock hours.")
+    relative_cost: float = Field(description="GPU-hours relative to the chosen placement.")
+    changes: list[str] = Field(
+        default_factory=list, description="What the trainer would run differently there."
+    )
+
+
 class PlanStatus(_Observed):
     """What the memory model decided, stored in status so `kubectl describe` explains it."""
 
@@ -696,6 +716,21 @@ class PlanStatus(_Observed):
     adjustments: list[str] = Field(
         default_factory=list,
         description="What the plan changed so the job fits, and why (strategy auto only).",
+    )
+    global_batch_size: int | None = Field(
+        default=None,
+        description="Samples per optimizer step: the spec's on every placement "
+        "(microBatchSize x gradientAccumulation, x nodes x gpusPerNode when both are set).",
+    )
+    unit: Literal["GPU", "process"] = Field(
+        default="GPU", description="What totalGpus counts: GPUs, or CPU training processes."
+    )
+    placement: str = Field(
+        default="", description="Short placement, e.g. '2 x 8 H100-80GB' or '2 CPU processes'."
+    )
+    alternatives: list[PlacementAlternative] = Field(
+        default_factory=list,
+        description="Other fitting placements and their forecast cost (the cheapest wins).",
     )
     training_overrides: TrainingOverrides | None = Field(
         default=None, description="The changed training values the trainer runs with."

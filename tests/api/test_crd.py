@@ -108,7 +108,7 @@ def test_crd_names_columns_and_subresources() -> None:
     version = crd["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    for column in ("Phase", "Model", "Quant", "GPUs", "Progress", "Loss", "Age"):
+    for column in ("Phase", "Model", "Quant", "Placement", "Progress", "Loss", "Age"):
         assert column in columns
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert set(spec["required"]) == {"baseModel", "dataset", "output"}

@@ -80,6 +80,11 @@ def peak(spec: LoRAJobSpec, strategy: Strategy, ranks: int) -> float:
     return estimate_memory(arch, shape_for(spec, strategy, ranks)).peak_gib
 
 
+# A global batch every searched world size divides (memory/batch.py), and every fit-search knob
+# already on: the placement then follows from the card size and the search alone.
+NO_KNOBS = {"gradientAccumulation": 4096, "activationOffloading": True}
+
+
 def card_text(name: str, memory: float) -> str:
     return f"{name} ({memory * 0.9:.1f} of {memory:g} GiB usable)"
 
@@ -99,7 +104,7 @@ def test_placements_try_powers_of_two_then_whole_nodes() -> None:
 @pytest.mark.parametrize("gpus", [2, 4, 8, 16, 32])
 def test_auto_picks_the_smallest_power_of_two_that_fits(spec: Spec, gpus: int) -> None:
     # a card between ZeRO-3's peak on `gpus` GPUs and on half as many: exactly `gpus` fit
-    job = spec(resources={"gpuType": "TEST", "maxGpusPerNode": 64})
+    job = spec(resources={"gpuType": "TEST", "maxGpusPerNode": 64}, training=NO_KNOBS)
     fits, too_few = peak(job, Strategy.deepspeed_zero3, gpus), peak(job, Strategy.ddp, 1)
     if gpus > 2:
         too_few = peak(job, Strategy.deepspeed_zero3, gpus // 2)
@@ -132,7 +137,7 @@ def test_capacity_boundary_exactly_fits_and_one_ulp_less_does_not(spec: Spec) ->
 
 
 def test_zero3_reason_names_the_single_gpu_need_and_the_gpus(spec: Spec) -> None:
-    job = spec(resources={"gpuType": "TEST"})
+    job = spec(resources={"gpuType": "TEST"}, training=NO_KNOBS)
     single, four = peak(job, Strategy.ddp, 1), peak(job, Strategy.deepspeed_zero3, 4)
     memory = (four + peak(job, Strategy.deepspeed_zero3, 2)) / 2 / 0.9
     result = plan_job(job, catalog_with(memory))
@@ -144,7 +149,7 @@ def test_zero3_reason_names_the_single_gpu_need_and_the_gpus(spec: Spec) -> None
 
 def test_never_more_gpus_per_node_than_the_catalog_offers(spec: Spec) -> None:
     # 2 GPUs per node: a job that needs 4 GPUs gets 2 nodes x 2 (ZeRO-3 across nodes)
-    job = spec(resources={"gpuType": "TEST"})
+    job = spec(resources={"gpuType": "TEST"}, training=NO_KNOBS)
     four, two = peak(job, Strategy.deepspeed_zero3, 4), peak(job, Strategy.deepspeed_zero3, 2)
     memory = (four + two) / 2 / 0.9
     result = plan_job(job, catalog_with(memory, max_per_node=2))
@@ -156,17 +161,18 @@ def test_never_more_gpus_per_node_than_the_catalog_offers(spec: Spec) -> None:
         f"{card_text('TEST', memory)}."
     )
     # the spec's own maxGpusPerNode lowers the catalog's
-    capped = spec(resources={"gpuType": "TEST", "maxGpusPerNode": 2})
+    capped = spec(resources={"gpuType": "TEST", "maxGpusPerNode": 2}, training=NO_KNOBS)
     assert plan_job(capped, catalog_with(memory, max_per_node=8)).gpus_per_node == 2
 
 
 def test_up_to_64_nodes_and_no_more(spec: Spec) -> None:
     # offloading already on: the fit search has no knob left that would move the boundary
-    job = spec(resources={"gpuType": "TEST"}, training={"activationOffloading": True})
-    p63, p64 = peak(job, Strategy.deepspeed_zero3, 63), peak(job, Strategy.deepspeed_zero3, 64)
+    job = spec(resources={"gpuType": "TEST"}, training=NO_KNOBS)
+    p32, p64 = peak(job, Strategy.deepspeed_zero3, 32), peak(job, Strategy.deepspeed_zero3, 64)
     p65 = peak(job, Strategy.deepspeed_zero3, 65)
-    assert p65 < p64 < p63
-    result = plan_job(job, catalog_with((p64 + p63) / 2 / 0.9, max_per_node=1))
+    assert p65 < p64 < p32
+    # (world sizes that do not divide the global batch of 4096, such as 63, are never tried)
+    result = plan_job(job, catalog_with((p64 + p32) / 2 / 0.9, max_per_node=1))
     assert (result.nodes, result.gpus_per_node) == (64, 1)
     # refused only when 64 nodes exceed the card itself: inside the safety margin is a warning
     memory = (p65 + p64) / 2
@@ -174,9 +180,10 @@ def test_up_to_64_nodes_and_no_more(spec: Spec) -> None:
         plan_job(job, catalog_with(memory, max_per_node=1))
     assert str(refused.value) == (
         f"spec.resources.gpuType: this job does not fit on any placement of "
-        f"{card_text('TEST', memory)} up to 64 nodes x 1 GPUs (one GPU would need "
-        f"{peak(job, Strategy.ddp, 1):.1f} GiB); use quantization.mode nf4, distributed.offload "
-        "cpu, a shorter dataset.maxSeqLength or a larger GPU"
+        f"{card_text('TEST', memory)} up to 64 nodes x 1 GPUs whose GPU count divides the "
+        f"global batch of 4096 (one GPU would need {peak(job, Strategy.ddp, 1):.1f} GiB); use "
+        "quantization.mode nf4, distributed.offload cpu, a shorter dataset.maxSeqLength or a "
+        "larger GPU"
     )
 
 
@@ -236,8 +243,9 @@ def test_explicit_placement_exactly_at_capacity(spec: Spec) -> None:
     # the message names the fields, the placement, the strategy and the number it needs
     assert str(refused.value) == (
         f"spec.distributed: 1 node(s) x 2 GPU(s) with deepspeed-zero3 needs {two:.1f} GiB per "
-        f"GPU, more than {card_text('TEST', memory)}; add GPUs, use quantization.mode nf4, or "
-        "shorten dataset.maxSeqLength"
+        f"GPU, more than {card_text('TEST', memory)}; add GPUs (distributed.nodes / "
+        "gpusPerNode), use quantization.mode nf4, distributed.offload cpu or a shorter "
+        "dataset.maxSeqLength"
     )
 
 
@@ -275,10 +283,10 @@ def cpu_catalog(memory_gib: float, bf16: bool = True) -> GpuCatalog:
 
 def cpu_estimate(path: str, strategy: Strategy, ranks: int, **changes: Any) -> float:
     """The CPU run's peak: fp32 everywhere, no CUDA context, the spec's default chunked loss
-    (the trainer keeps the stock loss under ZeRO-3)."""
+    (under ZeRO-3 too: the trainer gathers lm_head's shards for it)."""
     arch = load_architecture("tiny-test-llama", path)
     shape = replace(
-        TrainingShape(chunked_loss=strategy != Strategy.deepspeed_zero3),
+        TrainingShape(chunked_loss=True),
         compute_dtype=ComputeDtype.fp32,
         strategy=strategy,
         data_parallel=ranks,
@@ -316,8 +324,8 @@ def test_cpu_keeps_a_requested_strategy(spec: Spec, tiny_path: str) -> None:
     assert result.strategy == Strategy.deepspeed_zero3
     # ZeRO-3 with one rank still gathers two layers: its own estimate, not DDP's
     assert result.estimate.peak_gib == cpu_estimate(tiny_path, Strategy.deepspeed_zero3, 1)
-    # (compared with DDP on the same, stock loss: ZeRO-3 keeps it)
-    assert result.estimate.peak_gib > cpu_estimate(tiny_path, Strategy.ddp, 1, chunked_loss=False)
+    # (compared with DDP on the same chunked loss)
+    assert result.estimate.peak_gib > cpu_estimate(tiny_path, Strategy.ddp, 1)
 
 
 def test_cpu_explicit_processes(spec: Spec, tiny_path: str) -> None:

@@ -112,7 +112,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.name"},
     {"name": "Quant", "type": "string", "jsonPath": ".spec.quantization.mode"},
-    {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.totalGpus"},
+    {"name": "Placement", "type": "string", "jsonPath": ".status.plan.placement"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progressSummary"},
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "format": "float"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -159,8 +159,22 @@ def dtype_bytes(dtype: ComputeDtype) -> float:
 def targeted_linears(arch: Architecture, targets: tuple[str, ...]) -> list[LinearModule]:
     """Modules PEFT would adapt: suffix match on the dotted name; all-linear skips lm_head and
     the fused expert weights (PEFT's all-linear only finds nn.Linear); lm_head only by name."""
+    key = (id(arch), tuple(targets))
+    hit = _TARGETED.get(key)
+    if hit is None or hit[0] is not arch:  # keyed by identity: hashing the model is slower
+        if len(_TARGETED) >= 256:
+            _TARGETED.clear()
+        hit = _TARGETED[key] = (arch, _targeted_linears(arch, key[1]))
+    return list(hit[1])
+
+
+# targeted_linears' memo: the placement search estimates one model many times.
+_TARGETED: dict[tuple[int, tuple[str, ...]], tuple[Architecture, tuple[LinearModule, ...]]] = {}
+
+
+def _targeted_linears(arch: Architecture, targets: tuple[str, ...]) -> tuple[LinearModule, ...]:
     if tuple(targets) == ("all-linear",):
-        return [m for m in arch.linears if m.copies == 1]
+        return tuple(m for m in arch.linears if m.copies == 1)
     pool = [*arch.linears, *([arch.head] if arch.head is not None else [])]
     chosen = [m for m in pool if any(m.name == t or m.name.endswith(f".{t}") for t in targets)]
     if not chosen:
@@ -176,7 +190,7 @@ def targeted_linears(arch: Architecture, targets: tuple[str, ...]) -> list[Linea
             f"spec.lora.targetModules: {missing} not found in this model; its modules are "
             f"{', '.join(arch.module_names)}"
         )
-    return chosen
+    return tuple(chosen)
 
 
 def lora_param_count(arch: Architecture, targets: tuple[str, ...], rank: int, dora: bool) -> int:

@@ -1,17 +1,16 @@
 """Ways to make a job fit a card without changing what it learns.
 
 A placement that does not fit is often one knob away from fitting: a smaller micro batch with
-more gradient accumulation (the global batch, micro x accumulation x ranks, stays exactly the
-same), gradient checkpointing, the chunked loss, or activation offloading to host memory. None
-of them changes the training maths, so the plan may apply one by itself under
-`distributed.strategy: auto`, and otherwise names them in the refusal. Pure: the caller passes
-the estimator, this module only orders and tries variants.
+more gradient accumulation (the global batch, memory/batch.py, stays exactly the same), gradient
+checkpointing, the chunked loss, or activation offloading to host memory. None of them changes
+the training maths, so the plan may apply one by itself under `distributed.strategy: auto`, and
+otherwise names them in the refusal. Pure: the caller passes the estimator, this module only
+orders and tries variants; memory/objective.py picks among what fits by forecast cost.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -19,18 +18,50 @@ from typing import TypeVar
 from lora_contract.types import LoRAJobSpec, TrainingOverrides
 
 # Relative step time of each knob (rough, for ordering only): checkpointing reruns each layer's
-# forward in backward (~1/3 more compute); each halving of the micro batch loses some kernel
-# efficiency; the chunked loss recomputes only the lm_head matmul; activation offloading's
-# copies mostly overlap compute on a side stream, the rest is a guess (no published figure for
-# LoRA: torchtune and TRL report it as "slower", not by how much).
+# forward in backward (~1/3 more compute); a micro batch of fewer tokens runs smaller matmuls
+# (micro_batch_efficiency); the chunked loss recomputes only the lm_head matmul; activation
+# offloading's copies mostly overlap compute on a side stream, the rest is a guess (no published
+# figure for LoRA: torchtune and TRL report it as "slower", not by how much).
 CHECKPOINTING_COST = 4 / 3
-MICRO_BATCH_HALVING_COST = 0.08
 CHUNKED_LOSS_COST = 1.02
+# Tokens per micro-batch at which a LoRA step reaches the catalog's efficiency, and the loss
+# below it. Qwen's single-A100 LoRA profile (QwenLM/Qwen README, "Profiling of Memory and
+# Speed", micro batch 1) reached 0.45 of peak at 2,048 tokens and 0.24 at 256: (256/2048)^0.3 =
+# 0.54, about 0.24/0.45. Above 2,048 tokens a smaller micro batch costs nothing.
+SATURATING_TOKENS = 2048
+BELOW_SATURATION_EXPONENT = 0.3
 ACTIVATION_OFFLOADING_COST = 1.15
 MAX_ACCUMULATION = 4096  # training.gradientAccumulation's upper bound
 MAX_MICRO_BATCH_STEPS = 8
 
 T = TypeVar("T")
+
+
+def micro_batch_efficiency(tokens: float) -> float:
+    """Share of the catalog efficiency a micro-batch of `tokens` tokens reaches (above)."""
+    return float(min(1.0, tokens / SATURATING_TOKENS) ** BELOW_SATURATION_EXPONENT)
+
+
+def micro_batch_slowdown(seq_len: int, written: int, micro: int) -> float:
+    """Step-time factor of running micro batch `micro` instead of the `written` one."""
+    return micro_batch_efficiency(written * seq_len) / micro_batch_efficiency(micro * seq_len)
+
+
+def batch_change(spec: LoRAJobSpec, micro: int, accumulation: int, ranks: int) -> str | None:
+    """'training.microBatchSize 2 -> 1 and gradientAccumulation 8 -> 4 per rank on 2 ranks
+    (global batch 16 kept)', or None when the run keeps the spec's values."""
+    t = spec.training
+    if (micro, accumulation) == (t.micro_batch_size, t.gradient_accumulation):
+        return None
+    changed = f"training.gradientAccumulation {t.gradient_accumulation} -> {accumulation}"
+    if micro != t.micro_batch_size:
+        changed = (
+            f"training.microBatchSize {t.micro_batch_size} -> {micro} and gradientAccumulation "
+            f"{t.gradient_accumulation} -> {accumulation}"
+        )
+    where = "" if ranks == 1 else f" per rank on {ranks} ranks"
+    return f"{changed}{where} (global batch {micro * accumulation * ranks} kept)"
+
 
 # The on/off knobs a variant may turn on: (attribute, spec field, what it costs).
 SWITCHES = (
@@ -74,17 +105,10 @@ class Variant:
         ]
 
     def changes(self, spec: LoRAJobSpec, ranks: int) -> list[str]:
-        """One phrase per changed knob, e.g. 'microBatchSize 4 -> 1 and gradientAccumulation
-        4 -> 16 (global batch 16 kept)'."""
-        t = spec.training
-        out: list[str] = []
-        if self.micro_batch_size != t.micro_batch_size:
-            batch = t.micro_batch_size * t.gradient_accumulation * ranks
-            out.append(
-                f"training.microBatchSize {t.micro_batch_size} -> {self.micro_batch_size} and "
-                f"gradientAccumulation {t.gradient_accumulation} -> {self.gradient_accumulation}"
-                f" (global batch {batch} kept)"
-            )
+        """One phrase per changed knob against the spec as written (batch_change for the
+        batch), e.g. 'training.gradientCheckpointing true (~1/3 more compute)'."""
+        batch = batch_change(spec, self.micro_batch_size, self.gradient_accumulation, ranks)
+        out = [] if batch is None else [batch]
         out += [f"training.{name} true{note}" for name, note in self._switched_on(spec)]
         return out
 
@@ -134,6 +158,7 @@ def candidates(spec: LoRAJobSpec, chunked_loss_applies: bool = True) -> list[lis
     the last group is the most saving one. `chunked_loss_applies`: False
     where the trainer ignores the chunked loss (ZeRO-3), so turning it on would change nothing."""
     t = spec.training
+    seq = spec.dataset.max_seq_length
     per_rank = t.micro_batch_size * t.gradient_accumulation
     checkpointing = [t.gradient_checkpointing] + ([] if t.gradient_checkpointing else [True])
     chunked = [t.chunked_loss] + ([] if t.chunked_loss or not chunked_loss_applies else [True])
@@ -159,7 +184,7 @@ def candidates(spec: LoRAJobSpec, chunked_loss_applies: bool = True) -> list[lis
                 gradient_checkpointing=ckpt,
                 chunked_loss=chunk,
                 activation_offloading=offload,
-                cost=knob_cost * (1 + MICRO_BATCH_HALVING_COST * math.log2(t.micro_batch_size / m)),
+                cost=knob_cost * micro_batch_slowdown(seq, t.micro_batch_size, m),
             )
             for m in micros
         ]

@@ -25,8 +25,12 @@ token is routed to, and lm_head; embeddings are a lookup):
 Wall time = FLOPs / (GPUs x peak x efficiency). `efficiency` counts the recomputed FLOPs as
 useful (hardware FLOPs utilisation), so one catalog number serves both checkpointing settings.
 QLoRA adds the dequantisation of its 4-bit weights, a cost per weight and micro-batch (below);
-LLM.int8 and multi-node rings scale the efficiency down by the factors below. GPU-hours =
-hours x GPUs; cost = GPU-hours x the catalog's `pricePerGpuHour` (none when unset).
+LLM.int8 and multi-node rings scale the efficiency down by the factors below; a micro batch the
+plan made smaller than the spec's runs smaller matmuls (memory/fit.py, micro_batch_efficiency).
+ZeRO-3 adds the time its all-gathers of the sharded base weights take per micro-batch (forward,
+recompute, backward), counted as not hidden behind compute: an upper bound, so the planner never
+scales out on an optimistic guess. GPU-hours = hours x GPUs; cost = GPU-hours x the catalog's
+`pricePerGpuHour` (none when unset).
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ from lora_contract.types import (
     QuantizationMode,
     RunForecast,
     RunRecord,
+    Strategy,
 )
 
 from ..api.operator_config import GpuType
 from .architecture import Architecture, LinearModule
 from .estimate import targeted_linears
-from .fit import ACTIVATION_OFFLOADING_COST
+from .fit import ACTIVATION_OFFLOADING_COST, micro_batch_efficiency
 
 # bitsandbytes dequantises every NF4 weight to 16-bit before each matmul, once per pass
 # (forward, recompute, backward) per micro-batch, whatever the sequence length: a cost per
@@ -63,6 +68,13 @@ INT8_THROUGHPUT = 0.5
 # (9.25 s/it for 4 x 8 x 2048) against 3,150 on one GPU.
 MULTI_NODE_THROUGHPUT = 0.56
 SECONDS_PER_HOUR = 3600.0
+# ZeRO-3 all-gather bandwidth, GB/s. Within a node, per GPU: PCIe 4.0 x16 in practice (~25 of
+# 32 GB/s), the slowest link a catalog card ships with (NVLink cards gather faster: calibrate).
+# Between nodes, per node: one 100 Gb/s NIC (12.5 GB/s), a common floor. A ring all-gather
+# moves (g - 1) / g of the weights into each GPU over its own link, and (n - 1) / n of them into
+# each node over its NICs; the slower of the two sets the pace.
+ZERO3_GATHER_GBPS_IN_NODE = 25.0
+ZERO3_GATHER_GBPS_BETWEEN_NODES = 12.5
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,7 @@ class Forecast:
     throughput_factor: float = 1.0  # LLM.int8 matmuls, multi-node traffic
     dequant_flops: float = 0.0  # NF4 dequantisation, in FLOP-equivalents
     assumptions: list[str] = field(default_factory=list)
+    gather_seconds: float = 0.0  # ZeRO-3 weight all-gathers per rank, not hidden by compute
 
     @property
     def total_flops(self) -> float:
@@ -110,7 +123,7 @@ class Forecast:
     def hours(self) -> float:
         achieved = self.efficiency * self.throughput_factor
         per_second = self.gpus * self.peak_tflops * 1e12 * achieved
-        return self.total_flops / per_second / SECONDS_PER_HOUR
+        return (self.total_flops / per_second + self.gather_seconds) / SECONDS_PER_HOUR
 
     @property
     def gpu_hours(self) -> float:
@@ -182,8 +195,21 @@ def flops_per_token(
     )
 
 
-def _throughput_factor(spec: LoRAJobSpec, nodes: int) -> tuple[float, list[str]]:
+def _throughput_factor(
+    spec: LoRAJobSpec, nodes: int, written_micro_batch: int | None
+) -> tuple[float, list[str]]:
     factor, notes = 1.0, []
+    micro, seq = spec.training.micro_batch_size, spec.dataset.max_seq_length
+    if written_micro_batch is not None and written_micro_batch != micro:
+        slower = micro_batch_efficiency(micro * seq) / micro_batch_efficiency(
+            written_micro_batch * seq
+        )
+        if slower < 1.0:
+            factor *= slower
+            notes.append(
+                f"micro batch {micro} instead of {written_micro_batch}: x{slower:.2f} for "
+                f"smaller matmuls ({micro * seq:,} tokens per micro-batch)"
+            )
     if spec.quantization.mode == QuantizationMode.int8:
         factor *= INT8_THROUGHPUT
         notes.append(f"int8: x{INT8_THROUGHPUT} for LLM.int8's outlier matmuls (assumed)")
@@ -199,6 +225,19 @@ def _throughput_factor(spec: LoRAJobSpec, nodes: int) -> tuple[float, list[str]]
     return factor, notes
 
 
+def zero3_gather_seconds(
+    weight_bytes: float, nodes: int, per_node: int, passes: int, micro_batches_per_rank: float
+) -> float:
+    """Seconds one rank spends gathering the other ranks' shards of the base weights: every
+    pass of every micro-batch all-gathers them (bandwidths above)."""
+    ranks = nodes * per_node
+    if ranks <= 1:
+        return 0.0
+    in_node = weight_bytes * (per_node - 1) / per_node / (ZERO3_GATHER_GBPS_IN_NODE * 1e9)
+    between = weight_bytes * (nodes - 1) / nodes / (ZERO3_GATHER_GBPS_BETWEEN_NODES * 1e9)
+    return max(in_node, between) * passes * micro_batches_per_rank
+
+
 def forecast_job(
     spec: LoRAJobSpec,
     arch: Architecture,
@@ -206,9 +245,16 @@ def forecast_job(
     nodes: int,
     gpus_per_node: int,
     dataset: DatasetStats | None = None,
+    *,
+    strategy: Strategy = Strategy.ddp,
+    weight_bytes: float = 0.0,
+    written_micro_batch: int | None = None,
 ) -> Forecast | None:
     """The forecast of a placed job; None when the catalog has no peak for the GPU type or
-    nothing says how much data there is (no readable dataset, numExamples or maxSteps)."""
+    nothing says how much data there is (no readable dataset, numExamples or maxSteps).
+    `spec` is what the trainer runs (per-rank micro batch and accumulation); under ZeRO-3,
+    `weight_bytes` (the unsharded base weights) are gathered every pass;
+    `written_micro_batch`: the spec's own, when the plan made it smaller."""
     if gpu.peak_tflops is None:
         return None
     ds, training = spec.dataset, spec.training
@@ -246,7 +292,7 @@ def forecast_job(
     eval_rows = rows * held_out if ds.eval_source is None else 0.0
     evaluations = int(steps // training.eval_interval)
     eval_flops = evaluations * eval_rows * mean_tokens * per_token.forward
-    factor, notes = _throughput_factor(spec, nodes)
+    factor, notes = _throughput_factor(spec, nodes, written_micro_batch)
     dequant = 0.0
     if spec.quantization.mode == QuantizationMode.nf4:
         passes = 3 if training.gradient_checkpointing else 2
@@ -258,6 +304,17 @@ def forecast_job(
             f"nf4: dequantising the base weights, ~{NF4_DEQUANT_FLOPS_PER_WEIGHT:g} FLOPs per "
             "weight per pass and micro-batch"
         )
+    gather = 0.0
+    if strategy == Strategy.deepspeed_zero3 and weight_bytes > 0:
+        passes = 3 if training.gradient_checkpointing else 2
+        per_rank = tokens / mean_tokens / training.micro_batch_size / ranks
+        gather = zero3_gather_seconds(weight_bytes, nodes, gpus_per_node, passes, per_rank)
+        if gather > 0:
+            notes.append(
+                f"deepspeed-zero3: {gather / SECONDS_PER_HOUR:.3g} h per rank gathering "
+                f"{weight_bytes / 1e9:.3g} GB of sharded weights {passes} times per micro-batch, "
+                "assumed not hidden behind compute"
+            )
     assumptions = [
         f"{per_token.total / 1e9:.3g} GFLOP per token "
         f"({'with' if spec.training.gradient_checkpointing else 'without'} recomputation)",
@@ -283,6 +340,7 @@ def forecast_job(
         throughput_factor=factor,
         dequant_flops=dequant,
         assumptions=assumptions,
+        gather_seconds=gather,
     )
 
 

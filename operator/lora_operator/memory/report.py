@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from lora_contract.types import ForecastStatus, LoRAJob
+from lora_contract.types import ForecastStatus, LoRAJob, PlanStatus
 
 from ..api.loading import SpecError, load_lorajobs
 from .catalog import GpuCatalog
@@ -83,7 +83,8 @@ def _plan(job: LoRAJob, path: str, model_config: str | None = None) -> PlanResul
 
 def render_table(job: LoRAJob, result: PlanResult) -> str:
     status = result.to_status()
-    unit = "process" if result.on_cpu else "GPU"
+    run = status.applied_to(job.spec)
+    unit = status.unit
     lines = [
         f"LoRAJob {job.metadata.name}: {job.spec.base_model.name}",
         f"  parameters: {status.total_params:,} total, {status.trainable_params:,} trainable "
@@ -102,6 +103,9 @@ def render_table(job: LoRAJob, result: PlanResult) -> str:
         "",
         f"  placement: {status.nodes} node(s) x {status.gpus_per_node} {unit}(s) of "
         f"{status.gpu_type}, strategy {status.strategy.value}",
+        f"  global batch: {status.global_batch_size} samples per optimizer step = "
+        f"{status.total_gpus} {unit}(s) x microBatchSize {run.training.micro_batch_size} x "
+        f"gradientAccumulation {run.training.gradient_accumulation}",
         f"  why: {status.reason}",
         f"  pod requests: {_amounts(status.requests.to_wire())}",
         f"  pod limits:   {_amounts(status.limits.to_wire())}",
@@ -109,8 +113,9 @@ def render_table(job: LoRAJob, result: PlanResult) -> str:
     if status.adjustments:
         lines += ["", "  changed to fit (same training maths; the trainer runs these values):"]
         lines += [f"    - {change}" for change in status.adjustments]
+    lines += alternative_lines(status)
     lines += ["", *longest_sequence_lines(job, result)]
-    lines += ["", *forecast_lines(status.forecast)]
+    lines += ["", *forecast_lines(status.forecast, unit)]
     if status.warnings:
         lines += ["", "  warnings:"] + [f"    - {w}" for w in status.warnings]
     return "\n".join(lines)
@@ -147,7 +152,27 @@ def longest_sequence_lines(
     return lines
 
 
-def forecast_lines(forecast: ForecastStatus | None) -> list[str]:
+def alternative_lines(status: PlanStatus) -> list[str]:
+    """The placements the objective did not choose, with what they would cost."""
+    if not status.alternatives:
+        return []
+    lines = [
+        "",
+        "  other placements that fit (the cheapest forecast wins; more GPUs only for >10%):",
+    ]
+    for alt in status.alternatives:
+        cost = ""
+        if alt.gpu_hours is not None and alt.hours is not None:
+            cost = f"{alt.gpu_hours:,.2f} GPU-hours, {_duration(alt.hours)}"
+        where = f"{alt.nodes} node(s) x {alt.gpus_per_node} GPU(s) {alt.strategy.value}"
+        lines.append(
+            f"    {where:<36} x{alt.relative_cost:<6.3g} {cost}  {alt.per_gpu_peak_gib:.1f} GiB"
+        )
+        lines += [f"      - {change}" for change in alt.changes]
+    return lines
+
+
+def forecast_lines(forecast: ForecastStatus | None, unit: str = "GPU") -> list[str]:
     """The "Forecast" section of the table (memory/forecast.py explains the arithmetic)."""
     if forecast is None:
         return [
@@ -155,11 +180,12 @@ def forecast_lines(forecast: ForecastStatus | None) -> list[str]:
             "type's peakTflops in the catalog)"
         ]
     cost = "-" if forecast.cost is None else f"{forecast.cost:,.2f} (pricePerGpuHour)"
+    hours_label = f"{unit}-hours"
     return [
         "  forecast",
         f"    tokens              {forecast.tokens:,} ({forecast.tokens_from})",
         f"    wall time           {_duration(forecast.hours)}",
-        f"    GPU-hours           {forecast.gpu_hours:,.2f}",
+        f"    {hours_label:<20}{forecast.gpu_hours:,.2f}",
         f"    cost                {cost}",
         *[f"    - {note}" for note in forecast.assumptions],
     ]
