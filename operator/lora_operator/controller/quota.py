@@ -55,20 +55,24 @@ class _Usage:
         return (self.by_type or {}).get(gpu_type, 0)
 
 
-def _violation(quota: Quota, usage: _Usage, demand: Demand, scope: str) -> str | None:
-    """The first limit `demand` would exceed, as a sentence with the numbers; None if it fits."""
+def violation(quota: Quota, total: int, of_type: int, demand: Demand, scope: str) -> str | None:
+    """The first limit of `quota` that `demand` would exceed when `scope` already uses `total`
+    GPUs (`of_type` of the demand's type), as a sentence with the numbers; None if it fits."""
     limit_type = quota.gpu_types.get(demand.gpu_type)
-    if limit_type is not None and usage.of(demand.gpu_type) + demand.gpus > limit_type:
+    if limit_type is not None and of_type + demand.gpus > limit_type:
         return (
             f"needs {demand.gpus} {demand.gpu_type} GPUs; {scope} uses "
-            f"{usage.of(demand.gpu_type)} of {limit_type} {demand.gpu_type}"
+            f"{of_type} of {limit_type} {demand.gpu_type}"
         )
-    if quota.gpus is not None and usage.total + demand.gpus > quota.gpus:
+    if quota.gpus is not None and total + demand.gpus > quota.gpus:
         return (
-            f"needs {demand.gpus} {demand.gpu_type} GPUs; {scope} uses "
-            f"{usage.total} of {quota.gpus} GPUs"
+            f"needs {demand.gpus} {demand.gpu_type} GPUs; {scope} uses {total} of {quota.gpus} GPUs"
         )
     return None
+
+
+def _violation(quota: Quota, usage: _Usage, demand: Demand, scope: str) -> str | None:
+    return violation(quota, usage.total, usage.of(demand.gpu_type), demand, scope)
 
 
 class Ledger:
@@ -104,14 +108,26 @@ def unlimited(quota: Quota) -> bool:
     return quota.gpus is None and not quota.gpu_types
 
 
+def limited(demand: Demand, quotas: Quotas) -> bool:
+    """Whether any quota can refuse `demand` (no GPUs, or no namespace or cluster limit: never)."""
+    return demand.gpus > 0 and not (
+        unlimited(namespace_quota(quotas, demand.namespace)) and unlimited(quotas.cluster)
+    )
+
+
+def admitted_message(demand: Demand) -> str:
+    """A CPU job (no GPUs) is never limited by a GPU quota: say so rather than "0 cpu GPUs"."""
+    if demand.gpus <= 0:
+        return f"admitted: no GPUs ({demand.gpu_type or 'cpu'} job; GPU quotas do not apply)"
+    return f"admitted: {demand.gpus} {demand.gpu_type} GPUs"
+
+
 def admit(candidate: Demand, others: Iterable[Demand], quotas: Quotas) -> Decision:
     """Admit `candidate` or say why not and where it stands in its namespace's queue. Without a
     limit on the candidate (no namespace or cluster quota, or no GPUs) nothing else is walked:
     each admission is then O(1), not O(jobs) (1000 new jobs were O(jobs²))."""
-    if candidate.gpus <= 0 or (
-        unlimited(namespace_quota(quotas, candidate.namespace)) and unlimited(quotas.cluster)
-    ):
-        return Decision(True, f"admitted: {candidate.gpus} {candidate.gpu_type} GPUs")
+    if not limited(candidate, quotas):
+        return Decision(True, admitted_message(candidate))
     ledger = Ledger(quotas)
     waiting: list[Demand] = []
     for demand in others:
@@ -127,7 +143,7 @@ def admit(candidate: Demand, others: Iterable[Demand], quotas: Quotas) -> Decisi
             ledger.add(demand)
     problem = ledger.check(candidate)
     if problem is None:
-        return Decision(True, f"admitted: {candidate.gpus} {candidate.gpu_type} GPUs")
+        return Decision(True, admitted_message(candidate))
     ahead = sum(1 for d in waiting if d.namespace == candidate.namespace)
     return Decision(False, problem, queue_position=ahead + 1)
 

@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -45,7 +46,7 @@ from lora_contract.types import (
 
 from ..api.hashing import training_spec_hash
 from ..api.loading import SpecError, parse_lorajob
-from ..api.operator_config import OperatorConfig
+from ..api.operator_config import OperatorConfig, Quotas
 from ..deepspeed_config import deepspeed_config
 from ..memory import GpuCatalog, PlanningError, plan_job
 from ..memory.forecast import completed_forecast, run_forecast
@@ -69,7 +70,8 @@ from .progress import (
     resolve_credentials,
     store_for,
 )
-from .quota import Demand, admit
+from .quota import Demand
+from .quota_ledger import QuotaLedger
 from .s3_target import s3_target
 from .serving import ensure_serving, remove_serving
 from .workload import JobObservation, pod_failure_message
@@ -131,6 +133,27 @@ def demand_from(obj: dict[str, Any]) -> Demand | None:
     )
 
 
+def plan_summary(plan: PlanStatus, on_cpu: bool) -> str:
+    """The Planned condition's and Event's words: a CPU job runs processes in host memory, it
+    has no GPUs to speak of."""
+    if on_cpu:
+        return (
+            f"{plan.nodes}x{plan.gpus_per_node} processes on CPU, {plan.strategy.value}, "
+            f"{plan.per_gpu_peak_gib:.1f} GiB peak host memory per process"
+        )
+    return (
+        f"{plan.nodes}x{plan.gpus_per_node} {plan.gpu_type}, {plan.strategy.value}, "
+        f"{plan.per_gpu_peak_gib:.1f} GiB peak per GPU"
+    )
+
+
+def reserved_message(plan: PlanStatus, on_cpu: bool) -> str:
+    """The Admitted condition's words once the Job is created."""
+    if on_cpu:
+        return f"{plan.total_gpus} CPU process(es) on {plan.nodes} node(s); no GPUs reserved"
+    return f"{plan.total_gpus} {plan.gpu_type} GPUs reserved"
+
+
 # Counting a model not seen before takes seconds of CPU (transformers on the meta device; more for
 # a config written to be slow): done off the event loop so no other job waits, one at a time.
 PLANNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="planner")
@@ -188,7 +211,7 @@ class Reconciler:
     kube_factory: Callable[[], Kube]
     emit: EventFn
     namespaces: list[str] = field(default_factory=list)  # empty: cluster-wide
-    demands: dict[Key, Demand] = field(default_factory=dict)
+    ledger: QuotaLedger = field(default_factory=lambda: QuotaLedger(Quotas()))
     phases: dict[Key, str] = field(default_factory=dict)
     periodic: dict[Key, float] = field(default_factory=dict)  # key -> resync_interval
     _last_resync: dict[Key, float] = field(default_factory=dict)
@@ -210,7 +233,7 @@ class Reconciler:
         meta = obj.get("metadata", {})
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if deleted:
-            self.demands.pop(key, None)
+            self.ledger.set(key, None)
             self.phases.pop(key, None)
             self.periodic.pop(key, None)
             self._last_resync.pop(key, None)
@@ -225,11 +248,7 @@ class Reconciler:
             self._last_resync.pop(key, None)
         else:
             self.periodic[key] = interval
-        demand = demand_from(obj)
-        if demand is None:
-            self.demands.pop(key, None)
-        else:
-            self.demands[key] = demand
+        self.ledger.set(key, demand_from(obj))
 
     async def _warm_up(self, kube: Kube) -> None:
         """Before the first admission after start-up, learn every job's usage from the API."""
@@ -261,7 +280,14 @@ class Reconciler:
             self._catalog_key = key
         return self._catalog
 
+    @property
+    def demands(self) -> dict[Key, Demand]:
+        return self.ledger.demands
+
     def publish_metrics(self) -> None:
+        """At every resync: the gauges, and the ledger's usage checked against its demands."""
+        if self.ledger.recount():
+            log.warning("quota usage had drifted from the jobs' demands; recounted")
         metrics.publish(self.phases, self.demands.values(), self.config.get().quotas)
 
     # ------------------------------------------------------------------ entry point
@@ -286,9 +312,11 @@ class Reconciler:
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
 
     def _kick_queue(self, exclude: Key) -> None:
-        """A job released GPUs: re-evaluate queued jobs now instead of at their next resync."""
-        for key, demand in sorted(self.demands.items(), key=lambda kv: kv[1].created):
-            if not demand.holding and key != exclude:
+        """A job released GPUs: start the queued jobs that now fit at once, oldest first, instead
+        of at their next resync (the others' positions and messages follow at the resync)."""
+        self.ledger.use_quotas(self.config.get().quotas)
+        for key in self.ledger.admissible():
+            if key != exclude:
                 asyncio.get_running_loop().create_task(self._safe(key))
 
     async def _safe(self, key: Key) -> None:
@@ -505,10 +533,7 @@ class _Run:
         for stale in ("progress", "progress_summary", "latest_checkpoint", "queue_position"):
             setattr(self.status, stale, None)
         self.status.completion_time = None
-        message = (
-            f"{plan_status.nodes}x{plan_status.gpus_per_node} {plan_status.gpu_type}, "
-            f"{plan_status.strategy.value}, {plan_status.per_gpu_peak_gib:.1f} GiB peak per GPU"
-        )
+        message = plan_summary(plan_status, self.on_cpu(plan_status))
         if plan_status.forecast is not None:
             message += f", ~{plan_status.forecast.hours:.3g} h to train (forecast)"
         self.condition(ConditionType.Planned, True, "Planned", message)
@@ -545,6 +570,13 @@ class _Run:
 
     # ------------------------------------------------------------------ launch & admission
 
+    def on_cpu(self, plan: PlanStatus) -> bool:
+        """A CPU "GPU type" (GpuCatalog.is_cpu): words about processes and host memory."""
+        try:
+            return GpuCatalog.is_cpu(self.owner.catalog(self.config).get(plan.gpu_type))
+        except PlanningError:
+            return plan.gpu_type == CPU_GPU_TYPE
+
     def demand(self, plan: PlanStatus) -> Demand:
         gpus = 0 if plan.gpu_type == CPU_GPU_TYPE else plan.total_gpus
         return Demand(
@@ -567,11 +599,12 @@ class _Run:
             async with self.owner._admission:
                 await self.owner._warm_up(self.kube)
                 demand = self.demand(plan)
-                decision = admit(demand, self.owner.demands.values(), self.config.quotas)
-                key = (self.namespace, self.name)
-                self.owner.demands[key] = Demand(**{**demand.__dict__, "holding": True})
-                if not decision.admitted:
-                    self.owner.demands[key] = demand
+                ledger = self.owner.ledger
+                ledger.use_quotas(self.config.quotas)
+                decision = ledger.admit(demand)
+                if decision.admitted:
+                    ledger.set(demand.key, dataclasses.replace(demand, holding=True))
+                else:
                     self.status.queue_position = decision.queue_position
                     changed = self.condition(
                         ConditionType.Admitted, False, "QuotaExceeded", decision.message
@@ -627,7 +660,7 @@ class _Run:
                 ConditionType.Admitted,
                 True,
                 "Admitted",
-                f"{plan.total_gpus} {plan.gpu_type} GPUs reserved",
+                reserved_message(plan, self.on_cpu(plan)),
             )
             self.set_phase(Phase.Running, f"Job {job} created")
         if run.start_time is None:
