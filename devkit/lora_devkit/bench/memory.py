@@ -53,11 +53,15 @@ TRAINER_ASSUMPTIONS = {
     # prepare_model_for_kbit_training; torchtune's single-device LoRA recipe: the same dtypes.
     "peft-bf16-adapters": Assumptions(adapter_bytes=2.0, kbit_upcast_bytes=2.0),
     "torchtune": Assumptions(adapter_bytes=2.0, kbit_upcast_bytes=2.0),
+    # PEFT's MetaMathQA method comparison (method_comparison/MetaMathQA/run.py): a bf16 model,
+    # PEFT's fp32 adapters (autocast_adapter_dtype=True) and use_amp=False, so the adapters run
+    # outside autocast: DoRA's adapter output and weight copies are fp32 (memory/dora.py).
+    "peft-metamathqa": Assumptions(adapter_autocast=False),
     # lora-operator's own trainer (rows written by `make gpu-check`): the plan's assumptions.
     "lora-operator": Assumptions(),
 }
 # Cases measured on the operator's own code path: HF transformers + PEFT (+ bitsandbytes).
-OWN_STACK = frozenset({"hf-peft", "peft-bf16-adapters", "lora-operator"})
+OWN_STACK = frozenset({"hf-peft", "peft-bf16-adapters", "peft-metamathqa", "lora-operator"})
 # LitGPT materialises the 16-bit checkpoint on the GPU before quantizing it, so its QLoRA
 # max_memory_allocated is set while loading, not while training.
 QUANTIZES_AFTER_LOADING = {"litgpt"}
@@ -127,6 +131,7 @@ def estimate_case(case: dict[str, Any]) -> tuple[float, float]:
         micro_batch=case["micro_batch"],
         gradient_checkpointing=case["checkpointing"],
         chunked_loss=case.get("chunked_loss", False),  # the trainer's training.chunkedLoss
+        use_dora=case.get("use_dora", False),
     )
     trainer = case["trainer"]
     assumptions = TRAINER_ASSUMPTIONS[trainer]
