@@ -24,7 +24,7 @@ Term names (stable; they are the keys of `breakdown_gib`):
 - `logits`: the loss. Unchunked: b*s*vocab logits, their fp32 upcast and the loss gradient.
   Chunked (`training.chunkedLoss`, the default; not under ZeRO-3): the labelled hidden states
   kept for the recomputation plus one chunk's logits, upcast and gradient.
-- `dora_magnitude`, `dora_activations`, `dora_transient` (DoRA only; `memory/dora.py`): the
+- `dora_magnitude`, `dora_activations`, `dora_transient` (0 without DoRA; `memory/dora.py`): the
   magnitude vectors' share of the adapter weights, gradients and optimizer states; what PEFT's
   DoRA forward saves beyond LoRA (base and adapter outputs, with dropout a weight copy); and its
   largest module's transient (the full B@A delta and weight norm, or the scaling products) as far
@@ -487,7 +487,7 @@ def estimate_memory(
         notes.append("paged optimizer: states can page to host memory under pressure")
 
     on_gpu, offloaded = activation_split(arch, shape, a)
-    dora_terms: dict[str, float] = {}
+    dora_terms = dict.fromkeys(("dora_magnitude", "dora_activations", "dora_transient"), 0.0)
     if shape.use_dora:
         # the magnitudes' share of each adapter state, so sharding and offload apply alike
         targeted = targeted_linears(arch, shape.target_modules)
