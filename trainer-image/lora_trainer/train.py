@@ -8,7 +8,7 @@ restores optimizer, scheduler, RNG and the data position (same order, same step)
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +25,14 @@ from . import settings
 from .checkpoints import download_checkpoint, latest_checkpoint
 from .config import ProcessPlace, work_dir
 from .data import ListDataset, PadCollator, load_examples, pack, split_eval
+from .deepspeed_setup import (
+    check_batch,
+    check_parsed,
+    config_errors,
+    deepspeed_for_device,
+    join_process_group,
+    zero_stage,
+)
 from .errors import InvalidConfigError, TransientError
 from .metrics import ProgressReporter, log
 from .model import apply_lora, cuda_available, load_base_model, load_tokenizer, trainable_summary
@@ -109,17 +117,6 @@ def build_datasets(
     return ListDataset(train), (ListDataset(held) if held else None)
 
 
-def deepspeed_for_device(config: TrainerConfig, on_cuda: bool) -> dict[str, Any] | None:
-    """The rendered DeepSpeed config, with half precision turned off on CPU (no bf16 kernels)."""
-    if not config.deepspeed:
-        return None
-    ds = copy.deepcopy(config.deepspeed)
-    if not on_cuda:
-        ds["bf16"] = {"enabled": False}
-        ds["fp16"] = {"enabled": False}
-    return ds
-
-
 def single_process_rendezvous() -> None:
     """DeepSpeed always initialises torch.distributed; alone, it would try MPI discovery. Give a
     single process a world of one on a free loopback port instead."""
@@ -142,44 +139,47 @@ def training_arguments(
 
     t = config.spec.training
     dtype = config.spec.quantization.compute_dtype
-    return TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=t.micro_batch_size,
-        per_device_eval_batch_size=t.micro_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.scheduler.value,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optimizer.value,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        seed=t.seed,
-        data_seed=t.seed,
-        logging_steps=t.log_interval,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=t.eval_interval if has_eval else None,
-        save_strategy="steps",
-        save_steps=t.checkpoint_interval,
-        save_total_limit=2,
-        bf16=on_cuda and dtype == ComputeDtype.bf16,
-        fp16=on_cuda and dtype == ComputeDtype.fp16,
-        use_cpu=not on_cuda,
-        ddp_backend=("nccl" if on_cuda else "gloo") if world_size > 1 else None,
-        ddp_find_unused_parameters=False,
-        ddp_timeout=collective_timeout(),
-        deepspeed=deepspeed_for_device(config, on_cuda),
-        include_num_input_tokens_seen="non_padding",
-        remove_unused_columns=False,
-        label_names=["labels"],
-        report_to="none",
-        disable_tqdm=True,
-        restore_callback_states_from_checkpoint=True,
-        dataloader_num_workers=0,
-    )
+    ds = deepspeed_for_device(config, on_cuda)
+    # DeepSpeed checks its config against these arguments here: a mismatch is a bad config
+    with config_errors() if ds else contextlib.nullcontext():
+        return TrainingArguments(
+            output_dir=str(output_dir),
+            per_device_train_batch_size=t.micro_batch_size,
+            per_device_eval_batch_size=t.micro_batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation,
+            num_train_epochs=t.epochs,
+            max_steps=t.max_steps or -1,
+            learning_rate=t.learning_rate,
+            lr_scheduler_type=t.scheduler.value,
+            warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of all steps
+            weight_decay=t.weight_decay,
+            max_grad_norm=t.max_grad_norm,
+            optim=t.optimizer.value,
+            activation_checkpointing=t.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
+            seed=t.seed,
+            data_seed=t.seed,
+            logging_steps=t.log_interval,
+            eval_strategy="steps" if has_eval else "no",
+            eval_steps=t.eval_interval if has_eval else None,
+            save_strategy="steps",
+            save_steps=t.checkpoint_interval,
+            save_total_limit=2,
+            bf16=on_cuda and dtype == ComputeDtype.bf16,
+            fp16=on_cuda and dtype == ComputeDtype.fp16,
+            use_cpu=not on_cuda,
+            ddp_backend=("nccl" if on_cuda else "gloo") if world_size > 1 else None,
+            ddp_find_unused_parameters=False,
+            ddp_timeout=collective_timeout(),
+            deepspeed=ds,
+            include_num_input_tokens_seen="non_padding",
+            remove_unused_columns=False,
+            label_names=["labels"],
+            report_to="none",
+            disable_tqdm=True,
+            restore_callback_states_from_checkpoint=True,
+            dataloader_num_workers=0,
+        )
 
 
 def prepare_resume(
@@ -285,11 +285,21 @@ def run_training(
     base = model_path(config, store, scratch)
     tokenizer = load_tokenizer(base)
     train_ds, eval_ds = build_datasets(config, tokenizer, store, scratch)
+    training = spec.training
     if config.deepspeed:
+        check_batch(
+            config.deepspeed,
+            training.micro_batch_size,
+            training.gradient_accumulation,
+            place.world_size,
+        )
         single_process_rendezvous()
     args = training_arguments(
         config, scratch / "output", eval_ds is not None, on_cuda, place.world_size
     )
+    if config.deepspeed:
+        join_process_group()  # before zero.Init parses the config (lora_trainer.deepspeed_setup)
+        check_parsed(args)
     _reset_scratch(scratch, args, place)
     resume_dir = prepare_resume(store, run, scratch, args, place)
     resumed_from = int(resume_dir.name.split("-")[-1]) if resume_dir else None
@@ -300,7 +310,7 @@ def run_training(
     from transformers import set_seed
 
     set_seed(spec.training.seed)  # LoRA's A matrices are random: same seed, same run
-    zero3 = (config.deepspeed or {}).get("zero_optimization", {}).get("stage") == 3
+    zero3 = zero_stage(config.deepspeed) == 3
     model = apply_lora(load_base_model(base, spec, place.local_rank, zero3), spec)
     trainable, total = trainable_summary(model)
     loss_path = choose_loss_path(model, spec.training.chunked_loss, zero3)
