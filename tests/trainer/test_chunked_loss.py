@@ -140,8 +140,16 @@ def test_loss_path_choice(model_dir: Path) -> None:
     )
     assert choose_loss_path(model, chunked_loss=True) is LossPath.chunked  # CPU: no liger
     assert choose_loss_path(model, chunked_loss=False) is LossPath.standard
-    # ZeRO-3 re-partitions lm_head before backward recomputes a chunk: the stock loss
-    assert choose_loss_path(model, chunked_loss=True, zero3=True) is LossPath.standard
+    # ZeRO-3: the chunks run on lm_head's gathered weight (a frozen plain nn.Linear), never fused
+    assert choose_loss_path(model, chunked_loss=True, zero3=True) is LossPath.chunked
+    assert choose_loss_path(model, chunked_loss=False, zero3=True) is LossPath.standard
+    head_lora = peft.get_peft_model(
+        transformers.AutoModelForCausalLM.from_pretrained(model_dir),
+        peft.LoraConfig(r=4, target_modules=["q_proj", "lm_head"]),
+    )
+    # a LoRA-adapted lm_head adds its adapters in its own forward: the stock loss under ZeRO-3
+    assert choose_loss_path(head_lora, chunked_loss=True, zero3=True) is LossPath.standard
+    assert choose_loss_path(head_lora, chunked_loss=True) is LossPath.chunked
     # a model that transforms its logits after lm_head keeps the stock loss
     base: Any = model.get_base_model()
     base.config.final_logit_softcapping = 30.0

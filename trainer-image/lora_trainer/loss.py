@@ -7,8 +7,9 @@ of zero positions), the decoder's last hidden state is taken by a forward hook, 
 cross-entropy run on chunks of the positions that have a label, each under activation
 checkpointing: a chunk's logits are freed as soon as its loss is summed and are recomputed in
 backward. On CUDA, liger-kernel's fused linear cross-entropy (which never materialises a chunk
-either) is used when it imports and lm_head is a plain frozen linear. DeepSpeed ZeRO-3 keeps the
-stock loss (see `choose_loss_path`).
+either) is used when it imports and lm_head is a plain frozen linear. Under DeepSpeed ZeRO-3 the
+chunks run on lm_head's weight gathered once per micro-batch's forward and once per backward
+(`lora_trainer.gathered_head`).
 
 Semantics are the stock ones (transformers' `ForCausalLMLoss`): labels shifted left by one, -100
 ignored, the sum divided by `num_items_in_batch` when the Trainer passes it (gradient
@@ -19,7 +20,7 @@ positions. The Trainer's own scaling is kept by going through `compute_loss_func
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from typing import Any, cast
@@ -29,7 +30,9 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
+from .gathered_head import GatheredHead, gatherable, is_partitioned
 from .lean_steps import LeanStepsMixin
+from .metrics import log
 from .offload import OffloadPath, offload_contexts
 
 IGNORE_INDEX = -100
@@ -58,23 +61,18 @@ def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
 
 
-def _chunk_loss_sum(head: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> Any:
+Projection = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _chunk_loss_sum(head: Projection, hidden: torch.Tensor, target: torch.Tensor) -> Any:
     logits = head(hidden).float()  # the stock loss upcasts too: same numerics per position
     return F.cross_entropy(logits, target, reduction="sum")
 
 
-def chunked_cross_entropy_sum(
-    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, chunk: int
+def _sum_chunks(
+    head: Projection, selected: torch.Tensor, wanted: torch.Tensor, chunk: int, recompute: bool
 ) -> torch.Tensor:
-    """Sum of cross-entropy over the labelled positions, `chunk` positions at a time; each chunk
-    is checkpointed, so only its input (a slice of the labelled hidden states) is kept. A batch
-    that fits in one chunk is not: its buffers are alive from the loss straight into backward
-    either way, so recomputing them would only add an lm_head forward."""
-    keep = targets.ne(IGNORE_INDEX)
-    selected = hidden[keep]  # only labelled positions are projected at all
-    wanted = targets[keep]
     total = selected.sum() * 0.0  # zero, but connected to the graph when nothing is labelled
-    recompute = torch.is_grad_enabled() and selected.shape[0] > chunk
     for start in range(0, selected.shape[0], chunk):
         part = (selected[start : start + chunk], wanted[start : start + chunk])
         if recompute:
@@ -82,6 +80,30 @@ def chunked_cross_entropy_sum(
         else:
             total = total + _chunk_loss_sum(head, *part)
     return total
+
+
+def chunked_cross_entropy_sum(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: torch.nn.Module,
+    chunk: int,
+    gathered: GatheredHead | None = None,
+) -> torch.Tensor:
+    """Sum of cross-entropy over the labelled positions, `chunk` positions at a time; each chunk
+    is checkpointed, so only its input (a slice of the labelled hidden states) is kept. A batch
+    that fits in one chunk is not: its buffers are alive from the loss straight into backward
+    either way, so recomputing them would only add an lm_head forward. With `gathered` (ZeRO-3)
+    every chunk is checkpointed and runs on the gathered weight (`GatheredHead.loss_sum`)."""
+    keep = targets.ne(IGNORE_INDEX)
+    selected = hidden[keep]  # only labelled positions are projected at all
+    wanted = targets[keep]
+    if gathered is not None:
+        project = gathered.project
+        return gathered.loss_sum(
+            selected, lambda part, recompute: _sum_chunks(project, part, wanted, chunk, recompute)
+        )
+    recompute = torch.is_grad_enabled() and selected.shape[0] > chunk
+    return _sum_chunks(head, selected, wanted, chunk, recompute)
 
 
 def fused_cross_entropy_sum(
@@ -116,14 +138,17 @@ def causal_lm_loss(
     path: LossPath = LossPath.chunked,
     num_items_in_batch: Any | None = None,
     chunk: int | None = None,
+    gathered: GatheredHead | None = None,
 ) -> torch.Tensor:
-    """The causal-LM loss of `hidden` ([batch, seq, hidden]) through `head` against `labels`."""
+    """The causal-LM loss of `hidden` ([batch, seq, hidden]) through `head` against `labels`;
+    `gathered` when lm_head's weight is ZeRO-3-partitioned."""
     targets = shifted_targets(labels.to(hidden.device))
     if path is LossPath.fused:
         total = fused_cross_entropy_sum(hidden, targets, head)
     else:
-        vocab = int(cast(torch.Tensor, head.weight).shape[0])
-        total = chunked_cross_entropy_sum(hidden, targets, head, chunk or chunk_positions(vocab))
+        vocab = gathered.vocab if gathered else int(cast(torch.Tensor, head.weight).shape[0])
+        chunk = chunk or chunk_positions(vocab)
+        total = chunked_cross_entropy_sum(hidden, targets, head, chunk, gathered)
     return normalise(total, targets, num_items_in_batch)
 
 
@@ -161,12 +186,16 @@ def fused_kernel_usable(head: Any) -> bool:
 def choose_loss_path(model: Any, chunked_loss: bool, zero3: bool = False) -> LossPath:
     """The leanest path this model and device allow (`training.chunkedLoss: false` = stock).
 
-    Under ZeRO-3 lm_head's weight is partitioned again by the time backward recomputes a chunk,
-    so ZeRO-3 keeps the stock loss (the memory model counts full logits there too)."""
+    Under ZeRO-3 the chunks run on lm_head's gathered weight, which needs a frozen plain
+    nn.Linear (`gatherable`); a LoRA-adapted lm_head keeps the stock loss there. The fused
+    kernel never runs under ZeRO-3 (it takes the weight matrix itself)."""
     causal_lm = causal_lm_of(model)
-    if not chunked_loss or zero3 or not skips_logits(causal_lm):
+    if not chunked_loss or not skips_logits(causal_lm):
         return LossPath.standard
-    if fused_kernel_usable(causal_lm.get_output_embeddings()):
+    head = causal_lm.get_output_embeddings()
+    if zero3:
+        return LossPath.chunked if gatherable(head) else LossPath.standard
+    if fused_kernel_usable(head):
         return LossPath.fused
     return LossPath.chunked
 
@@ -212,6 +241,20 @@ def lean_forward_loss(
     return causal_lm_loss(hidden, labels, causal_lm.get_output_embeddings(), path)
 
 
+def gathered_head_for(head: Any, path: LossPath) -> GatheredHead | None:
+    """A GatheredHead where the chunked loss meets a ZeRO-3-partitioned lm_head, else None."""
+    if path is not LossPath.chunked or not is_partitioned(head.weight):
+        return None
+    if not gatherable(head):
+        raise ValueError("the chunked loss under ZeRO-3 needs a frozen plain nn.Linear lm_head")
+    gathered = GatheredHead(head)
+    log(
+        f"chunked loss under ZeRO-3: lm_head's {gathered.vocab} x {head.in_features} weight is "
+        "gathered around each micro-batch's loss forward and backward"
+    )
+    return gathered
+
+
 class LeanLossTrainer(LeanStepsMixin, Trainer):  # type: ignore[misc]
     """HF Trainer whose causal-LM loss never materialises the full logits (see the module
     docstring), without the Trainer's per-step module walks (`lean_steps`). With
@@ -229,10 +272,12 @@ class LeanLossTrainer(LeanStepsMixin, Trainer):  # type: ignore[misc]
         self._offload = offload_contexts(kwargs["model"], offload_path)
         self._capture: HiddenStateCapture | None = None
         self._head: torch.nn.Module | None = None
+        self.gathered: GatheredHead | None = None
         if loss_path is not LossPath.standard:
             causal_lm = causal_lm_of(kwargs["model"])
             self._capture = HiddenStateCapture(causal_lm.get_decoder())
             self._head = causal_lm.get_output_embeddings()
+            self.gathered = gathered_head_for(self._head, loss_path)
             kwargs["compute_loss_func"] = self._loss_from_hidden
         super().__init__(*args, **kwargs)
 
@@ -242,7 +287,12 @@ class LeanLossTrainer(LeanStepsMixin, Trainer):  # type: ignore[misc]
         assert self._capture is not None and self._head is not None
         with self.accelerator.autocast():  # lm_head in the dtype the model's forward uses
             return causal_lm_loss(
-                self._capture.take(), labels, self._head, self.loss_path, num_items_in_batch
+                self._capture.take(),
+                labels,
+                self._head,
+                self.loss_path,
+                num_items_in_batch,
+                gathered=self.gathered,
             )
 
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
