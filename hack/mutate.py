@@ -71,6 +71,7 @@ MEMORY_TESTS = (
     "tests/memory/test_placement.py",
     "tests/memory/test_placement_choices.py",
     "tests/memory/test_architecture.py",
+    "tests/memory/test_placement_objective.py",
 )
 # Their subprocesses import the unmutated packages: slow, and they cannot kill a mutant.
 API_HELPERS_SLOW = (
@@ -102,6 +103,31 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target("estimate", ("lora_operator.memory.estimate",), MEMORY_TESTS),
     Target("placement", ("lora_operator.memory.placement",), MEMORY_TESTS),
+    Target(
+        "dora",
+        ("lora_operator.memory.dora",),
+        ("tests/memory/test_estimate_terms.py", "tests/memory/test_dora_memory.py"),
+        ("tests/memory/test_dora_memory.py::test_plan_shows_the_dora_terms_and_their_cost",),
+        note="DoRA's memory terms (the plan subprocess imports the unmutated package)",
+    ),
+    Target(
+        "objective",
+        ("lora_operator.memory.objective", "lora_operator.memory.batch"),
+        ("tests/memory/test_placement_objective.py",),
+        note="which fitting placement wins, and the global batch split per rank",
+    ),
+    Target(
+        "fit",
+        ("lora_operator.memory.fit",),
+        ("tests/memory/test_fit.py", "tests/memory/test_placement_objective.py"),
+        note="the maths-preserving variants and their ordering",
+    ),
+    Target(
+        "forecast",
+        ("lora_operator.memory.forecast",),
+        ("tests/memory/test_forecast.py", "tests/memory/test_placement_objective.py"),
+        note="hours and GPU-hours that price the placements",
+    ),
     Target(
         "manifests",
         ("lora_operator.controller.manifests", "lora_operator.controller.serving"),

@@ -199,6 +199,7 @@ def test_split_keeps_the_global_batch(
 ) -> None:
     spec = make_spec(training={"microBatchSize": micro, "gradientAccumulation": accumulation})
     assert split(spec, world) == expected
+    assert all(type(n) is int for n in split(spec, world) or ())  # accumulation is a count
     derived = split_spec(spec, world)
     if expected is None:
         assert derived is None
@@ -244,6 +245,8 @@ def test_fewer_gpus_win_within_ten_percent_of_the_cheapest() -> None:
     dearer = option(1, 110.0001)
     assert choose([two, dearer]) is two  # just over the tolerance: the cheaper, larger one
     assert choose([two, dearer], tolerance=0.2) is dearer
+    # exactly at the tolerance counts as within it (100 x 1.5 is exact in binary)
+    assert choose([option(2, 100.0), edge := option(1, 150.0)], tolerance=0.5) is edge
 
 
 def test_among_equal_gpu_counts_the_cheaper_then_the_faster_then_the_first() -> None:
@@ -266,6 +269,7 @@ def test_may_matter_prunes_only_what_cannot_be_chosen() -> None:
     assert may_matter(110.0, None, 0.1)
     assert may_matter(110.0, 100.0, 0.1)
     assert not may_matter(110.0001, 100.0, 0.1)
+    assert may_matter(150.0, 100.0, 0.5)  # exactly at the tolerance may still be chosen
 
 
 def test_alternatives_are_the_best_other_placement_each_cheapest_first() -> None:
