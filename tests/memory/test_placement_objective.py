@@ -27,6 +27,7 @@ from lora_operator.memory.forecast import forecast_job
 from lora_operator.memory.local_config import read_local_config
 from lora_operator.memory.objective import Option, alternatives, choose, may_matter
 from lora_operator.memory.placement import _placements
+from lora_operator.memory.report import render_table
 
 from .conftest import make_spec
 
@@ -316,3 +317,15 @@ def test_refusal_of_an_unpinned_job_names_the_global_batch_and_a_larger_gpu() ->
     assert "whose GPU count divides the global batch of 1" in message
     assert message.endswith("a shorter dataset.maxSeqLength or a larger GPU")
     assert "use quantization.mode nf4" in message
+
+
+def test_cpu_jobs_are_described_as_processes() -> None:
+    spec = load_lorajobs(str(EXAMPLES[-1]))[0].spec  # tiny-cpu.yaml: 2 nodes x 1 process
+    assert spec.resources.gpu_type == "cpu"
+    status = plan_job(spec, CATALOG).to_status()
+    assert (status.unit, status.placement) == ("process", "2 CPU processes")
+    assert "GPU" not in status.reason
+    job = load_lorajobs(str(EXAMPLES[-1]))[0]
+    table = render_table(job, plan_job(job.spec, CATALOG))
+    assert "GPU" not in table.replace("gpuType", "")
+    assert "process-hours" in table and "per-process memory at peak" in table
