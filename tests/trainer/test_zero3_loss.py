@@ -107,6 +107,7 @@ def train_two_steps(model_dir: str, output: Path, chunked: bool) -> dict[str, An
     vocab = model.get_base_model().config.vocab_size
     trainer = LeanLossTrainer(
         loss_path=path,
+        zero3=True,
         model=model,
         args=args,
         train_dataset=rows(vocab, STEPS * MICRO * ACCUMULATION * RANKS),

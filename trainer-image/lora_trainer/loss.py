@@ -241,9 +241,11 @@ def lean_forward_loss(
     return causal_lm_loss(hidden, labels, causal_lm.get_output_embeddings(), path)
 
 
-def gathered_head_for(head: Any, path: LossPath) -> GatheredHead | None:
-    """A GatheredHead where the chunked loss meets a ZeRO-3-partitioned lm_head, else None."""
-    if path is not LossPath.chunked or not is_partitioned(head.weight):
+def gathered_head_for(head: Any, path: LossPath, zero3: bool) -> GatheredHead | None:
+    """A GatheredHead where the chunked loss runs under ZeRO-3, else None. Decided by the
+    strategy, not by the weight: a quantized model loads whole and `deepspeed.initialize`
+    partitions lm_head only after this Trainer exists."""
+    if path is not LossPath.chunked or not (zero3 or is_partitioned(head.weight)):
         return None
     if not gatherable(head):
         raise ValueError("the chunked loss under ZeRO-3 needs a frozen plain nn.Linear lm_head")
@@ -258,13 +260,15 @@ def gathered_head_for(head: Any, path: LossPath) -> GatheredHead | None:
 class LeanLossTrainer(LeanStepsMixin, Trainer):  # type: ignore[misc]
     """HF Trainer whose causal-LM loss never materialises the full logits (see the module
     docstring), without the Trainer's per-step module walks (`lean_steps`). With
-    `LossPath.standard` its loss is the stock one."""
+    `LossPath.standard` its loss is the stock one; with `zero3` the chunks run on lm_head's
+    gathered weight (`gathered`)."""
 
     def __init__(
         self,
         *args: Any,
         loss_path: LossPath = LossPath.standard,
         offload_path: OffloadPath = OffloadPath.off,
+        zero3: bool = False,
         **kwargs: Any,
     ) -> None:
         self.loss_path = loss_path
@@ -277,7 +281,7 @@ class LeanLossTrainer(LeanStepsMixin, Trainer):  # type: ignore[misc]
             causal_lm = causal_lm_of(kwargs["model"])
             self._capture = HiddenStateCapture(causal_lm.get_decoder())
             self._head = causal_lm.get_output_embeddings()
-            self.gathered = gathered_head_for(self._head, loss_path)
+            self.gathered = gathered_head_for(self._head, loss_path, zero3)
             kwargs["compute_loss_func"] = self._loss_from_hidden
         super().__init__(*args, **kwargs)
 

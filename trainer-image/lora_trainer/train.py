@@ -343,6 +343,7 @@ def run_training(
     trainer = LeanLossTrainer(
         loss_path=loss_path,
         offload_path=offload_path,
+        zero3=zero3,
         model=model,
         args=args,
         train_dataset=train_ds,
