@@ -127,5 +127,10 @@ def check_parsed(args: Any) -> None:
     hf_config = getattr(args, "hf_deepspeed_config", None)
     if hf_config is None:
         return
+    # Values that disagree with the Trainer's arguments: the Trainer raises only once the model
+    # is loaded (`trainer_config_finalize`); fail before that.
+    mismatches = [m.strip(" -") for m in getattr(hf_config, "mismatches", [])]
+    if mismatches:
+        raise InvalidConfigError(f"{CONFIG_ERROR_PREFIX}: " + "; ".join(mismatches))
     with config_errors():
         DeepSpeedConfig(copy.deepcopy(hf_config.config))
