@@ -1,5 +1,6 @@
-"""DeepSpeed: the generated ZeRO configs are accepted by DeepSpeed itself, and ZeRO-2 trains the
-tiny model for real on CPU (DeepSpeed's CPU accelerator with gloo)."""
+"""DeepSpeed: the generated ZeRO configs are accepted by DeepSpeed itself and agree with the
+trainer's batch numbers, and ZeRO-2 trains the tiny model for real on CPU (DeepSpeed's CPU
+accelerator with gloo). ZeRO-3 on two processes: test_zero3.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import pytest
 
 from lora_contract.storage import S3Store
-from lora_contract.types import LoRAJobSpec, Offload, Progress, Strategy
+from lora_contract.types import LoRAJobSpec, Offload, Progress, Strategy, TrainingOverrides
 from lora_operator.deepspeed_config import deepspeed_config
+from lora_trainer.deepspeed_setup import batch_mismatch
 
 from .conftest import rendezvous_port
 
@@ -70,6 +72,23 @@ def test_zero_configs_accepted_by_deepspeed(strategy: Strategy, offload: Offload
     parsed = DeepSpeedConfig(filled)
     assert parsed.zero_optimization_stage == zero["stage"]
     assert parsed.train_micro_batch_size_per_gpu == 2
+
+
+@pytest.mark.parametrize("strategy", [Strategy.deepspeed_zero2, Strategy.deepspeed_zero3])
+def test_config_rendered_with_the_plans_overrides_agrees_with_the_trainer(
+    strategy: Strategy,
+) -> None:
+    """The plan keeps the spec's global batch (2 x 4) on 4 ranks with per-rank overrides (1 x 2);
+    the config rendered from the overridden spec is what the trainer, given the same overrides,
+    accepts on 4 ranks, and the Trainer fills the global batch ("auto")."""
+    overridden = TrainingOverrides(micro_batch_size=1, gradient_accumulation=2).applied_to(spec())
+    config = deepspeed_config(overridden, strategy)
+    assert config is not None and config["train_batch_size"] == "auto"
+    assert batch_mismatch(config, micro=1, accumulation=2, world_size=4) is None
+    # rendered from the spec without the overrides, the trainer would refuse it (exit 3)
+    unplanned = deepspeed_config(spec(), strategy)
+    assert unplanned is not None
+    assert batch_mismatch(unplanned, micro=1, accumulation=2, world_size=4) is not None
 
 
 def test_fp16_compute_dtype_enables_fp16() -> None:
