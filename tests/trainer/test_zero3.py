@@ -27,6 +27,7 @@ SPEC = {
         "microBatchSize": 4,
         "logInterval": 1,
         "evalInterval": 4,
+        "gradientCheckpointing": True,  # the default: layer recomputes beside the loss's gathers
     }
 }
 
