@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from lora_trainer.data import PadCollator
+from lora_trainer.gathered_head import GatheredHead, gatherable
 from lora_trainer.loss import (
     IGNORE_INDEX,
     LeanLossTrainer,
@@ -154,6 +155,48 @@ def test_loss_path_choice(model_dir: Path) -> None:
     base: Any = model.get_base_model()
     base.config.final_logit_softcapping = 30.0
     assert choose_loss_path(model, chunked_loss=True) is LossPath.standard
+
+
+def test_only_a_frozen_plain_linear_lm_head_is_gathered() -> None:
+    head = torch.nn.Linear(4, 8, bias=False)
+    assert not gatherable(head)  # trainable: ZeRO-3 could not take its full-size gradient
+    assert gatherable(head.requires_grad_(False))
+    assert not gatherable(torch.nn.Embedding(8, 4).requires_grad_(False))
+
+    class Scaled(torch.nn.Linear):
+        pass
+
+    assert not gatherable(Scaled(4, 8).requires_grad_(False))  # its forward may differ
+
+
+def test_the_gathered_path_gathers_once_per_forward_and_backward() -> None:
+    """The ZeRO-3 path's wiring on one process (unpartitioned weights: the gather is a no-op):
+    the stock loss and gradients, every chunk recomputed inside the backward's gather, and two
+    gathers whatever the number of chunks."""
+    model = tiny_lora(tied=False, head_target=False)
+    ids, labels = batch()
+    stock = model(input_ids=ids, labels=labels).loss
+    stock.backward()
+    expected = adapter_grads(model)
+    causal_lm = causal_lm_of(model)
+    head = causal_lm.get_output_embeddings()
+    gathered = GatheredHead(head)
+    calls: list[int] = []
+    project = gathered.project
+    gathered.project = lambda h: (calls.append(1), project(h))[1]  # type: ignore[method-assign]
+    hidden = causal_lm.get_decoder()(input_ids=ids).last_hidden_state
+    ours = causal_lm_loss(hidden, labels, head, chunk=7, gathered=gathered)
+    assert gathered.gathers == 1
+    ours.backward()
+    assert gathered.gathers == 2 and gathered._backward is None
+    assert len(calls) == 2 * 3  # 21 labels: 3 chunks, each recomputed in backward
+    got = adapter_grads(model)
+    assert ours.item() == pytest.approx(stock.item(), rel=1e-5)
+    for name, grad in expected.items():
+        assert (got[name] - grad).abs().max().item() <= 1e-5 * grad.abs().max().item(), name
+    with torch.no_grad():  # eval: one gather, nothing checkpointed
+        causal_lm_loss(hidden.detach(), labels, head, chunk=64, gathered=gathered)
+    assert gathered.gathers == 3
 
 
 def losses_and_weights(trainer: Any) -> tuple[list[float], Any]:
