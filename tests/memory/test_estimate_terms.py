@@ -423,13 +423,21 @@ def test_zero3_gather_uses_the_bytes_per_parameter_of_the_stored_weights(
     tiny: Architecture,
 ) -> None:
     # NF4 weights, 4 ranks: the gathered layers cost the average stored bytes per parameter
+    # (2 x 46,208 x 1.3796 = 127,500 bytes), lm_head gathered for the loss its 16-bit 64,000 x 2
+    # = 128,000: the head is the larger gather here
     nf4 = 92_160 * 0.5 + 92_160 / 64 + 92_160 / 64 / 256 * 4 + 128_320 * 2
     job = shape(
         quantization=QuantizationMode.nf4, strategy=Strategy.deepspeed_zero3, data_parallel=4
     )
     saved = SAVED  # no upcast: the same activations as 16-bit LoRA
-    expected = nf4 / 4 + 2 * 46_208 * (nf4 / 220_480) + LORA * (4 + 4 + 8) / 4 + saved
+    layers, head = 2 * 46_208 * (nf4 / 220_480), 64_000 * 2
+    assert layers < head
+    expected = nf4 / 4 + head + LORA * (4 + 4 + 8) / 4 + saved
     assert allocated_bytes(tiny, job) == pytest.approx(expected, abs=BYTE)
+    # 16-bit weights: two gathered layers (2 x 46,208 x 2 = 184,832 bytes) outweigh the head
+    bf16 = shape(strategy=Strategy.deepspeed_zero3, data_parallel=4)
+    expected = 220_480 * 2 / 4 + 2 * 46_208 * 2 + LORA * (4 + 4 + 8) / 4 + SAVED
+    assert allocated_bytes(tiny, bf16) == pytest.approx(expected, abs=BYTE)
 
 
 # DoRA on q/k/v/o (outputs 64, 32, 32, 64; inputs 64), per layer, with dropout under autocast:

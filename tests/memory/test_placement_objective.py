@@ -329,3 +329,15 @@ def test_cpu_jobs_are_described_as_processes() -> None:
     table = render_table(job, plan_job(job.spec, CATALOG))
     assert "GPU" not in table.replace("gpuType", "")
     assert "process-hours" in table and "per-process memory at peak" in table
+
+
+def test_zero3_keeps_the_chunked_loss_unless_lm_head_is_adapted() -> None:
+    # the trainer gathers a frozen lm_head's shards for the chunks; an adapted one keeps the
+    # stock loss under ZeRO-3 (lora_trainer.loss.choose_loss_path), and so does the estimate
+    plain = make_spec()
+    head = make_spec(lora={"targetModules": ["q_proj", "lm_head"]})
+    assert shape_for(plain, Strategy.deepspeed_zero3, 2).chunked_loss
+    assert not shape_for(head, Strategy.deepspeed_zero3, 2).chunked_loss
+    assert shape_for(head, Strategy.ddp, 2).chunked_loss
+    off = make_spec(training={"chunkedLoss": False})
+    assert not shape_for(off, Strategy.deepspeed_zero3, 2).chunked_loss

@@ -9,7 +9,11 @@ Term names (stable; they are the keys of `breakdown_gib`):
 - `weights`: frozen base weights (16/32-bit, LLM.int8 + per-row scales, or NF4 + absmax) plus
   the embeddings, lm_head and norms in the compute dtype (the trainer does not upcast them under
   k-bit training); ZeRO-3 shards it.
-- `zero3_gather`: the full parameters of the layers ZeRO-3 gathers at once (current + prefetch).
+- `zero3_gather`: the full parameters ZeRO-3 gathers at once: the current and the prefetched
+  decoder layer, or lm_head's whole weight (16-bit even under k-bit quantization) while the
+  loss runs on it (the trainer's chunked loss gathers it for the loss forward and again for
+  its backward, `lora_trainer.gathered_head`; the stock loss's module hook gathers it too),
+  whichever is larger; the rank's own shard stays counted in `weights`.
 - `lora_weights`: adapter weights, fp32 as PEFT keeps them under autocast.
 - `gradients`: adapter gradients (fp32); ZeRO-2/3 shard them.
 - `optimizer`: optimizer states (AdamW 8 B, 8-bit Adam 2 B per trainable parameter); ZeRO-2/3
@@ -22,7 +26,8 @@ Term names (stable; they are the keys of `breakdown_gib`):
 - `lora_dropout`: what the adapters keep of their inputs for backward: with dropout, each target
   module's dropped-out copy and mask; without, lora_A's input itself where nothing else saves it.
 - `logits`: the loss. Unchunked: b*s*vocab logits, their fp32 upcast and the loss gradient.
-  Chunked (`training.chunkedLoss`, the default; not under ZeRO-3): the labelled hidden states
+  Chunked (`training.chunkedLoss`, the default; under ZeRO-3 too unless lm_head is a LoRA
+  target, `lora_trainer.loss.choose_loss_path`): the labelled hidden states
   kept for the recomputation plus one chunk's logits, upcast and gradient.
 - `dora_magnitude`, `dora_activations`, `dora_transient` (0 without DoRA; `memory/dora.py`): the
   magnitude vectors' share of the adapter weights, gradients and optimizer states; what PEFT's
@@ -66,7 +71,7 @@ OPTIMIZER_BYTES: dict[Optimizer, float | None] = {
 
 TERM_HELP: dict[str, str] = {
     "weights": "frozen base weights (quantized linears + 16-bit embeddings/norms/lm_head)",
-    "zero3_gather": "full parameters of the layers ZeRO-3 gathers at once (current + prefetch)",
+    "zero3_gather": "what ZeRO-3 gathers at once: two decoder layers, or lm_head for the loss",
     "lora_weights": "LoRA adapter weights (fp32, as PEFT keeps them under autocast)",
     "gradients": "adapter gradients (fp32)",
     "optimizer": "optimizer states (AdamW: 2 fp32 moments; 8-bit: 2 bytes per parameter)",
@@ -462,7 +467,9 @@ def estimate_memory(
     host = 0.0
     if zero3:
         bytes_per_param = weights / max(arch.total_params, 1)
-        gather = a.zero3_prefetch_layers * arch.largest_layer_params * bytes_per_param
+        layers = a.zero3_prefetch_layers * arch.largest_layer_params * bytes_per_param
+        head = arch.head.params if arch.head is not None else arch.vocab_size * arch.hidden_size
+        gather = max(layers, head * dtype_bytes(shape.compute_dtype))
         if shape.offload_cpu:
             host += weights / ranks
             weights = 0.0

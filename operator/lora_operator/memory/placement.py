@@ -137,8 +137,10 @@ def shape_for(
         strategy=strategy,
         data_parallel=ranks,
         offload_cpu=spec.distributed.offload == Offload.cpu,
-        # under ZeRO-3 the trainer gathers lm_head's shards for the chunked pass
-        chunked_loss=spec.training.chunked_loss,
+        # under ZeRO-3 the trainer gathers a frozen lm_head's shards for the chunked pass; an
+        # adapted lm_head keeps the stock loss there (lora_trainer.loss.choose_loss_path)
+        chunked_loss=spec.training.chunked_loss
+        and not (strategy == Strategy.deepspeed_zero3 and "lm_head" in spec.lora.target_modules),
         # on CPU the saved tensors are in host memory already (counted once, in the terms)
         activation_offloading=spec.training.activation_offloading and not on_cpu,
     )
