@@ -145,6 +145,23 @@ TARGETS: tuple[Target, ...] = (
         ("tests/api/test_crd.py::test_crds_check_command_passes_on_the_committed_files",),
     ),
     Target(
+        "deepspeed_setup",
+        ("lora_trainer.deepspeed_setup",),
+        ("tests/trainer/test_zero3_config.py", "tests/trainer/test_deepspeed.py"),
+        (
+            "tests/trainer/test_zero3_config.py::"
+            "test_zero3_bad_deepspeed_config_exits_3_with_the_reason_in_progress",
+            "tests/trainer/test_deepspeed.py::test_zero_trains_on_cpu",
+        ),
+        note="the DeepSpeed batch/config checks before the model loads (subprocess runs left out)",
+    ),
+    Target(
+        "loss_path",
+        ("lora_trainer.gathered_head", "lora_trainer.loss"),
+        ("tests/trainer/test_chunked_loss.py",),
+        note="which loss path runs, and lm_head's ZeRO-3 gather around the chunks",
+    ),
+    Target(
         "errors",
         ("lora_trainer.errors", "lora_trainer.main"),
         ("tests/trainer/test_errors.py", "tests/trainer/test_exit_codes.py"),
