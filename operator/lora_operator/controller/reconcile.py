@@ -163,6 +163,16 @@ SLOW_RESYNC_SECONDS = 300.0
 # A job refused by the platform policy: looked at again this often, so that a policy change (the
 # config is reloaded without a restart) or an opt-in label added to its Secret lets it start.
 POLICY_RECHECK_SECONDS = 30.0
+# A job queued by a GPU quota: the ledger says when it fits (a release kicks it, and every resync
+# tick reconciles the queued jobs that fit now, e.g. after a quota change), so its own resync
+# only refreshes its queue position and message. Every tick, 10,000 queued jobs cost ~3 API
+# calls each.
+QUOTA_QUEUE_RESYNC_SECONDS = 60.0
+QUOTA_EXCEEDED = "QuotaExceeded"
+# A job without a phase has not been reconciled yet: kopf's create handler is about to, so the
+# resync loop waits this long after first seeing it (it reconciled thousands of new jobs a second
+# time while kopf worked through a backlog of creations).
+UNHANDLED_GRACE_SECONDS = 30.0
 
 
 def _raw_condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
@@ -183,6 +193,11 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
     status = _mapping(obj.get("status"))
     spec = _mapping(obj.get("spec"))
     phase = status.get("phase")
+    if (
+        phase == Phase.Queued.value
+        and (_raw_condition(status, "Admitted") or {}).get("reason") == QUOTA_EXCEEDED
+    ):
+        return QUOTA_QUEUE_RESYNC_SECONDS
     if phase is None or phase in ACTIVE_PHASES:
         return 0.0
     if (_raw_condition(status, "Validated") or {}).get("reason") == POLICY_VIOLATION:
@@ -248,6 +263,8 @@ class Reconciler:
             self._last_resync.pop(key, None)
         else:
             self.periodic[key] = interval
+            if key not in self.phases:
+                self._last_resync.setdefault(key, time.monotonic())
         self.ledger.set(key, demand_from(obj))
 
     async def _warm_up(self, kube: Kube) -> None:
@@ -267,11 +284,17 @@ class Reconciler:
         due = [
             key
             for key, interval in self.periodic.items()
-            if now - self._last_resync.get(key, -math.inf) >= interval
+            if now - self._last_resync.get(key, -math.inf)
+            >= (interval if key in self.phases else max(interval, UNHANDLED_GRACE_SECONDS))
         ]
         for key in due:
             self._last_resync[key] = now
-        return sorted(due)
+        return sorted(set(due) | set(self.admissible()))
+
+    def admissible(self) -> list[Key]:
+        """The quota-queued jobs that fit now (after a release or a quota change)."""
+        self.ledger.use_quotas(self.config.get().quotas)
+        return self.ledger.admissible()
 
     def catalog(self, config: OperatorConfig) -> GpuCatalog:
         key = hash(tuple(g.model_dump_json() for g in config.gpu_catalog))
@@ -314,8 +337,7 @@ class Reconciler:
     def _kick_queue(self, exclude: Key) -> None:
         """A job released GPUs: start the queued jobs that now fit at once, oldest first, instead
         of at their next resync (the others' positions and messages follow at the resync)."""
-        self.ledger.use_quotas(self.config.get().quotas)
-        for key in self.ledger.admissible():
+        for key in self.admissible():
             if key != exclude:
                 asyncio.get_running_loop().create_task(self._safe(key))
 
@@ -607,7 +629,7 @@ class _Run:
                 else:
                     self.status.queue_position = decision.queue_position
                     changed = self.condition(
-                        ConditionType.Admitted, False, "QuotaExceeded", decision.message
+                        ConditionType.Admitted, False, QUOTA_EXCEEDED, decision.message
                     )
                     self.set_phase(
                         Phase.Queued,
