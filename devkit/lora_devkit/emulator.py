@@ -155,6 +155,50 @@ def _validated_view(schema: dict[str, Any], obj: dict[str, Any]) -> dict[str, An
     return {**{k: v for k, v in obj.items() if k != "metadata"}, "metadata": seen}
 
 
+# Object schemas whose validation splits into their properties' (no rules, no constraint
+# between properties beyond `required`, undeclared properties allowed).
+_PLAIN_OBJECT = {"type", "properties", "required", "description"}
+_MEMO_LIMIT = 20_000
+
+
+class _Validity:
+    """`field_errors`, fast for valid objects: a plain object schema is valid when its shell
+    (type, required) and each property's value are, and each property's answer is memoized by
+    its JSON. 10,000 creates of the same few specs validated the whole spec each time (~40% of
+    the emulator's time); the spec and the plan now validate once per distinct value. Anything
+    with an error is validated whole again, so the errors and their order are `field_errors`'."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[int, str], tuple[dict[str, Any], bool]] = {}
+
+    def errors(self, schema: dict[str, Any], obj: Any, path: str = "") -> list[FieldError]:
+        if self.valid(schema, obj):
+            return []
+        return field_errors(schema, obj, path)
+
+    def valid(self, schema: dict[str, Any], obj: Any) -> bool:
+        """Whether `field_errors` finds nothing (which does not depend on the path)."""
+        props = schema.get("properties")
+        if (
+            isinstance(obj, dict)
+            and isinstance(props, dict)
+            and schema.get("type") == "object"
+            and set(schema) <= _PLAIN_OBJECT
+        ):
+            return all(name in obj for name in schema.get("required", [])) and all(
+                name not in props or self.valid(props[name], value) for name, value in obj.items()
+            )
+        key = (id(schema), json.dumps(obj, sort_keys=True, default=str))
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is schema:
+            return hit[1]
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        answer = not field_errors(schema, obj)
+        self._memo[key] = (schema, answer)
+        return answer
+
+
 def _age(timestamp: str) -> str:
     """'2026-01-01T00:00:00Z' -> '42s' / '5m' / '3h' / '2d', as kubectl prints ages."""
     then = parse_iso(timestamp)
@@ -246,6 +290,13 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
     """kmock's emulator plus the API server's bookkeeping that operators depend on."""
 
     _crd_cache: list[dict[str, Any]] | None = None  # see `_crds`
+    _validity_memo: _Validity | None = None
+
+    @property
+    def _validity(self) -> _Validity:
+        if self._validity_memo is None:
+            self._validity_memo = _Validity()
+        return self._validity_memo
 
     def declare(self, key: str, kind: str, namespaced: bool, **extra: Any) -> None:
         self.resources[key] = ResourceInfo(
@@ -539,8 +590,8 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
             if custom is not None and custom.status_subresource:
                 status = desired.get("status")
                 keep = status if request.subresource == "status" else current.get("status")
-                if request.subresource == "status":
-                    desired = copy.deepcopy(current)
+                if request.subresource == "status":  # its old status is replaced: not copied
+                    desired = {k: copy.deepcopy(v) for k, v in current.items() if k != "status"}
                 desired.pop("status", None)
                 if keep is not None:
                     desired["status"] = keep
@@ -589,11 +640,11 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
             errors = []  # nothing the schema sees changed (kopf's annotations): all ratcheted
         elif status_write and custom.status_subresource:
             status_schema = custom.schema.get("properties", {}).get("status", {})
-            errors = field_errors(status_schema, desired.get("status"), "status")
+            errors = self._validity.errors(status_schema, desired.get("status"), "status")
             if desired.get("status") is None:
                 errors = []
         else:
-            errors = field_errors(custom.schema, desired)
+            errors = self._validity.errors(custom.schema, desired)
         if errors and current is not None:
             before = {str(e) for e in field_errors(custom.schema, current)}
             errors = [e for e in errors if str(e) not in before]
