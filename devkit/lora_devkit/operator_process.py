@@ -15,15 +15,16 @@ from typing import Any
 from lora_operator.api.operator_config import CREDENTIALS_OPT_IN_LABEL
 
 
-def operator_command(namespace: str, config: Path, *extra_args: str) -> list[str]:
+def operator_command(namespace: str | None, config: Path, *extra_args: str) -> list[str]:
+    """`namespace` None: the operator watches all namespaces (one watch, as a platform runs it)."""
+    scope = ["--namespace", namespace] if namespace is not None else ["--all-namespaces"]
     return [
         sys.executable,
         "-m",
         "lora_operator.cli",
         "run",
         "--standalone",
-        "--namespace",
-        namespace,
+        *scope,
         "--config",
         str(config),
         "--log-format",
@@ -35,7 +36,7 @@ def operator_command(namespace: str, config: Path, *extra_args: str) -> list[str
 def start_operator(
     kubeconfig: Path,
     config: Path,
-    namespace: str,
+    namespace: str | None,
     log_path: Path,
     *extra_args: str,
     new_session: bool = False,

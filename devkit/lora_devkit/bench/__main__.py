@@ -14,6 +14,7 @@ BENCHMARKS = [
     ("plan speed (cold `lorajob plan`)", "lora_devkit.bench.plan_speed"),
     ("placement cost (every example x catalog GPU)", "lora_devkit.bench.placement_cost"),
     ("operator scale (1000 LoRAJobs)", "lora_devkit.bench.operator_scale"),
+    ("operator scale with quotas (10,000 LoRAJobs)", "lora_devkit.bench.operator_scale_quotas"),
     ("model-config isolation (trickling URL)", "lora_devkit.bench.model_config_isolation"),
     ("trainer throughput", "lora_devkit.bench.trainer"),
     ("trainer memory (128k vocabulary, 2 x 2048)", "lora_devkit.bench.trainer_memory"),
