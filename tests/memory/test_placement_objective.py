@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lora_contract.types import LoRAJobSpec, QuantizationMode, Strategy
+from lora_devkit.bench.placement_cost import unpinned
 from lora_operator.api.loading import load_lorajobs
 from lora_operator.api.operator_config import GpuType
 from lora_operator.memory import GpuCatalog, PlanningError, estimate_memory, plan_job, shape_for
@@ -34,19 +35,6 @@ from .conftest import make_spec
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
 CATALOG = GpuCatalog.default()
 GPUS = [g for g in CATALOG.entries.values() if not GpuCatalog.is_cpu(g)]
-
-
-def unpinned(spec: LoRAJobSpec) -> LoRAJobSpec:
-    """The same training with placement left to the plan: a pinned world's share of the global
-    batch moves into the accumulation."""
-    total = global_batch(spec)
-    training = spec.training.model_copy(
-        update={"gradient_accumulation": total // spec.training.micro_batch_size}
-    )
-    distributed = spec.distributed.model_copy(
-        update={"nodes": None, "gpus_per_node": None, "strategy": Strategy.auto}
-    )
-    return spec.model_copy(update={"training": training, "distributed": distributed})
 
 
 @dataclass(frozen=True)
