@@ -119,13 +119,21 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "fit",
         ("lora_operator.memory.fit",),
-        ("tests/memory/test_fit.py", "tests/memory/test_placement_objective.py"),
+        (
+            "tests/memory/test_fit.py",
+            "tests/memory/test_placement_objective.py",
+            "tests/memory/test_fit_units.py",
+        ),
         note="the maths-preserving variants and their ordering",
     ),
     Target(
         "forecast",
         ("lora_operator.memory.forecast",),
-        ("tests/memory/test_forecast.py", "tests/memory/test_placement_objective.py"),
+        (
+            "tests/memory/test_forecast.py",
+            "tests/memory/test_placement_objective.py",
+            "tests/memory/test_forecast_units.py",
+        ),
         note="hours and GPU-hours that price the placements",
     ),
     Target(
