@@ -20,7 +20,7 @@ def test_resource_handlers_run_on_the_event_loop() -> None:
         for group in (registry._watching, registry._changing)  # kopf keeps no public list
         for handler in group.get_all_handlers()
     ]
-    assert len(handlers) >= 3
+    assert handlers  # one event handler does it all (create/update/resume went: issue 17)
     in_threads = [h.id for h in handlers if not inspect.iscoroutinefunction(h.fn)]
     assert in_threads == []
 

@@ -1,6 +1,7 @@
 """What the resync loop does with quota-queued jobs: their own resync is slow (60 s), since the
 ledger names the queued jobs that fit now and every tick reconciles those (after a release or a
-quota change); a job kopf has not reconciled yet is left to kopf for a grace period."""
+quota change); a job kopf has not reconciled yet is left to kopf for a grace period. The watch's
+event handler reconciles a job whose spec the reconciler has not seen (`needs_reconcile`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lora_operator.controller.reconcile import (
     QUOTA_QUEUE_RESYNC_SECONDS,
     UNHANDLED_GRACE_SECONDS,
     Reconciler,
+    needs_reconcile,
     resync_interval,
 )
 
@@ -77,3 +79,15 @@ def test_a_job_kopf_has_not_reconciled_yet_waits_out_the_grace() -> None:
     now = time.monotonic()
     assert owner.periodic_keys(now) == []
     assert owner.periodic_keys(now + UNHANDLED_GRACE_SECONDS + 1) == [("ml", "new")]
+
+
+def test_an_event_reconciles_a_new_or_edited_spec_only() -> None:
+    new = {"metadata": {"name": "x", "generation": 1}}
+    assert needs_reconcile(new)
+    seen = {"metadata": {"generation": 1}, "status": {"phase": "Queued", "observedGeneration": 1}}
+    assert not needs_reconcile(seen)  # our own status write, kopf's annotations, a label
+    edited = {**seen, "metadata": {"generation": 2}}
+    assert needs_reconcile(edited)
+    assert resync_interval(edited) == 0  # a failed reconcile of the edit is retried
+    deleting = {"metadata": {"generation": 2, "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    assert not needs_reconcile({**edited, **deleting})

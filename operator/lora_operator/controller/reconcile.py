@@ -184,6 +184,20 @@ def _raw_condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
+def needs_reconcile(obj: dict[str, Any]) -> bool:
+    """Whether the reconciler has not yet seen this spec: a new job (no phase yet) or an edited
+    one (metadata.generation ahead of status.observedGeneration, which every reconcile writes).
+    A deleting object needs none."""
+    meta = _mapping(obj.get("metadata"))
+    if meta.get("deletionTimestamp"):
+        return False
+    status = _mapping(obj.get("status"))
+    if not status.get("phase"):
+        return True
+    generation = meta.get("generation")
+    return generation is not None and status.get("observedGeneration") != generation
+
+
 def resync_interval(obj: dict[str, Any]) -> float | None:
     """How often this job needs periodic work (following a Job, progress, the queue, TTL, serving
     readiness): None = never, 0 = every resync, else at most every that many seconds.
@@ -193,6 +207,8 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
     status = _mapping(obj.get("status"))
     spec = _mapping(obj.get("spec"))
     phase = status.get("phase")
+    if needs_reconcile(obj):
+        return 0.0  # the watch's reconcile has not happened or failed: the resync retries it
     if (
         phase == Phase.Queued.value
         and (_raw_condition(status, "Admitted") or {}).get("reason") == QUOTA_EXCEEDED
