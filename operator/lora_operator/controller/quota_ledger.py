@@ -253,7 +253,7 @@ class QuotaLedger:
         problem = problem_with(
             self.quotas, candidate, summed(self.held, self._reserved_before(candidate))
         )
-        if problem is None:  # the rules above keep the pass exact; a fresh one is, by making
+        if problem is None:  # cannot happen while the rules above hold; a fresh pass is exact
             self.stale = True
             return self.admit(candidate)
         return Decision(False, problem, queue_position=self.position(candidate))
