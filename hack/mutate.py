@@ -82,6 +82,12 @@ API_HELPERS_SLOW = (
 TARGETS: tuple[Target, ...] = (
     Target("quota", ("lora_operator.controller.quota",), ("tests/operator/test_quota_units.py",)),
     Target(
+        "quota_ledger",
+        ("lora_operator.controller.quota_ledger",),
+        ("tests/operator/test_quota_ledger.py",),
+        note="usage kept per quota scope and the oldest-first pass between admissions",
+    ),
+    Target(
         "layout",
         ("lora_contract.layout",),
         ("tests/api/test_api_helpers.py", "tests/api/test_layout_paths.py"),
