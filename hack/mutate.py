@@ -161,7 +161,11 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "deepspeed_setup",
         ("lora_trainer.deepspeed_setup",),
-        ("tests/trainer/test_zero3_config.py", "tests/trainer/test_deepspeed.py"),
+        (
+            "tests/trainer/test_zero3_config.py",
+            "tests/trainer/test_deepspeed.py",
+            "tests/trainer/test_deepspeed_setup_units.py",
+        ),
         (
             "tests/trainer/test_zero3_config.py::"
             "test_zero3_bad_deepspeed_config_exits_3_with_the_reason_in_progress",
@@ -265,6 +269,10 @@ def prepare(target: Target, work: Path, packages: dict[str, str]) -> None:
         + _cfg_list("also_copy", list(DATA))
         # the work folder sits inside this repository's git tree, which is not the code under test
         + "use_git_change_detection = false\n"
+        # mutmut's CPU limit is (the tests' recorded time + this) x 15 x 2: with the default 1 s,
+        # tests that take 0.01 s each (the DoRA measurements) got limits a torch-importing
+        # pytest child can exceed on a busy machine, and killed mutants read as timeouts
+        + "timeout_constant = 10\n"
     )
     (work / "setup.cfg").write_text(config)
 
