@@ -89,3 +89,29 @@ def test_incomplete_checkpoint_is_ignored(
     # The stale incomplete checkpoint is cleaned up by pruning once newer ones complete.
     assert store.complete_checkpoints(run.location) == [4, 8]
     assert not store.exists(run.location.child("checkpoint-6", "adapter_model.safetensors"))
+
+
+def test_restart_after_the_last_checkpoint_trains_no_further(make_run: Any, store: S3Store) -> None:
+    # the run finishes (checkpoint-4 is the last step), then its final adapter is lost, as when
+    # a pod dies between the last checkpoint and the upload; the restart must not take a fifth
+    # optimizer step (HF Trainer would) but ship checkpoint-4's adapter as it is
+    spec = {"training": {"maxSteps": 4, "checkpointInterval": 2, "logInterval": 1}}
+    run = make_run(spec=spec)
+    first = run.run()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert store.complete_checkpoints(run.location)[-1] == 4
+    checkpoint = store.get_bytes(run.location.child("checkpoint-4/adapter_model.safetensors"))
+    assert checkpoint is not None
+    store.delete_prefix(run.location.child("final"))
+    before = losses_by_step(store, run)
+
+    again = run.run()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from checkpoint-4" in again.stderr
+    assert "checkpoint-4 holds the last step: no further training" in again.stderr
+    done = Progress.model_validate(store.get_json(run.location.child("progress.json")))
+    assert done.state == "succeeded" and done.step == done.total_steps == 4
+    assert losses_by_step(store, run) == before  # no step 5, no loss logged twice
+    final = store.get_bytes(run.location.child("final/adapter_model.safetensors"))
+    assert final == checkpoint
+    assert store.get_bytes(run.location.child("final/adapter_config.json")) is not None

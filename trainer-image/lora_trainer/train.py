@@ -23,6 +23,7 @@ from lora_contract.types import ComputeDtype, TrainerConfig
 
 from . import settings
 from .checkpoints import download_checkpoint, latest_checkpoint
+from .completion import completed_state, copy_adapter, release_process_group
 from .config import ProcessPlace, work_dir
 from .data import ListDataset, PadCollator, load_examples, pack, split_eval
 from .deepspeed_setup import (
@@ -358,16 +359,22 @@ def run_training(
             latest_checkpoint=run.child(f"checkpoint-{resumed_from}").uri,
         )
         reporter.publish()
-    trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
-
+    final_dir = scratch / "final"
+    finished = completed_state(resume_dir)
+    if finished is None:
+        trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+        trainer.save_model(str(final_dir))  # every rank: ZeRO-3 gathers the sharded weights
+        state = trainer.state
+    else:  # restarted after the last checkpoint: its adapter is the final one (completion.py)
+        assert resume_dir is not None
+        log(f"checkpoint-{resumed_from} holds the last step: no further training")
+        copy_adapter(resume_dir, final_dir)
+        state = finished
     stopper = next(
         (c for c in trainer.callback_handler.callbacks if isinstance(c, EvalLossEarlyStopping)),
         None,
     )
     stopped_early = bool(stopper and stopper.stopped)
-    final_dir = scratch / "final"
-    trainer.save_model(str(final_dir))  # every rank: ZeRO-3 gathers the sharded weights
-    state = trainer.state
     losses = [r for r in reporter.records if r.get("loss") is not None]
     evals = [r for r in reporter.records if r.get("eval_loss") is not None]
     result = TrainResult(
@@ -386,6 +393,7 @@ def run_training(
         reporter.update(
             state="succeeded",
             step=state.global_step,
+            total_steps=state.max_steps,
             adapter_uri=result.adapter_uri,
             stopped_early=stopped_early,
             eta_seconds=0.0,
@@ -398,4 +406,5 @@ def run_training(
             + (" (stopped early)" if stopped_early else "")
             + f"; adapter at {result.adapter_uri}"
         )
+    release_process_group()
     return result
