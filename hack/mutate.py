@@ -269,10 +269,6 @@ def prepare(target: Target, work: Path, packages: dict[str, str]) -> None:
         + _cfg_list("also_copy", list(DATA))
         # the work folder sits inside this repository's git tree, which is not the code under test
         + "use_git_change_detection = false\n"
-        # mutmut's CPU limit is (the tests' recorded time + this) x 15 x 2: with the default 1 s,
-        # tests that take 0.01 s each (the DoRA measurements) got limits a torch-importing
-        # pytest child can exceed on a busy machine, and killed mutants read as timeouts
-        + "timeout_constant = 10\n"
     )
     (work / "setup.cfg").write_text(config)
 
