@@ -72,6 +72,7 @@ MEMORY_TESTS = (
     "tests/memory/test_placement_choices.py",
     "tests/memory/test_architecture.py",
     "tests/memory/test_placement_objective.py",
+    "tests/memory/test_placement_units.py",
 )
 # Their subprocesses import the unmutated packages: slow, and they cannot kill a mutant.
 API_HELPERS_SLOW = (
