@@ -52,7 +52,7 @@ from lora_contract.types import (
 from ..api.operator_config import GpuType
 from .architecture import Architecture, LinearModule
 from .estimate import targeted_linears
-from .fit import ACTIVATION_OFFLOADING_COST, micro_batch_efficiency
+from .fit import ACTIVATION_OFFLOADING_COST, micro_batch_slowdown
 
 # bitsandbytes dequantises every NF4 weight to 16-bit before each matmul, once per pass
 # (forward, recompute, backward) per micro-batch, whatever the sequence length: a cost per
@@ -201,9 +201,7 @@ def _throughput_factor(
     factor, notes = 1.0, []
     micro, seq = spec.training.micro_batch_size, spec.dataset.max_seq_length
     if written_micro_batch is not None and written_micro_batch != micro:
-        slower = micro_batch_efficiency(micro * seq) / micro_batch_efficiency(
-            written_micro_batch * seq
-        )
+        slower = 1 / micro_batch_slowdown(seq, written_micro_batch, micro)
         if slower < 1.0:
             factor *= slower
             notes.append(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from lora_contract.types import (
     ComputeDtype,
@@ -195,13 +196,7 @@ def plan_job(
 def _overrides(spec: LoRAJobSpec, run: LoRAJobSpec) -> TrainingOverrides | None:
     """The training fields `run` sets differently from `spec` (None: none)."""
     t, r = spec.training, run.training
-    fields = (
-        "micro_batch_size",
-        "gradient_accumulation",
-        "gradient_checkpointing",
-        "chunked_loss",
-        "activation_offloading",
-    )
+    fields = TrainingOverrides.model_fields  # the knobs a plan may change, by their spec names
     changed = {f: getattr(r, f) for f in fields if getattr(r, f) != getattr(t, f)}
     return TrainingOverrides(**changed) if changed else None
 
@@ -253,6 +248,7 @@ class _Search:
         )
         self.batch = global_batch(spec)
         self._estimates: dict[TrainingShape, MemoryEstimate] = {}
+        self._prices: dict[tuple[Any, ...], tuple[float, float, Forecast | None]] = {}
 
     def fits(
         self, strategy: Strategy, nodes: int, per_node: int, job: LoRAJobSpec
@@ -338,7 +334,18 @@ class _Search:
         self, strategy: Strategy, nodes: int, per_node: int, run: LoRAJobSpec
     ) -> tuple[float, float, Forecast | None]:
         """(GPU-hours, hours, the real forecast or None) of `run` there; on the nominal step
-        when the forecast is unknown (objective.py)."""
+        when the forecast is unknown (objective.py). Memoised: a placement's as-written split is
+        priced as its lower bound and again as an option, and each tier asks again; runs differ
+        from the spec only in the plan's training knobs, which key it."""
+        knobs = tuple(getattr(run.training, f) for f in TrainingOverrides.model_fields)
+        key = (strategy, nodes, per_node, knobs)
+        if key not in self._prices:
+            self._prices[key] = self._forecast_price(strategy, nodes, per_node, run)
+        return self._prices[key]
+
+    def _forecast_price(
+        self, strategy: Strategy, nodes: int, per_node: int, run: LoRAJobSpec
+    ) -> tuple[float, float, Forecast | None]:
         weights = self.single().breakdown_gib.get("weights", 0.0) * GIB
 
         def forecast(job: LoRAJobSpec, gpu: GpuType, data: DatasetStats | None) -> Forecast | None:

@@ -20,6 +20,7 @@ from .errors import PlanningError
 from .estimate import TERM_HELP, estimate_memory
 from .fit import DEFAULT_MAX_SEQ, SEQ_STEP, longest_fitting
 from .local_config import read_config
+from .objective import SCALE_OUT_TOLERANCE
 from .placement import PlanResult, plan_job, shape_for
 
 EXIT_BAD_INPUT = 2
@@ -158,7 +159,8 @@ def alternative_lines(status: PlanStatus) -> list[str]:
         return []
     lines = [
         "",
-        "  other placements that fit (the cheapest forecast wins; more GPUs only for >10%):",
+        "  other placements that fit (the cheapest forecast wins; more GPUs only for "
+        f">{SCALE_OUT_TOLERANCE:.0%}):",
     ]
     for alt in status.alternatives:
         cost = ""
