@@ -169,9 +169,9 @@ POLICY_RECHECK_SECONDS = 30.0
 # calls each.
 QUOTA_QUEUE_RESYNC_SECONDS = 60.0
 QUOTA_EXCEEDED = "QuotaExceeded"
-# A job without a phase has not been reconciled yet: kopf's create handler is about to, so the
-# resync loop waits this long after first seeing it (it reconciled thousands of new jobs a second
-# time while kopf worked through a backlog of creations).
+# A job without a phase has not been reconciled yet: the watch's event handler is about to, so
+# the resync loop waits this long after first seeing it (it reconciled thousands of new jobs a
+# second time while kopf worked through a backlog of creations).
 UNHANDLED_GRACE_SECONDS = 30.0
 
 
