@@ -461,7 +461,10 @@ class ResourcesSpec(_Model):
         default_factory=list, description="Tolerations of the trainer pods."
     )
     priority_class_name: Annotated[str | None, KEEPS_RUN] = Field(
-        default=None, max_length=253, description="PriorityClass of the trainer pods."
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,  # what the API server requires of PriorityClass names
+        description="PriorityClass of the trainer pods (a lower-case DNS subdomain name).",
     )
     requests: Annotated[ResourceOverrides | None, KEEPS_RUN] = Field(
         default=None, description="Override planned requests."

@@ -3,6 +3,8 @@ operator reloads it without restart, and the memory model takes its GPU catalog 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from lora_contract.pod import DEFAULT_RENDEZVOUS_PORT
@@ -77,6 +79,19 @@ class KueueConfig(_Model):
 CREDENTIALS_OPT_IN_LABEL = "finetune.lora-operator.io/credentials"
 
 
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
+class TolerationRule(_Model):
+    """One toleration a job may carry: its taint key, and the effects it may name."""
+
+    key: str = Field(min_length=1, max_length=317, description="Taint key, as written.")
+    effects: list[TaintEffect] = Field(
+        default_factory=list,
+        description="Effects the toleration may name; empty: any, including none (all effects).",
+    )
+
+
 class PlatformPolicy(_Model):
     """What a LoRAJob author may choose, so that being allowed to create a LoRAJob does not mean
     being allowed to run any image with any Secret, or to send data anywhere. Enforced by
@@ -99,6 +114,17 @@ class PlatformPolicy(_Model):
         default=None,
         description="PriorityClasses spec.resources.priorityClassName may name; null: any but "
         "the system-* classes.",
+    )
+    allowed_node_selector_keys: list[str] | None = Field(
+        default=None,
+        description="Label keys spec.resources.nodeSelector may name (exactly as written); null: "
+        "any key but the control-plane node roles (node-role.kubernetes.io/control-plane, "
+        "node-role.kubernetes.io/master, in any spelling).",
+    )
+    allowed_tolerations: list[TolerationRule] | None = Field(
+        default=None,
+        description="Tolerations spec.resources.tolerations may carry; null: any with a key but "
+        "the control-plane taints (a toleration without a key tolerates every taint).",
     )
     require_secret_opt_in: bool = Field(
         default=True,
