@@ -302,18 +302,15 @@ class S3Store:
         return self._call("list", loc, sizes)
 
     def download_prefix(self, loc: S3Location, dest_dir: str | Path) -> builtins.list[Path]:
-        """Copy every object under `loc` into `dest_dir`, keeping relative paths."""
+        """Copy every object under `loc` into `dest_dir`, keeping relative paths. Every key is
+        checked before anything is written: one that is not a plain relative path (it could
+        land outside `dest_dir`) refuses the whole prefix, with nothing downloaded."""
         dest = Path(dest_dir)
-        written = []
-        for name in self.list(loc, recursive=True):
-            if not name or name.endswith("/"):
-                continue
-            target = dest / name
-            if ".." in Path(name).parts:
-                raise StorageError(f"refusing unsafe key {name!r} under {loc.uri}", transient=False)
+        names = [n for n in self.list(loc, recursive=True) if n and not n.endswith("/")]
+        targets = [confined_path(dest, name, loc) for name in names]
+        for name, target in zip(names, targets, strict=True):
             self.download_file(loc.child(name), target)
-            written.append(target)
-        return written
+        return targets
 
     def upload_dir(self, loc: S3Location, src_dir: str | Path) -> dict[str, int]:
         """Upload every file below `src_dir` under `loc`; returns {relative path: size}."""
@@ -396,6 +393,43 @@ class S3Store:
                 f"{owner_marker(run).uri} vanished after it was written", transient=True
             )
         return current
+
+
+def unsafe_key_reason(name: str) -> str | None:
+    """Why the object key `name` (relative to a prefix) cannot be a path below a local folder,
+    or None when it can. The same key means the same file on every platform: no absolute
+    paths, no `..`, `.` or empty segments (`a//b` would merge with `a/b`), no backslashes (a
+    separator on Windows, and never in keys this project writes), no NUL bytes."""
+    if not name:
+        return "the key is empty"
+    if "\\" in name:
+        return "it contains a backslash"
+    if "\x00" in name:
+        return "it contains a NUL byte"
+    if name.startswith("/"):
+        return "it is an absolute path"
+    for segment in name.split("/"):
+        if segment == "":
+            return "it has an empty path segment"
+        if segment in (".", ".."):
+            return f"it has {segment!r} as a path segment"
+    return None
+
+
+def confined_path(dest: Path, name: str, loc: S3Location) -> Path:
+    """`dest / name` for an object `name` found under the prefix `loc`, refused (a permanent
+    StorageError naming the key and the prefix) when the key could write outside `dest`."""
+    reason = unsafe_key_reason(name)
+    if reason is None:
+        target = dest / name
+        if dest.resolve() in target.resolve().parents:  # a symlink inside dest pointing out
+            return target
+        reason = "it resolves outside the destination folder"
+    raise StorageError(
+        f"refusing to download key {name!r} under prefix {loc.uri}: {reason}; object keys "
+        "below a prefix must be plain relative paths",
+        transient=False,
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from lora_contract.layout import S3Location
-from lora_contract.storage import S3Store, StorageError
+from lora_contract.storage import S3Store, StorageError, unsafe_key_reason
 
 from .config import pvc_root
 from .errors import InvalidConfigError, TransientError
@@ -57,8 +57,9 @@ def fetch_s3_object(store: S3Store, uri: str, dest: Path, what: str) -> Path:
     """Download one object once per node; a missing object is a config error. The local path
     keeps bucket and key, so two sources with the same file name never share a copy."""
     loc = S3Location.parse(uri)
-    if not loc.key or ".." in Path(loc.key).parts:
-        raise InvalidConfigError(f"{what} {uri}: not an S3 object key")
+    reason = unsafe_key_reason(loc.bucket) or unsafe_key_reason(loc.key)
+    if reason is not None:
+        raise InvalidConfigError(f"{what} {uri}: not an S3 object key ({reason})")
     target = dest / loc.bucket / loc.key
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
