@@ -8,8 +8,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from lora_contract.bounded_parse import TooDeepError, load_yaml_all
 from lora_contract.errors import describe_validation_error
 from lora_contract.types import API_VERSION, KIND, LoRAJob
+
+# The API server takes no request over 3 MiB; a manifest file past that is not one to apply.
+MAX_MANIFEST_BYTES = 3 * 1024 * 1024
 
 
 class SpecError(ValueError):
@@ -42,7 +46,12 @@ def parse_lorajob(obj: Any, source: str = "<object>") -> LoRAJob:
 def load_documents(path: str | Path) -> list[Any]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            problem = f"larger than {MAX_MANIFEST_BYTES} bytes, the API server's request limit"
+            raise SpecError(str(path), [problem])
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SpecError(str(path), ["file not found"]) from None
     except UnicodeDecodeError as exc:
@@ -52,7 +61,9 @@ def load_documents(path: str | Path) -> list[Any]:
     except OSError as exc:
         raise SpecError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
     try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        return [doc for doc in load_yaml_all(text, str(path)) if doc is not None]
+    except TooDeepError as exc:
+        raise SpecError(exc.source, [exc.problem]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lora_contract.bounded_parse import TooDeepError, load_json
+
 from .errors import PlanningError
 from .registry import shipped_config_path, shipped_names
 
@@ -26,10 +28,13 @@ class ModelConfig:
 
 
 def parse_config(raw: bytes | str, where: str) -> dict[str, Any]:
-    """The JSON object of a transformers config.json; `where` starts each error message."""
+    """The JSON object of a transformers config.json; `where` starts each error message. Nesting
+    is bounded (lora_contract.bounded_parse): a deep document is refused, never a RecursionError."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        data = json.loads(text)
+        data = load_json(text, where)
+    except TooDeepError as exc:
+        raise PlanningError(str(exc)) from None
     except UnicodeDecodeError:
         raise PlanningError(f"{where} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
