@@ -25,15 +25,47 @@ REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK_BYTES = 64 * 1024
 
 
-def allowed_entry(url: URL, allowed: list[str]) -> str | None:
-    """The allow-list entry `url` falls under, or None."""
-    if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+Origin = tuple[str, str, int | None]  # scheme, host, port
+
+
+def _origin(url: URL) -> Origin | None:
+    """Scheme, host and port of a fetchable URL, or None: not http(s), no host, userinfo, or a
+    host or port yarl cannot read."""
+    if not _readable(url) or url.scheme not in ("http", "https"):
         return None
-    if ".." in url.path.split("/"):
+    if not url.host or url.user or url.password:
+        return None
+    return url.scheme, url.host, url.port
+
+
+def _readable(url: URL) -> bool:
+    """Whether yarl can read the URL's parts. It parses lazily, so reading `host` of
+    `http://xn--a.com/` raises UnicodeError (bad IDNA, a ValueError): every helper here asks
+    this first and so is total over junk."""
+    try:
+        url.host, url.port, url.user, url.password  # noqa: B018 (read for their errors)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _parse(text: str) -> URL | None:
+    """The URL, or None where yarl refuses it (an unclosed `[`, a port past 65535)."""
+    try:
+        url = URL(text)
+    except (ValueError, TypeError):
+        return None
+    return url if _readable(url) else None
+
+
+def allowed_entry(url: URL, allowed: list[str]) -> str | None:
+    """The allow-list entry `url` falls under, or None (also for any malformed URL or entry)."""
+    origin = _origin(url)
+    if origin is None or ".." in url.path.split("/"):
         return None
     for entry in allowed:
-        prefix = URL(entry)
-        if (prefix.scheme, prefix.host, prefix.port) != (url.scheme, url.host, url.port):
+        prefix = _parse(entry)
+        if prefix is None or _origin(prefix) != origin:
             continue
         base = prefix.path
         if base in ("", "/") or url.path == base:
@@ -45,10 +77,12 @@ def allowed_entry(url: URL, allowed: list[str]) -> str | None:
 
 def check_allowed(url: str, policy: PlatformPolicy) -> URL:
     """The parsed URL if the policy allows it; else a PlanningError naming field and policy."""
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError):
-        raise PlanningError(f"{FIELD}: {url!r} is not a valid URL") from None
+    parsed = _parse(url)
+    if parsed is None:
+        raise PlanningError(
+            f"{FIELD}: {url!r} is not a valid URL (its host is not a valid DNS or IDNA name, an "
+            "IPv6 address lacks its closing ']', or its port is not a number in 0-65535)"
+        )
     if not policy.allowed_model_config_urls:
         raise PlanningError(
             f"{FIELD}: this operator fetches no model config URLs ({POLICY} is empty); use a "
