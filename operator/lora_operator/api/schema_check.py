@@ -38,13 +38,16 @@ def apply_defaults(schema: dict[str, Any], obj: Any) -> Any:
     return obj
 
 
-def _schema_errors(schema: dict[str, Any], obj: Any) -> list[str]:
+def _schema_errors(schema: dict[str, Any], obj: Any) -> tuple[list[str], bool]:
+    """Every OpenAPI error, and whether one blocks the CEL rules (a wrong type or an unsupported
+    enum value: the API server skips the rules then, since they could not read the value)."""
     validator = jsonschema.Draft4Validator(schema)
-    errors = []
+    errors, blocking = [], False
     for err in sorted(validator.iter_errors(obj), key=lambda e: list(e.absolute_path)):
         path = ".".join(str(p) for p in err.absolute_path) or "<root>"
         errors.append(f"{path}: {err.message}")
-    return errors
+        blocking = blocking or err.validator in ("type", "enum")
+    return errors, blocking
 
 
 def _as_schema_types(schema: dict[str, Any], obj: Any) -> Any:
@@ -66,7 +69,11 @@ def _program(rule: str) -> Any:
     return env.program(env.compile(rule))
 
 
-def _cel_errors(schema: dict[str, Any], obj: Any, path: str, env: celpy.Environment) -> list[str]:
+def _cel_errors(
+    schema: dict[str, Any], obj: Any, path: str, env: celpy.Environment, unevaluable: bool = True
+) -> list[str]:
+    """Every failing rule under `path`; rules that cannot be evaluated are listed only if
+    `unevaluable` (off beside schema errors: a missing required field makes them noise)."""
     errors: list[str] = []
     if obj is None:
         return errors
@@ -75,7 +82,10 @@ def _cel_errors(schema: dict[str, Any], obj: Any, path: str, env: celpy.Environm
         try:
             result = program.evaluate({"self": json_to_cel(_as_schema_types(schema, obj))})
         except CELEvalError as exc:
-            errors.append(f"{path}: rule {rule['rule']!r} could not be evaluated: {exc.args[0]}")
+            if unevaluable:
+                errors.append(
+                    f"{path}: rule {rule['rule']!r} could not be evaluated: {exc.args[0]}"
+                )
             continue
         if not bool(result):
             where = path + rule.get("fieldPath", "")
@@ -83,22 +93,25 @@ def _cel_errors(schema: dict[str, Any], obj: Any, path: str, env: celpy.Environm
     if isinstance(obj, dict):
         for name, prop in schema.get("properties", {}).items():
             if name in obj:
-                errors += _cel_errors(prop, obj[name], f"{path}.{name}", env)
+                errors += _cel_errors(prop, obj[name], f"{path}.{name}", env, unevaluable)
     elif isinstance(obj, list) and "items" in schema:
         for i, item in enumerate(obj):
-            errors += _cel_errors(schema["items"], item, f"{path}[{i}]", env)
+            errors += _cel_errors(schema["items"], item, f"{path}[{i}]", env, unevaluable)
     return errors
 
 
 def check_against_crd(obj: dict[str, Any], schema: dict[str, Any] | None = None) -> list[str]:
-    """Problems the API server would report for this LoRAJob (empty list: accepted)."""
+    """Problems the API server would report for this LoRAJob (empty list: accepted): every
+    schema error and every failing CEL rule, as the server lists them all in one answer; the
+    rules are skipped only when a value has the wrong type or enum value (as in Kubernetes)."""
     schema = schema or build_openapi_schema()
     defaulted = apply_defaults(schema, copy.deepcopy(obj))
-    errors = _schema_errors(schema, defaulted)
-    if errors:  # CEL runs only on schema-valid objects, as in Kubernetes
+    errors, blocking = _schema_errors(schema, defaulted)
+    if blocking:
         return errors
     spec_schema = schema["properties"]["spec"]
-    return _cel_errors(spec_schema, defaulted.get("spec"), "spec", celpy.Environment())
+    env = celpy.Environment()
+    return errors + _cel_errors(spec_schema, defaulted.get("spec"), "spec", env, not errors)
 
 
 # ------------------------------------------------------------- the API server's own terms
