@@ -24,6 +24,7 @@ from lora_contract.types import LoRAJobSpec, Toleration
 
 from ..api.operator_config import OperatorConfig, PlatformPolicy
 from .kube import Kube
+from .secret_reads import SecretReader, SecretReads
 
 POLICY_VIOLATION = "PolicyViolation"  # reason of the Validated condition and of the Event
 
@@ -394,14 +395,19 @@ def secret_needing_opt_in(spec: LoRAJobSpec, config: OperatorConfig) -> str | No
 
 
 async def secret_refusal(
-    kube: Kube, namespace: str, spec: LoRAJobSpec, config: OperatorConfig
+    kube: Kube,
+    namespace: str,
+    spec: LoRAJobSpec,
+    config: OperatorConfig,
+    read_secret: SecretReader | None = None,
 ) -> str | None:
+    """`read_secret`: the reconcile's shared read (one Secret GET per resync); else a GET."""
     name = secret_needing_opt_in(spec, config)
     if name is None:
         return None
     label = config.policy.secret_opt_in_label
     rule = f"policy.requireSecretOptIn: the Secret must carry the label {label}=true"
-    secret = await kube.get("v1/secrets", namespace, name)
+    secret = await (read_secret or SecretReads(kube, namespace))(name)
     if secret is None:
         return f"spec.output.credentialsSecret: Secret {name!r} not found in {namespace} ({rule})"
     labels = (secret.get("metadata") or {}).get("labels") or {}
@@ -431,10 +437,14 @@ def spec_refusals(spec: LoRAJobSpec, config: OperatorConfig) -> list[str]:
 
 
 async def policy_refusals(
-    kube: Kube, namespace: str, spec: LoRAJobSpec, config: OperatorConfig
+    kube: Kube,
+    namespace: str,
+    spec: LoRAJobSpec,
+    config: OperatorConfig,
+    read_secret: SecretReader | None = None,
 ) -> list[str]:
     refusals = spec_refusals(spec, config)
-    secret = await secret_refusal(kube, namespace, spec, config)
+    secret = await secret_refusal(kube, namespace, spec, config, read_secret)
     return [*refusals, secret] if secret else refusals
 
 
