@@ -74,6 +74,7 @@ from .quota import Demand
 from .quota_ledger import QuotaLedger
 from .s3_target import s3_target
 from .serving import ensure_serving, remove_serving
+from .status_patch import status_patch
 from .workload import JobObservation, pod_failure_message
 
 log = logging.getLogger("lora_operator.reconcile")
@@ -428,10 +429,9 @@ class _Run:
         if self.generation is not None:
             self.status.observed_generation = self.generation
         wire = self.status.to_wire()
-        changed = {k: v for k, v in wire.items() if self.original.get(k) != v}
-        removed = {k: None for k in self.original if k not in wire}
-        if changed or removed:
-            body = {"status": {**changed, **removed}}
+        patch = status_patch(self.original, wire)  # nulls too: progress.lastError cleared
+        if patch:
+            body = {"status": patch}
             try:
                 await self.kube.patch(LORAJOBS, self.namespace, self.name, body, "status")
             except KubeError as exc:
