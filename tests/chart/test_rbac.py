@@ -164,6 +164,48 @@ def test_cluster_wide_mode_grants_nothing_beyond_the_operators_calls(tmp_path: P
     assert not namespaces_with_rights(docs) & set(SYSTEM_NAMESPACES)
 
 
+SECRET_WRITES = {"create", "patch", "update", "delete", "deletecollection", "*"}
+
+
+def secret_writes(rules: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(resource, verb) of every rule that would let the holder write a Secret: the core group
+    or a wildcard group, `secrets` or a wildcard resource, a writing or wildcard verb."""
+    return {
+        (resource, verb)
+        for rule in rules
+        if {"", "*"} & set(rule["apiGroups"])
+        for resource in rule["resources"]
+        if resource in ("secrets", "*")
+        for verb in rule["verbs"]
+        if verb in SECRET_WRITES
+    }
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_no_role_grants_any_secret_write(tmp_path: Path, scenario: str) -> None:
+    """Serving lists the job's own Secret by name in its ServiceAccount instead of copying it,
+    so no mode of the chart (the default cluster-wide one included) may write a Secret."""
+    docs = render(tmp_path, SCENARIOS[scenario])
+    roles = find(docs, "ClusterRole") + find(docs, "Role")
+    assert roles  # every scenario renders RBAC: the check below is not vacuous
+    for role in roles:
+        assert secret_writes(role["rules"]) == set(), role["metadata"]["name"]
+    if scenario == "default":
+        secrets = {c[2] for c in granted(only(docs, "ClusterRole")["rules"]) if c[1] == "secrets"}
+        assert secrets == {"get"}
+
+
+def test_secret_writes_are_recognised_in_any_spelling() -> None:
+    """The check above would see a write however a rule spells it."""
+    assert secret_writes([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]) == set()
+    assert (
+        secret_writes([{"apiGroups": ["apps"], "resources": ["secrets"], "verbs": ["*"]}]) == set()
+    )
+    for group, resource, verb in (("", "secrets", "patch"), ("*", "*", "*"), ("", "*", "delete")):
+        rule = {"apiGroups": [group], "resources": [resource], "verbs": ["get", verb]}
+        assert secret_writes([rule]) == {(resource, verb)}
+
+
 @pytest.mark.parametrize("namespace", SYSTEM_NAMESPACES)
 def test_system_namespaces_cannot_be_watched(tmp_path: Path, namespace: str) -> None:
     values = {"watch": {"allNamespaces": False, "namespaces": ["team-a", namespace]}}

@@ -36,8 +36,7 @@ from lora_operator.controller.manifests import (
 from lora_operator.controller.serving import (
     build_inference_service,
     build_serving_account,
-    build_serving_secret,
-    serving_names,
+    serving_account_name,
 )
 
 # Kubernetes' IANA_SVC_NAME, what container and Service port names must match.
@@ -110,15 +109,12 @@ def test_config_map_name_extends_the_run_name_within_63() -> None:
     assert config_map_name("j" * 63, "r1") == f"{longest}-config"
 
 
-def test_serving_names_fit_63_and_stay_readable_when_they_can() -> None:
+def test_serving_account_name_fits_63_and_stays_readable_when_it_can() -> None:
     job = "s" * 55
-    assert serving_names(job) == (f"{job}-s3", f"{job}-serving")  # 58 and 63 characters
-    assert serving_names("srv") == ("srv-s3", "srv-serving")
-    long_job = "s" * 61
-    secret, account = serving_names(long_job)
-    assert len(secret) <= 63 and len(account) <= 63
-    assert secret != account
-    assert secret.startswith("s" * 40) and account.startswith("s" * 40)
+    assert serving_account_name(job) == f"{job}-serving"  # 63 characters
+    assert serving_account_name("srv") == "srv-serving"
+    account = serving_account_name("s" * 61)
+    assert len(account) <= 63 and account.startswith("s" * 40)
 
 
 # ------------------------------------------------------------------- labels, owners, metadata
@@ -162,8 +158,7 @@ def test_no_spec_hash_no_annotation() -> None:
 
 
 def test_serving_objects_are_labelled_owned_and_without_run_label() -> None:
-    secret = build_serving_secret("srv", "ml", UID, "http://minio:9000", None, "a", "b")
-    account = build_serving_account("srv", "ml", UID)
+    account = build_serving_account("srv", "ml", UID, "srv-creds")
     isvc = isvc_of(serving_spec("srv"))
     expected = {
         "app.kubernetes.io/name": "lora-operator",
@@ -172,18 +167,16 @@ def test_serving_objects_are_labelled_owned_and_without_run_label() -> None:
         "app.kubernetes.io/managed-by": "lora-operator",
         LABEL_JOB: "srv",
     }
-    # Secret and ServiceAccount outlive runs; the InferenceService serves one run's adapter.
-    assert secret["metadata"]["labels"] == expected
+    # the ServiceAccount outlives runs; the InferenceService serves one run's adapter.
     assert account["metadata"]["labels"] == expected
     assert isvc["metadata"]["labels"] == {**expected, LABEL_RUN: "r1"}
-    for obj in (secret, account, isvc):
+    for obj in (account, isvc):
         assert obj["metadata"]["namespace"] == "ml"
         owner = obj["metadata"]["ownerReferences"]
         assert [(o["kind"], o["name"], o["uid"], o["controller"]) for o in owner] == [
             (KIND, "srv", UID, True)
         ]
-    for obj in (secret, account):
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    kubernetes_validate.validate(account, K8S_VERSION, strict=True)
 
 
 # ----------------------------------------------------------------------------- ConfigMap/Service
@@ -431,29 +424,6 @@ def test_one_gpu_job_requests_its_gpu_as_the_configured_resource() -> None:
 # ------------------------------------------------------------------------------------ serving
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "host", "secure"),
-    [
-        ("http://minio.s3:9000", "minio.s3:9000", "0"),
-        ("https://s3.example.com", "s3.example.com", "1"),
-        ("https://minio.internal:9443/", "minio.internal:9443", "1"),
-    ],
-)
-def test_serving_secret_annotations_follow_the_endpoint_scheme(
-    endpoint: str, host: str, secure: str
-) -> None:
-    secret = build_serving_secret("srv", "ml", UID, endpoint, "eu-central-1", "ak", "sk")
-    assert secret["metadata"]["annotations"] == {
-        "serving.kserve.io/s3-endpoint": host,
-        "serving.kserve.io/s3-usehttps": secure,
-        "serving.kserve.io/s3-verifyssl": secure,
-        "serving.kserve.io/s3-region": "eu-central-1",
-    }
-    assert secret["type"] == "Opaque"
-    assert secret["metadata"]["name"] == serving_names("srv")[0]
-    kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
-
-
 def test_inference_service_without_gpus_on_cpu() -> None:
     spec = spec_of(base_job("cpu-srv", **{"serving.enabled": True}))
     model = isvc_of(spec, "cpu-srv")["spec"]["predictor"]["model"]
@@ -500,7 +470,7 @@ def test_inference_service_scheduling_and_service_account() -> None:
     predictor = isvc_of(spec, "sched")["spec"]["predictor"]
     assert predictor["nodeSelector"] == {"pool": "serve"}
     assert predictor["tolerations"] == [toleration]
-    assert predictor["serviceAccountName"] == serving_names("sched")[1]
+    assert predictor["serviceAccountName"] == serving_account_name("sched")
     without = isvc_of(spec, "sched", with_service_account=False)["spec"]["predictor"]
     assert "serviceAccountName" not in without
 

@@ -31,7 +31,6 @@ from lora_operator.controller.manifests import (
 from lora_operator.controller.serving import (
     build_inference_service,
     build_serving_account,
-    build_serving_secret,
     vllm_lora_rank,
 )
 from lora_operator.deepspeed_config import deepspeed_config
@@ -243,15 +242,12 @@ def test_inference_service_serves_adapter_with_vllm() -> None:
     assert isvc["metadata"]["ownerReferences"][0]["uid"] == UID
 
 
-def test_serving_secret_is_wired_for_kserve_minio() -> None:
-    secret = build_serving_secret("srv", "ml", UID, "http://minio.s3:9000", None, "ak", "sk")
-    annotations = secret["metadata"]["annotations"]
-    assert annotations["serving.kserve.io/s3-endpoint"] == "minio.s3:9000"
-    assert annotations["serving.kserve.io/s3-usehttps"] == "0"
-    assert annotations["serving.kserve.io/s3-region"] == "us-east-1"
-    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk"}
-    account = build_serving_account("srv", "ml", UID)
-    assert account["secrets"] == [{"name": secret["metadata"]["name"]}]
+def test_serving_account_lists_the_jobs_own_secret_by_name() -> None:
+    """KServe's storage initializer reads the Secrets its ServiceAccount lists: the job's own
+    credentials Secret is named there, no copy is made."""
+    account = build_serving_account("srv", "ml", UID, "team-s3-creds")
+    assert account["secrets"] == [{"name": "team-s3-creds"}]
+    assert account["metadata"]["name"] == "srv-serving"
 
 
 def test_vllm_lora_rank_rounds_up() -> None:
@@ -274,8 +270,7 @@ def test_objects_validate_against_kubernetes_schemas(job: dict[str, Any]) -> Non
     ctx = context(job)
     objects = [obj for _, obj in build_run_objects(ctx)]
     objects += [
-        build_serving_secret("x", "ml", UID, "https://s3.example.com", "eu-west-1", "a", "b"),
-        build_serving_account("x", "ml", UID),
+        build_serving_account("x", "ml", UID, "x-creds"),
     ]
     for obj in objects:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

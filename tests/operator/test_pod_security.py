@@ -23,7 +23,7 @@ from test_manifests import K8S_VERSION, UID, context, spec_of
 
 from lora_contract import pod
 from lora_operator.controller.manifests import RunContext, build_job, build_run_objects
-from lora_operator.controller.serving import build_inference_service, serving_names
+from lora_operator.controller.serving import build_inference_service, serving_account_name
 
 PodSpec = dict[str, Any]
 Control = Callable[[PodSpec], list[str]]
@@ -333,7 +333,7 @@ def test_the_trainer_account_has_no_token() -> None:
 
 def test_the_predictor_meets_the_restricted_profile() -> None:
     spec = predictor_pod(with_service_account=True)
-    assert spec["serviceAccountName"] == serving_names("srv")[1]
+    assert spec["serviceAccountName"] == serving_account_name("srv")
     assert violations(spec) == []
     # Without S3 credentials to hand KServe, the predictor keeps the namespace's default
     # account (the operator makes no account for it), but still mounts no token.

@@ -108,16 +108,17 @@ def test_success_then_serving_then_serving_off(world: World) -> None:
     assert isvc is not None
     # someone edited what we own: the next reconcile puts it back (409 -> get -> patch)
     isvc["spec"]["predictor"]["minReplicas"] = 7
-    world.kube.obj(SECRETS, "u-ok-s3")["stringData"] = {}  # type: ignore[index]
     world.kube.obj(ACCOUNTS, "u-ok-serving")["secrets"] = []  # type: ignore[index]
     world.reconcile("u-ok")
     assert world.kube.obj(ISVC, "u-ok")["spec"]["predictor"]["minReplicas"] == 1  # type: ignore[index]
-    assert world.kube.obj(ACCOUNTS, "u-ok-serving")["secrets"]  # type: ignore[index]
+    # the job's own credentials Secret, by name: no copy
+    assert world.kube.obj(ACCOUNTS, "u-ok-serving")["secrets"] == [{"name": SECRET}]  # type: ignore[index]
+    assert list(world.kube.objects[SECRETS]) == [SECRET]
     lj = world.kube.obj(LJ, "u-ok")
     assert lj is not None
     lj["spec"]["serving"]["enabled"] = False
     status = world.reconcile("u-ok")
-    assert world.kube.obj(ISVC, "u-ok") is None and world.kube.obj(SECRETS, "u-ok-s3") is None
+    assert world.kube.obj(ISVC, "u-ok") is None and world.kube.obj(ACCOUNTS, "u-ok-serving") is None
     assert "inferenceService" not in status
     assert {"Planned", "Created", "Succeeded"} <= set(world.reasons("u-ok"))
 
@@ -392,16 +393,18 @@ def test_policy_refused_queued_job_gives_up_its_place(s3: S3Server) -> None:
 
 
 def test_serving_never_takes_over_objects_it_does_not_own(world: World) -> None:
-    """An unowned Secret `<job>-s3` with production keys and an unrelated sklearn
-    InferenceService `<job>`: neither is patched, both are reported, neither is deleted when
-    serving is turned off."""
+    """An unowned ServiceAccount `<job>-serving` and an unrelated sklearn InferenceService
+    `<job>`: neither is patched, both are reported, neither is deleted when serving is turned
+    off. A user's Secret `<job>-s3` (the old copy's name) is not even looked at."""
     secret = foreign("Secret", "u-own-s3", data={"AWS_ACCESS_KEY_ID": "cHJvZA=="})
+    account = foreign("ServiceAccount", "u-own-serving", secrets=[{"name": "ci-registry"}])
     sklearn = foreign(
         "InferenceService",
         "u-own",
         spec={"predictor": {"model": {"modelFormat": {"name": "sklearn"}}}},
     )
     world.kube.put(SECRETS, copy.deepcopy(secret))
+    world.kube.put(ACCOUNTS, copy.deepcopy(account))
     world.kube.put(ISVC, copy.deepcopy(sklearn))
     world.add(base_job("u-own", **{"serving.enabled": True}))
     world.reconcile("u-own")
@@ -410,19 +413,20 @@ def test_serving_never_takes_over_objects_it_does_not_own(world: World) -> None:
     assert status["phase"] == "Succeeded" and "inferenceService" not in status
     serving = condition_of(status, "Serving")
     assert (serving["status"], serving["reason"]) == ("False", "NameConflict")
-    assert "Secret default/u-own-s3 already exists and is not owned" in serving["message"]
+    assert (
+        "ServiceAccount default/u-own-serving already exists and is not owned" in serving["message"]
+    )
     assert warnings(world, "u-own") == ["ServingNameConflict"]
-    assert world.kube.obj(SECRETS, "u-own-s3") == secret
+    assert world.kube.obj(ACCOUNTS, "u-own-serving") == account
     assert world.kube.obj(ISVC, "u-own") == sklearn
-    assert world.kube.obj(ACCOUNTS, "u-own-serving") is None
     # waits for a person: looked at again only now and then
     assert world.reconciler.periodic[(NS, "u-own")] == SLOW_RESYNC_SECONDS
-    # the Secret's owner moves it away: the operator makes its own; the sklearn one still blocks
-    del world.kube.objects[SECRETS]["u-own-s3"]
+    # the account's owner moves it away: the operator makes its own; the sklearn one still blocks
+    del world.kube.objects[ACCOUNTS]["u-own-serving"]
     status = world.reconcile("u-own")
     assert "InferenceService default/u-own" in condition_of(status, "Serving")["message"]
     assert world.kube.obj(ISVC, "u-own") == sklearn
-    assert world.kube.obj(SECRETS, "u-own-s3") is not None  # ours now
+    assert world.kube.obj(ACCOUNTS, "u-own-serving") is not None  # ours now
     lj = world.kube.obj(LJ, "u-own")
     assert lj is not None
     lj["spec"]["serving"]["enabled"] = False
@@ -432,7 +436,8 @@ def test_serving_never_takes_over_objects_it_does_not_own(world: World) -> None:
     left_alone = "left alone (not owned by this LoRAJob): InferenceService default/u-own"
     assert left_alone in serving["message"]
     assert world.kube.obj(ISVC, "u-own") == sklearn
-    assert world.kube.obj(SECRETS, "u-own-s3") is None  # ours: deleted
+    assert world.kube.obj(ACCOUNTS, "u-own-serving") is None  # ours: deleted
+    assert world.kube.obj(SECRETS, "u-own-s3") == secret  # never ours, never touched
 
 
 def test_a_recreated_lorajob_does_not_adopt_what_its_namesake_left(world: World) -> None:
@@ -474,7 +479,7 @@ def test_a_recreated_lorajob_does_not_adopt_what_its_namesake_left(world: World)
     world.job_status("u-again-r1", succeeded=1, conditions=COMPLETE)
     status = world.reconcile("u-again")
     assert condition_of(status, "Serving")["reason"] == "NameConflict"
-    assert world.kube.obj(SECRETS, "u-again-s3") == left[SECRETS]["u-again-s3"]
+    assert world.kube.obj(ACCOUNTS, "u-again-serving") == left[ACCOUNTS]["u-again-serving"]
 
 
 def test_retrain_and_suspend_delete_only_their_own_jobs(world: World) -> None:

@@ -1,6 +1,8 @@
 """Serving, in-process: what an InferenceService's status means (`readiness`), how the objects
 are applied (create, or patch only what differs), what a cluster without KServe gives, and what
-turning serving off deletes. Against `FakeKube` (the real client over an in-memory API)."""
+turning serving off deletes; credentials reach KServe by the job's own Secret's name, never as a
+copy, and no Secret is read or written. Against `FakeKube` (the real client over an in-memory
+API)."""
 
 from __future__ import annotations
 
@@ -15,21 +17,20 @@ from operator_harness import base_job
 from lora_operator.api.loading import parse_lorajob
 from lora_operator.controller.kube import KubeError
 from lora_operator.controller.ownership import NameConflict
-from lora_operator.controller.progress import S3Credentials
 from lora_operator.controller.serving import (
     ISVC,
     ServingState,
     ensure_serving,
     readiness,
     remove_serving,
-    serving_names,
+    serving_account_name,
 )
 
 NS = "default"
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/default/inferenceservices"
 SECRETS = "/api/v1/namespaces/default/secrets"
 ACCOUNTS = "/api/v1/namespaces/default/serviceaccounts"
-CREDS = S3Credentials("http://minio.storage.svc:9000", "AK", "SK", "eu-west-1")
+TEAM_SECRET = "team-creds"  # the job's own credentials Secret (spec.output.credentialsSecret)
 ADAPTER = "s3://bucket/runs/svc/r1/final"
 
 
@@ -73,57 +74,73 @@ def spec(**overrides: Any) -> Any:
     return parse_lorajob(base_job("svc", **{"serving.enabled": True, **overrides})).spec
 
 
-def ensure(kube: FakeKube, creds: S3Credentials | None = CREDS) -> ServingState:
-    return asyncio.run(ensure_serving(kube, "svc", NS, "uid-svc", spec(), ADAPTER, "r1", creds))
+def ensure(kube: FakeKube, secret: str | None = TEAM_SECRET) -> ServingState:
+    return asyncio.run(ensure_serving(kube, "svc", NS, "uid-svc", spec(), ADAPTER, "r1", secret))
 
 
 def patches(kube: FakeKube) -> list[tuple[str, str, str]]:
     return [call for call in kube.calls if call[2] == "patch"]
 
 
-def test_ensure_creates_then_patches_only_what_differs() -> None:
+def secret_calls(kube: FakeKube) -> list[tuple[str, str, str]]:
+    return [call for call in kube.calls if call[1] == "secrets"]
+
+
+def test_ensure_lists_the_jobs_secret_by_name_and_patches_only_what_differs() -> None:
     kube = FakeKube()
     state = ensure(kube)
     assert state.reason == "Deploying"  # the InferenceService has no status yet
-    secret_name, account_name = serving_names("svc")
-    secret = kube.obj(SECRETS, secret_name)
-    account = kube.obj(ACCOUNTS, account_name)
+    account = kube.obj(ACCOUNTS, "svc-serving")
     service = kube.obj(ISVCS, "svc")
-    assert secret is not None and account is not None and service is not None
-    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}
-    assert service["spec"]["predictor"]["serviceAccountName"] == account_name
+    assert account is not None and service is not None
+    assert account["secrets"] == [{"name": "team-creds"}]  # the tenant's Secret, by name
+    assert account["metadata"]["ownerReferences"][0]["uid"] == "uid-svc"
+    assert service["spec"]["predictor"]["serviceAccountName"] == "svc-serving"
+    assert not kube.objects.get(SECRETS) and secret_calls(kube) == []  # no copy, no read
 
     kube.calls.clear()
     ensure(kube)
     assert patches(kube) == []  # nothing differs: nothing written
 
     service["spec"]["predictor"]["minReplicas"] = 5  # someone edited what we own
-    secret["metadata"]["labels"] = {}
-    secret["metadata"]["annotations"] = {}
+    account["metadata"]["labels"] = {}
     kube.calls.clear()
     ensure(kube)
     assert patches(kube) == [("serving.kserve.io", "inferenceservices", "patch")]
     assert kube.obj(ISVCS, "svc")["spec"]["predictor"]["minReplicas"] == 1  # type: ignore[index]
-    # labels/annotations travel with a spec/data patch, they alone do not trigger one
-    assert kube.obj(SECRETS, secret_name)["metadata"]["labels"] == {}  # type: ignore[index]
+    # labels travel with a spec/secrets patch, they alone do not trigger one
+    assert kube.obj(ACCOUNTS, "svc-serving")["metadata"]["labels"] == {}  # type: ignore[index]
 
-    secret["stringData"] = {"AWS_ACCESS_KEY_ID": "old"}
+    account["secrets"] = [{"name": "someone-elses"}]
     kube.calls.clear()
     ensure(kube)
-    assert patches(kube) == [("", "secrets", "patch")]
-    restored = kube.obj(SECRETS, secret_name)
-    assert restored is not None and restored["stringData"]["AWS_ACCESS_KEY_ID"] == "AK"
+    assert patches(kube) == [("", "serviceaccounts", "patch")]
+    restored = kube.obj(ACCOUNTS, "svc-serving")
+    assert restored is not None and restored["secrets"] == [{"name": "team-creds"}]
     assert restored["metadata"]["labels"]["app.kubernetes.io/component"] == "serving"
-    annotations = restored["metadata"]["annotations"]
-    assert annotations["serving.kserve.io/s3-endpoint"] == "minio.storage.svc:9000"
+    assert secret_calls(kube) == []
 
 
-def test_without_credentials_no_secret_or_account() -> None:
+def test_another_credentials_secret_is_followed_by_the_account() -> None:
+    """The operator's default Secret changed (or the job names another): the account lists the
+    new name at the next ensure, still without touching either Secret."""
     kube = FakeKube()
-    ensure(kube, creds=None)
+    ensure(kube, "platform-s3")
+    assert kube.obj(ACCOUNTS, "svc-serving")["secrets"] == [{"name": "platform-s3"}]  # type: ignore[index]
+    ensure(kube, "team-creds")
+    assert kube.obj(ACCOUNTS, "svc-serving")["secrets"] == [{"name": "team-creds"}]  # type: ignore[index]
+    assert secret_calls(kube) == []
+
+
+def test_without_a_credentials_secret_no_account() -> None:
+    """Credentials from the operator's own environment: nothing of the operator's reaches the
+    tenant's namespace; KServe's own defaults (its config, IRSA) apply."""
+    kube = FakeKube()
+    ensure(kube, secret=None)
     assert not kube.objects.get(SECRETS) and not kube.objects.get(ACCOUNTS)
     service = kube.obj(ISVCS, "svc")
     assert service is not None and "serviceAccountName" not in service["spec"]["predictor"]
+    assert secret_calls(kube) == []
 
 
 def failing(kube: FakeKube, status: int) -> None:
@@ -167,16 +184,16 @@ def test_remove_serving_deletes_what_ensure_made() -> None:
     kube = FakeKube()
     ensure(kube)
     assert remove(kube) == []
-    assert not kube.objects[ISVCS] and not kube.objects[SECRETS] and not kube.objects[ACCOUNTS]
+    assert not kube.objects[ISVCS] and not kube.objects[ACCOUNTS]
     assert remove(kube) == []  # nothing left: fine
 
 
-def test_remove_serving_without_kserve_still_removes_the_credentials() -> None:
+def test_remove_serving_without_kserve_still_removes_the_account() -> None:
     kube = FakeKube()
     ensure(kube)
     failing(kube, 404)
     assert remove(kube) == []
-    assert not kube.objects[SECRETS] and not kube.objects[ACCOUNTS]
+    assert not kube.objects[ACCOUNTS]
     kube = FakeKube()
     failing(kube, 500)
     with pytest.raises(KubeError):
@@ -198,23 +215,57 @@ SKLEARN_ISVC: dict[str, Any] = {
     "metadata": {"name": "svc", "namespace": NS, "uid": "uid-sklearn"},
     "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "gs://x"}}},
 }
+FOREIGN_ACCOUNT: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "ServiceAccount",
+    "metadata": {"name": "svc-serving", "namespace": NS, "uid": "uid-ci"},
+    "secrets": [{"name": "ci-registry"}],
+}
 
 
 def writes(kube: FakeKube) -> list[tuple[str, str, str]]:
     return [call for call in kube.calls if call[2] in ("patch", "delete", "update")]
 
 
-def test_an_unowned_secret_stays_byte_identical_and_is_a_name_conflict() -> None:
+def test_a_users_secret_named_like_the_old_copy_is_never_touched() -> None:
+    """`<job>-s3` was the name of the copy earlier versions made: a user's Secret of that name is
+    neither read, written nor in the way any more."""
     kube = FakeKube()
     kube.put(SECRETS, copy.deepcopy(PRODUCTION_SECRET))
     state = ensure(kube)
-    assert (state.status, state.reason) == ("False", "NameConflict")
-    assert "Secret default/svc-s3 already exists and is not owned by this LoRAJob" in state.message
-    assert "no controller owner" in state.message
+    assert state.reason == "Deploying"
     assert kube.obj(SECRETS, "svc-s3") == PRODUCTION_SECRET
-    assert writes(kube) == []
-    # nothing is built on top of someone else's Secret
-    assert not kube.objects.get(ACCOUNTS) and not kube.objects.get(ISVCS)
+    assert secret_calls(kube) == []
+    assert remove(kube) == []
+    assert kube.obj(SECRETS, "svc-s3") == PRODUCTION_SECRET
+    assert secret_calls(kube) == [] and list(kube.objects[SECRETS]) == ["svc-s3"]
+
+
+def test_the_old_copy_this_job_owns_is_left_to_the_garbage_collector() -> None:
+    """Upgrade path: a `<job>-s3` an earlier version copied (controlled by this LoRAJob) is not
+    deleted by the operator, which has no right to; it goes with the LoRAJob."""
+    kube = FakeKube()
+    legacy = copy.deepcopy(PRODUCTION_SECRET)
+    legacy["metadata"]["ownerReferences"] = [
+        {"kind": "LoRAJob", "name": "svc", "uid": "uid-svc", "controller": True}
+    ]
+    kube.put(SECRETS, copy.deepcopy(legacy))
+    ensure(kube)
+    assert remove(kube) == []
+    assert kube.obj(SECRETS, "svc-s3") == legacy and secret_calls(kube) == []
+
+
+def test_an_unowned_account_is_a_name_conflict_and_nothing_is_built_on_it() -> None:
+    kube = FakeKube()
+    kube.put(ACCOUNTS, copy.deepcopy(FOREIGN_ACCOUNT))
+    state = ensure(kube)
+    assert (state.status, state.reason) == ("False", "NameConflict")
+    assert (
+        "ServiceAccount default/svc-serving already exists and is not owned by this LoRAJob"
+        in state.message
+    )
+    assert kube.obj(ACCOUNTS, "svc-serving") == FOREIGN_ACCOUNT
+    assert writes(kube) == [] and not kube.objects.get(ISVCS)
 
 
 def test_an_unowned_sklearn_inference_service_is_not_rewritten() -> None:
@@ -234,24 +285,25 @@ def test_objects_of_an_earlier_lorajob_with_the_same_name_are_not_ours() -> None
     ensure(kube)  # made by uid-svc
     before = copy.deepcopy(kube.objects)
     kube.calls.clear()
-    state = asyncio.run(ensure_serving(kube, "svc", NS, "uid-new", spec(), ADAPTER, "r1", CREDS))
+    state = asyncio.run(
+        ensure_serving(kube, "svc", NS, "uid-new", spec(), ADAPTER, "r1", TEAM_SECRET)
+    )
     assert state.reason == "NameConflict"
     assert "controlled by LoRAJob svc (uid uid-svc)" in state.message
     assert [(c.kind, c.name) for c in remove(kube, uid="uid-new")] == [
         ("InferenceService", "svc"),
         ("ServiceAccount", "svc-serving"),
-        ("Secret", "svc-s3"),
     ]
     assert kube.objects == before and writes(kube) == []
 
 
 def test_remove_serving_leaves_unowned_objects_alone() -> None:
     kube = FakeKube()
-    kube.put(SECRETS, copy.deepcopy(PRODUCTION_SECRET))
+    kube.put(ACCOUNTS, copy.deepcopy(FOREIGN_ACCOUNT))
     kube.put(ISVCS, copy.deepcopy(SKLEARN_ISVC))
     left = remove(kube)
-    assert {c.kind for c in left} == {"Secret", "InferenceService"}
-    assert kube.obj(SECRETS, "svc-s3") == PRODUCTION_SECRET
+    assert [c.kind for c in left] == ["InferenceService", "ServiceAccount"]
+    assert kube.obj(ACCOUNTS, "svc-serving") == FOREIGN_ACCOUNT
     assert kube.obj(ISVCS, "svc") == SKLEARN_ISVC
     assert writes(kube) == []
 
@@ -283,11 +335,7 @@ def test_removal_deletes_with_the_uid_it_checked() -> None:
     (same name, new uid) is refused by the API server instead of deleted."""
     kube = FakeKube()
     ensure(kube)
-    stored = [
-        kube.obj(ISVCS, "svc"),
-        kube.obj(SECRETS, "svc-s3"),
-        kube.obj(ACCOUNTS, "svc-serving"),
-    ]
+    stored = [kube.obj(ISVCS, "svc"), kube.obj(ACCOUNTS, "svc-serving")]
     uids = {obj["metadata"]["uid"] for obj in stored if obj is not None}
     sent: list[Any] = []
     original = kube.request
@@ -299,8 +347,13 @@ def test_removal_deletes_with_the_uid_it_checked() -> None:
 
     kube.request = request  # type: ignore[method-assign]
     assert remove(kube) == []
-    assert len(uids) == 3 and {b["preconditions"]["uid"] for b in sent} == uids
+    assert len(uids) == 2 and {b["preconditions"]["uid"] for b in sent} == uids
 
 
-def test_isvc_resource_path() -> None:
+def test_names() -> None:
     assert ISVC == "serving.kserve.io/v1beta1/inferenceservices"
+    assert serving_account_name("svc") == "svc-serving"
+    job = "j" * 55  # 55 + len("-serving") = 63: kept whole
+    assert serving_account_name(job) == f"{job}-serving"
+    longer = serving_account_name("j" * 56)  # 64: cut to 54 + "-" + 8 hex digits
+    assert len(longer) == 63 and longer.startswith("j" * 54 + "-")

@@ -135,12 +135,13 @@ compares them). Each rule's reason: docs/operating.md, "RBAC".
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- /* get: the S3 credentials Secret a job names (progress, serving copy). create/patch/delete:
-  the serving copy <job>-s3 KServe reads. ServiceAccounts: <job>-trainer (create/get) and the
-  serving <job>-serving (also patch/delete). */}}
+{{- /* Secrets: get only, the S3 credentials Secret a job names (policy opt-in label, progress
+  reads). No Secret is ever written: serving lists the job's own Secret by name in the serving
+  ServiceAccount. ServiceAccounts: <job>-trainer (create/get) and the serving <job>-serving
+  (also patch/delete). */}}
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get", "create", "patch", "delete"]

@@ -28,12 +28,11 @@ API_CALLS: frozenset[Call] = frozenset(
         ("", "pods", "list"),
         # Events on every transition (posted by the operator, not kopf: most come from resync)
         ("", "events", "create"),
-        # S3 credentials for progress; the serving copy KServe reads
+        # the job's S3 credentials Secret, read (never written): the policy's opt-in label and
+        # the keys for progress.json, one GET per resync. Serving lists it by name, no copy.
         ("", "secrets", "get"),
-        ("", "secrets", "create"),
-        ("", "secrets", "patch"),
-        ("", "secrets", "delete"),
         # the per-LoRAJob trainer account <job>-trainer (create/get) and the serving one
+        # <job>-serving, whose `secrets` names the job's Secret (patch/delete)
         ("", "serviceaccounts", "create"),
         ("", "serviceaccounts", "get"),
         ("", "serviceaccounts", "patch"),

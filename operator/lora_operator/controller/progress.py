@@ -1,8 +1,9 @@
 """Read a run's progress.json from S3 and turn it into status fields (`kubectl get lj` columns).
 
 The operator reads the same Secret the trainer pods get (spec.output.credentialsSecret or the
-operator's default). `LORAJOB_OPERATOR_S3_ENDPOINT` overrides the endpoint for an operator that
-runs outside the cluster (the in-cluster MinIO name does not resolve there).
+operator's default), through the reconcile's SecretReader: one read per resync.
+`LORAJOB_OPERATOR_S3_ENDPOINT` overrides the endpoint for an operator that runs outside the
+cluster (the in-cluster MinIO name does not resolve there).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from lora_contract.storage import S3Store, StorageError, env_credentials
 from lora_contract.types import LoRAJobSpec, LoRAJobStatus, Progress
 
 from ..api.operator_config import OperatorConfig
-from .kube import Kube
 from .s3_target import s3_target
+from .secret_reads import SecretReader
 
 log = logging.getLogger("lora_operator.progress")
 ENDPOINT_OVERRIDE_ENV = "LORAJOB_OPERATOR_S3_ENDPOINT"
@@ -48,8 +49,10 @@ def _decode(secret: dict[str, Any], key: str) -> str | None:
 
 
 async def resolve_credentials(
-    kube: Kube, namespace: str, spec: LoRAJobSpec, config: OperatorConfig
+    read_secret: SecretReader, namespace: str, spec: LoRAJobSpec, config: OperatorConfig
 ) -> S3Credentials:
+    """Endpoint, region and keys for reading the job's outputs; `read_secret` reads in
+    `namespace` (the job's), which the messages name."""
     target = s3_target(spec, config)
     endpoint = os.environ.get(ENDPOINT_OVERRIDE_ENV) or target.endpoint
     if not endpoint:
@@ -65,7 +68,7 @@ async def resolve_credentials(
             "no S3 credentials: set spec.output.credentialsSecret or "
             "s3.credentialsSecret in the operator config"
         )
-    secret = await kube.get("v1/secrets", namespace, ref.name)
+    secret = await read_secret(ref.name)
     if secret is None:
         raise CredentialsError(
             f"Secret {namespace}/{ref.name} (spec.output.credentialsSecret) does not exist"

@@ -73,8 +73,8 @@ from .progress import (
 from .quota import Demand
 from .quota_ledger import QuotaLedger
 from .s3_target import s3_target
+from .secret_reads import SecretReads
 from .serving import ensure_serving, remove_serving
-from .status_patch import status_patch
 from .workload import JobObservation, pod_failure_message
 
 log = logging.getLogger("lora_operator.reconcile")
@@ -386,6 +386,8 @@ class _Run:
         self.events: list[tuple[str, str, str]] = []
         self.released = False
         self.spec: LoRAJobSpec | None = None
+        # the policy's opt-in check and the progress credentials share one Secret GET
+        self.read_secret = SecretReads(kube, self.namespace)
 
     # ------------------------------------------------------------------ helpers
 
@@ -429,9 +431,10 @@ class _Run:
         if self.generation is not None:
             self.status.observed_generation = self.generation
         wire = self.status.to_wire()
-        patch = status_patch(self.original, wire)  # nulls too: progress.lastError cleared
-        if patch:
-            body = {"status": patch}
+        changed = {k: v for k, v in wire.items() if self.original.get(k) != v}
+        removed = {k: None for k in self.original if k not in wire}
+        if changed or removed:
+            body = {"status": {**changed, **removed}}
             try:
                 await self.kube.patch(LORAJOBS, self.namespace, self.name, body, "status")
             except KubeError as exc:
@@ -495,7 +498,9 @@ class _Run:
             if changed:
                 self.event("Warning", "MissingConfiguration", problem)
             return None
-        refusals = await policy_refusals(self.kube, self.namespace, spec, self.config)
+        refusals = await policy_refusals(
+            self.kube, self.namespace, spec, self.config, self.read_secret
+        )
         if refusals:
             self.refuse(refusals)
             return None
@@ -714,7 +719,7 @@ class _Run:
 
     async def credentials(self, spec: LoRAJobSpec) -> S3Credentials | None:
         try:
-            return await resolve_credentials(self.kube, self.namespace, spec, self.config)
+            return await resolve_credentials(self.read_secret, self.namespace, spec, self.config)
         except CredentialsError as exc:
             self.status.message = f"cannot read progress: {exc}"
             return None
@@ -851,13 +856,21 @@ class _Run:
         if run.phase != Phase.Succeeded and not adapter:
             return
         if spec.serving.enabled and adapter:
-            creds = await self.credentials(spec)
+            # listed by name in the serving ServiceAccount, never read or copied for serving
+            ref = s3_target(spec, self.config).secret
             serving_run = next(
                 (r.id for r in self.status.runs if r.adapter_uri == adapter),
                 run.id,
             )
             state = await ensure_serving(
-                self.kube, self.name, self.namespace, self.uid, spec, adapter, serving_run, creds
+                self.kube,
+                self.name,
+                self.namespace,
+                self.uid,
+                spec,
+                adapter,
+                serving_run,
+                ref.name if ref is not None else None,
             )
             if self.condition(ConditionType.Serving, state.status, state.reason, state.message):
                 kind = "Normal" if state.status != "False" else "Warning"

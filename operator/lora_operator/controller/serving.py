@@ -1,6 +1,11 @@
 """Serve a finished adapter with KServe (vLLM multi-LoRA): the objects it takes (an
-InferenceService, and a Secret + ServiceAccount carrying the S3 credentials the way KServe's
-storage initializer wants them), applying them, and their readiness.
+InferenceService, and a ServiceAccount that lists the job's own credentials Secret the way
+KServe's storage initializer finds S3 credentials), applying them, and their readiness.
+
+The operator never copies a tenant's Secret: KServe's credential builder reads the Secrets named
+in the predictor's ServiceAccount and points the storage initializer's env at them by name
+(secretKeyRef), so the Secret the job already names is listed, not copied. The operator reads
+no Secret for serving, and needs no right to write one (docs/security.md, "Serving credentials").
 
 Returns the Serving condition rather than raising: a cluster without KServe still gets a
 Succeeded job, with Serving=False/KServeNotInstalled saying why nothing serves it.
@@ -11,16 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lora_contract.storage import parse_endpoint
 from lora_contract.types import CPU_GPU_TYPE, VLLM_LORA_RANKS, LoRAJobSpec
 
 from .conditions import NAME_CONFLICT, ConditionStatus
 from .kube import Kube, KubeError
 from .manifests import container_security_context, labels, owner_reference, short_name
 from .ownership import NameConflict, create_owned, delete_owned
-from .progress import S3Credentials
 
 ISVC = "serving.kserve.io/v1beta1/inferenceservices"
+ACCOUNTS = "v1/serviceaccounts"
 SERVING_BASE_PATH = "/mnt/models/base"
 SERVING_ADAPTER_PATH = "/mnt/models/adapter"
 # KServe's huggingfaceserver image runs as uid 1000 (user `kserve`, HOME /home/kserve, HF_HOME
@@ -39,57 +43,26 @@ def vllm_lora_rank(r: int) -> int:
     raise ValueError(f"lora.r {r} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
 
 
-def serving_names(job: str) -> tuple[str, str]:
-    """(Secret, ServiceAccount) carrying S3 credentials the KServe storage initializer reads."""
-    return short_name(job, "s3", limit=63), short_name(job, "serving", limit=63)
+def serving_account_name(job: str) -> str:
+    """The ServiceAccount `<job>-serving` the predictor runs as (fits 63 characters)."""
+    return short_name(job, "serving", limit=63)
 
 
-def build_serving_secret(
-    name: str,
-    namespace: str,
-    uid: str,
-    endpoint: str,
-    region: str | None,
-    access_key: str,
-    secret_key: str,
+def build_serving_account(
+    name: str, namespace: str, uid: str, credentials_secret: str
 ) -> dict[str, Any]:
-    """KServe wants AWS_* keys and endpoint annotations (no scheme), whatever the user's Secret
-    calls its keys, so the operator writes this copy (owned, deleted with the LoRAJob)."""
-    secret_name, _ = serving_names(name)
-    host, secure = parse_endpoint(endpoint)
-    annotations = {
-        "serving.kserve.io/s3-endpoint": host,
-        "serving.kserve.io/s3-usehttps": "1" if secure else "0",
-        "serving.kserve.io/s3-verifyssl": "1" if secure else "0",
-        "serving.kserve.io/s3-region": region or "us-east-1",
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": secret_name,
-            "namespace": namespace,
-            "labels": labels(name, None, "serving"),
-            "annotations": annotations,
-            "ownerReferences": [owner_reference(name, uid)],
-        },
-        "type": "Opaque",
-        "stringData": {"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key},
-    }
-
-
-def build_serving_account(name: str, namespace: str, uid: str) -> dict[str, Any]:
-    secret_name, account_name = serving_names(name)
+    """Owned by the LoRAJob; its `secrets` names the job's own credentials Secret (the one the
+    trainer uses), which KServe's storage initializer then reads by reference: no copy."""
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
         "metadata": {
-            "name": account_name,
+            "name": serving_account_name(name),
             "namespace": namespace,
             "labels": labels(name, None, "serving"),
             "ownerReferences": [owner_reference(name, uid)],
         },
-        "secrets": [{"name": secret_name}],
+        "secrets": [{"name": credentials_secret}],
     }
 
 
@@ -160,7 +133,7 @@ def build_inference_service(
     if spec.resources.tolerations:
         predictor["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
     if with_service_account:
-        predictor["serviceAccountName"] = serving_names(name)[1]
+        predictor["serviceAccountName"] = serving_account_name(name)
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -225,25 +198,17 @@ async def ensure_serving(
     spec: LoRAJobSpec,
     adapter_uri: str,
     run_id: str,
-    creds: S3Credentials | None,
+    credentials_secret: str | None,
 ) -> ServingState:
+    """`credentials_secret`: the job's credentials Secret (spec.output.credentialsSecret or the
+    operator's default), listed by name; None (credentials from the operator's environment):
+    no ServiceAccount, KServe's own defaults apply."""
     try:
-        if creds is not None:
-            secret = build_serving_secret(
-                name,
-                namespace,
-                uid,
-                creds.endpoint,
-                creds.region,
-                creds.access_key,
-                creds.secret_key,
-            )
-            await _apply(kube, "v1/secrets", namespace, secret, uid)
-            account = build_serving_account(name, namespace, uid)
-            await _apply(kube, "v1/serviceaccounts", namespace, account, uid)
-        body = build_inference_service(
-            name, namespace, uid, spec, adapter_uri, run_id, with_service_account=creds is not None
-        )
+        if credentials_secret is not None:
+            account = build_serving_account(name, namespace, uid, credentials_secret)
+            await _apply(kube, ACCOUNTS, namespace, account, uid)
+        listed = credentials_secret is not None
+        body = build_inference_service(name, namespace, uid, spec, adapter_uri, run_id, listed)
         await _apply(kube, ISVC, namespace, body, uid)
         isvc = await kube.get(ISVC, namespace, name)
     except NameConflict as conflict:
@@ -263,14 +228,11 @@ async def ensure_serving(
 async def remove_serving(kube: Kube, name: str, namespace: str, uid: str) -> list[NameConflict]:
     """serving.enabled turned off: delete what ensure_serving made, and only that (each object
     is checked to be controlled by `uid` and deleted with a uid precondition). Returns the
-    objects of those names that are not ours and were left alone."""
-    secret, account = serving_names(name)
+    objects of those names that are not ours and were left alone. A `<job>-s3` Secret copied by
+    an earlier operator version is not deleted here (no Secret delete right): the garbage
+    collector removes it with the LoRAJob, whose controller reference it carries."""
     left_alone: list[NameConflict] = []
-    for resource, object_name in (
-        (ISVC, name),
-        ("v1/serviceaccounts", account),
-        ("v1/secrets", secret),
-    ):
+    for resource, object_name in ((ISVC, name), (ACCOUNTS, serving_account_name(name))):
         try:
             await delete_owned(kube, resource, namespace, object_name, uid)
         except NameConflict as conflict:
