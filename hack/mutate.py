@@ -89,6 +89,18 @@ TARGETS: tuple[Target, ...] = (
         note="usage kept per quota scope and the oldest-first pass between admissions",
     ),
     Target(
+        "policy",
+        ("lora_operator.controller.policy",),
+        ("tests/operator/test_policy_units.py", "tests/operator/test_policy.py"),
+        note="what a job author may choose: images, endpoints, priority, node placement, Secrets",
+    ),
+    Target(
+        "ownership",
+        ("lora_operator.controller.ownership",),
+        ("tests/operator/test_ownership_units.py",),
+        note="which objects are this LoRAJob's to change or delete",
+    ),
+    Target(
         "layout",
         ("lora_contract.layout",),
         ("tests/api/test_api_helpers.py", "tests/api/test_layout_paths.py"),
