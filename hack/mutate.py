@@ -172,6 +172,12 @@ TARGETS: tuple[Target, ...] = (
         ("tests/api/test_crd.py::test_crds_check_command_passes_on_the_committed_files",),
     ),
     Target(
+        "model_config_fetch",
+        ("lora_operator.controller.model_config_fetch",),
+        ("tests/operator/test_model_config_fetch_units.py",),
+        note="which URLs a model config is fetched from, redirects, size cap and deadline",
+    ),
+    Target(
         "deepspeed_setup",
         ("lora_trainer.deepspeed_setup",),
         (
