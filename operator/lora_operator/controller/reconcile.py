@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lora_contract.layout import FINAL_DIR, run_location
-from lora_contract.timestamps import now_iso, parse_iso
+from lora_contract.timestamps import now_iso
 from lora_contract.types import (
     API_VERSION,
     CPU_GPU_TYPE,
@@ -53,6 +53,21 @@ from ..memory.forecast import completed_forecast, run_forecast
 from . import metrics
 from .conditions import NAME_CONFLICT, ConditionStatus, find, set_condition
 from .config import ConfigSource
+from .decisions import (
+    FINISHED,
+    ServingAction,
+    deletion_precondition,
+    demand_from,
+    kueue_queue,
+    needs_new_run,
+    plan_demand,
+    planning_failed_before,
+    run_to_stop,
+    serving_action,
+    serving_run_id,
+    ttl_expired,
+)
+from .decisions import mapping as _mapping
 from .kube import Kube, KubeError
 from .manifests import (
     RunContext,
@@ -75,23 +90,16 @@ from .quota_ledger import QuotaLedger
 from .s3_target import s3_target
 from .secret_reads import SecretReads
 from .serving import ensure_serving, remove_serving
-from .workload import JobObservation, pod_failure_message
+from .status_patch import status_patch
+from .workload import JobObservation, JobState, pod_failure_message
 
 log = logging.getLogger("lora_operator.reconcile")
 
 LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
 JOBS = "batch/v1/jobs"
 ACTIVE_PHASES = {Phase.Pending.value, Phase.Queued.value, Phase.Running.value}
-FINISHED = (Phase.Succeeded, Phase.Failed)
 EventFn = Callable[[Kube, dict[str, Any], str, str, str], Awaitable[None]]
 Key = tuple[str, str]
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    """A section of an object that should be a mapping; {} when a malformed object (written
-    under an older, looser CRD) has something else there, so one bad object never breaks the
-    bookkeeping of all the others."""
-    return value if isinstance(value, dict) else {}
 
 
 def load_status(raw: dict[str, Any], where: str) -> LoRAJobStatus:
@@ -109,29 +117,6 @@ def load_status(raw: dict[str, Any], where: str) -> LoRAJobStatus:
             else:
                 good[key] = value
         return LoRAJobStatus.model_validate(good)
-
-
-def demand_from(obj: dict[str, Any]) -> Demand | None:
-    """What a LoRAJob holds or waits for, from its status (None: neither)."""
-    status = _mapping(obj.get("status"))
-    plan = _mapping(status.get("plan"))
-    phase = status.get("phase")
-    if phase not in (Phase.Running.value, Phase.Queued.value) or not plan:
-        return None
-    gpu_type = plan.get("gpuType", "")
-    try:
-        gpus = 0 if gpu_type == CPU_GPU_TYPE else int(plan.get("totalGpus", 0))
-    except (TypeError, ValueError):
-        return None
-    meta = _mapping(obj.get("metadata"))
-    return Demand(
-        namespace=meta.get("namespace", ""),
-        name=meta.get("name", ""),
-        gpu_type=gpu_type,
-        gpus=gpus,
-        created=meta.get("creationTimestamp", ""),
-        holding=phase == Phase.Running.value,
-    )
 
 
 def plan_summary(plan: PlanStatus, on_cpu: bool) -> str:
@@ -252,6 +237,7 @@ class Reconciler:
     _warm: bool = False
     _catalog_key: int = 0
     _catalog: GpuCatalog | None = None
+    clock: Callable[[], float] = time.time  # wall clock (epoch seconds) for TTLs; tests fake it
     # a job waiting for its config URL is reconciled again when the fetch ends
     model_configs: ModelConfigSource = field(init=False)
 
@@ -431,10 +417,9 @@ class _Run:
         if self.generation is not None:
             self.status.observed_generation = self.generation
         wire = self.status.to_wire()
-        changed = {k: v for k, v in wire.items() if self.original.get(k) != v}
-        removed = {k: None for k in self.original if k not in wire}
-        if changed or removed:
-            body = {"status": {**changed, **removed}}
+        patch = status_patch(self.original, wire)  # nulls too: progress.lastError cleared
+        if patch:
+            body = {"status": patch}
             try:
                 await self.kube.patch(LORAJOBS, self.namespace, self.name, body, "status")
             except KubeError as exc:
@@ -454,7 +439,7 @@ class _Run:
         self.spec = spec
         spec_hash = training_spec_hash(spec)
         run = self.current_run()
-        if run is None or run.spec_hash != spec_hash:
+        if needs_new_run(run, spec_hash):
             if not await self.start_new_run(spec, spec_hash):
                 return
             run = self.current_run()
@@ -535,7 +520,7 @@ class _Run:
 
     async def start_new_run(self, spec: LoRAJobSpec, spec_hash: str) -> bool:
         previous = self.current_run()
-        if self.status.spec_hash == spec_hash and self.status.phase == Phase.Failed:
+        if planning_failed_before(self.status.spec_hash, self.status.phase, spec_hash):
             return False  # planning already failed for this exact spec; wait for a change
         try:
             model_config = await self.owner.model_configs.resolve(
@@ -600,7 +585,7 @@ class _Run:
             self.set_phase(Phase.Pending, message)
 
     async def supersede(self, previous: RunRecord) -> None:
-        if previous.phase in FINISHED:
+        if not run_to_stop(previous):
             return
         job = run_name(self.name, previous.id)
         # NameConflict: not the previous run's Job, so nothing of ours to stop or delete.
@@ -621,19 +606,11 @@ class _Run:
             return plan.gpu_type == CPU_GPU_TYPE
 
     def demand(self, plan: PlanStatus) -> Demand:
-        gpus = 0 if plan.gpu_type == CPU_GPU_TYPE else plan.total_gpus
-        return Demand(
-            namespace=self.namespace,
-            name=self.name,
-            gpu_type=plan.gpu_type,
-            gpus=gpus,
-            created=self.obj["metadata"].get("creationTimestamp", ""),
-        )
+        created = self.obj["metadata"].get("creationTimestamp", "")
+        return plan_demand(plan, self.namespace, self.name, created)
 
     def queue_name(self, spec: LoRAJobSpec) -> str | None:
-        if spec.queue_name:
-            return spec.queue_name
-        return self.config.kueue.default_queue if self.config.kueue.enabled else None
+        return kueue_queue(spec.queue_name, self.config.kueue)
 
     async def launch(self, spec: LoRAJobSpec, run: RunRecord) -> None:
         plan = self.plan()
@@ -741,7 +718,8 @@ class _Run:
         seen = JobObservation.of(job)
         job_name = seen.name
         plan = self.plan()
-        if seen.suspended:
+        state = seen.state
+        if state is JobState.WAITING_FOR_KUEUE:
             queue = self.queue_name(spec)
             self.condition(
                 ConditionType.Admitted, False, "WaitingForKueue", f"Job {job_name} in {queue}"
@@ -757,7 +735,7 @@ class _Run:
         # request per pending job and resync, which is most of them in a large queue).
         progress = await self.progress(spec, run) if seen.started else None
         failed = seen.failed_pods
-        if failed > self.status.restarts:
+        if seen.new_failures(self.status.restarts):
             self.status.restarts = failed
             self.event(
                 "Warning",
@@ -765,23 +743,19 @@ class _Run:
                 f"a pod of {job_name} failed ({failed} so far); retrying from the latest "
                 "checkpoint",
             )
-        if seen.complete:
+        if state is JobState.SUCCEEDED:
             await self.succeed(spec, run, progress)
-        elif seen.failure is not None:
+        elif state is JobState.FAILED and seen.failure is not None:
             await self.fail(run, job_name, seen.failure, progress)
-        else:
+        elif state is JobState.RUNNING:
             active = seen.active
-            if active:
-                summary = self.status.progress_summary
-                detail = f", step {summary}" if summary else ""
-                if self.condition(
-                    ConditionType.Running,
-                    True,
-                    "PodsRunning",
-                    f"{active}/{plan.nodes} pod(s) active",
-                ):
-                    self.event("Normal", "Running", f"{active} pod(s) of {job_name} running")
-                self.set_phase(Phase.Running, f"training{detail}")
+            summary = self.status.progress_summary
+            detail = f", step {summary}" if summary else ""
+            if self.condition(
+                ConditionType.Running, True, "PodsRunning", f"{active}/{plan.nodes} pod(s) active"
+            ):
+                self.event("Normal", "Running", f"{active} pod(s) of {job_name} running")
+            self.set_phase(Phase.Running, f"training{detail}")
 
     async def succeed(self, spec: LoRAJobSpec, run: RunRecord, progress: Progress | None) -> None:
         adapter = (progress.adapter_uri if progress else None) or f"{run.output_uri}/{FINAL_DIR}"
@@ -841,11 +815,13 @@ class _Run:
     # ------------------------------------------------------------------ after completion
 
     async def after_completion(self, spec: LoRAJobSpec, run: RunRecord) -> None:
-        if self.ttl_expired(spec):
+        now = self.owner.clock()
+        if ttl_expired(spec.ttl_seconds_after_finished, self.status.completion_time, now):
             # The uid precondition: never delete a newer LoRAJob that took this name meanwhile
             # (the server refuses with 409; that one is not finished, so nothing to do).
+            uid = deletion_precondition(self.uid)
             try:
-                await self.kube.delete(LORAJOBS, self.namespace, self.name, uid=self.uid or None)
+                await self.kube.delete(LORAJOBS, self.namespace, self.name, uid=uid)
             except KubeError as exc:
                 if exc.status != 409:
                     raise
@@ -853,15 +829,18 @@ class _Run:
             self.event("Normal", "Expired", "ttlSecondsAfterFinished reached; deleting")
             return
         adapter = self.status.adapter_uri
-        if run.phase != Phase.Succeeded and not adapter:
-            return
-        if spec.serving.enabled and adapter:
+        serving = find(self.status.conditions, ConditionType.Serving)
+        action = serving_action(
+            enabled=spec.serving.enabled,
+            succeeded=run.phase == Phase.Succeeded,
+            adapter=adapter,
+            inference_service=self.status.inference_service,
+            serving_reason=serving.reason if serving is not None else None,
+        )
+        if action is ServingAction.ENSURE and adapter:
             # listed by name in the serving ServiceAccount, never read or copied for serving
             ref = s3_target(spec, self.config).secret
-            serving_run = next(
-                (r.id for r in self.status.runs if r.adapter_uri == adapter),
-                run.id,
-            )
+            serving_run = serving_run_id(self.status.runs, adapter, run.id)
             state = await ensure_serving(
                 self.kube,
                 self.name,
@@ -877,11 +856,8 @@ class _Run:
                 self.event(kind, f"Serving{state.reason}", state.message)
             if state.reason not in ("KServeNotInstalled", NAME_CONFLICT):
                 self.status.inference_service = self.name
-        elif not spec.serving.enabled:
-            serving = find(self.status.conditions, ConditionType.Serving)
-            conflicted = serving is not None and serving.reason == NAME_CONFLICT
-            if self.status.inference_service or conflicted:
-                await self.stop_serving()
+        elif action is ServingAction.STOP:
+            await self.stop_serving()
 
     async def stop_serving(self) -> None:
         """Delete the serving objects this LoRAJob controls; name the others, left alone."""
@@ -892,9 +868,3 @@ class _Run:
             names = ", ".join(f"{c.kind} {c.namespace}/{c.name}" for c in left_alone)
             message += f"; left alone (not owned by this LoRAJob): {names}"
         self.condition(ConditionType.Serving, False, "Disabled", message)
-
-    def ttl_expired(self, spec: LoRAJobSpec) -> bool:
-        if spec.ttl_seconds_after_finished is None:
-            return False
-        finished = parse_iso(self.status.completion_time)
-        return finished is not None and time.time() >= finished + spec.ttl_seconds_after_finished

@@ -5,11 +5,22 @@ the reconciler only moves between states."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
 from .kube import Kube
 from .manifests import LABEL_JOB, LABEL_RUN
+
+
+class JobState(enum.Enum):
+    """Where the run's Job is, in the order the reconciler asks."""
+
+    WAITING_FOR_KUEUE = "WaitingForKueue"  # created suspended; Kueue has not admitted it
+    SUCCEEDED = "Succeeded"  # Complete=True
+    FAILED = "Failed"  # Failed=True: the Job controller gave up (backoff, FailJob rule)
+    RUNNING = "Running"  # pods active
+    STARTING = "Starting"  # admitted, no pod active (scheduling, or between retries)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,24 @@ class JobObservation:
             complete=(conditions.get("Complete") or {}).get("status") == "True",
             failure=failed if (failed or {}).get("status") == "True" else None,
         )
+
+    @property
+    def state(self) -> JobState:
+        """Suspension first (a suspended Job runs nothing), then the Job controller's verdict
+        (Complete before Failed), then whether pods are active. Failed pod counts never decide
+        failure: only the Job's Failed condition does (its backoff limits and podFailurePolicy,
+        which keeps disrupted pods out of the count, are the Job controller's)."""
+        if self.suspended:
+            return JobState.WAITING_FOR_KUEUE
+        if self.complete:
+            return JobState.SUCCEEDED
+        if self.failure is not None:
+            return JobState.FAILED
+        return JobState.RUNNING if self.active else JobState.STARTING
+
+    def new_failures(self, restarts_seen: int) -> bool:
+        """More pods failed than the status has counted as restarts: a retry to report."""
+        return self.failed_pods > restarts_seen
 
 
 async def pod_failure_message(kube: Kube, namespace: str, job: str, run_id: str) -> str | None:
