@@ -1,14 +1,16 @@
 """The real operator process against the emulator: objects that merely share a name the operator
-derives (`<job>-s3`, the InferenceService `<job>`, a run's ConfigMap) are someone else's. The
-operator must not patch, adopt or delete them; it reports a NameConflict in status and as a
-Warning Event, and carries on once they are gone."""
+derives (the InferenceService `<job>`, a run's ConfigMap) are someone else's. The operator must not
+patch, adopt or delete them; it reports a NameConflict in status and as a Warning Event, and
+carries on once they are gone. A Secret `<job>-s3` (the name of the credentials copy earlier
+versions made) is not even read: serving lists the job's own Secret by name, and the operator
+writes no Secret at all."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from operator_harness import Harness, base_job
+from operator_harness import SECRET, Harness, base_job
 
 ISVC = "serving.kserve.io/v1beta1/inferenceservices"
 
@@ -30,7 +32,19 @@ def stored(harness: Harness, resource: str, name: str) -> dict[str, Any]:
     return obj
 
 
-def test_unowned_secret_and_inference_service_are_never_touched(harness: Harness) -> None:
+def secrets(harness: Harness) -> dict[str, str]:
+    """Every Secret of the namespace: name -> resourceVersion (a write changes it)."""
+    return {
+        s["metadata"]["name"]: s["metadata"].get("resourceVersion", "")
+        for s in harness.client.list("v1/secrets", harness.namespace)
+    }
+
+
+def test_a_users_s3_secret_is_never_touched_and_no_secret_is_created(harness: Harness) -> None:
+    """Attack #4 (docs/security.md): a user's Secret `<job>-s3` with production keys, and an
+    unrelated sklearn InferenceService `<job>`. The Secret stays byte-identical and no Secret
+    appears or changes in the namespace through the job's whole life; the InferenceService is a
+    NameConflict, never patched or deleted."""
     name = "attacked"
     ns = harness.namespace
     secret = {
@@ -56,7 +70,9 @@ def test_unowned_secret_and_inference_service_are_never_touched(harness: Harness
         before = {
             "secret": stored(harness, "v1/secrets", f"{name}-s3"),
             "isvc": stored(harness, ISVC, name),
+            "secrets": secrets(harness),
         }
+        assert before["secrets"][f"{name}-s3"]  # resourceVersions exist: a write would show
         harness.apply(base_job(name, **{"serving.enabled": True}))
         # the first reconcile of a module plans on the meta device (slow on a busy machine)
         harness.wait_phase(name, "Running", timeout=120)
@@ -74,13 +90,16 @@ def test_unowned_secret_and_inference_service_are_never_touched(harness: Harness
         )
         serving = condition(status, "Serving")
         assert serving["status"] == "False"
-        assert f"Secret {ns}/{name}-s3 already exists and is not owned" in serving["message"]
+        assert f"InferenceService {ns}/{name} already exists and is not owned" in serving["message"]
+        assert "Secret" not in serving["message"]
         assert "inferenceService" not in status
         harness.wait("Warning Event", lambda: "ServingNameConflict" in warnings(harness, name))
         # byte-identical: same data and spec, and no write at all (same resourceVersion)
         assert stored(harness, "v1/secrets", f"{name}-s3") == before["secret"]
         assert stored(harness, ISVC, name) == before["isvc"]
-        assert harness.client.get("v1/serviceaccounts", ns, f"{name}-serving") is None
+        assert secrets(harness) == before["secrets"]  # none created, none changed
+        account = stored(harness, "v1/serviceaccounts", f"{name}-serving")  # ours
+        assert account["secrets"] == [{"name": SECRET}]  # the job's Secret, by name
 
         harness.patch_spec(name, {"serving": {"enabled": False}})
         status = harness.wait(
@@ -89,8 +108,11 @@ def test_unowned_secret_and_inference_service_are_never_touched(harness: Harness
                 condition(s := harness.status(name), "Serving").get("reason") == "Disabled" and s
             ),
         )
+        assert f"InferenceService {ns}/{name}" in condition(status, "Serving")["message"]
         assert stored(harness, "v1/secrets", f"{name}-s3") == before["secret"]
         assert stored(harness, ISVC, name) == before["isvc"]
+        assert secrets(harness) == before["secrets"]
+        assert harness.client.get("v1/serviceaccounts", ns, f"{name}-serving") is None
     finally:
         harness.client.delete("v1/secrets", ns, f"{name}-s3")
         harness.client.delete(ISVC, ns, name)
