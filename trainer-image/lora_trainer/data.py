@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lora_contract.types import DatasetFormat, DatasetSpec
 
 from .errors import InvalidConfigError
 
 IGNORE_INDEX = -100
+OVERSIZED = "row too large"  # the reason (and its count's key) of a row over the size limit
 Example = dict[str, list[int]]
 
 
@@ -50,6 +51,8 @@ class RowReport:
         if self.first_bad:
             number, reason = self.first_bad
             text += f"; {self.bad} bad rows skipped (first: row {number}: {reason})"
+        if self.reasons.get(OVERSIZED):
+            text += f"; {self.reasons[OVERSIZED]} of them over the row size limit"
         if self.truncated:
             text += f"; {self.truncated} rows truncated to maxSeqLength"
         return text
@@ -57,16 +60,71 @@ class RowReport:
 
 # ------------------------------------------------------------------------------- reading
 
+# A row's size bound: one 100 MB row took the trainer of a tiny model to 16.5 GB of RSS while
+# tokenizing, though only maxSeqLength tokens of it are ever trained on. A token is 3-5 bytes of
+# text on average and rarely more than 16; JSON escapes (\uXXXX) take up to 6 bytes a character.
+# 64 bytes per token of maxSeqLength (at least 1 MiB) is generous to every real row and still
+# keeps the tokenizer's memory bounded; larger rows are skipped and counted as bad rows.
+ROW_BYTES_PER_TOKEN = 64
+MIN_ROW_LIMIT_BYTES = 1024 * 1024
+_SKIP_CHUNK = 1024 * 1024
 
-def read_rows(path: Path, source: str, report: RowReport) -> list[tuple[int, Any]]:
-    """(row number, parsed row) pairs; unparsable JSONL lines count as bad rows."""
+
+def row_limit_bytes(max_seq_length: int) -> int:
+    """Most bytes one row may have: its JSONL line, or the text of its Parquet fields."""
+    return max(MIN_ROW_LIMIT_BYTES, ROW_BYTES_PER_TOKEN * max_seq_length)
+
+
+def oversized(size: int, limit: int) -> str:
+    return (
+        f"{OVERSIZED}: {size} bytes, above the limit of {limit} bytes "
+        f"({ROW_BYTES_PER_TOKEN} bytes per token of dataset.maxSeqLength, at least "
+        f"{MIN_ROW_LIMIT_BYTES})"
+    )
+
+
+def _lines(fh: BinaryIO, limit: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, the line or None when it is longer than `limit`, its length without the
+    line end): a line is read only up to `limit` + 2 bytes, the rest of an oversized one is
+    skipped in chunks, so a 100 MB line never sits in memory."""
+    number = 0
+    while line := fh.readline(limit + 2):  # the text and its line end ("\n" or "\r\n")
+        number += 1
+        ended = line.endswith(b"\n")
+        size = len(line) - len(_line_end(line))
+        if size <= limit:
+            yield number, line, size
+            continue
+        while not ended and (rest := fh.readline(_SKIP_CHUNK)):
+            ended = rest.endswith(b"\n")
+            size += len(rest) - len(_line_end(rest))
+        yield number, None, size
+
+
+def _line_end(line: bytes) -> bytes:
+    for end in (b"\r\n", b"\n"):
+        if line.endswith(end):
+            return end
+    return b""
+
+
+def read_rows(
+    path: Path, source: str, report: RowReport, limit: int = MIN_ROW_LIMIT_BYTES
+) -> list[tuple[int, Any]]:
+    """(row number, parsed row) pairs; unparsable JSONL lines and rows over `limit` bytes
+    count as bad rows."""
     if not path.exists():
         raise InvalidConfigError(f"{source}: file not found ({path})")
     if path.suffix == ".parquet":
-        return _read_parquet(path, source)
+        return _read_parquet(path, source, report, limit)
     rows = []
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for number, raw, size in _lines(fh, limit):
+            if raw is None:
+                report.total += 1
+                report.record_bad(number, oversized(size, limit))
+                continue
+            line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             report.total += 1
@@ -77,14 +135,40 @@ def read_rows(path: Path, source: str, report: RowReport) -> list[tuple[int, Any
     return rows
 
 
-def _read_parquet(path: Path, source: str) -> list[tuple[int, Any]]:
+def text_bytes(value: Any) -> int:
+    """UTF-8 bytes of every string in a row (nested lists and objects too: chat messages)."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, dict):
+        return sum(text_bytes(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(text_bytes(v) for v in value)
+    return 0
+
+
+def _read_parquet(
+    path: Path, source: str, report: RowReport, limit: int = MIN_ROW_LIMIT_BYTES
+) -> list[tuple[int, Any]]:
+    """Row groups one batch at a time; a row whose text is over `limit` bytes is counted bad
+    before it is tokenized (Parquet stores a cell whole, so it is read, but not kept)."""
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
+    rows: list[tuple[int, Any]] = []
+    number = 0
     try:
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=256)
+        for batch in batches:
+            for row in batch.to_pylist():
+                number += 1
+                size = text_bytes(row)
+                if size > limit:
+                    report.record_bad(number, oversized(size, limit))
+                else:
+                    rows.append((number, row))
     except Exception as exc:  # pyarrow raises several unrelated types for bad files
         raise InvalidConfigError(f"{source}: not a readable Parquet file: {exc}") from None
-    return list(enumerate(table.to_pylist(), start=1))
+    report.total = number
+    return rows
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -260,11 +344,9 @@ def split_eval(
 
 def load_examples(path: Path, source: str, spec: DatasetSpec, tokenizer: Any) -> list[Example]:
     report = RowReport(source)
-    rows = read_rows(path, source, report)
+    rows = read_rows(path, source, report, row_limit_bytes(spec.max_seq_length))
     if not rows and report.total == 0 and not report.bad:
         raise InvalidConfigError(f"{source}: the dataset is empty (no rows)")
-    if path.suffix == ".parquet":
-        report.total = len(rows)
     examples = tokenize_rows(rows, Tokenize(spec, tokenizer), spec.max_seq_length, report)
     if not examples:
         first = (
