@@ -13,8 +13,9 @@ from operator_harness import NAMESPACE, Harness, base_job
 
 from lora_contract.bounded_parse import MAX_DEPTH
 from lora_contract.types import BaseModelSpec
+from lora_devkit.config_server import ConfigServer
 from lora_operator.api.operator_config import PlatformPolicy
-from lora_operator.controller.model_config_source import ModelConfigSource
+from lora_operator.controller.model_config_source import Fetching, ModelConfigSource
 from lora_operator.memory import PlanningError
 
 DEPTH = 100_000
@@ -62,6 +63,32 @@ def test_a_deep_config_map_is_refused_naming_the_config_map_and_key() -> None:
         assert str(resolve(kube, name)) == (
             f"spec.baseModel.configMapRef: ConfigMap {name!r} key 'config.json': {REFUSAL}"
         )
+
+
+def test_a_deep_config_at_an_allowed_url_is_refused_naming_the_url() -> None:
+    with ConfigServer({"/deep/config.json": DEEP.encode()}) as server:
+        url = server.url("/deep/config.json")
+        model = BaseModelSpec.model_validate(
+            {"name": "my-org/custom", "source": "pvc://m/x", "config": url}
+        )
+        rules = PlatformPolicy(allowed_model_config_urls=[server.url("/deep/")])
+        woken = asyncio.Event()
+
+        async def wake(_: tuple[str, str]) -> None:
+            woken.set()
+
+        async def go() -> str:
+            source = ModelConfigSource(on_ready=wake)
+            job = ("team-a", "job")
+            assert await source.resolve(FakeKube(), job, model, rules) == Fetching(url)
+            await asyncio.wait_for(woken.wait(), 30)
+            try:
+                await source.resolve(FakeKube(), job, model, rules)
+            except PlanningError as exc:
+                return str(exc)
+            raise AssertionError("a deep config.json was accepted")
+
+        assert asyncio.run(go()) == f"spec.baseModel.config: {url!r}: {REFUSAL}"
 
 
 def condition(status: dict[str, object], type_: str) -> dict[str, object]:
