@@ -70,7 +70,8 @@ def warning(harness: Harness, name: str, reason: str) -> dict[str, Any]:
     def found() -> list[dict[str, Any]]:
         return [e for e in harness.events(name) if e.get("reason") == reason]
 
-    (event,) = harness.wait(f"a {reason} Event for {name}", found)
+    events: list[dict[str, Any]] = harness.wait(f"a {reason} Event for {name}", found)
+    (event,) = events
     return event
 
 
