@@ -1,26 +1,40 @@
-"""controller/model_config_fetch.py piece by piece (the `model_config_fetch` mutation target):
-allow-list matching as parsed parts (entries that are prefixes of other names), total over
-malformed URLs, redirects re-checked and counted, the size cap at exactly its edge (announced or
-not, and a Content-Length that lies), the deadline. Fetches go to a raw HTTP server on loopback
-written here, so each response is exactly the bytes a test wants (no subprocess, milliseconds).
+"""controller/model_config_fetch.py and model_config_source.py piece by piece (the
+`model_config_fetch` mutation target): allow-list matching as parsed parts (entries that are
+prefixes of other names), total over malformed URLs, redirects re-checked and counted, the size
+cap at exactly its edge (announced or not, and a Content-Length that lies), the deadline; the
+fetch cache's TTLs, its cap and its waiters; ConfigMap reads. Fetches go to a raw HTTP server on
+loopback written here, so each response is exactly the bytes a test wants (no subprocess).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from fake_kube import FakeKube
 from yarl import URL
 
+from lora_contract.types import BaseModelSpec
 from lora_operator.api.operator_config import PlatformPolicy
+from lora_operator.controller import model_config_source as source_module
 from lora_operator.controller.model_config_fetch import (
     allowed_entry,
     check_allowed,
     fetch_config_bytes,
 )
-from lora_operator.memory import PlanningError
+from lora_operator.controller.model_config_source import (
+    FAILED_TTL_SECONDS,
+    FETCHED_TTL_SECONDS,
+    LOCAL_PATH_REFUSED,
+    MAX_ENTRIES,
+    Fetching,
+    ModelConfigSource,
+    read_config_map,
+)
+from lora_operator.memory import ModelConfig, PlanningError
 
 ENTRY = "https://cfg.example.com/models"
 NOT_UNDER = (
@@ -49,6 +63,8 @@ INVALID = (
         ("https://cfg.example.com:443/models/x", [ENTRY], ENTRY),  # the default port, spelled
         ("https://cfg.example.com/models/../admin", [ENTRY], None),
         ("https://cfg.example.com/models/%2e%2e/admin", [ENTRY], None),  # encoded `..`
+        # `..%2f`: yarl keeps the segment `..` (an encoded slash), a server may climb with it
+        ("https://cfg.example.com/models/..%2fadmin/x", [ENTRY], None),
         ("https://cfg.example.com@evil.io/models/x", [ENTRY], None),  # userinfo trick
         ("https://u@cfg.example.com/models/x", [ENTRY], None),  # a user name
         ("https://:pw@cfg.example.com/models/x", [ENTRY], None),  # a password alone
@@ -251,6 +267,14 @@ def test_a_body_of_exactly_the_cap_passes_one_byte_more_is_refused(
     assert fetch(routes, "/over", model_config_max_bytes=CAP)[0] == too_big("/over")
 
 
+def test_a_body_of_several_read_chunks_comes_back_whole() -> None:
+    """200 000 bytes arrive in more than one 64 KiB read: all of them, in order."""
+    body = bytes(range(256)) * 781 + b"end"
+    assert len(body) == 199_939
+    assert fetch({"/big": ok(body)}, "/big", model_config_max_bytes=200_000)[0] == body
+    assert fetch({"/big": chunked(body)}, "/big", model_config_max_bytes=200_000)[0] == body
+
+
 def test_an_announced_length_over_the_cap_is_refused_before_any_body() -> None:
     """The server announces CAP + 1 and then sends nothing: refused at once, not at the
     deadline; an announced CAP exactly is read (and then hits the deadline)."""
@@ -360,3 +384,223 @@ def test_an_unreachable_server_is_a_refusal_naming_the_url() -> None:
     text = asyncio.run(go())
     assert text.startswith("spec.baseModel.config: cannot fetch 'http://127.0.0.1:")
     assert text.endswith(")") and len(text) < 400
+
+
+# ------------------------------------------------------------------ model_config_source: the cache
+
+NS = "team-a"
+CONFIG_BODY = b'{"model_type": "llama", "hidden_size": 64}'
+CONFIG = {"model_type": "llama", "hidden_size": 64}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Woken:
+    def __init__(self) -> None:
+        self.keys: list[tuple[str, str]] = []
+        self.event = asyncio.Event()
+
+    async def __call__(self, key: tuple[str, str]) -> None:
+        self.keys.append(key)
+        self.event.set()
+
+    async def wait(self, count: int) -> None:
+        while len(self.keys) < count:
+            self.event.clear()
+            await asyncio.wait_for(self.event.wait(), 10)
+
+
+def model(**fields: Any) -> BaseModelSpec:
+    return BaseModelSpec.model_validate({"name": "my-org/custom", "source": "pvc://m/x", **fields})
+
+
+def test_ttls_and_cap_are_as_documented() -> None:
+    assert (FETCHED_TTL_SECONDS, FAILED_TTL_SECONDS, MAX_ENTRIES) == (600.0, 30.0, 256)
+
+
+def test_a_fetched_config_is_reused_for_its_ttl_then_fetched_again() -> None:
+    async def go() -> None:
+        async with RawServer({"/c": ok(CONFIG_BODY)}) as server:
+            clock, woken = Clock(), Woken()
+            source = ModelConfigSource(on_ready=woken, clock=clock)
+            url, rules, job = server.url("/c"), policy(server.url("/")), (NS, "a")
+            assert await source.resolve(FakeKube(), job, model(config=url), rules) == Fetching(url)
+            await woken.wait(1)
+            fetched = ModelConfig(url, CONFIG)
+            clock.now += FETCHED_TTL_SECONDS  # exactly the TTL: still fresh
+            assert await source.resolve(FakeKube(), (NS, "b"), model(config=url), rules) == fetched
+            assert server.asked == ["/c"] and woken.keys == [job]
+            clock.now += 0.001
+            assert await source.resolve(FakeKube(), job, model(config=url), rules) == Fetching(url)
+            await woken.wait(2)
+            assert server.asked == ["/c", "/c"]
+            await source.close()
+
+    asyncio.run(go())
+
+
+def test_a_failed_fetch_is_kept_for_its_shorter_ttl() -> None:
+    async def go() -> None:
+        async with RawServer({}) as server:
+            clock, woken = Clock(), Woken()
+            source = ModelConfigSource(on_ready=woken, clock=clock)
+            url, rules, job = server.url("/none"), policy(server.url("/")), (NS, "a")
+            await source.resolve(FakeKube(), job, model(config=url), rules)
+            await woken.wait(1)
+            clock.now += FAILED_TTL_SECONDS
+            with pytest.raises(PlanningError, match="answered HTTP 404"):
+                await source.resolve(FakeKube(), job, model(config=url), rules)
+            assert server.asked == ["/none"]
+            clock.now += 0.001
+            assert await source.resolve(FakeKube(), job, model(config=url), rules) == Fetching(url)
+            await woken.wait(2)
+            await source.close()
+
+    asyncio.run(go())
+
+
+def test_the_oldest_ended_fetch_is_forgotten_past_the_cap() -> None:
+    async def go() -> None:
+        async with RawServer({"/c": ok(CONFIG_BODY)}) as server:
+            woken = Woken()
+            source = ModelConfigSource(on_ready=woken, clock=Clock())
+            rules = policy(server.url("/"))
+            urls = [server.url(f"/c?{i}") for i in range(MAX_ENTRIES + 1)]
+            server.routes.update({f"/c?{i}": ok(CONFIG_BODY) for i in range(len(urls))})
+            for i, url in enumerate(urls):
+                await source.resolve(FakeKube(), (NS, f"j{i}"), model(config=url), rules)
+            await woken.wait(len(urls))
+            # 257 ended: the next call forgets the oldest one, and only that one
+            second = await source.resolve(FakeKube(), (NS, "x"), model(config=urls[1]), rules)
+            assert second == ModelConfig(urls[1], CONFIG)
+            first = await source.resolve(FakeKube(), (NS, "x"), model(config=urls[0]), rules)
+            assert first == Fetching(urls[0])
+            await source.close()
+
+    asyncio.run(go())
+
+
+def test_a_running_fetch_is_never_forgotten_and_close_cancels_it() -> None:
+    async def go() -> None:
+        async with RawServer({"/hang": headers_then_hang(**{"Content-Length": "100"})}) as server:
+            woken = Woken()
+            source = ModelConfigSource(on_ready=woken, clock=Clock())
+            url, rules = server.url("/hang"), policy(server.url("/"))
+            for name in ("a", "b"):
+                assert await source.resolve(FakeKube(), (NS, name), model(config=url), rules) == (
+                    Fetching(url)
+                )
+            for _ in range(100):  # the request is on its way
+                if server.asked:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+            assert server.asked == ["/hang"]  # one fetch for both jobs
+            await source.close()
+            assert woken.keys == []  # a cancelled fetch wakes nobody
+
+    asyncio.run(go())
+
+
+def test_the_waiters_are_woken_once_each_in_order() -> None:
+    async def go() -> None:
+        async with RawServer({"/c": ok(CONFIG_BODY)}) as server:
+            woken = Woken()
+            source = ModelConfigSource(on_ready=woken, clock=Clock())
+            url, rules = server.url("/c"), policy(server.url("/"))
+            for job in [(NS, "b"), (NS, "a"), (NS, "b")]:
+                await source.resolve(FakeKube(), job, model(config=url), rules)
+            await woken.wait(2)
+            await asyncio.sleep(0.05)
+            assert woken.keys == [(NS, "a"), (NS, "b")]
+            await source.close()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("ref", ["/etc/passwd", "config.json", "file:///etc/hosts", "HTTP://x/"])
+def test_anything_but_an_http_url_is_a_local_path_refused_alike(ref: str) -> None:
+    async def go() -> None:
+        source = ModelConfigSource(on_ready=Woken())
+        with pytest.raises(PlanningError) as exc:
+            await source.resolve(FakeKube(), (NS, "a"), model(config=ref), policy(ENTRY))
+        assert str(exc.value) == LOCAL_PATH_REFUSED
+
+    asyncio.run(go())
+
+
+def test_a_shipped_model_is_used_when_no_config_is_given() -> None:
+    async def go() -> Any:
+        source = ModelConfigSource(on_ready=Woken())
+        spec = model(name="meta-llama/Llama-3.2-1B")
+        return await source.resolve(FakeKube(), (NS, "a"), spec, policy())
+
+    resolved = asyncio.run(go())
+    assert resolved.source == "shipped Llama-3.2-1B.json" or resolved.source.startswith("shipped ")
+    assert resolved.data["model_type"] == "llama"
+
+
+CONFIGMAPS = "/api/v1/namespaces/team-a/configmaps"
+
+
+def read(kube: FakeKube, name: str, key: str = "config.json", cap: int = CAP) -> ModelConfig:
+    ref = model(configMapRef={"name": name, "key": key}).config_map_ref
+    assert ref is not None
+    return asyncio.run(read_config_map(kube, NS, ref, cap))
+
+
+def test_a_config_map_of_exactly_the_cap_is_read_one_byte_more_is_refused() -> None:
+    exact = CONFIG_BODY + b" " * (CAP - len(CONFIG_BODY))
+    kube = FakeKube()
+    kube.put(CONFIGMAPS, {"metadata": {"name": "exact"}, "data": {"config.json": exact.decode()}})
+    kube.put(
+        CONFIGMAPS, {"metadata": {"name": "over"}, "data": {"config.json": exact.decode() + " "}}
+    )
+    assert read(kube, "exact") == ModelConfig("ConfigMap team-a/exact key config.json", CONFIG)
+    with pytest.raises(PlanningError) as exc:
+        read(kube, "over")
+    assert str(exc.value) == (
+        "spec.baseModel.configMapRef: ConfigMap 'over' key 'config.json' is larger than 1024 "
+        "bytes (policy.modelConfigMaxBytes)"
+    )
+
+
+def test_config_map_keys_data_before_binary_and_every_refusal_named() -> None:
+    kube = FakeKube()
+    other = b'{"model_type": "mistral"}'
+    kube.put(
+        CONFIGMAPS,
+        {
+            "metadata": {"name": "both"},
+            "data": {"config.json": CONFIG_BODY.decode()},
+            "binaryData": {"config.json": base64.b64encode(other).decode(), "b.json": "!!"},
+        },
+    )
+    assert read(kube, "both").data == CONFIG  # data wins over binaryData
+    with pytest.raises(PlanningError) as exc:
+        read(kube, "both", "b.json")
+    assert str(exc.value) == (
+        "spec.baseModel.configMapRef: ConfigMap 'both': binaryData key 'b.json' is not base64"
+    )
+    with pytest.raises(PlanningError) as exc:
+        read(kube, "both", "c.json")
+    assert str(exc.value) == (
+        "spec.baseModel.configMapRef: ConfigMap 'both' has no key 'c.json' "
+        "(keys: b.json, config.json)"
+    )
+    kube.put(CONFIGMAPS, {"metadata": {"name": "empty"}})
+    with pytest.raises(PlanningError) as exc:
+        read(kube, "empty")
+    assert str(exc.value).endswith("has no key 'config.json' (keys: none)")
+    with pytest.raises(PlanningError) as exc:
+        read(kube, "absent")
+    assert str(exc.value) == (
+        "spec.baseModel.configMapRef: ConfigMap 'absent' not found in namespace 'team-a'"
+    )
+    assert source_module.CONFIGMAPS == "v1/configmaps"
