@@ -173,9 +173,12 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "model_config_fetch",
-        ("lora_operator.controller.model_config_fetch",),
+        (
+            "lora_operator.controller.model_config_fetch",
+            "lora_operator.controller.model_config_source",
+        ),
         ("tests/operator/test_model_config_fetch_units.py",),
-        note="which URLs a model config is fetched from, redirects, size cap and deadline",
+        note="which URLs a model config is fetched from, redirects, size cap, deadline, cache",
     ),
     Target(
         "deepspeed_setup",
