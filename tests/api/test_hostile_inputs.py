@@ -57,6 +57,13 @@ SCHEMA_ATTACKS: list[tuple[str, str, Any]] = [
     ("Secret name that is not a name", "output.credentialsSecret", {"name": "../kube-system"}),
     ("bucket name with a path", "output.bucket", "adapters/../other"),
     ("absurd replica count", "serving.replicas", 100000),
+    # look-alike spellings of system-* that the policy's prefix check would miss and the API
+    # server would refuse for the pods (the job would hang): refused as not a PriorityClass name
+    ("system class in capitals", "resources.priorityClassName", "System-Node-Critical"),
+    ("system class after a space", "resources.priorityClassName", " system-node-critical"),
+    ("system class, Unicode hyphen", "resources.priorityClassName", "system\u2011node-critical"),
+    ("system class, minus sign", "resources.priorityClassName", "system\u2212node-critical"),
+    ("system class, fullwidth", "resources.priorityClassName", "\uff53ystem-node-critical"),
 ]
 
 
@@ -109,6 +116,27 @@ POLICY_ATTACKS: list[tuple[str, str, Any, str]] = [
         "system-cluster-critical",
         "PriorityClasses",
     ),
+    ("loopback as one number", "output.endpoint", "http://2130706433:9000", "S3Endpoints"),
+    ("loopback as IPv4-mapped IPv6", "output.endpoint", "http://[::ffff:127.0.0.1]", "S3Endpoints"),
+    (
+        "pods on the control plane",
+        "resources.nodeSelector",
+        {"node-role.kubernetes.io/control-plane": ""},
+        "NodeSelectorKeys",
+    ),
+    (
+        "pods on the old master role",
+        "resources.nodeSelector",
+        {"node-role.kubernetes.io/master": "true"},
+        "NodeSelectorKeys",
+    ),
+    ("tolerate every taint", "resources.tolerations", [{"operator": "Exists"}], "Tolerations"),
+    (
+        "tolerate the control-plane taint",
+        "resources.tolerations",
+        [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}],
+        "Tolerations",
+    ),
 ]
 
 
@@ -126,6 +154,15 @@ def test_the_platform_defaults_let_ordinary_jobs_through() -> None:
     """The corpus is not passing by refusing everything."""
     spec = parse_lorajob(_with(**{"output.endpoint": "https://s3.corp"})).spec
     assert spec_refusals(spec, PLATFORM) == []
+    placed = _with(
+        **{
+            "resources.priorityClassName": "batch-low",
+            "resources.nodeSelector": {"node-role.kubernetes.io/worker": "", "gpu": "a100"},
+            "resources.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+        }
+    )
+    assert spec_refusals(parse_lorajob(placed).spec, PLATFORM) == []
+    assert check_against_crd(placed) == []
 
 
 def test_security_md_counts_are_the_corpus() -> None:
