@@ -1,5 +1,5 @@
 """Which objects are this LoRAJob's to change: only those whose controller owner reference
-carries its uid. Every object the operator makes has a fixed, derived name (`<job>-s3`,
+carries its uid. Every object the operator makes has a fixed, derived name (`<job>-serving`,
 `<job>-r1`, the InferenceService `<job>`), so a user's own object of that name, or one left by an
 earlier LoRAJob of the same name, must never be patched, followed or deleted: it is reported as a
 `NameConflict` and left exactly as it is.
