@@ -53,6 +53,9 @@ ENV_ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 ENV_SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_HF_HOME = "HF_HOME"
 ENV_WORK_DIR = "LORAJOB_WORK_DIR"
+# The pod's ephemeral-storage request (e.g. "20Gi"; unset when there is none): the work dir and
+# /tmp are emptyDirs on it, so a trainer that fills its disk says how much it was given.
+ENV_EPHEMERAL_STORAGE = "LORAJOB_EPHEMERAL_STORAGE_REQUEST"
 # Where the libraries the trainer loads write their caches; each points into a writable emptyDir.
 SCRATCH_ENV: dict[str, str] = {
     "HOME": HOME_DIR,

@@ -9,6 +9,7 @@ telling the trainer whether to exit for a retry (EXIT_TRANSIENT) or fail the job
 from __future__ import annotations
 
 import builtins
+import errno
 import io
 import json
 import os
@@ -43,6 +44,7 @@ PERMANENT_CODES = frozenset(
     }
 )
 MULTIPART_PART_SIZE = 16 * 1024 * 1024
+LOCAL_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class StorageError(RuntimeError):
@@ -156,6 +158,8 @@ class S3Store:
                 transient = False
                 detail = f"local file missing: {exc.filename}"
             except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno in LOCAL_DISK_FULL:
+                    raise  # this machine's disk, not S3: the trainer names the request to raise
                 transient = True
                 detail = f"{type(exc).__name__}: {_short(exc)}"
             except ValueError as exc:  # minio's own argument checks (bucket name, ...)

@@ -28,7 +28,7 @@ from lora_contract.storage import S3Store, StorageError
 from lora_contract.types import Progress, TrainerConfig
 
 from .config import ProcessPlace, config_path, load_trainer_config
-from .errors import TrainerError
+from .errors import TrainerError, local_disk_fault
 from .metrics import ProgressReporter
 from .ownership import may_record_failure
 from .settings import ENV_EXIT_CODE_DIR, ENV_TERMINATION_LOG
@@ -153,6 +153,9 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         return fail(target, place, "interrupted", EXIT_TRANSIENT)
     except Exception as exc:
+        disk = local_disk_fault(exc)  # a full or unwritable scratch disk: exit 3, not a retry
+        if disk is not None:
+            return fail(target, place, disk.message, disk.exit_code)
         if "out of memory" in str(exc).lower():
             message = (
                 f"out of memory: {str(exc).splitlines()[0]}; lower training.microBatchSize or "

@@ -219,6 +219,9 @@ def build_env(ctx: RunContext) -> list[dict[str, Any]]:
         env.append(_secret_env(pod.ENV_SECRET_KEY, ref.name, ref.secret_key_key))
     if ctx.spec.base_model.source.startswith("hf://"):
         env.append({"name": pod.ENV_HF_HOME, "value": pod.HF_HOME})
+    scratch = build_resources(ctx)["requests"].get("ephemeral-storage")
+    if scratch:  # named in the trainer's disk-full error
+        env.append({"name": pod.ENV_EPHEMERAL_STORAGE, "value": scratch})
     return env
 
 
