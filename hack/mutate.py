@@ -208,6 +208,16 @@ TARGETS: tuple[Target, ...] = (
         ("tests/trainer/test_errors.py::test_malformed_rows_are_counted_and_training_continues",),
         note="the trainer's exit-code mapping: errors.py and main()/fail() in main.py",
     ),
+    Target(
+        "reconcile_decisions",
+        (
+            "lora_operator.controller.decisions",
+            "lora_operator.controller.workload",
+            "lora_operator.controller.ownership",
+        ),
+        ("tests/operator/test_decisions.py", "tests/operator/test_workload.py"),
+        note="quota demand, Kueue queue, TTL instant, Job state, what may be deleted",
+    ),
 )
 
 # mutmut's status names (mutmut.stats.status_by_exit_code) that count as a kill.

@@ -46,7 +46,7 @@ from lora_operator.controller.ownership import (
 )
 from lora_operator.controller.quota import admit, usage_by_namespace
 from lora_operator.controller.reconcile import Reconciler
-from lora_operator.controller.workload import JobObservation, JobState
+from lora_operator.controller.workload import JobObservation, JobState, pod_failure_message
 
 # 2026-01-01T00:00:00Z in epoch seconds, by hand: 56 years of 365 days plus the 14 leap days
 # of 1972..2024 = 20454 days x 86400 s.
@@ -623,3 +623,90 @@ def test_ttl_never_deletes_a_namesake_created_meanwhile() -> None:
     asyncio.run(reconciler.reconcile("default", "ttl"))
     survivor = kube.obj(LJ, "ttl")
     assert survivor is not None and survivor["metadata"]["uid"] == "uid-newer"
+
+
+# ------------------------------------------------------------------ why a run's pods failed
+
+PODS = "/api/v1/namespaces/team/pods"
+
+
+def pod(name: str, job_name: str, run: str, *states: dict[str, Any]) -> dict[str, Any]:
+    labels = {"finetune.lora-operator.io/job": job_name, "finetune.lora-operator.io/run": run}
+    return {
+        "metadata": {"name": name, "namespace": "team", "labels": labels},
+        "status": {"containerStatuses": [{"state": state} for state in states]},
+    }
+
+
+def terminated(code: int, message: str | None) -> dict[str, Any]:
+    return {"terminated": {"exitCode": code, **({"message": message} if message else {})}}
+
+
+def test_the_failure_message_is_the_last_failed_pod_of_this_run() -> None:
+    kube = FakeKube()
+    for obj in (
+        pod("j-r1-0-a", "j", "r1", terminated(1, "first error")),
+        pod("j-r1-0-b", "j", "r1", terminated(3, "  bad lora.r: 0\n")),
+        pod("j-r1-0-c", "j", "r1", terminated(0, "done"), {"running": {}}),
+        pod("j-r1-0-d", "j", "r1", terminated(137, None)),
+        pod("j-r2-0-a", "j", "r2", terminated(1, "a later run's error")),
+        pod("k-r1-0-a", "k", "r1", terminated(1, "another job's error")),
+    ):
+        kube.put(PODS, obj)
+    assert asyncio.run(pod_failure_message(kube, "team", "j", "r1")) == "bad lora.r: 0"
+    assert asyncio.run(pod_failure_message(kube, "team", "j", "r3")) is None
+
+
+def test_no_failed_container_no_message() -> None:
+    kube = FakeKube()
+    kube.put(PODS, pod("j-r1-0-a", "j", "r1", terminated(0, "ok"), {"waiting": {}}, {}))
+    kube.put(
+        PODS, {"metadata": {"name": "bare", "labels": pod("x", "j", "r1")["metadata"]["labels"]}}
+    )
+    assert asyncio.run(pod_failure_message(kube, "team", "j", "r1")) is None
+
+
+@pytest.mark.parametrize(
+    "status",
+    [{"active": 1}, {"failed": 1}, {"succeeded": 1}, {"startTime": T0}, {"conditions": [COMPLETE]}],
+)
+def test_any_one_sign_of_a_pod_means_started(status: dict[str, Any]) -> None:
+    assert JobObservation.of(job(**status)).started
+
+
+def test_a_name_conflict_names_kind_namespace_name_and_owner() -> None:
+    conflict = NameConflict.of(owned("cm", "uid-9"), "ConfigMap")
+    assert (conflict.kind, conflict.namespace, conflict.name) == ("ConfigMap", "team", "cm")
+    assert conflict.owner == "it is controlled by LoRAJob j (uid uid-9)"
+    expected = (
+        "ConfigMap team/cm already exists and is not owned by this LoRAJob (it is controlled "
+        "by LoRAJob j (uid uid-9)); the operator leaves it untouched. Delete or rename that "
+        "ConfigMap, or give the LoRAJob another name"
+    )
+    assert str(conflict) == conflict.message() == expected
+    bare = NameConflict.of({"metadata": {}}, "Job")
+    assert (bare.namespace, bare.name, bare.owner) == ("", "", "it has no controller owner")
+
+
+def test_a_conflict_without_a_kind_is_named_by_its_resource() -> None:
+    kube = FakeKube()
+    jobs = "/apis/batch/v1/namespaces/team/jobs"
+    theirs = owned("j-r1", "uid-other")
+    del theirs["kind"]
+    kube.put(jobs, theirs)
+
+    async def go() -> tuple[NameConflict, NameConflict]:
+        body = owned("j-r1", UID)
+        del body["kind"]
+        with pytest.raises(NameConflict) as on_create:
+            await create_owned(kube, "batch/v1/jobs", "team", body, UID)
+        with pytest.raises(NameConflict) as on_delete:
+            await delete_owned(kube, "batch/v1/jobs", "team", "j-r1", UID)
+        return on_create.value, on_delete.value
+
+    on_create, on_delete = asyncio.run(go())
+    assert (on_create.kind, on_delete.kind) == ("jobs", "jobs")
+    assert on_create.message().startswith("jobs team/j-r1 already exists")
+    expected = owned("j-r1", "uid-other")
+    del expected["kind"]
+    assert kube.obj(jobs, "j-r1") == expected  # left exactly as it was
