@@ -50,7 +50,7 @@ class RecordingBase:
     def __init__(self) -> None:
         self.step_modes: list[tuple[bool, bool]] = []  # (model.training, layer.training)
         self.patched: list[bool] = []
-        self.stock_clips = 0
+        self.stock_clips: list[torch.nn.Module] = []
         self.evaluations = 0
 
     def training_step(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -64,7 +64,7 @@ class RecordingBase:
         return ("eval", args, kwargs)
 
     def _clip_grad_norm(self, model: torch.nn.Module) -> str:
-        self.stock_clips += 1
+        self.stock_clips.append(model)
         return "stock"
 
 
@@ -91,6 +91,14 @@ def test_flops_are_zero_without_the_main_input_or_a_parameter_count() -> None:
     assert model.counts == []
     plain = torch.nn.Linear(2, 2)  # no num_parameters; main input defaults to input_ids
     assert Lean(plain).floating_point_ops({"input_ids": torch.zeros(2, 5)}) == 0
+
+
+def test_flops_of_a_model_without_a_main_input_name_read_input_ids() -> None:
+    class Unnamed(torch.nn.Module):
+        def num_parameters(self, exclude_embeddings: bool = False) -> int:
+            return 5
+
+    assert Lean(Unnamed()).floating_point_ops({"input_ids": torch.zeros(2, 3)}) == 6 * 6 * 5
 
 
 def test_flops_read_the_models_own_main_input_name() -> None:
@@ -196,7 +204,7 @@ def test_plain_clipping_covers_the_trainable_parameters_only_listed_once(
     for params, max_norm in trainer.accelerator.clipped:
         assert max_norm == 0.5
         assert len(params) == 2 and all(p is q for p, q in zip(params, expected, strict=True))
-    assert trainer.stock_clips == 0
+    assert trainer.stock_clips == []
 
 
 @pytest.mark.parametrize(
@@ -206,7 +214,8 @@ def test_engines_that_clip_themselves_keep_the_stock_path(kind: DistributedType)
     model = Counted()
     trainer = Lean(model, kind)
     assert trainer._clip_grad_norm(model) == "stock"
-    assert trainer.stock_clips == 1 and trainer.accelerator.clipped == []
+    assert trainer.stock_clips == [model] and trainer.accelerator.clipped == []
+    assert trainer.stock_clips[0] is model
 
 
 def test_plain_clipping_is_exactly_the_three_torch_clipping_types() -> None:
