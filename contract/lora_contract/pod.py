@@ -7,11 +7,14 @@ both import them, so neither side spells the strings itself.
 
 from __future__ import annotations
 
-# Exit codes: the Job's podFailurePolicy fails the Job at once on a bad config and retries (from
-# the latest checkpoint) on anything else.
+# Exit codes: the Job's podFailurePolicy fails the Job at once on a bad config, ignores a
+# preemption and retries (from the latest checkpoint) on anything else.
 EXIT_OK = 0
 EXIT_INVALID_CONFIG = 3
 EXIT_TRANSIENT = 75
+# SIGTERM (preemption, node drain, spot reclaim): every rank stopped at one agreed step and rank 0
+# saved a checkpoint there. The Job's podFailurePolicy ignores it (no retry budget spent).
+EXIT_PREEMPTED = 76
 
 TRAINER_CONTAINER = "trainer"
 

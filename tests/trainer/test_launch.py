@@ -212,6 +212,7 @@ def test_torchrun_command_uses_c10d_hosted_by_node_0() -> None:
     flags = command[3:-4]
     assert flags == [
         "--nproc-per-node=8",
+        "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT",  # SIGTERM: the launcher's (preemption)
         "--nnodes=2:2",
         "--rdzv-backend=c10d",
         "--rdzv-endpoint=j-0.j.ns.svc:29500",

@@ -1,4 +1,5 @@
-"""HF Trainer callbacks: S3 checkpoints, live metrics/progress, early stopping on eval loss."""
+"""HF Trainer callbacks: S3 checkpoints, live metrics/progress, early stopping on eval loss,
+the stop step after a SIGTERM (preemption.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from lora_contract.storage import S3Store, StorageError
 
 from .checkpoints import prune, upload_files, write_manifest
 from .metrics import ProgressReporter, log
+from .preemption import StopRequest, any_rank
 
 
 def _all_gather(obj: Any) -> list[Any]:
@@ -212,3 +214,25 @@ class StepDelay(TrainerCallback):  # type: ignore[misc]
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         time.sleep(self.seconds)
+
+
+class PreemptionCallback(TrainerCallback):  # type: ignore[misc]
+    """At each step end the ranks agree whether to stop; if so, this step is checkpointed
+    (no evaluation first: the grace period is short) and the loop ends. `stopped_at` is the
+    step; run_training then raises Preempted instead of shipping a final adapter."""
+
+    def __init__(self, request: StopRequest) -> None:
+        self.request = request
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.stopped_at is not None:
+            return
+        device = getattr(args, "device", None)
+        if not any_rank(self.request.requested(), device):
+            return
+        self.stopped_at = int(state.global_step)
+        log(f"preempted: every rank stops at step {self.stopped_at}; saving checkpoint")
+        control.should_evaluate = False
+        control.should_save = True
+        control.should_training_stop = True

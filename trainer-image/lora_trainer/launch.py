@@ -13,8 +13,15 @@ store about to die and hang until the timeout. torchrun assigns global ranks its
 below torchrun may treat NODE_RANK as a rank. LORAJOB_RENDEZVOUS=static restores the old path.
 
 torchrun exits 1 whatever its workers returned, so each worker writes its exit code to a shared
-folder and the launcher returns the most specific one (bad config beats transient). A bad config
-stops torchrun at once: restarting workers cannot fix it.
+folder and the launcher returns the most specific one (bad config beats preempted beats
+transient). A bad config stops torchrun at once: restarting workers cannot fix it.
+
+Preemption (lora_trainer.preemption): Kubernetes sends SIGTERM to this process (the container's
+main process). torchrun's own handling would stop the workers after its shutdown timeout and,
+with a signal sent to the whole group, a second SIGTERM would abort that shutdown; so torchrun
+runs with SIGTERM ignored and without handling it, and this launcher writes the stop file the
+workers read at each step end. They checkpoint at one agreed step and exit; the pod's grace
+period (terminationGracePeriodSeconds, from the plan) bounds it all.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from pathlib import Path
 from types import FrameType
 
 from lora_contract import pod
-from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_OK, EXIT_TRANSIENT
+from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_OK, EXIT_PREEMPTED, EXIT_TRANSIENT
 
 from .errors import InvalidConfigError
+from .preemption import STOP_FILE
 from .settings import (
     DEFAULT_MAX_RESTARTS,
     DEFAULT_RENDEZVOUS_TIMEOUT_S,
@@ -49,6 +57,8 @@ STOP_GRACE_S = 10.0
 # write and a replacement node waits on those keys forever. Unshared, rank 0 writes them each
 # round.
 TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# torchrun's default handles SIGTERM too; the launcher handles it instead (see the docstring).
+TORCHRUN_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
 
 
 class LaunchError(Exception):
@@ -220,6 +230,7 @@ def torchrun_command(topo: Topology, argv: list[str], rdzv: Rendezvous) -> list[
         "-m",
         "torch.distributed.run",
         f"--nproc-per-node={topo.nproc_per_node}",
+        f"--signals-to-handle={TORCHRUN_SIGNALS}",
         *_rendezvous_args(topo, rdzv),
         "-m",
         "lora_trainer.main",
@@ -238,18 +249,23 @@ def _worker_codes(folder: Path) -> set[int]:
 
 
 def worker_exit_code(folder: Path, torchrun_code: int) -> int:
-    """The most specific exit code: torchrun's success (workers that failed before a restart
-    do not count), else bad config > transient."""
+    """The most specific exit code: preempted (preempted workers exit 0, so torchrun does not
+    restart them, and end the group), else torchrun's success (workers that failed before a
+    restart do not count), else bad config > transient."""
+    codes = _worker_codes(folder)
+    if EXIT_PREEMPTED in codes:
+        return EXIT_PREEMPTED
     if torchrun_code == 0:
         return EXIT_OK
-    if EXIT_INVALID_CONFIG in _worker_codes(folder):
+    if EXIT_INVALID_CONFIG in codes:
         return EXIT_INVALID_CONFIG
     return EXIT_TRANSIENT
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
-    """SIGTERM torchrun (it stops its workers), SIGKILL it if it does not exit in time."""
-    child.terminate()
+    """SIGINT torchrun (it stops its workers; it ignores SIGTERM), SIGKILL it if it does not
+    exit in time."""
+    child.send_signal(signal.SIGINT)
     try:
         child.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
@@ -279,13 +295,28 @@ def supervise(child: subprocess.Popen[bytes], folder: Path, poll_s: float = 0.5)
 def run_torchrun(topo: Topology, argv: list[str], rdzv: Rendezvous) -> int:
     with tempfile.TemporaryDirectory(prefix="lorajob-exit-") as folder:
         env = {**os.environ, **TORCHRUN_ENV, ENV_EXIT_CODE_DIR: folder}
-        child = subprocess.Popen(torchrun_command(topo, argv, rdzv), env=env)
+        stop_file = Path(folder) / STOP_FILE
 
-        def forward(signum: int, frame: FrameType | None) -> None:
-            child.send_signal(signum)
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            if not stop_file.exists():
+                print(
+                    "[lora-trainer] SIGTERM: asking every worker to checkpoint and stop",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                stop_file.touch()
 
-        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGTERM, request_stop)
+        child = subprocess.Popen(
+            torchrun_command(topo, argv, rdzv), env=env, preexec_fn=ignore_sigterm
+        )
         return supervise(child, Path(folder))
+
+
+def ignore_sigterm() -> None:
+    """In torchrun's process before exec: an ignored signal stays ignored across exec (and
+    into the workers, which install their own handler)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def rendezvous_timeout(env: dict[str, str]) -> float:

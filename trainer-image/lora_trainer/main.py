@@ -31,6 +31,7 @@ from .config import ProcessPlace, config_path, load_trainer_config
 from .errors import TrainerError, local_disk_fault
 from .metrics import ProgressReporter
 from .ownership import may_record_failure
+from .preemption import Preempted, process_exit_code
 from .settings import ENV_EXIT_CODE_DIR, ENV_TERMINATION_LOG
 
 TERMINATION_LOG = pod.TERMINATION_LOG
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(TrainerError):
         place = ProcessPlace.from_env()
     record_exit_code(code, place)
-    return code
+    return process_exit_code(code)
 
 
 def _run(argv: list[str] | None) -> int:
@@ -148,6 +149,11 @@ def _run(argv: list[str] | None) -> int:
         from .train import run_training
 
         run_training(config, place)
+    except Preempted as exc:  # progress.json already says so (train.stop_preempted)
+        print(f"lora-trainer: {exc.message}", file=sys.stderr, flush=True)
+        if place.is_main:
+            write_termination_message(exc.message)
+        return exc.exit_code
     except TrainerError as exc:
         return fail(target, place, exc.message, exc.exit_code)
     except KeyboardInterrupt:

@@ -253,6 +253,18 @@ def collective_timeout() -> int:
     return TrainerSettings.from_env().ddp_timeout_s
 
 
+def stop_preempted(step: int, checkpoint_cb: Any, reporter: ProgressReporter) -> None:
+    """After the preemption checkpoint: rank 0 notes it in progress.json, every rank leaves
+    the process group, and Preempted carries exit code EXIT_PREEMPTED to main."""
+    from .preemption import Preempted
+
+    stopped = Preempted(step, checkpoint_saved=checkpoint_cb.last_error is None)
+    reporter.update(state="stopped", step=step, last_error=stopped.message)
+    reporter.publish()
+    release_process_group()
+    raise stopped
+
+
 def run_training(
     config: TrainerConfig, place: ProcessPlace, extra_callbacks: Sequence[Any] = ()
 ) -> TrainResult:
@@ -261,12 +273,17 @@ def run_training(
     from .callbacks import (
         EvalLossEarlyStopping,
         ForceSaveAtEnd,
+        PreemptionCallback,
         ProgressCallback,
         S3CheckpointCallback,
         StepDelay,
     )
     from .loss import LeanLossTrainer, choose_loss_path
     from .offload import choose_offload_path
+    from .preemption import StopRequest
+
+    stop_request = StopRequest.from_env()
+    stop_request.install()  # from here a SIGTERM checkpoints at the next step end (preemption.py)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = config.spec
@@ -330,8 +347,10 @@ def run_training(
         )
     )
     checkpoint_cb = S3CheckpointCallback(store, run, spec.training.keep_checkpoints, reporter)
+    preemption = PreemptionCallback(stop_request)
     callbacks: list[Any] = [
         ProgressCallback(reporter),
+        preemption,  # before the checkpoint callback: it asks for this step's save
         checkpoint_cb,
         ForceSaveAtEnd(),
         *extra_callbacks,
@@ -363,6 +382,8 @@ def run_training(
     finished = completed_state(resume_dir)
     if finished is None:
         trainer.train(resume_from_checkpoint=str(resume_dir) if resume_dir else None)
+        if preemption.stopped_at is not None:
+            stop_preempted(preemption.stopped_at, checkpoint_cb, reporter)
         trainer.save_model(str(final_dir))  # every rank: ZeRO-3 gathers the sharded weights
         state = trainer.state
     else:  # restarted after the last checkpoint: its adapter is the final one (completion.py)
