@@ -728,3 +728,23 @@ def test_every_refusal_in_a_fixed_order() -> None:
     ]
     assert spec_refusals(parsed, config()) == found[:-1]
     assert spec_refusals(spec(), config()) == []
+
+
+def test_a_shared_secret_read_is_used_instead_of_a_get() -> None:
+    """The reconcile passes its own reader (one Secret GET per resync): the policy asks it,
+    by name, and makes no API call of its own."""
+    kube = FakeKube()
+    asked: list[str] = []
+
+    async def read(name: str) -> dict[str, Any] | None:
+        asked.append(name)
+        return {"metadata": {"name": name, "labels": {LABEL: "true"}}} if name == "ok" else None
+
+    ok = spec(**{"output.credentialsSecret": {"name": "ok"}})
+    missing = spec(**{"output.credentialsSecret": {"name": "gone"}})
+    assert asyncio.run(policy_refusals(kube, "team", ok, config(), read)) == []
+    assert asyncio.run(policy_refusals(kube, "team", missing, config(), read)) == [
+        "spec.output.credentialsSecret: Secret 'gone' not found in team "
+        f"(policy.requireSecretOptIn: the Secret must carry the label {LABEL}=true)"
+    ]
+    assert asked == ["ok", "gone"] and kube.calls == []
