@@ -303,6 +303,7 @@ def test_loss_path_table_on_cpu() -> None:
 
 
 def test_loss_paths_keep_their_metric_names() -> None:
+    """The wire values of metrics.jsonl's `loss_path` (test_train.py reads "chunked")."""
     assert [p.value for p in LossPath] == ["standard", "chunked", "fused-liger"]
 
 

@@ -30,7 +30,8 @@ def test_the_path_for_each_flag_and_device(
 
 
 def test_the_paths_are_recorded_under_their_metric_names() -> None:
-    """The metric values the bench and the run's metrics.jsonl read."""
+    """The wire values of metrics.jsonl's `activation_offload` (a contract with its readers:
+    the bench tables, test_activation_offloading's metrics check)."""
     assert [p.value for p in OffloadPath] == ["off", "trl-streams", "torch-save-on-cpu"]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lora_contract import pod
-from lora_contract.layout import OWNER_FILE, JobOwner, S3Location, owner_marker
+from lora_contract.layout import JobOwner, S3Location, owner_marker
 from lora_contract.pod import EXIT_INVALID_CONFIG, EXIT_TRANSIENT
 from lora_contract.storage import S3Store, StorageError
 from lora_trainer.errors import InvalidConfigError, TransientError
@@ -59,7 +59,6 @@ class WindowStore(S3Store):
 def test_the_marker_sits_in_the_job_folder_beside_the_runs() -> None:
     run = S3Location("b", "lorajobs/team-a/tune/r3")
     assert owner_marker(run) == S3Location("b", "lorajobs/team-a/tune/OWNER.json")
-    assert OWNER_FILE == "OWNER.json"
     assert OURS.describe() == "LoRAJob team-a/tune (uid uid-ours)"
     with pytest.raises(ValueError):
         OURS.uid = "other"  # type: ignore[misc]  # frozen: a marker's owner never changes

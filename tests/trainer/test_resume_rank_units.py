@@ -20,12 +20,7 @@ from transformers import TrainerState
 from lora_contract.layout import S3Location
 from lora_contract.storage import S3Store
 from lora_trainer.checkpoints import latest_checkpoint, upload_checkpoint
-from lora_trainer.completion import (
-    ADAPTER_FILES,
-    completed_state,
-    copy_adapter,
-    release_process_group,
-)
+from lora_trainer.completion import completed_state, copy_adapter, release_process_group
 from lora_trainer.config import ProcessPlace
 from lora_trainer.errors import TransientError
 from lora_trainer.train import RESUME_NOTE, prepare_resume
@@ -179,8 +174,11 @@ def test_the_checkpoints_adapter_files_become_the_final_adapter(tmp_path: Path) 
     ]
     assert (final / "adapter_config.json").read_text() == "adapter_config.json"
     (ckpt / "README.md").write_text("card")
-    assert copy_adapter(ckpt, final) == list(ADAPTER_FILES)
-    assert ADAPTER_FILES == ("adapter_model.safetensors", "adapter_config.json", "README.md")
+    assert copy_adapter(ckpt, final) == [
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "README.md",
+    ]
 
 
 def test_every_rank_leaves_the_process_group(tmp_path: Path) -> None:
