@@ -511,6 +511,7 @@ def test_create_owned_never_adopts_a_namesake() -> None:
     async def go() -> None:
         with pytest.raises(NameConflict) as refused:
             await create_owned(kube, "v1/configmaps", "team", owned("taken", UID), UID)
+        assert refused.value.kind == "ConfigMap"  # the body's kind, not the resource's plural
         assert "not owned by this LoRAJob (it is controlled by LoRAJob j (uid uid-other))" in (
             refused.value.message()
         )
