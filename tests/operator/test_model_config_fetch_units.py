@@ -502,7 +502,10 @@ def test_a_running_fetch_is_never_forgotten_and_close_cancels_it() -> None:
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.05)
             assert server.asked == ["/hang"]  # one fetch for both jobs
+            running = [fetch.task for fetch in source._fetches.values()]
+            assert len(running) == 1 and not running[0].done()
             await source.close()
+            assert running[0].cancelled()  # cancelled and awaited by close() itself
             assert woken.keys == []  # a cancelled fetch wakes nobody
 
     asyncio.run(go())
@@ -519,6 +522,7 @@ def test_the_waiters_are_woken_once_each_in_order() -> None:
             await woken.wait(2)
             await asyncio.sleep(0.05)
             assert woken.keys == [(NS, "a"), (NS, "b")]
+            assert source._background == set()  # the wake-up tasks are not kept once done
             await source.close()
 
     asyncio.run(go())
@@ -533,6 +537,71 @@ def test_anything_but_an_http_url_is_a_local_path_refused_alike(ref: str) -> Non
         assert str(exc.value) == LOCAL_PATH_REFUSED
 
     asyncio.run(go())
+
+
+def test_an_https_url_is_fetched_not_taken_for_a_path() -> None:
+    async def go() -> None:
+        source = ModelConfigSource(on_ready=Woken())
+        url = f"{ENTRY}/llama/config.json"  # no such host: the fetch fails in the background
+        assert await source.resolve(FakeKube(), (NS, "a"), model(config=url), policy(ENTRY)) == (
+            Fetching(url)
+        )
+        await source.close()
+
+    asyncio.run(go())
+
+
+def test_a_fetched_body_that_is_not_json_names_the_url() -> None:
+    async def go() -> str:
+        async with RawServer({"/bad": ok(b"{nope")}) as server:
+            woken = Woken()
+            source = ModelConfigSource(on_ready=woken)
+            url, rules = server.url("/bad"), policy(server.url("/"))
+            await source.resolve(FakeKube(), (NS, "a"), model(config=url), rules)
+            await woken.wait(1)
+            with pytest.raises(PlanningError) as exc:
+                await source.resolve(FakeKube(), (NS, "a"), model(config=url), rules)
+            return str(exc.value).replace(str(server.port), "PORT")
+
+    assert asyncio.run(go()) == (
+        f"spec.baseModel.config: {URL_AT.format(path='/bad')} is not valid JSON "
+        "(line 1: Expecting property name enclosed in double quotes)"
+    )
+
+
+def test_a_config_map_ref_is_read_in_the_jobs_own_namespace_under_the_policy_cap() -> None:
+    kube = FakeKube()
+    body = CONFIG_BODY + b" " * (CAP - len(CONFIG_BODY))
+    kube.put(CONFIGMAPS, {"metadata": {"name": "cfg"}, "data": {"config.json": body.decode()}})
+    kube.put(CONFIGMAPS, {"metadata": {"name": "junk"}, "data": {"k": "[1]"}})
+    elsewhere = "/api/v1/namespaces/team-b/configmaps"
+    kube.put(elsewhere, {"metadata": {"name": "theirs"}, "data": {"config.json": "{}"}})
+
+    async def go(name: str, key: str, cap: int) -> Any:
+        source = ModelConfigSource(on_ready=Woken())
+        spec = model(configMapRef={"name": name, "key": key}, config=None)
+        # the job's name is deliberately another namespace's: only job[0] may be used
+        return await source.resolve(kube, (NS, "team-b"), spec, policy(model_config_max_bytes=cap))
+
+    resolved = asyncio.run(go("cfg", "config.json", CAP))
+    assert resolved == ModelConfig("ConfigMap team-a/cfg key config.json", CONFIG)
+    with pytest.raises(PlanningError, match=r"larger than 1024 bytes"):
+        asyncio.run(go_over(kube, body + b" "))  # one byte over the policy's cap
+    with pytest.raises(PlanningError) as exc:
+        asyncio.run(go("junk", "k", CAP))
+    assert str(exc.value) == (
+        "spec.baseModel.configMapRef: ConfigMap 'junk' key 'k' must hold a JSON object (a model "
+        "config.json)"
+    )
+    with pytest.raises(PlanningError, match=r"ConfigMap 'theirs' not found in namespace 'team-a'"):
+        asyncio.run(go("theirs", "config.json", CAP))
+
+
+async def go_over(kube: FakeKube, body: bytes) -> Any:
+    kube.put(CONFIGMAPS, {"metadata": {"name": "over"}, "data": {"config.json": body.decode()}})
+    source = ModelConfigSource(on_ready=Woken())
+    spec = model(configMapRef={"name": "over"})
+    return await source.resolve(kube, (NS, "a"), spec, policy(model_config_max_bytes=CAP))
 
 
 def test_a_shipped_model_is_used_when_no_config_is_given() -> None:
