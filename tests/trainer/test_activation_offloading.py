@@ -34,12 +34,43 @@ def test_the_path_follows_the_flag_and_the_device() -> None:
     assert choose_offload_path(enabled=True, on_cuda=False) is OffloadPath.save_on_cpu
 
 
-def loss_and_grads(model: Any, path: OffloadPath) -> tuple[float, dict[str, torch.Tensor]]:
+class SavedTensors:
+    """Where the forward's saved tensors went: `outer` counts those an outer saved-tensors hook
+    got (what no offloader took), `moved` the devices of the copies the offloader's own pack
+    hook made (a spy around it)."""
+
+    def __init__(self) -> None:
+        self.outer = 0
+        self.moved: list[str] = []
+
+    def spy_on(self, context: Any) -> None:
+        if not isinstance(context, torch.autograd.graph.saved_tensors_hooks):
+            return  # `off`: a nullcontext, no hook of its own
+        pack = context.pack_hook
+
+        def counted(tensor: torch.Tensor) -> Any:
+            packed = pack(tensor)
+            self.moved.append(packed[1].device.type)  # save_on_cpu packs (device, host copy)
+            return packed
+
+        context.pack_hook = counted  # pushed on __enter__
+
+    def count_outer(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.outer += 1
+        return tensor
+
+
+def loss_and_grads(
+    model: Any, path: OffloadPath
+) -> tuple[float, dict[str, torch.Tensor], SavedTensors]:
     ids, labels = batch()
-    with offload_contexts(model, path)():
+    saved = SavedTensors()
+    context = offload_contexts(model, path)()
+    saved.spy_on(context)
+    with torch.autograd.graph.saved_tensors_hooks(saved.count_outer, lambda t: t), context:
         loss = chunked(model, ids, labels, chunk=5)
         loss.backward()
-    return loss.item(), adapter_grads(model)
+    return loss.item(), adapter_grads(model), saved
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -48,11 +79,15 @@ def test_loss_and_lora_gradients_equal_without_offloading(checkpointing: bool) -
     if checkpointing:
         model.activation_checkpointing_enable(NON_REENTRANT)
     model.train()
-    expected_loss, expected = loss_and_grads(model, OffloadPath.off)
-    loss, got = loss_and_grads(model, OffloadPath.save_on_cpu)
+    expected_loss, expected, plain = loss_and_grads(model, OffloadPath.off)
+    loss, got, offloaded = loss_and_grads(model, OffloadPath.save_on_cpu)
     assert loss == expected_loss
     for name, grad in expected.items():
         assert torch.equal(got[name], grad), name
+    # the feature ran: every tensor the plain step saved went through the offloader, to host
+    assert plain.moved == [] and plain.outer > 0
+    assert offloaded.outer == 0
+    assert offloaded.moved == ["cpu"] * plain.outer
 
 
 def test_under_checkpointing_the_offloaded_tensors_are_the_layer_inputs() -> None:
@@ -88,10 +123,16 @@ def train_two_steps(model_dir: Path, output: Path, offload: OffloadPath) -> tupl
 
 
 def test_the_trainer_takes_the_same_steps_with_offloading(model_dir: Path, tmp_path: Path) -> None:
-    plain_losses, plain = train_two_steps(model_dir, tmp_path / "a", OffloadPath.off)
-    offloaded_losses, offloaded = train_two_steps(
-        model_dir, tmp_path / "b", OffloadPath.save_on_cpu
-    )
+    plain_saved, offloaded_saved = SavedTensors(), SavedTensors()
+    with torch.autograd.graph.saved_tensors_hooks(plain_saved.count_outer, lambda t: t):
+        plain_losses, plain = train_two_steps(model_dir, tmp_path / "a", OffloadPath.off)
+    with torch.autograd.graph.saved_tensors_hooks(offloaded_saved.count_outer, lambda t: t):
+        offloaded_losses, offloaded = train_two_steps(
+            model_dir, tmp_path / "b", OffloadPath.save_on_cpu
+        )
+    # the feature ran: the trainer's steps saved tensors, and with offloading on its hooks took
+    # every one (an outer hook sees none)
+    assert plain_saved.outer > 0 and offloaded_saved.outer == 0
     assert len(plain_losses) == 2
     assert offloaded_losses == pytest.approx(plain_losses, rel=1e-6)
     for name, weight in plain.items():

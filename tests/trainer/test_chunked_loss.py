@@ -76,8 +76,17 @@ def test_loss_and_lora_gradients_equal_the_stock_loss(tied: bool, head_target: b
     expected = adapter_grads(model)
     assert any("lm_head" in n for n in expected) == head_target
 
-    ours = chunked(model, ids, labels, chunk=5)  # 5 positions a chunk: several chunks
-    ours.backward()
+    head = causal_lm_of(model).get_output_embeddings()
+    rows: list[int] = []  # positions per lm_head call
+    hook = head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[0]))
+    try:
+        ours = chunked(model, ids, labels, chunk=5)  # 5 positions a chunk: several chunks
+        # the feature ran: 21 labelled positions in chunks of 5, no full-logits projection
+        assert rows == [5, 5, 5, 5, 1]
+        ours.backward()
+    finally:
+        hook.remove()
+    assert sorted(rows) == sorted([5, 5, 5, 5, 1] * 2)  # each chunk recomputed in backward
     got = adapter_grads(model)
     assert ours.item() == pytest.approx(stock.item(), rel=1e-5)
     for name, grad in expected.items():
@@ -257,13 +266,41 @@ def run_two_steps(
     return trainer
 
 
+def logits_shapes(vocab: int) -> tuple[list[torch.Size], Any]:
+    """Every nn.Linear output whose last dimension is the tiny model's vocabulary (lm_head's
+    logits), from a global forward hook: the trainer builds its model inside."""
+    shapes: list[torch.Size] = []
+
+    def record(module: Any, _args: Any, out: Any) -> None:
+        if isinstance(module, torch.nn.Linear) and isinstance(out, torch.Tensor):
+            if module.out_features == vocab:
+                shapes.append(out.shape)
+
+    return shapes, torch.nn.modules.module.register_module_forward_hook(record)
+
+
 def test_the_trainer_takes_the_same_steps_with_either_loss(model_dir: Path, tmp_path: Path) -> None:
-    stock_losses, stock = losses_and_weights(
-        run_two_steps(model_dir, tmp_path / "a", LossPath.standard)
-    )
-    ours_losses, ours = losses_and_weights(
-        run_two_steps(model_dir, tmp_path / "b", LossPath.chunked)
-    )
+    vocab = transformers.AutoConfig.from_pretrained(model_dir).vocab_size
+    stock_shapes, hook = logits_shapes(vocab)
+    try:
+        stock_losses, stock = losses_and_weights(
+            run_two_steps(model_dir, tmp_path / "a", LossPath.standard)
+        )
+    finally:
+        hook.remove()
+    ours_shapes, hook = logits_shapes(vocab)
+    try:
+        ours_losses, ours = losses_and_weights(
+            run_two_steps(model_dir, tmp_path / "b", LossPath.chunked)
+        )
+    finally:
+        hook.remove()
+    # the feature ran: the stock loss projected every position ([batch, seq, vocab]); the
+    # chunked one had the model project none ([batch, 0, vocab]) and lm_head run on the
+    # labelled positions only ([positions, vocab], 2-D)
+    assert stock_shapes and all(len(s) == 3 and s[1] > 0 for s in stock_shapes)
+    assert ours_shapes and all(s[-2] == 0 for s in ours_shapes if len(s) == 3)
+    assert any(len(s) == 2 for s in ours_shapes)
     assert ours_losses == pytest.approx(stock_losses, rel=1e-5)
     for name, weight in stock.items():
         assert torch.allclose(ours[name], weight, rtol=1e-4, atol=1e-6), name

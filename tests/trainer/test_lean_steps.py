@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import peft
 import pytest
 import torch
 from transformers import Trainer
@@ -19,12 +20,26 @@ from .test_chunked_loss import run_two_steps
 def test_the_same_steps_logs_and_flops_as_the_stock_bookkeeping(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    switches: list[str] = []  # a real train() switch of the whole PEFT model
+    real_train = torch.nn.Module.train
+
+    def counted_train(module: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+        if mode and isinstance(module, peft.PeftModel):
+            switches.append("switch")
+        return real_train(module, mode)
+
+    monkeypatch.setattr(torch.nn.Module, "train", counted_train)
     lean = run_two_steps(model_dir, tmp_path / "lean", LossPath.standard)
+    lean_switches = len(switches)
+    switches.clear()
     with monkeypatch.context() as stock_steps:
         for name in ("floating_point_ops", "_clip_grad_norm", "training_step"):
             stock_steps.setattr(LeanStepsMixin, name, getattr(Trainer, name))
         stock = run_two_steps(model_dir, tmp_path / "stock", LossPath.standard)
     assert lean._flop_params is not None and stock._flop_params is None  # the lean path ran
+    # 2 steps x 2 micro-batches: the stock step switches the model on each of the 4, the lean
+    # one on the first only, so 3 fewer (whatever else switches it, e.g. at train() start)
+    assert len(switches) - lean_switches == 3
     assert lean.state.total_flos == stock.state.total_flos > 0
 
     def logged(trainer: Trainer, key: str) -> list[float]:
