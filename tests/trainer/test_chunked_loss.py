@@ -272,9 +272,9 @@ def logits_shapes(vocab: int) -> tuple[list[torch.Size], Any]:
     shapes: list[torch.Size] = []
 
     def record(module: Any, _args: Any, out: Any) -> None:
-        if isinstance(module, torch.nn.Linear) and isinstance(out, torch.Tensor):
-            if module.out_features == vocab:
-                shapes.append(out.shape)
+        linear = isinstance(module, torch.nn.Linear) and isinstance(out, torch.Tensor)
+        if linear and module.out_features == vocab:
+            shapes.append(out.shape)
 
     return shapes, torch.nn.modules.module.register_module_forward_hook(record)
 
