@@ -204,7 +204,11 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "errors",
         ("lora_trainer.errors", "lora_trainer.main"),
-        ("tests/trainer/test_errors.py", "tests/trainer/test_exit_codes.py"),
+        (
+            "tests/trainer/test_errors.py",
+            "tests/trainer/test_exit_codes.py",
+            "tests/trainer/test_disk_faults.py",
+        ),
         ("tests/trainer/test_errors.py::test_malformed_rows_are_counted_and_training_continues",),
         note="the trainer's exit-code mapping: errors.py and main()/fail() in main.py",
     ),
@@ -217,6 +221,13 @@ TARGETS: tuple[Target, ...] = (
         ),
         ("tests/operator/test_decisions.py", "tests/operator/test_workload.py"),
         note="quota demand, Kueue queue, TTL instant, Job state, what may be deleted",
+    ),
+    Target(
+        "status_patch",
+        ("lora_operator.controller.status_patch",),
+        ("tests/operator/test_last_error.py",),
+        ("tests/operator/test_last_error.py::test_the_operator_clears_a_recovered_runs_error",),
+        note="the status merge patch: what changed, and null for what a nested field lost",
     ),
 )
 

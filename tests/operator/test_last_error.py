@@ -2,15 +2,16 @@
 retry) recovered from, the restarted trainer's progress.json has no lastError, and neither may
 `status.progress` (a merge patch that only leaves the key out keeps the stored value).
 
-The reconciler runs in-process against the in-memory API (`FakeKube`, RFC 7386 merge patches as
-the API server applies them), the progress comes from the real moto S3."""
+First the real operator process against the emulator (kmock applies merge patches as the API
+server does), then the reconciler in-process against the in-memory API (`FakeKube`, RFC 7386),
+the progress in both from the real moto S3."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from operator_harness import base_job
+from operator_harness import Harness, base_job
 from test_reconcile_units import World
 
 from lora_devkit.s3server import S3Server
@@ -25,6 +26,37 @@ GLOO = (
 @pytest.fixture
 def world(s3: S3Server) -> World:
     return World(s3)
+
+
+def test_the_operator_clears_a_recovered_runs_error(harness: Harness) -> None:
+    name = "gloo"
+    harness.apply(base_job(name))
+    harness.wait_phase(name, "Running")
+    job = f"{name}-r1"
+    harness.wait(f"Job {job}", lambda: harness.job(job))
+    harness.driver.start(job)
+    harness.write_progress(name, "r1", state="failed", step=8, lastError=GLOO)
+    assert harness.driver.fail_pod(job, 0, exit_code=75, message=GLOO) == "Count"
+    harness.wait(
+        "the gloo error in the status",
+        lambda: (harness.status(name).get("progress") or {}).get("lastError") == GLOO,
+    )
+    harness.driver.start(job)  # the retried pod resumes; its progress.json has no lastError
+    harness.write_progress(name, "r1", state="succeeded", step=40, loss=0.9)
+    harness.driver.succeed(job)
+    status = harness.wait_phase(name, "Succeeded")
+    status = harness.wait(
+        "progress of the finished run",
+        lambda: harness.status(name) if harness.status(name)["progress"]["step"] == 40 else None,
+    )
+    assert status["restarts"] == 1
+    assert status["progress"] == {
+        "state": "succeeded",
+        "step": 40,
+        "totalSteps": 40,
+        "epoch": 0.0,
+        "loss": 0.9,
+    }
 
 
 def test_a_recovered_run_clears_last_error_and_succeeds_without_it(world: World) -> None:
