@@ -166,3 +166,15 @@ def test_a_single_object_source_must_be_a_plain_key(
         fetch_s3_object(store, uri, tmp_path / "dl", "dataset.source")
     assert info.value.message == f"dataset.source {uri}: not an S3 object key ({reason})"
     assert files_under(tmp_path) == []
+
+
+def test_the_key_rules_one_by_one() -> None:
+    """The rules themselves, including the two no S3 server here stores (NUL, empty)."""
+    from lora_contract.storage import unsafe_key_reason
+
+    assert unsafe_key_reason("") == "the key is empty"
+    assert unsafe_key_reason("a\x00b") == "it contains a NUL byte"
+    assert unsafe_key_reason("/a") == "it is an absolute path"
+    assert unsafe_key_reason("a/") == "it has an empty path segment"
+    assert unsafe_key_reason("a/..") == "it has '..' as a path segment"
+    assert unsafe_key_reason("a/b.c/...d/.e") is None
