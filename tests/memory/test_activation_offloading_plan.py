@@ -134,7 +134,9 @@ def test_fit_turns_offloading_on_when_no_other_knob_is_left(spec: Spec) -> None:
         distributed={"nodes": 1, "gpusPerNode": 1},
     )
     arch = load_architecture(job.base_model.name, job.base_model.config)
-    as_written = estimate_memory(arch, shape_for(job, Strategy.ddp, 1)).peak_gib
+    as_written_estimate = estimate_memory(arch, shape_for(job, Strategy.ddp, 1))
+    as_written = as_written_estimate.peak_gib
+    assert as_written_estimate.host_offload_gib == 0  # host memory only once offloading is on
     with_offload = TrainingOverrides(activation_offloading=True).applied_to(job)
     offloaded = estimate_memory(arch, shape_for(with_offload, Strategy.ddp, 1)).peak_gib
     assert offloaded < as_written
