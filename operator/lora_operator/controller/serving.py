@@ -156,17 +156,15 @@ class ServingState:
 
 
 async def _apply(kube: Kube, resource: str, namespace: str, body: dict[str, Any], uid: str) -> None:
-    """Create, or merge-patch what we own (spec/data/annotations) into the existing object when
-    this LoRAJob controls it; anything else of that name is a NameConflict and stays as it is.
-    The patch carries the resourceVersion that was checked, so an object replaced in between
-    is refused (409) rather than overwritten."""
+    """Create, or merge-patch what we own (the InferenceService's spec, the account's secrets)
+    into the existing object when this LoRAJob controls it; anything else of that name is a
+    NameConflict and stays as it is. The patch carries the resourceVersion that was checked, so
+    an object replaced in between is refused (409) rather than overwritten."""
     existing, created = await create_owned(kube, resource, namespace, body, uid)
     if created:
         return
     patch = {k: v for k, v in body.items() if k not in ("apiVersion", "kind", "metadata")}
     patch["metadata"] = {"labels": body["metadata"].get("labels", {})}
-    if body["metadata"].get("annotations"):
-        patch["metadata"]["annotations"] = body["metadata"]["annotations"]
     version = (existing.get("metadata") or {}).get("resourceVersion")
     if version:
         patch["metadata"]["resourceVersion"] = version
