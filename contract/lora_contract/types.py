@@ -725,6 +725,14 @@ class PlanStatus(_Observed):
         description="Samples per optimizer step: the spec's on every placement "
         "(microBatchSize x gradientAccumulation, x nodes x gpusPerNode when both are set).",
     )
+    termination_grace_seconds: int | None = Field(
+        default=None,
+        description="The trainer pods' terminationGracePeriodSeconds: after a SIGTERM "
+        "(preemption, drain) one step and a checkpoint save fit before the SIGKILL.",
+    )
+    termination_grace_basis: str = Field(
+        default="", description="How terminationGraceSeconds was derived."
+    )
     unit: Literal["GPU", "process"] = Field(
         default="GPU", description="What totalGpus counts: GPUs, or CPU training processes."
     )

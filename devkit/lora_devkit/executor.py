@@ -8,7 +8,8 @@ directories (ConfigMap/Secret volumes materialised, PVCs under one root, `/dev/s
 points rendezvous host names at loopback, and writes Pod phases, termination messages and Job
 status (`active`, `succeeded`, `failed`, `completedIndexes`, Complete/Failed/Suspended conditions)
 back, honouring `suspend`, `parallelism`, `completions`, `backoffLimit`, `backoffLimitPerIndex`,
-`maxFailedIndexes` and `podFailurePolicy` exit-code rules.
+`maxFailedIndexes` and `podFailurePolicy` rules (exit codes, and pod conditions: `preempt_pod`
+sets DisruptionTarget, SIGTERMs the pod and SIGKILLs it after its terminationGracePeriodSeconds).
 
 Simplifications (documented, not hidden): one container per pod (init and sidecar containers are
 not run), no resource enforcement, one process group per pod, polling rather than watching. The
@@ -346,6 +347,8 @@ class RunningPod:
     started_at: str = field(default_factory=now_iso)
     killed: bool = False
     marker: str = ""
+    conditions: list[dict[str, Any]] = field(default_factory=list)  # e.g. DisruptionTarget
+    grace_seconds: float = 30.0  # the pod's terminationGracePeriodSeconds
 
 
 @dataclass
@@ -445,6 +448,42 @@ class LocalExecutor(Service):
                     self._signal_pod(pod, sig)
                     return True
         return False
+
+    def preempt_pod(
+        self, namespace: str, job: str, index: int, reason: str = "PreemptionByScheduler"
+    ) -> bool:
+        """Preempt a running pod as the scheduler, Kueue or a node drain does: condition
+        DisruptionTarget on the pod, SIGTERM to its main process group (the container's main
+        process; torchrun's workers hear of it from the launcher), SIGKILL to every process of
+        the pod once its terminationGracePeriodSeconds are over. The exit then counts per the
+        Job's podFailurePolicy, conditions included."""
+        with self._lock:
+            pod = self._running_pod(namespace, job, index)
+            if pod is None or pod.process is None or pod.process.poll() is not None:
+                return False
+            pod.conditions = [
+                {"type": "Ready", "status": "True"},
+                _condition("DisruptionTarget", reason, "preempted (local executor)"),
+            ]
+            self._patch_pod(namespace, pod.name, {"conditions": pod.conditions})
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pod.process.pid, signal.SIGTERM)
+            timer = threading.Timer(pod.grace_seconds, self._kill_after_grace, (pod,))
+            timer.daemon = True
+            timer.start()
+            log.info("preempted pod %s/%s (grace %.0fs)", namespace, pod.name, pod.grace_seconds)
+            return True
+
+    def _kill_after_grace(self, pod: RunningPod) -> None:
+        if pod.process is not None and pod.process.poll() is None:
+            log.info("pod %s: grace period over, SIGKILL", pod.name)
+            self._signal_pod(pod, signal.SIGKILL)
+
+    def _running_pod(self, namespace: str, job: str, index: int) -> RunningPod | None:
+        for state in self.jobs.values():
+            if (state.namespace, state.name) == (namespace, job) and index in state.running:
+                return state.running[index]
+        return None
 
     def log_path(self, namespace: str, job: str, index: int) -> Path | None:
         with self._lock:
@@ -554,8 +593,15 @@ class LocalExecutor(Service):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: killed as a whole
             )
+        grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
         state.running[index] = RunningPod(
-            name, index, process, launch.termination_log, log_path, marker=marker
+            name,
+            index,
+            process,
+            launch.termination_log,
+            log_path,
+            marker=marker,
+            grace_seconds=float(grace),
         )
         log.info("started pod %s/%s (pid %d): %s", state.namespace, name, process.pid, launch.argv)
         container = pod["spec"]["containers"][0].get("name", "main")
@@ -660,7 +706,10 @@ class LocalExecutor(Service):
             pod.name,
             {
                 "phase": phase,
-                "conditions": [{"type": "Ready", "status": "False"}],
+                "conditions": [
+                    {"type": "Ready", "status": "False"},
+                    *[c for c in pod.conditions if c["type"] != "Ready"],
+                ],
                 "containerStatuses": [
                     {
                         "name": container,
@@ -683,7 +732,8 @@ class LocalExecutor(Service):
         self, job: dict[str, Any], state: JobState, pod: RunningPod, exit_code: int, message: str
     ) -> None:
         spec = job["spec"]
-        action = policy_action(spec.get("podFailurePolicy"), exit_code)
+        disruptions = [c["type"] for c in pod.conditions if c.get("status") == "True"]
+        action = policy_action(spec.get("podFailurePolicy"), exit_code, disruptions)
         if action == "Ignore":
             return
         state.failed_pods += 1

@@ -359,6 +359,8 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
         pod_spec["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
     if spec.resources.priority_class_name:
         pod_spec["priorityClassName"] = spec.resources.priority_class_name
+    if ctx.plan.termination_grace_seconds:  # a step and a checkpoint after SIGTERM (the plan's)
+        pod_spec["terminationGracePeriodSeconds"] = ctx.plan.termination_grace_seconds
     metadata = _metadata(ctx, name)
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
@@ -379,6 +381,14 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
                 {
                     "action": "Ignore",
                     "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+                },
+                {  # SIGTERM handled: checkpointed and exited (lora_trainer.preemption)
+                    "action": "Ignore",
+                    "onExitCodes": {
+                        "containerName": pod.TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": [pod.EXIT_PREEMPTED],
+                    },
                 },
             ]
         },

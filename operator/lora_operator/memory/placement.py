@@ -39,6 +39,7 @@ from .errors import PlanningError
 from .estimate import GIB, Assumptions, MemoryEstimate, TrainingShape, estimate_memory
 from .fit import FitSearch, Variant, search_fit
 from .forecast import DatasetStats, Forecast, forecast_job
+from .grace import GracePeriod, step_seconds, termination_grace
 from .local_config import read_local_config
 from .model_config import ModelConfig
 from .objective import SCALE_OUT_TOLERANCE, Option, alternatives, choose, may_matter
@@ -71,6 +72,7 @@ class PlanResult:
     training_overrides: TrainingOverrides | None = None
     global_batch_size: int | None = None
     alternatives: list[PlacementAlternative] = field(default_factory=list)
+    grace: GracePeriod | None = None  # the pods' terminationGracePeriodSeconds (memory/grace.py)
     # kept for `lorajob plan`'s longest-sequence table (memory/fit.py), not part of the status
     architecture: Architecture | None = field(default=None, repr=False, compare=False)
 
@@ -106,6 +108,8 @@ class PlanResult:
             unit="process" if self.on_cpu else "GPU",
             placement=self.placement,
             alternatives=list(self.alternatives),
+            termination_grace_seconds=self.grace.seconds if self.grace else None,
+            termination_grace_basis=self.grace.basis if self.grace else "",
         )
 
     @property
@@ -190,7 +194,22 @@ def plan_job(
         architecture=arch,
         global_batch_size=global_batch(spec),
         alternatives=chosen.alternatives,
+        grace=_grace(run, chosen.estimate, chosen.forecast, chosen.nodes * chosen.per_node),
     )
+
+
+def _grace(
+    run: LoRAJobSpec, estimate: MemoryEstimate, forecast: Forecast | None, ranks: int
+) -> GracePeriod:
+    """Time to finish a step and save a checkpoint after SIGTERM (memory/grace.py)."""
+    one_step = None
+    if forecast is not None and forecast.tokens > 0:
+        t = run.training
+        rows = t.micro_batch_size * t.gradient_accumulation * ranks
+        one_step = step_seconds(
+            forecast.hours, forecast.tokens, rows, t.max_steps, run.dataset.max_seq_length
+        )
+    return termination_grace(estimate.trainable_params, one_step)
 
 
 def _overrides(spec: LoRAJobSpec, run: LoRAJobSpec) -> TrainingOverrides | None:

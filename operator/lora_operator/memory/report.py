@@ -111,6 +111,11 @@ def render_table(job: LoRAJob, result: PlanResult) -> str:
         f"  pod requests: {_amounts(status.requests.to_wire())}",
         f"  pod limits:   {_amounts(status.limits.to_wire())}",
     ]
+    if status.termination_grace_seconds:
+        lines.append(
+            f"  termination grace: {status.termination_grace_seconds} s after SIGTERM "
+            f"({status.termination_grace_basis})"
+        )
     if status.adjustments:
         lines += ["", "  changed to fit (same training maths; the trainer runs these values):"]
         lines += [f"    - {change}" for change in status.adjustments]
