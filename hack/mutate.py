@@ -79,6 +79,10 @@ API_HELPERS_SLOW = (
     "tests/api/test_api_helpers.py::test_validate_command",
     "tests/api/test_api_helpers.py::test_cli_unknown_command",
 )
+# The trainer's whole entry point (run_here): loads a config and the model stack.
+OWNER_THROUGH_MAIN = (
+    "tests/trainer/test_output_owner.py::test_the_trainer_refuses_a_recreated_jobs_old_folder"
+)
 
 TARGETS: tuple[Target, ...] = (
     Target("quota", ("lora_operator.controller.quota",), ("tests/operator/test_quota_units.py",)),
@@ -198,8 +202,58 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "loss_path",
         ("lora_trainer.gathered_head", "lora_trainer.loss"),
-        ("tests/trainer/test_chunked_loss.py",),
-        note="which loss path runs, and lm_head's ZeRO-3 gather around the chunks",
+        ("tests/trainer/test_loss_units.py", "tests/trainer/test_chunked_loss.py"),
+        (
+            "tests/trainer/test_chunked_loss.py::test_the_trainer_takes_the_same_steps_with_either_loss",
+        ),
+        note="which loss path runs, and lm_head's ZeRO-3 gather around the chunks (no training)",
+    ),
+    Target(
+        "lean_steps",
+        ("lora_trainer.lean_steps",),
+        ("tests/trainer/test_lean_steps_units.py",),
+        note="FLOP count once, the train() switch skipped, clipping over trainable parameters",
+    ),
+    Target(
+        "offload",
+        ("lora_trainer.offload",),
+        ("tests/trainer/test_offload_units.py",),
+        note="which offload path runs and that its hooks take the saved tensors",
+    ),
+    Target(
+        "storage_errors",
+        ("lora_contract.storage", "lora_trainer.sources"),
+        (
+            "tests/trainer/test_storage_errors_units.py",
+            "tests/trainer/test_storage.py",
+            "tests/trainer/test_download_confinement.py",
+            "tests/trainer/test_owner_claim_units.py",
+            "tests/trainer/test_output_owner.py",
+        ),
+        (OWNER_THROUGH_MAIN,),
+        note="transient or permanent S3 failures, retries, and the trainer's exit code for each",
+    ),
+    Target(
+        "owner_claim",
+        ("lora_trainer.ownership", "lora_contract.layout"),
+        (
+            "tests/trainer/test_owner_claim_units.py",
+            "tests/trainer/test_output_owner.py",
+            "tests/api/test_api_helpers.py",
+            "tests/api/test_layout_paths.py",
+        ),
+        (OWNER_THROUGH_MAIN, *API_HELPERS_SLOW),
+        note="OWNER.json claimed once and read back; another uid refused; the marker's place",
+    ),
+    Target(
+        "resume_rank",
+        ("lora_trainer.checkpoints", "lora_trainer.completion"),
+        (
+            "tests/trainer/test_resume_rank_units.py",
+            "tests/trainer/test_checkpoints.py",
+            "tests/trainer/test_checkpoint_files.py",
+        ),
+        note="which checkpoint each rank resumes from; a finished run trains no further",
     ),
     Target(
         "errors",
