@@ -159,12 +159,15 @@ def test_kserve_missing_or_failing_is_a_condition_not_an_exception() -> None:
     failing(kube, 404)
     state = ensure(kube)
     assert (state.status, state.reason) == ("False", "KServeNotInstalled")
-    assert "install KServe" in state.message
+    assert state.message == (
+        "the InferenceService resource (serving.kserve.io/v1beta1) is not installed; "
+        "install KServe to serve the adapter"
+    )
     kube = FakeKube()
     failing(kube, 500)
     state = ensure(kube)
     assert (state.status, state.reason) == ("False", "ServingError")
-    assert state.message.startswith("cannot create InferenceService:") and "boom" in state.message
+    assert state.message == "cannot create InferenceService: HTTP 500: boom"
 
 
 def test_ready_inference_service_reports_its_url() -> None:
