@@ -183,6 +183,7 @@ def slow_proxy(s3: S3Server) -> Iterator[SlowCheckpointProxy]:
         yield proxy
 
 
+@pytest.mark.slow
 def test_sigterm_during_checkpoint_upload_keeps_the_previous_checkpoint_latest(
     make_run: Any, store: S3Store, slow_proxy: SlowCheckpointProxy
 ) -> None:
@@ -265,3 +266,35 @@ def test_preemption_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert stopped.exit_code == 76
     assert stopped.message.startswith("preempted (SIGTERM) at step 7: checkpoint-7 saved;")
     assert "no new checkpoint" in Preempted(7, checkpoint_saved=False).message
+
+
+def test_sigterm_handler_sets_the_stop_request_in_the_main_thread_only() -> None:
+    import os
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        request = StopRequest(None)
+        worker = threading.Thread(target=request.install)
+        worker.start()
+        worker.join()
+        assert signal.getsignal(signal.SIGTERM) is previous  # Python allows main thread only
+        request.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM changes nothing
+        assert request.requested()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_any_rank_is_the_flag_alone_and_through_a_process_group() -> None:
+    import torch.distributed as dist
+
+    from lora_trainer.preemption import any_rank
+
+    assert any_rank(True) is True and any_rank(False) is False
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        assert any_rank(False) is False
+        assert any_rank(True) is True
+    finally:
+        dist.destroy_process_group()
