@@ -298,3 +298,28 @@ def test_any_rank_is_the_flag_alone_and_through_a_process_group() -> None:
         assert any_rank(True) is True
     finally:
         dist.destroy_process_group()
+
+
+def test_preemption_callback_stops_and_saves_the_agreed_step_once() -> None:
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    from lora_trainer.callbacks import PreemptionCallback
+
+    request = StopRequest(None)
+    callback = PreemptionCallback(request)
+    args = SimpleNamespace(device="cpu")
+    control = TrainerControl(should_evaluate=True)
+    callback.on_step_end(args, SimpleNamespace(global_step=5, max_steps=8), control)
+    assert callback.stopped_at is None and not control.should_save  # nothing asked yet
+    request.set()
+    callback.on_step_end(args, SimpleNamespace(global_step=6, max_steps=8), control)
+    assert callback.stopped_at == 6
+    assert control.should_save and control.should_training_stop and not control.should_evaluate
+    callback.on_step_end(args, SimpleNamespace(global_step=7, max_steps=8), TrainerControl())
+    assert callback.stopped_at == 6  # the first agreed step stays the stop step
+    last = PreemptionCallback(request)
+    done = TrainerControl()
+    last.on_step_end(args, SimpleNamespace(global_step=8, max_steps=8), done)
+    assert last.stopped_at is None and not done.should_training_stop  # the run ends anyway

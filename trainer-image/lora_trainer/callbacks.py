@@ -226,8 +226,8 @@ class PreemptionCallback(TrainerCallback):  # type: ignore[misc]
         self.stopped_at: int | None = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.stopped_at is not None:
-            return
+        if self.stopped_at is not None or state.global_step >= state.max_steps:
+            return  # the last step ends the run anyway (every rank skips, at the same step)
         device = getattr(args, "device", None)
         if not any_rank(self.request.requested(), device):
             return
