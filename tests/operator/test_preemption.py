@@ -56,8 +56,13 @@ def test_preemption_grace_floor_and_cap() -> None:
     # 1M params: 12 MB = 0.24 s + 15 s = 15.24 s -> Kubernetes' default 30 s
     small = termination_grace(1_000_000, None)
     assert small.seconds == 30
-    assert "one step (no forecast)" in small.basis
-    assert small.basis.endswith("= 15.2 s, raised to Kubernetes' default 30 s")
+    assert small.basis == (
+        "checkpoint 12.0 MB (1,000,000 trainable params x 12 B: fp32 adapter + 2 Adam moments) "
+        "at 50 MB/s = 0.2 s + one step (no forecast) + 15 s margin = 15.2 s, raised to "
+        "Kubernetes' default 30 s"
+    )
+    # 10B params: 120,000.0 MB (the MB are 10^6 bytes) = 2400 s -> the cap
+    assert termination_grace(10_000_000_000, None).basis.startswith("checkpoint 120000.0 MB (")
     # 62.5M params: 750 MB = 15 s + 15 s margin = exactly 30 s: no note
     exact = termination_grace(62_500_000, None)
     assert exact.seconds == 30 and exact.basis.endswith("= 30.0 s")

@@ -263,12 +263,30 @@ def test_preemption_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     (tmp_path / "exit-0").write_text("76")
     assert worker_exit_code(tmp_path, 0) == 76 and worker_exit_code(tmp_path, 1) == 76
     stopped = Preempted(7, checkpoint_saved=True)
-    assert stopped.exit_code == 76
-    assert stopped.message.startswith("preempted (SIGTERM) at step 7: checkpoint-7 saved;")
-    assert "no new checkpoint" in Preempted(7, checkpoint_saved=False).message
+    assert stopped.exit_code == 76 and stopped.step == 7
+    assert stopped.message == (
+        "preempted (SIGTERM) at step 7: checkpoint-7 saved; the restarted pod resumes from the "
+        "latest complete checkpoint"
+    )
+    assert Preempted(7, checkpoint_saved=False).message.startswith(
+        "preempted (SIGTERM) at step 7: no new checkpoint; the restarted"
+    )
 
 
-def test_sigterm_handler_sets_the_stop_request_in_the_main_thread_only() -> None:
+def test_stop_request_from_env_reads_the_launchers_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAJOB_EXIT_CODE_DIR", str(tmp_path))
+    assert StopRequest.from_env().stop_file == tmp_path / "preempt"
+    monkeypatch.setenv("LORAJOB_EXIT_CODE_DIR", "")
+    assert StopRequest.from_env().stop_file is None
+    monkeypatch.delenv("LORAJOB_EXIT_CODE_DIR")
+    assert StopRequest.from_env().stop_file is None
+
+
+def test_sigterm_handler_sets_the_stop_request_in_the_main_thread_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import os
 
     previous = signal.getsignal(signal.SIGTERM)
@@ -279,9 +297,12 @@ def test_sigterm_handler_sets_the_stop_request_in_the_main_thread_only() -> None
         worker.join()
         assert signal.getsignal(signal.SIGTERM) is previous  # Python allows main thread only
         request.install()
+        assert signal.getsignal(signal.SIGTERM) is not previous  # else the kill ends pytest
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM changes nothing
         assert request.requested()
+        said = "[lora-trainer] SIGTERM: finishing this step, then checkpointing and exiting\n"
+        assert capsys.readouterr().err == said  # once
     finally:
         signal.signal(signal.SIGTERM, previous)
 
