@@ -28,7 +28,11 @@ MAX_DEPTH = 64
 # A LoRAJob has about a hundred values; 100k is any real file, and stops alias expansion early.
 MAX_YAML_NODES = 100_000
 
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string runs to its closing quote or, unterminated, to the end of the text (json.loads then
+# reports it): every match that starts succeeds without backtracking, so the scan is linear even
+# for 1 MiB of `"\"\"\"...` (a pattern that must find the closing quote retries from every
+# escaped quote: quadratic, 70 s for 80 KB).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\(?:.|$)[^"\\]*)*(?:"|$)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,26 @@ def nested_json(depth: int) -> str:
 )
 def test_json_depth_counts_open_brackets_outside_strings(text: str, depth: int) -> None:
     assert json_depth(text) == depth
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "text, depth",
+    [
+        ('"' + '\\"' * 500_000, 0),  # unterminated, a million escaped quotes
+        ('"' + '\\"' * 500_000 + "\\", 0),  # ... ending in a lone backslash
+        ("[" + '"[",' * 300_000, 1),  # 300 000 strings holding `[`, one bracket outside
+        ("[" + '"[' * 500_000, 250_001),  # `"["` strings alternate with brackets outside
+        ('"abc' + "[" * 100, 0),  # brackets in an unterminated string: json.loads says why
+    ],
+    ids=["escaped-quotes", "trailing-backslash", "strings", "alternating", "unterminated"],
+)
+def test_the_scan_is_linear_on_hostile_strings(text: str, depth: int) -> None:
+    """A string pattern that must find its closing quote retried from every escaped quote:
+    80 KB took 70 s, so 1 MiB in the event loop would stall the operator for hours."""
+    started = time.monotonic()
+    assert json_depth(text) == depth
+    assert time.monotonic() - started < 5.0  # about 0.1 s here
 
 
 def test_json_exactly_at_the_limit_parses_one_deeper_is_refused() -> None:
