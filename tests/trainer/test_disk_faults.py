@@ -183,3 +183,64 @@ def test_a_file_gone_from_a_usable_work_dir_is_not_a_config_error(
     )
     elsewhere = OSError(errno.EACCES, "Permission denied", "/etc/shadow")
     assert local_disk_fault(elsewhere) is None
+
+
+def test_the_default_work_root_is_the_one_the_trainer_uses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tempfile
+
+    from lora_trainer.errors import work_root
+
+    monkeypatch.delenv("LORAJOB_WORK_DIR", raising=False)
+    assert work_root() == Path(tempfile.gettempdir()) / "lorajob"  # config.work_dir's default
+    monkeypatch.setenv("LORAJOB_WORK_DIR", "/scratch/w")
+    assert work_root() == Path("/scratch/w")
+
+
+def test_safetensors_words_a_full_disk_its_own_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors (the adapter) raises with the OS text, no errno: still a full disk."""
+    monkeypatch.setenv("LORAJOB_WORK_DIR", "/w")
+    monkeypatch.delenv(ENV_EPHEMERAL_STORAGE, raising=False)
+    fault = local_disk_fault(RuntimeError("IoError: No space left on device (os error 28)"))
+    assert fault is not None and fault.message.startswith(
+        "disk full: no space left in the work dir (LORAJOB_WORK_DIR=/w); no ephemeral-storage"
+    )
+
+
+def test_the_unwritable_cause_is_found_behind_other_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAJOB_WORK_DIR", str(tmp_path))
+    inside = OSError(errno.EACCES, "Permission denied", str(tmp_path / "f"))
+    outside = OSError(errno.EACCES, "Permission denied", "/etc/x")
+    for top in (RuntimeError("while saving"), outside):
+        try:
+            raise top from inside
+        except (RuntimeError, OSError) as wrapped:
+            fault = local_disk_fault(wrapped)
+        assert fault is not None, top
+        assert fault.message.startswith(f"work dir not writable: Permission denied: {tmp_path}/f ")
+    bare = PermissionError()  # no strerror: the type names the reason
+    bare.errno, bare.filename = errno.EACCES, str(tmp_path / "g")
+    fault = local_disk_fault(bare)
+    assert fault is not None
+    assert fault.message.startswith(f"work dir not writable: PermissionError: {tmp_path}/g ")
+
+
+def test_a_work_root_that_is_a_file_or_read_only_is_unusable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOENT/ENOTDIR count only while the root is not a writable folder: an executable file
+    (accessible, not a folder) and /proc/1 (a folder, not writable) both are not."""
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("LORAJOB_WORK_DIR", str(script))
+    below = OSError(errno.ENOTDIR, "Not a directory", str(script / "job"))
+    assert local_disk_fault(below) is not None
+    proc = Path("/proc/1")
+    if proc.is_dir() and not os.access(proc, os.W_OK):
+        monkeypatch.setenv("LORAJOB_WORK_DIR", str(proc))
+        missing = OSError(errno.ENOENT, "No such file or directory", str(proc / "job"))
+        assert local_disk_fault(missing) is not None
