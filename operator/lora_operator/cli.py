@@ -57,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lorajob: interrupted", file=sys.stderr)
         return 130
+    except RecursionError:
+        # A backstop: user input is bounded where it is parsed (lora_contract.bounded_parse), so
+        # only a reader that skips it gets here; one line, not a thousand-frame traceback.
+        print(
+            f"error: lorajob {args[0]}: the input is nested too deeply to read "
+            "(nothing real nests so deep)",
+            file=sys.stderr,
+        )
+        return 2
     return code
 
 

@@ -203,3 +203,16 @@ def test_plan_refuses_a_deep_model_config_file_in_one_line(tmp_path: Path) -> No
         f"error: {example} (tiny-cpu): spec.baseModel.config: {str(deep)!r}: {TOO_DEEP} "
         f"({DEEP} levels); nothing real nests so deep"
     ]
+
+
+def test_a_reader_that_skips_the_bound_still_ends_in_one_line(tmp_path: Path) -> None:
+    """`lorajob calibrate` reads kubectl's dump with plain PyYAML: the CLI's backstop turns its
+    RecursionError into one line and exit 2."""
+    deep = tmp_path / "dump.json"
+    deep.write_text(nested_json(DEEP))
+    out = lorajob("calibrate", str(deep))
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.splitlines() == [
+        "error: lorajob calibrate: the input is nested too deeply to read "
+        "(nothing real nests so deep)"
+    ]
