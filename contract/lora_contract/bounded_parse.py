@@ -25,7 +25,8 @@ from yaml.events import AliasEvent, MappingStartEvent, SequenceStartEvent
 # Real manifests and config.json files nest fewer than 10 levels; 64 leaves room for anything a
 # person writes and stays far below Python's recursion limit (1000) in every later consumer.
 MAX_DEPTH = 64
-# A LoRAJob has about a hundred values; 100k is any real file, and stops alias expansion early.
+# A LoRAJob has about a hundred values; 100k per document is any real one, and stops alias
+# expansion early.
 MAX_YAML_NODES = 100_000
 
 # A string runs to its closing quote or, unterminated, to the end of the text (json.loads then
@@ -81,6 +82,13 @@ class _BoundedLoader(yaml.SafeLoader):
         self._nodes = 0
         self._anchor_sizes: dict[str, int] = {}
 
+    def compose_document(self) -> Any:
+        """Anchors live within one document, and so does the count: a file of many LoRAJobs
+        is as welcome as one."""
+        self._nodes = 0
+        self._anchor_sizes = {}
+        return super().compose_document()
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, AliasEvent):
@@ -107,7 +115,7 @@ class _BoundedLoader(yaml.SafeLoader):
         if self._nodes > self.max_nodes:
             raise TooDeepError(
                 self.source,
-                f"expands to more than {self.max_nodes} values (aliases included)",
+                f"a document expands to more than {self.max_nodes} values (aliases included)",
             )
 
 

@@ -127,7 +127,9 @@ def test_a_yaml_alias_bomb_is_refused_by_its_expanded_size() -> None:
     # 10^7 values once expanded, from 7 short lines
     with pytest.raises(TooDeepError) as exc:
         load_yaml_all(ALIAS_BOMB, "bomb.yaml")
-    assert str(exc.value) == "bomb.yaml: expands to more than 100000 values (aliases included)"
+    assert str(exc.value) == (
+        "bomb.yaml: a document expands to more than 100000 values (aliases included)"
+    )
 
 
 def test_aliases_count_their_whole_subtree() -> None:
@@ -136,6 +138,15 @@ def test_aliases_count_their_whole_subtree() -> None:
     text = "a: &l [1, 2, 3]\nb: *l\n"
     assert load_yaml_all(text, "s", max_nodes=11) == [{"a": [1, 2, 3], "b": [1, 2, 3]}]
     with pytest.raises(TooDeepError, match="expands to more than 10 values"):
+        load_yaml_all(text, "s", max_nodes=10)
+
+
+def test_the_value_count_is_per_document() -> None:
+    """Each document of `a: &l [1, 2, 3]` + `b: *l` is 11 values; three of them load under a
+    limit of 11, since a file of many LoRAJobs is as welcome as one."""
+    text = "---\n".join(["a: &l [1, 2, 3]\nb: *l\n"] * 3)
+    assert len(load_yaml_all(text, "s", max_nodes=11)) == 3
+    with pytest.raises(TooDeepError):
         load_yaml_all(text, "s", max_nodes=10)
 
 
