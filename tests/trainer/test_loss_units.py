@@ -132,6 +132,19 @@ def test_only_several_chunks_are_recomputed_in_backward(
     assert hidden.grad is not None and hidden.grad[1].abs().sum().item() == 0.0  # ignored row
 
 
+def test_a_trainable_head_gets_its_gradient_through_recomputed_chunks() -> None:
+    """lm_head the only LoRA target: the hidden states need no gradient, the head does. The
+    chunks' checkpoint must still carry it (a reentrant checkpoint would drop it: none of its
+    inputs requires grad)."""
+    hidden = torch.tensor(HIDDEN)
+    chunked_head, plain_head = head(), head()
+    chunked_cross_entropy_sum(hidden, torch.tensor(TARGETS), chunked_head, 1).backward()  # type: ignore[no-untyped-call]
+    chunked_cross_entropy_sum(hidden, torch.tensor(TARGETS), plain_head, 100).backward()  # type: ignore[no-untyped-call]
+    assert plain_head.weight.grad is not None and chunked_head.weight.grad is not None
+    assert plain_head.weight.grad.abs().sum().item() > 0
+    assert torch.allclose(chunked_head.weight.grad, plain_head.weight.grad)
+
+
 def test_without_gradients_nothing_is_checkpointed() -> None:
     counting = CountingHead()
     hidden = torch.tensor(HIDDEN, requires_grad=True)
@@ -248,6 +261,16 @@ def test_skips_logits_needs_logits_to_keep_a_decoder_a_head_and_no_transform() -
 
     assert skips_logits(Keeps())
 
+    class PlainConfig:  # a config without get_text_config: read as it is
+        logit_scale = None
+
+    class KeepsPlain(Keeps):
+        config = PlainConfig()
+
+    assert skips_logits(KeepsPlain())
+    PlainConfig.logit_scale = 2.0  # type: ignore[assignment]
+    assert not skips_logits(KeepsPlain())
+
     class NoHead(Keeps):
         def get_output_embeddings(self) -> Any:
             return None
@@ -322,8 +345,11 @@ def test_the_capture_keeps_the_decoders_output_only_while_active() -> None:
     assert capture.hidden is None  # leaving drops a forward's state not taken
     decoder(input_ids=ids)
     assert capture.hidden is None  # and the hook is gone
-    with pytest.raises(RuntimeError, match="no hidden state"):
+    with pytest.raises(RuntimeError) as info:
         capture.take()
+    assert str(info.value) == "the decoder did not run: no hidden state to compute the loss on"
+    with pytest.raises(RuntimeError):
+        HiddenStateCapture(decoder).take()  # a capture never active holds nothing
 
 
 def test_the_capture_takes_the_first_element_of_a_tuple_output() -> None:
@@ -384,8 +410,19 @@ def test_a_partitioned_weight_is_gathered_without_the_zero3_flag() -> None:
 
 
 def test_a_trainable_or_adapted_head_under_zero3_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"frozen plain nn\.Linear lm_head"):
+    with pytest.raises(ValueError) as info:
         gathered_head_for(torch.nn.Linear(2, 3), LossPath.chunked, zero3=True)
+    assert str(info.value) == (
+        "the chunked loss under ZeRO-3 needs a frozen plain nn.Linear lm_head"
+    )
+
+
+def test_the_gathered_head_says_what_it_gathers(capsys: pytest.CaptureFixture[str]) -> None:
+    gathered_head_for(frozen_head(), LossPath.chunked, zero3=True)
+    assert capsys.readouterr().err == (
+        "[lora-trainer] chunked loss under ZeRO-3: lm_head's 3 x 2 weight is gathered around "
+        "each micro-batch's loss forward and backward\n"
+    )
 
 
 def test_gatherable_needs_every_parameter_frozen() -> None:
@@ -469,6 +506,41 @@ def test_the_trainers_chunked_loss_is_the_stock_loss_without_logits(tmp_path: Pa
     assert lean.compute_loss(lean.model, inputs, num_items_in_batch=10).item() == (
         pytest.approx(stock.item() * 8 / 10, rel=1e-6)  # 8 labelled positions, shifted
     )
+
+
+def test_the_stock_path_passes_num_items_in_batch_on(tmp_path: Path) -> None:
+    stock = lean_trainer(tmp_path, LossPath.standard, OffloadPath.off)
+    inputs = one_batch()
+    mean = stock.compute_loss(stock.model, inputs)
+    summed = stock.compute_loss(stock.model, inputs, num_items_in_batch=10)
+    assert summed.item() == pytest.approx(mean.item() * 8 / 10, rel=1e-6)  # 8 labelled
+
+
+def test_under_zero3_the_trainer_runs_the_chunks_on_the_gathered_head(tmp_path: Path) -> None:
+    """One process, weights not partitioned (the gather is a no-op): the trainer builds the
+    GatheredHead over its lm_head and its loss goes through it (one gather per forward)."""
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", save_strategy="no"
+    )
+    model = with_lora(tiny_llama(), ("q_proj", "v_proj"))
+    trainer = LeanLossTrainer(model=model, args=args, loss_path=LossPath.chunked, zero3=True)
+    assert isinstance(trainer.gathered, GatheredHead)
+    assert trainer.gathered.head is causal_lm_of(model).get_output_embeddings()
+    stock = lean_trainer(tmp_path / "stock", LossPath.standard, OffloadPath.off)
+    inputs = one_batch()
+    with torch.no_grad():
+        ours = trainer.compute_loss(trainer.model, inputs)
+        expected = stock.compute_loss(stock.model, inputs)
+    assert trainer.gathered.gathers == 1
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_trainer_step_passes_num_items_in_batch_on(tmp_path: Path) -> None:
+    trainer = lean_trainer(tmp_path, LossPath.chunked, OffloadPath.off)
+    inputs = one_batch()
+    mean = trainer.training_step(trainer.model, dict(inputs))
+    summed = trainer.training_step(trainer.model, dict(inputs), num_items_in_batch=16)
+    assert summed.item() == pytest.approx(mean.item() * 8 / 16, rel=1e-5)
 
 
 def test_the_trainer_steps_under_its_offloading_context(tmp_path: Path) -> None:
