@@ -97,9 +97,10 @@ def test_a_lost_race_reads_back_the_winner_and_is_refused(store: S3Store) -> Non
         claim_output(window, run, OURS)
     assert window.created == [False]  # our If-None-Match write lost
     assert info.value.exit_code == EXIT_INVALID_CONFIG
-    assert info.value.message.startswith(
+    assert info.value.message == (
         f"output {run.parent.uri} belongs to LoRAJob team-a/tune (uid uid-rival), "
-        "not to LoRAJob team-a/tune (uid uid-ours)"
+        "not to LoRAJob team-a/tune (uid uid-ours); refusing to write there or resume from it: "
+        "delete that folder, or set another spec.output.prefix or LoRAJob name"
     )
     assert store.job_owner(run) == RIVAL
 
