@@ -27,6 +27,7 @@ from minio.helpers import DictType
 from pydantic import ValidationError
 
 from . import pod
+from .bounded_parse import load_json
 from .layout import MANIFEST, JobOwner, S3Location, checkpoint_step, owner_marker
 
 T = TypeVar("T")
@@ -218,8 +219,9 @@ class S3Store:
         data = self.get_bytes(loc)
         if data is None:
             return None
-        try:
-            return json.loads(data)
+        where = f"s3://{loc.bucket}/{loc.key}"
+        try:  # tenants write these objects: a [[[...]]] one must not raise RecursionError
+            return load_json(data.decode("utf-8"), where)
         except ValueError as exc:
             raise StorageError(
                 f"s3://{loc.bucket}/{loc.key} at {self.endpoint} is not valid JSON: {exc}",

@@ -162,6 +162,13 @@ def test_readable_dataset_gives_rows_and_mean_tokens(tmp_path: Path, tiny_config
     assert forecast is not None and forecast.tokens == 30 * 200
 
 
+def test_a_deeply_nested_dataset_row_gives_no_stats_not_a_crash(tmp_path: Path) -> None:
+    """`lorajob plan` samples the dataset: a [[[...]]] row was a RecursionError traceback."""
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n" + "[" * 50_000 + "\n")
+    assert read_dataset_stats(str(data), 2048) is None
+
+
 def _run(plan: PlanStatus, start: str, end: str) -> RunRecord:
     run = RunRecord(id="r1", spec_hash="h", output_uri="s3://b/r1", phase=Phase.Succeeded)
     run.forecast = run_forecast(plan)

@@ -131,3 +131,18 @@ def test_parquet_rows_are_bounded_by_their_text(tokenizer: Any, tmp_path: Path) 
 def test_text_bytes_counts_nested_strings_only() -> None:
     row = {"messages": [{"role": "user", "content": "héllo"}], "n": 5, "ok": True}
     assert text_bytes(row) == 4 + 6  # "user" + "héllo" (é is 2 bytes); numbers count 0
+
+
+def test_a_deeply_nested_row_is_a_bad_row_not_a_crash(tmp_path: Path) -> None:
+    """100 KB of `[` fits under the row limit but was a RecursionError out of json.loads."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(f"{json.dumps(GOOD)}\n{'[' * 100_000}{']' * 100_000}\n{json.dumps(GOOD)}\n")
+    report = RowReport("d")
+    rows = read_rows(path, "d", report, MIB)
+    assert [number for number, _ in rows] == [1, 3]
+    assert (report.total, report.bad, report.reasons) == (3, 1, {"invalid JSON": 1})
+    assert report.first_bad is not None
+    assert report.first_bad == (
+        2,
+        "invalid JSON: nested more than 64 levels deep (100000 levels); nothing real nests so deep",
+    )

@@ -50,6 +50,16 @@ def test_corrupt_json_is_a_clear_error(store: S3Store, prefix: S3Location) -> No
         store.get_json(prefix.child("bad.json"))
 
 
+def test_deeply_nested_json_is_a_permanent_error_not_a_recursion(
+    store: S3Store, prefix: S3Location
+) -> None:
+    """A tenant can write progress.json: 200 KB of `[` was a RecursionError in the operator."""
+    store.put_bytes(prefix.child("deep.json"), b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(StorageError, match="nested more than 64 levels deep") as caught:
+        store.get_json(prefix.child("deep.json"))
+    assert caught.value.transient is False
+
+
 def test_missing_bucket_is_permanent(store: S3Store) -> None:
     with pytest.raises(StorageError, match="NoSuchBucket") as info:
         store.get_json(S3Location("no-such-bucket-here", "x.json"))

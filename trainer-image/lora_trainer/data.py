@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lora_contract.bounded_parse import TooDeepError, load_json
 from lora_contract.types import DatasetFormat, DatasetSpec
 
 from .errors import InvalidConfigError
@@ -129,9 +130,11 @@ def read_rows(
                 continue
             report.total += 1
             try:
-                rows.append((number, json.loads(line)))
+                rows.append((number, load_json(line, f"line {number}")))
             except json.JSONDecodeError as exc:
                 report.record_bad(number, f"invalid JSON: {exc.msg}")
+            except TooDeepError as exc:  # json.loads of [[[...]]] is a RecursionError
+                report.record_bad(number, f"invalid JSON: {exc.problem}")
     return rows
 
 

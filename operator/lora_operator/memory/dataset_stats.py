@@ -10,10 +10,11 @@ are counted. Anything unreadable gives None and the forecast falls back to numEx
 
 from __future__ import annotations
 
-import json
 from itertools import islice
 from pathlib import Path
 from typing import Any
+
+from lora_contract.bounded_parse import load_json
 
 from .forecast import DatasetStats
 
@@ -52,10 +53,11 @@ def read_dataset_stats(source: str, max_seq_length: int) -> DatasetStats | None:
         return None
     try:
         with path.open(encoding="utf-8") as lines:
-            sample = [json.loads(line) for line in islice(lines, SAMPLE_ROWS) if line.strip()]
+            first = islice(lines, SAMPLE_ROWS)
+            sample = [load_json(line, source) for line in first if line.strip()]
         with path.open("rb") as raw:
             rows = sum(1 for line in raw if line.strip())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON or nested too deep
         return None
     if not sample:
         return None
