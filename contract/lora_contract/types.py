@@ -8,7 +8,7 @@ CEL rules in the CRD (`CEL_RULES` in `crd.py`), and tests check both agree on th
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -127,6 +127,64 @@ class ConditionType(str, Enum):
     CheckpointSaved = "CheckpointSaved"
     Succeeded = "Succeeded"
     Failed = "Failed"
+    Serving = "Serving"
+    # kstatus' summary conditions (Flux, `kubectl wait`), derived from the ones above by
+    # lora_operator.controller.health at every status write (docs/gitops.md)
+    Ready = "Ready"  # the latest run succeeded and, with serving on, its adapter serves
+    Reconciling = "Reconciling"  # True while work is in progress (abnormal-true)
+    Stalled = "Stalled"  # True when nothing proceeds without a change (abnormal-true)
+
+
+class Reason(StrEnum):
+    """Every condition and Event reason the operator writes, so that GitOps health checks,
+    alerts and `resync_interval` match one spelling (a test fails on a reason written as a
+    literal in the operator). A StrEnum: it is the plain string on the wire and in f-strings.
+    Reasons copied from another object (a Job's failure reason, an InferenceService's Ready
+    reason) pass through as they are."""
+
+    # Validated
+    Valid = "Valid"
+    InvalidSpec = "InvalidSpec"
+    MissingConfiguration = "MissingConfiguration"
+    PolicyViolation = "PolicyViolation"
+    # Planned
+    Planned = "Planned"
+    FetchingModelConfig = "FetchingModelConfig"
+    PlanningFailed = "PlanningFailed"
+    NewRun = "NewRun"  # a retrain reset the previous run's conditions
+    # Admitted
+    Admitted = "Admitted"
+    QuotaExceeded = "QuotaExceeded"
+    WaitingForKueue = "WaitingForKueue"
+    # Running, CheckpointSaved, Succeeded, Failed
+    Starting = "Starting"
+    PodsRunning = "PodsRunning"
+    Completed = "Completed"
+    Failed = "Failed"
+    JobFailed = "JobFailed"  # the Job failed without a reason of its own
+    Suspended = "Suspended"
+    Saved = "Saved"
+    NameConflict = "NameConflict"  # an object the operator would make exists and is not ours
+    # Serving
+    Deploying = "Deploying"
+    Ready = "Ready"
+    NotReady = "NotReady"
+    KServeNotInstalled = "KServeNotInstalled"
+    ServingError = "ServingError"
+    Disabled = "Disabled"
+    # Events only
+    Queued = "Queued"
+    Created = "Created"
+    Running = "Running"
+    CheckpointSaved = "CheckpointSaved"
+    PodFailed = "PodFailed"
+    Succeeded = "Succeeded"
+    Superseded = "Superseded"
+    Expired = "Expired"
+    # Ready / Reconciling / Stalled (controller/health.py)
+    Training = "Training"
+    Validating = "Validating"
+    ServingRollout = "ServingRollout"
     Serving = "Serving"
 
 

@@ -6,12 +6,9 @@ from __future__ import annotations
 from typing import Literal
 
 from lora_contract.timestamps import now_iso
-from lora_contract.types import Condition, ConditionType
+from lora_contract.types import Condition, ConditionType, Reason
 
 ConditionStatus = Literal["True", "False", "Unknown"]
-
-# Condition and Event reasons shared by more than one module.
-NAME_CONFLICT = "NameConflict"  # an object the operator would make exists and is not ours
 
 
 def _status_value(status: bool | ConditionStatus) -> ConditionStatus:
@@ -24,12 +21,14 @@ def set_condition(
     conditions: list[Condition],
     type_: ConditionType,
     status: bool | ConditionStatus,
-    reason: str,
+    reason: Reason | str,
     message: str = "",
     generation: int | None = None,
 ) -> bool:
-    """Set one condition in place; True when its status, reason or message changed."""
+    """Set one condition in place; True when its status, reason or message changed. `reason`:
+    a `Reason`, or one copied from another object (a Job's, an InferenceService's)."""
     value = _status_value(status)
+    reason = str(reason)
     for i, current in enumerate(conditions):
         if current.type != type_.value:
             continue

@@ -11,10 +11,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from lora_contract.timestamps import parse_iso
-from lora_contract.types import CPU_GPU_TYPE, Phase, PlanStatus, RunRecord
+from lora_contract.types import CPU_GPU_TYPE, Phase, PlanStatus, Reason, RunRecord
 
 from ..api.operator_config import KueueConfig
-from .conditions import NAME_CONFLICT
 from .quota import Demand
 
 FINISHED = (Phase.Succeeded, Phase.Failed)
@@ -148,7 +147,7 @@ def serving_action(
         return ServingAction.NOTHING
     if enabled:
         return ServingAction.ENSURE if adapter else ServingAction.NOTHING
-    if inference_service or serving_reason == NAME_CONFLICT:
+    if inference_service or serving_reason == Reason.NameConflict:
         return ServingAction.STOP
     return ServingAction.NOTHING
 

@@ -26,8 +26,6 @@ from ..api.operator_config import OperatorConfig, PlatformPolicy
 from .kube import Kube
 from .secret_reads import SecretReader, SecretReads
 
-POLICY_VIOLATION = "PolicyViolation"  # reason of the Validated condition and of the Event
-
 # Prefix entries of policy.allowedTrainerImages end with one of these: a registry or repository
 # path ('/'), any tag of one repository (':'), any digest of one repository ('@').
 IMAGE_PREFIX_ENDINGS = ("/", ":", "@")

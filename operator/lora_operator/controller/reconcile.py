@@ -41,6 +41,7 @@ from lora_contract.types import (
     Phase,
     PlanStatus,
     Progress,
+    Reason,
     RunRecord,
 )
 
@@ -51,7 +52,7 @@ from ..deepspeed_config import deepspeed_config
 from ..memory import GpuCatalog, PlanningError, plan_job
 from ..memory.forecast import completed_forecast, run_forecast
 from . import metrics
-from .conditions import NAME_CONFLICT, ConditionStatus, find, set_condition
+from .conditions import ConditionStatus, find, set_condition
 from .config import ConfigSource
 from .decisions import (
     FINISHED,
@@ -68,6 +69,7 @@ from .decisions import (
     ttl_expired,
 )
 from .decisions import mapping as _mapping
+from .health import health
 from .kube import Kube, KubeError
 from .manifests import (
     RunContext,
@@ -76,7 +78,7 @@ from .manifests import (
 )
 from .model_config_source import Fetching, ModelConfigSource
 from .ownership import NameConflict, controlled_by, create_owned, delete_owned
-from .policy import POLICY_VIOLATION, policy_refusals
+from .policy import policy_refusals
 from .progress import (
     CredentialsError,
     S3Credentials,
@@ -154,20 +156,30 @@ POLICY_RECHECK_SECONDS = 30.0
 # only refreshes its queue position and message. Every tick, 10,000 queued jobs cost ~3 API
 # calls each.
 QUOTA_QUEUE_RESYNC_SECONDS = 60.0
-QUOTA_EXCEEDED = "QuotaExceeded"
 # A job without a phase has not been reconciled yet: the watch's event handler is about to, so
 # the resync loop waits this long after first seeing it (it reconciled thousands of new jobs a
 # second time while kopf worked through a backlog of creations).
 UNHANDLED_GRACE_SECONDS = 30.0
 
 
-def _raw_condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+def _raw_condition(status: dict[str, Any], type_: ConditionType) -> dict[str, Any] | None:
     """A condition of a LoRAJob as the watch delivers it (untyped: any shape may come)."""
     conditions = status.get("conditions")
     for condition in conditions if isinstance(conditions, list) else []:
-        if isinstance(condition, dict) and condition.get("type") == type_:
+        if isinstance(condition, dict) and condition.get("type") == type_.value:
             return condition
     return None
+
+
+def _raw_reason(status: dict[str, Any], type_: ConditionType) -> Any:
+    """That condition's reason as stored (None without one)."""
+    return (_raw_condition(status, type_) or {}).get("reason")
+
+
+def replaced_uid(exc: KubeError) -> bool:
+    """A status write the API server refused because the object of that name now has another
+    uid (its metadata.uid is immutable: 422): a newer LoRAJob took the name."""
+    return exc.status == 422 and "metadata.uid" in exc.message
 
 
 def needs_reconcile(obj: dict[str, Any]) -> bool:
@@ -197,25 +209,25 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
         return 0.0  # the watch's reconcile has not happened or failed: the resync retries it
     if (
         phase == Phase.Queued.value
-        and (_raw_condition(status, "Admitted") or {}).get("reason") == QUOTA_EXCEEDED
+        and _raw_reason(status, ConditionType.Admitted) == Reason.QuotaExceeded
     ):
         return QUOTA_QUEUE_RESYNC_SECONDS
     if phase is None or phase in ACTIVE_PHASES:
         return 0.0
-    if (_raw_condition(status, "Validated") or {}).get("reason") == POLICY_VIOLATION:
+    if _raw_reason(status, ConditionType.Validated) == Reason.PolicyViolation:
         return POLICY_RECHECK_SECONDS
     if phase == Phase.Suspended.value:
         return None
     if spec.get("ttlSecondsAfterFinished") is not None:
         return 0.0
     if phase == Phase.Succeeded.value and _mapping(spec.get("serving")).get("enabled"):
-        serving = _raw_condition(status, "Serving")
+        serving = _raw_condition(status, ConditionType.Serving)
         if serving is None:
             return 0.0
         if serving.get("status") == "True":
             return None
         # Both wait for someone else (install KServe; remove the object holding the name).
-        waiting = serving.get("reason") in ("KServeNotInstalled", NAME_CONFLICT)
+        waiting = serving.get("reason") in (Reason.KServeNotInstalled, Reason.NameConflict)
         return SLOW_RESYNC_SECONDS if waiting else 0.0
     return None
 
@@ -371,17 +383,22 @@ class _Run:
         self.status: LoRAJobStatus = load_status(self.original, f"{self.namespace}/{self.name}")
         self.events: list[tuple[str, str, str]] = []
         self.released = False
+        self.replaced = False  # a newer LoRAJob took the name (the TTL delete was refused)
         self.spec: LoRAJobSpec | None = None
         # the policy's opt-in check and the progress credentials share one Secret GET
         self.read_secret = SecretReads(kube, self.namespace)
 
     # ------------------------------------------------------------------ helpers
 
-    def event(self, type_: str, reason: str, message: str) -> None:
-        self.events.append((type_, reason, message))
+    def event(self, type_: str, reason: Reason | str, message: str) -> None:
+        self.events.append((type_, str(reason), message))
 
     def condition(
-        self, type_: ConditionType, status: bool | ConditionStatus, reason: str, message: str = ""
+        self,
+        type_: ConditionType,
+        status: bool | ConditionStatus,
+        reason: Reason | str,
+        message: str = "",
     ) -> bool:
         return set_condition(
             self.status.conditions, type_, status, reason, message, self.generation
@@ -400,8 +417,8 @@ class _Run:
         """Another object holds a name this run needs: touch it not, say so once, and try again
         at the next resync (a Pending job is resynced), when its owner may have removed it."""
         message = conflict.message()
-        if self.condition(ConditionType.Running, False, NAME_CONFLICT, message):
-            self.event("Warning", NAME_CONFLICT, message)
+        if self.condition(ConditionType.Running, False, Reason.NameConflict, message):
+            self.event("Warning", Reason.NameConflict, message)
         self.set_phase(Phase.Pending, message)
         self.status.queue_position = None
 
@@ -413,17 +430,31 @@ class _Run:
         assert self.status.plan is not None, "a run always has a plan"
         return self.status.plan
 
+    def summarise(self) -> None:
+        """Ready / Reconciling / Stalled from the phase and the other conditions (health.py)."""
+        serving = self.spec is not None and self.spec.serving.enabled
+        summary = health(self.status, serving)
+        for type_, true in summary.statuses().items():
+            self.condition(type_, true, summary.reason, summary.message)
+
     async def flush(self) -> None:
+        if self.replaced:
+            return  # the name belongs to a newer LoRAJob: nothing of this one is written to it
         if self.generation is not None:
             self.status.observed_generation = self.generation
+        self.summarise()
         wire = self.status.to_wire()
         patch = status_patch(self.original, wire)  # nulls too: progress.lastError cleared
         if patch:
-            body = {"status": patch}
+            # metadata.uid: the API server refuses the write (uid is immutable) when a newer
+            # LoRAJob has taken the name since this one was read.
+            body = (
+                {"metadata": {"uid": self.uid}, "status": patch} if self.uid else {"status": patch}
+            )
             try:
                 await self.kube.patch(LORAJOBS, self.namespace, self.name, body, "status")
             except KubeError as exc:
-                if exc.status != 404:
+                if not (exc.status in (404, 409) or replaced_uid(exc)):
                     raise
                 return
         self.owner.observe({**self.obj, "status": wire})
@@ -469,19 +500,19 @@ class _Run:
             spec = parse_lorajob(wire, f"LoRAJob {self.namespace}/{self.name}").spec
         except SpecError as exc:
             message = "invalid spec: " + "; ".join(exc.problems)
-            changed = self.condition(ConditionType.Validated, False, "InvalidSpec", message)
+            changed = self.condition(ConditionType.Validated, False, Reason.InvalidSpec, message)
             self.set_phase(Phase.Failed, message)
             if changed:
-                self.event("Warning", "InvalidSpec", message)
+                self.event("Warning", Reason.InvalidSpec, message)
             return None
         problem = self.static_problem(spec)
         if problem:
             changed = self.condition(
-                ConditionType.Validated, False, "MissingConfiguration", problem
+                ConditionType.Validated, False, Reason.MissingConfiguration, problem
             )
             self.set_phase(Phase.Failed, problem)
             if changed:
-                self.event("Warning", "MissingConfiguration", problem)
+                self.event("Warning", Reason.MissingConfiguration, problem)
             return None
         refusals = await policy_refusals(
             self.kube, self.namespace, spec, self.config, self.read_secret
@@ -489,7 +520,7 @@ class _Run:
         if refusals:
             self.refuse(refusals)
             return None
-        self.condition(ConditionType.Validated, True, "Valid", "spec is valid")
+        self.condition(ConditionType.Validated, True, Reason.Valid, "spec is valid")
         return spec
 
     def refuse(self, refusals: list[str]) -> None:
@@ -498,7 +529,7 @@ class _Run:
         its place in the GPU queue); a running or finished one keeps its phase (its pods, if
         any, run on: they were allowed when made). Re-checked every POLICY_RECHECK_SECONDS."""
         message = "; ".join(refusals)
-        changed = self.condition(ConditionType.Validated, False, POLICY_VIOLATION, message)
+        changed = self.condition(ConditionType.Validated, False, Reason.PolicyViolation, message)
         if self.current_run() is None:
             self.set_phase(Phase.Failed, message)
         elif self.status.phase == Phase.Queued:
@@ -507,7 +538,7 @@ class _Run:
         else:
             self.status.message = message
         if changed:
-            self.event("Warning", POLICY_VIOLATION, message)
+            self.event("Warning", Reason.PolicyViolation, message)
 
     def static_problem(self, spec: LoRAJobSpec) -> str | None:
         """Things pydantic cannot know: they depend on the operator's configuration."""
@@ -535,8 +566,8 @@ class _Run:
         except PlanningError as exc:
             message = f"planning failed: {exc}"
             self.status.spec_hash = spec_hash
-            if self.condition(ConditionType.Planned, False, "PlanningFailed", message):
-                self.event("Warning", "PlanningFailed", message)
+            if self.condition(ConditionType.Planned, False, Reason.PlanningFailed, message):
+                self.event("Warning", Reason.PlanningFailed, message)
             self.set_phase(Phase.Failed, message)
             return False
         if previous is not None:
@@ -564,7 +595,7 @@ class _Run:
         message = plan_summary(plan_status, self.on_cpu(plan_status))
         if plan_status.forecast is not None:
             message += f", ~{plan_status.forecast.hours:.3g} h to train (forecast)"
-        self.condition(ConditionType.Planned, True, "Planned", message)
+        self.condition(ConditionType.Planned, True, Reason.Planned, message)
         for type_ in (
             ConditionType.Succeeded,
             ConditionType.Failed,
@@ -572,15 +603,15 @@ class _Run:
             ConditionType.Running,
         ):
             if find(self.status.conditions, type_) is not None:
-                self.condition(type_, False, "NewRun", f"run {run_id} started")
+                self.condition(type_, False, Reason.NewRun, f"run {run_id} started")
         self.set_phase(Phase.Pending, f"run {run_id} planned: {message}")
-        self.event("Normal", "Planned", f"run {run_id}: {message}")
+        self.event("Normal", Reason.Planned, f"run {run_id}: {message}")
         return True
 
     def wait_for_model_config(self, fetching: Fetching) -> None:
         """Planned=Unknown until the fetch ends; a previous run keeps its phase meanwhile."""
         message = f"fetching spec.baseModel.config {fetching.url}"
-        self.condition(ConditionType.Planned, "Unknown", "FetchingModelConfig", message)
+        self.condition(ConditionType.Planned, "Unknown", Reason.FetchingModelConfig, message)
         if self.current_run() is None:
             self.set_phase(Phase.Pending, message)
 
@@ -594,7 +625,7 @@ class _Run:
         previous.phase = Phase.Failed
         previous.completion_time = now_iso()
         self.released = True
-        self.event("Normal", "Superseded", f"spec changed: run {previous.id} stopped")
+        self.event("Normal", Reason.Superseded, f"spec changed: run {previous.id} stopped")
 
     # ------------------------------------------------------------------ launch & admission
 
@@ -627,14 +658,14 @@ class _Run:
                 else:
                     self.status.queue_position = decision.queue_position
                     changed = self.condition(
-                        ConditionType.Admitted, False, QUOTA_EXCEEDED, decision.message
+                        ConditionType.Admitted, False, Reason.QuotaExceeded, decision.message
                     )
                     self.set_phase(
                         Phase.Queued,
                         f"queued (position {decision.queue_position}): {decision.message}",
                     )
                     if changed:
-                        self.event("Normal", "Queued", decision.message)
+                        self.event("Normal", Reason.Queued, decision.message)
                     return
         await self.create_workload(spec, run, plan, queue)
 
@@ -672,14 +703,17 @@ class _Run:
         self.status.queue_position = None
         if queue:
             self.condition(
-                ConditionType.Admitted, False, "WaitingForKueue", f"Job {job} queued in {queue}"
+                ConditionType.Admitted,
+                False,
+                Reason.WaitingForKueue,
+                f"Job {job} queued in {queue}",
             )
             self.set_phase(Phase.Queued, f"waiting for Kueue LocalQueue {queue} to admit {job}")
         else:
             self.condition(
                 ConditionType.Admitted,
                 True,
-                "Admitted",
+                Reason.Admitted,
                 reserved_message(plan, self.on_cpu(plan)),
             )
             self.set_phase(Phase.Running, f"Job {job} created")
@@ -688,9 +722,12 @@ class _Run:
         if self.status.start_time is None:
             self.status.start_time = run.start_time
         self.condition(
-            ConditionType.Running, False, "Starting", f"waiting for {plan.nodes} pod(s) of {job}"
+            ConditionType.Running,
+            False,
+            Reason.Starting,
+            f"waiting for {plan.nodes} pod(s) of {job}",
         )
-        self.event("Normal", "Created", f"created Job {job} ({plan.nodes} node(s))")
+        self.event("Normal", Reason.Created, f"created Job {job} ({plan.nodes} node(s))")
 
     # ------------------------------------------------------------------ following a run
 
@@ -710,8 +747,10 @@ class _Run:
             return None
         record_progress(self.status, progress)
         checkpoint = progress.latest_checkpoint
-        if checkpoint and self.condition(ConditionType.CheckpointSaved, True, "Saved", checkpoint):
-            self.event("Normal", "CheckpointSaved", checkpoint)
+        if checkpoint and self.condition(
+            ConditionType.CheckpointSaved, True, Reason.Saved, checkpoint
+        ):
+            self.event("Normal", Reason.CheckpointSaved, checkpoint)
         return progress
 
     async def follow(self, spec: LoRAJobSpec, run: RunRecord, job: dict[str, Any]) -> None:
@@ -722,13 +761,16 @@ class _Run:
         if state is JobState.WAITING_FOR_KUEUE:
             queue = self.queue_name(spec)
             self.condition(
-                ConditionType.Admitted, False, "WaitingForKueue", f"Job {job_name} in {queue}"
+                ConditionType.Admitted,
+                False,
+                Reason.WaitingForKueue,
+                f"Job {job_name} in {queue}",
             )
             self.set_phase(Phase.Queued, f"waiting for Kueue LocalQueue {queue}")
             return
         if self.status.phase == Phase.Queued:
             self.condition(
-                ConditionType.Admitted, True, "Admitted", f"Kueue admitted Job {job_name}"
+                ConditionType.Admitted, True, Reason.Admitted, f"Kueue admitted Job {job_name}"
             )
             self.set_phase(Phase.Running, f"Job {job_name} admitted")
         # No pod has started yet: there is no progress to read (saves a Secret read and an S3
@@ -739,7 +781,7 @@ class _Run:
             self.status.restarts = failed
             self.event(
                 "Warning",
-                "PodFailed",
+                Reason.PodFailed,
                 f"a pod of {job_name} failed ({failed} so far); retrying from the latest "
                 "checkpoint",
             )
@@ -752,9 +794,12 @@ class _Run:
             summary = self.status.progress_summary
             detail = f", step {summary}" if summary else ""
             if self.condition(
-                ConditionType.Running, True, "PodsRunning", f"{active}/{plan.nodes} pod(s) active"
+                ConditionType.Running,
+                True,
+                Reason.PodsRunning,
+                f"{active}/{plan.nodes} pod(s) active",
             ):
-                self.event("Normal", "Running", f"{active} pod(s) of {job_name} running")
+                self.event("Normal", Reason.Running, f"{active} pod(s) of {job_name} running")
             self.set_phase(Phase.Running, f"training{detail}")
 
     async def succeed(self, spec: LoRAJobSpec, run: RunRecord, progress: Progress | None) -> None:
@@ -771,11 +816,11 @@ class _Run:
                 run.final_eval_loss = progress.eval_loss
         self.status.adapter_uri = adapter
         self.status.completion_time = finished
-        self.condition(ConditionType.Running, False, "Completed", "training finished")
-        self.condition(ConditionType.Succeeded, True, "Completed", f"adapter at {adapter}")
+        self.condition(ConditionType.Running, False, Reason.Completed, "training finished")
+        self.condition(ConditionType.Succeeded, True, Reason.Completed, f"adapter at {adapter}")
         self.set_phase(Phase.Succeeded, f"adapter at {adapter}")
         self.released = True
-        self.event("Normal", "Succeeded", f"run {run.id} finished; adapter at {adapter}")
+        self.event("Normal", Reason.Succeeded, f"run {run.id} finished; adapter at {adapter}")
         await self.after_completion(spec, run)
 
     async def fail(
@@ -789,16 +834,16 @@ class _Run:
             self.kube, self.namespace, self.name, run.id
         )
         message = message or job_condition.get("message") or "the trainer Job failed"
-        reason = job_condition.get("reason") or "JobFailed"
+        reason = job_condition.get("reason") or Reason.JobFailed  # the Job's own, if any
         finished = now_iso()
         run.phase = Phase.Failed
         run.completion_time = finished
         self.status.completion_time = finished
-        self.condition(ConditionType.Running, False, "Failed", message)
+        self.condition(ConditionType.Running, False, Reason.Failed, message)
         self.condition(ConditionType.Failed, True, reason, message)
         self.set_phase(Phase.Failed, message)
         self.released = True
-        self.event("Warning", "Failed", f"Job {job_name} failed: {message}")
+        self.event("Warning", Reason.Failed, f"Job {job_name} failed: {message}")
 
     async def suspend(self, run: RunRecord) -> None:
         job = run_name(self.name, run.id)
@@ -807,8 +852,8 @@ class _Run:
         except NameConflict:
             deleted = False  # someone else's Job of that name: not ours to stop
         if self.set_phase(Phase.Suspended, "suspended; checkpoints kept") or deleted:
-            self.condition(ConditionType.Running, False, "Suspended", "spec.suspend is true")
-            self.event("Normal", "Suspended", f"deleted Job {job}; checkpoints kept")
+            self.condition(ConditionType.Running, False, Reason.Suspended, "spec.suspend is true")
+            self.event("Normal", Reason.Suspended, f"deleted Job {job}; checkpoints kept")
             self.released = True
         self.status.queue_position = None
 
@@ -825,8 +870,9 @@ class _Run:
             except KubeError as exc:
                 if exc.status != 409:
                     raise
+                self.replaced = True
                 return
-            self.event("Normal", "Expired", "ttlSecondsAfterFinished reached; deleting")
+            self.event("Normal", Reason.Expired, "ttlSecondsAfterFinished reached; deleting")
             return
         adapter = self.status.adapter_uri
         serving = find(self.status.conditions, ConditionType.Serving)
@@ -854,7 +900,7 @@ class _Run:
             if self.condition(ConditionType.Serving, state.status, state.reason, state.message):
                 kind = "Normal" if state.status != "False" else "Warning"
                 self.event(kind, f"Serving{state.reason}", state.message)
-            if state.reason not in ("KServeNotInstalled", NAME_CONFLICT):
+            if state.reason not in (Reason.KServeNotInstalled, Reason.NameConflict):
                 self.status.inference_service = self.name
         elif action is ServingAction.STOP:
             await self.stop_serving()
@@ -867,4 +913,4 @@ class _Run:
         if left_alone:
             names = ", ".join(f"{c.kind} {c.namespace}/{c.name}" for c in left_alone)
             message += f"; left alone (not owned by this LoRAJob): {names}"
-        self.condition(ConditionType.Serving, False, "Disabled", message)
+        self.condition(ConditionType.Serving, False, Reason.Disabled, message)

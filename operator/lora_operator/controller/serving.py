@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lora_contract.types import CPU_GPU_TYPE, VLLM_LORA_RANKS, LoRAJobSpec
+from lora_contract.types import CPU_GPU_TYPE, VLLM_LORA_RANKS, LoRAJobSpec, Reason
 
-from .conditions import NAME_CONFLICT, ConditionStatus
+from .conditions import ConditionStatus
 from .kube import Kube, KubeError
 from .manifests import container_security_context, labels, owner_reference, short_name
 from .ownership import NameConflict, create_owned, delete_owned
@@ -150,7 +150,7 @@ def build_inference_service(
 @dataclass(frozen=True)
 class ServingState:
     status: ConditionStatus
-    reason: str
+    reason: Reason | str  # str: the InferenceService's own Ready reason, passed through
     message: str
     url: str | None = None
 
@@ -177,12 +177,12 @@ def readiness(isvc: dict[str, Any]) -> ServingState:
     ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
     url = status.get("url")
     if ready is None:
-        return ServingState("Unknown", "Deploying", "InferenceService created, not ready yet")
+        return ServingState("Unknown", Reason.Deploying, "InferenceService created, not ready yet")
     if ready.get("status") == "True":
-        return ServingState("True", "Ready", f"serving at {url}" if url else "ready", url)
+        return ServingState("True", Reason.Ready, f"serving at {url}" if url else "ready", url)
     return ServingState(
         "False",
-        ready.get("reason") or "NotReady",
+        ready.get("reason") or Reason.NotReady,
         ready.get("message") or "InferenceService is not ready",
         url,
     )
@@ -210,16 +210,16 @@ async def ensure_serving(
         await _apply(kube, ISVC, namespace, body, uid)
         isvc = await kube.get(ISVC, namespace, name)
     except NameConflict as conflict:
-        return ServingState("False", NAME_CONFLICT, conflict.message())
+        return ServingState("False", Reason.NameConflict, conflict.message())
     except KubeError as exc:
         if exc.status == 404:
             return ServingState(
                 "False",
-                "KServeNotInstalled",
+                Reason.KServeNotInstalled,
                 "the InferenceService resource (serving.kserve.io/v1beta1) is not installed; "
                 "install KServe to serve the adapter",
             )
-        return ServingState("False", "ServingError", f"cannot create InferenceService: {exc}")
+        return ServingState("False", Reason.ServingError, f"cannot create InferenceService: {exc}")
     return readiness(isvc or body)
 
 
