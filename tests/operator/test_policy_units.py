@@ -115,6 +115,7 @@ def test_comparable_name_keeps_what_differs() -> None:
     assert comparable_name("systemnode") == "systemnode"
     assert comparable_name("system_node") == "system_node"
     assert comparable_name("system.node") == "system.node"
+    assert comparable_name("systemXnode") == "systemxnode"  # a letter is no dash
     assert comparable_name("") == ""
 
 
@@ -346,6 +347,7 @@ UNSPECIFIED = "an unspecified address"
         ("::", UNSPECIFIED),
         ("[::]", UNSPECIFIED),
         ("::ffff:0.0.0.0", UNSPECIFIED),
+        ("::2", UNSPECIFIED),  # IPv4-compatible 0.0.0.2, in 0.0.0.0/8
         ("169.254.169.254", LINK_LOCAL),
         ("169.254.0.0", LINK_LOCAL),
         ("169.254.255.255", LINK_LOCAL),
