@@ -92,7 +92,9 @@ def _reconciling_reason(phase: Phase | None) -> Reason:
         return Reason.Queued
     if phase == Phase.Running:
         return Reason.Training
-    return Reason.Validating  # no phase yet, or Pending: validating, planning, creating
+    if phase == Phase.Pending:
+        return Reason.Starting  # planned, its objects being created (or waiting for a name)
+    return Reason.Validating  # not reconciled yet
 
 
 def health(status: LoRAJobStatus, serving_enabled: bool) -> Health:
