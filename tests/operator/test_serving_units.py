@@ -95,7 +95,11 @@ def test_ensure_lists_the_jobs_secret_by_name_and_patches_only_what_differs() ->
     assert account is not None and service is not None
     assert account["secrets"] == [{"name": "team-creds"}]  # the tenant's Secret, by name
     assert account["metadata"]["ownerReferences"][0]["uid"] == "uid-svc"
+    assert account["metadata"]["namespace"] == service["metadata"]["namespace"] == NS
     assert service["spec"]["predictor"]["serviceAccountName"] == "svc-serving"
+    assert service["metadata"]["labels"]["finetune.lora-operator.io/run"] == "r1"
+    uris = service["spec"]["predictor"]["model"]["storageUris"]
+    assert {"uri": ADAPTER, "mountPath": "/mnt/models/adapter"} in uris
     assert not kube.objects.get(SECRETS) and secret_calls(kube) == []  # no copy, no read
 
     kube.calls.clear()
