@@ -6,6 +6,7 @@ running pod spends none of the Job's retry budget, and the job resumes and succe
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,107 @@ def check_preemption(
     records = (store.get_bytes(run.child("metrics.jsonl")) or b"").decode().splitlines()
     steps = [r["step"] for r in map(json.loads, records) if "loss" in r]
     assert steps == list(range(1, 11))  # every optimizer step once, none lost, none repeated
+
+
+# ------------------------------------------------------------- the executor's kubelet stand-in
+
+POD_SCRIPT = """
+import os, pathlib, signal, sys, time
+mark = pathlib.Path(os.environ["MARK"])
+if mark.exists():
+    sys.exit(0)  # the replacement pod
+mark.write_text("first")
+if os.environ["MODE"] == "graceful":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(76))
+else:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+time.sleep(60)
+"""
+EXIT_RULE = {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [EXIT_PREEMPTED]}}
+DISRUPTION_RULE = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+
+
+def one_pod_job(name: str, mode: str, mark: Path, rules: list[Any]) -> dict[str, Any]:
+    """No retries at all (backoffLimitPerIndex 0): a counted failure fails the Job."""
+    container = {
+        "name": "trainer",
+        "image": "trainer:test",
+        "command": ["python", "-c", POD_SCRIPT],
+        "env": [{"name": "MARK", "value": str(mark)}, {"name": "MODE", "value": mode}],
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": "team-a"},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": 1,
+            "parallelism": 1,
+            "backoffLimitPerIndex": 0,
+            "maxFailedIndexes": 0,
+            "podFailurePolicy": {"rules": rules},
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [container],
+                }
+            },
+        },
+    }
+
+
+def preempt_once(
+    client: Any, executor: LocalExecutor, tmp_path: Path, name: str, mode: str, rules: list[Any]
+) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """(the Job's final status, the preempted pod, seconds from SIGTERM to its exit)."""
+    mark = tmp_path / f"{name}.mark"
+    client.create("batch/v1/jobs", "team-a", one_pod_job(name, mode, mark, rules))
+    wait_for(mark.exists, 20)
+    time.sleep(0.3)  # the script's handler is installed right after the mark
+    [pod] = job_pods(client, "team-a", name)
+    started = time.monotonic()
+    assert executor.preempt_pod("team-a", name, 0)
+    gone = wait_for(
+        lambda: (
+            exit_code(p := client.get("v1/pods", "team-a", pod["metadata"]["name"]) or {})
+            is not None
+            and p
+        ),
+        20,
+    )
+    took = time.monotonic() - started
+
+    def done() -> dict[str, Any] | None:
+        status = (client.get("batch/v1/jobs", "team-a", name) or {}).get("status") or {}
+        kinds = {c["type"] for c in status.get("conditions", [])}
+        return status if kinds & {"Complete", "Failed"} else None
+
+    return wait_for(done, 20), gone, took
+
+
+def test_preemption_by_the_executor_follows_the_failure_policy(tmp_path: Path) -> None:
+    with EmulatedCluster(tmp_path / "cluster") as cluster:
+        client = cluster.client()
+        with LocalExecutor(client, tmp_path / "exec", poll_seconds=0.1) as executor:
+            assert not executor.preempt_pod("team-a", "nothing", 0)  # no such pod
+            # handled SIGTERM: exit 76, ignored by its exit-code rule; the index runs again
+            status, pod, took = preempt_once(
+                client, executor, tmp_path, "graceful", "graceful", [EXIT_RULE]
+            )
+            assert exit_code(pod) == EXIT_PREEMPTED  # its own exit, not the SIGKILL (137)
+            assert status["failed"] == 0 and status["succeeded"] == 1
+            kinds = {c["type"]: c for c in pod["status"]["conditions"]}
+            assert kinds["DisruptionTarget"]["reason"] == "PreemptionByScheduler"
+            # SIGTERM ignored: SIGKILL after the pod's 1 s grace (128 + 9), and the pod's
+            # DisruptionTarget condition keeps it out of the count
+            status, pod, took = preempt_once(
+                client, executor, tmp_path, "stubborn", "stubborn", [DISRUPTION_RULE]
+            )
+            assert exit_code(pod) == 137 and took >= 1.0
+            assert status["failed"] == 0 and status["succeeded"] == 1
+            # the same without a rule that ignores it: counted, and with no retries, fatal
+            status, pod, _ = preempt_once(client, executor, tmp_path, "counted", "stubborn", [])
+            assert exit_code(pod) == 137
+            assert status["failed"] == 1 and status["succeeded"] == 0
+            assert "Failed" in {c["type"] for c in status["conditions"]}
