@@ -110,6 +110,12 @@ CEL_RULES: list[dict[str, str]] = [
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    # kstatus' summary (controller/health.py): what `kubectl wait --for=condition=Ready` waits on
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+    },
     {"name": "Model", "type": "string", "jsonPath": ".spec.baseModel.name"},
     {"name": "Quant", "type": "string", "jsonPath": ".spec.quantization.mode"},
     {"name": "Placement", "type": "string", "jsonPath": ".status.plan.placement"},
