@@ -181,6 +181,7 @@ class Reason(StrEnum):
     Succeeded = "Succeeded"
     Superseded = "Superseded"
     Expired = "Expired"
+    Restored = "Restored"  # a child deleted or edited mid-run was put back (children.py)
     # Ready / Reconciling / Stalled (controller/health.py)
     Training = "Training"
     Validating = "Validating"

@@ -60,7 +60,8 @@ def test_only_jobs_with_periodic_work_are_resynced() -> None:
     serving = {"serving": {"enabled": True}}
     assert resync_interval(job("Succeeded", serving)) == 0
     ready = [{"type": "Serving", "status": "True"}]
-    assert resync_interval(job("Succeeded", serving, conditions=ready)) is None
+    # served: its serving objects are kept as declared, now and then
+    assert resync_interval(job("Succeeded", serving, conditions=ready)) == 60.0
     not_ready = [{"type": "Serving", "status": "False", "reason": "NotReady"}]
     assert resync_interval(job("Succeeded", serving, conditions=not_ready)) == 0
     # no KServe: look again now and then (it may be installed later), not every resync

@@ -516,6 +516,33 @@ def test_a_finished_run_records_its_forecast_beside_the_actual(world: World) -> 
     assert done["actualGpuHours"] == pytest.approx(done["actualHours"] * done["gpus"])
 
 
+def test_a_running_runs_children_are_kept_as_declared(world: World) -> None:
+    """Mid-run, edited children get their declared fields back and a deleted Job is made again
+    without a new admission (children.py); each with a Restored Event, nothing else changes."""
+    world.add(base_job("u-kept"))
+    assert world.reconcile("u-kept")["phase"] == "Running"
+    config = world.kube.obj(CONFIGMAPS, "u-kept-r1-config")
+    service = world.kube.obj(SERVICES, "u-kept-r1")
+    job = world.kube.obj(JOBS, "u-kept-r1")
+    assert config is not None and service is not None and job is not None
+    text = dict(config["data"])
+    config["data"] = {"trainer.yaml": "edited"}
+    service["spec"]["selector"]["finetune.lora-operator.io/run"] = "r9"
+    job["metadata"]["labels"]["finetune.lora-operator.io/run"] = "r9"
+    world.job_status("u-kept-r1", active=1, startTime="2026-01-01T00:00:00Z")
+    status = world.reconcile("u-kept")
+    assert status["phase"] == "Running"
+    assert list(text) == ["config.yaml"] and config["data"] == text  # the added key removed
+    assert service["spec"]["selector"]["finetune.lora-operator.io/run"] == "r1"
+    assert job["metadata"]["labels"]["finetune.lora-operator.io/run"] == "r1"
+    assert world.reasons("u-kept").count("Restored") == 3
+    del world.kube.objects[JOBS]["u-kept-r1"]
+    status = world.reconcile("u-kept")
+    assert status["phase"] == "Running" and world.reasons("u-kept").count("Restored") == 4
+    recreated = world.kube.obj(JOBS, "u-kept-r1")
+    assert recreated is not None and recreated["metadata"]["uid"] != job["metadata"]["uid"]
+
+
 SCENARIOS: list[Callable[..., None]] = [
     test_success_then_serving_then_serving_off,
     test_kserve_absent_still_succeeds,
@@ -534,6 +561,7 @@ SCENARIOS: list[Callable[..., None]] = [
     test_a_recreated_lorajob_does_not_adopt_what_its_namesake_left,
     test_retrain_and_suspend_delete_only_their_own_jobs,
     test_a_finished_run_records_its_forecast_beside_the_actual,
+    test_a_running_runs_children_are_kept_as_declared,
 ]
 
 

@@ -110,10 +110,13 @@ def test_ensure_lists_the_jobs_secret_by_name_and_patches_only_what_differs() ->
     account["metadata"]["labels"] = {}
     kube.calls.clear()
     ensure(kube)
-    assert patches(kube) == [("serving.kserve.io", "inferenceservices", "patch")]
+    assert patches(kube) == [
+        ("", "serviceaccounts", "patch"),  # its labels are declared too (children.py)
+        ("serving.kserve.io", "inferenceservices", "patch"),
+    ]
     assert kube.obj(ISVCS, "svc")["spec"]["predictor"]["minReplicas"] == 1  # type: ignore[index]
-    # labels travel with a spec/secrets patch, they alone do not trigger one
-    assert kube.obj(ACCOUNTS, "svc-serving")["metadata"]["labels"] == {}  # type: ignore[index]
+    labels = kube.obj(ACCOUNTS, "svc-serving")["metadata"]["labels"]  # type: ignore[index]
+    assert labels["app.kubernetes.io/component"] == "serving"
 
     account["secrets"] = [{"name": "someone-elses"}]
     kube.calls.clear()

@@ -16,13 +16,17 @@ API_CALLS: frozenset[Call] = frozenset(
         (_LORA, "lorajobs", "list"),
         (_LORA, "lorajobs", "delete"),
         (_LORA, "lorajobs/status", "patch"),
-        # a run's objects (create is idempotent: a 409 reads the existing object)
+        # a run's objects (create is idempotent: a 409 reads the existing object), read at
+        # every resync and their declared fields patched back when edited (children.py)
         ("", "configmaps", "create"),
         ("", "configmaps", "get"),
+        ("", "configmaps", "patch"),
         ("", "services", "create"),
         ("", "services", "get"),
+        ("", "services", "patch"),
         ("batch", "jobs", "create"),
         ("batch", "jobs", "get"),
+        ("batch", "jobs", "patch"),
         ("batch", "jobs", "delete"),
         # the trainer's termination message of a failed pod
         ("", "pods", "list"),

@@ -52,6 +52,7 @@ from ..deepspeed_config import deepspeed_config
 from ..memory import GpuCatalog, PlanningError, plan_job
 from ..memory.forecast import completed_forecast, run_forecast
 from . import metrics
+from .children import ensure_run_children
 from .conditions import ConditionStatus, find, set_condition
 from .config import ConfigSource
 from .decisions import (
@@ -71,13 +72,9 @@ from .decisions import (
 from .decisions import mapping as _mapping
 from .health import health
 from .kube import Kube, KubeError
-from .manifests import (
-    RunContext,
-    build_run_objects,
-    run_name,
-)
+from .manifests import RunContext, run_name
 from .model_config_source import Fetching, ModelConfigSource
-from .ownership import NameConflict, controlled_by, create_owned, delete_owned
+from .ownership import NameConflict, controlled_by, delete_owned
 from .policy import policy_refusals
 from .progress import (
     CredentialsError,
@@ -148,6 +145,9 @@ PLANNER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefi
 
 # A finished job waiting for KServe to be installed: looked at now and then, not every resync.
 SLOW_RESYNC_SECONDS = 300.0
+# A served job: its InferenceService and ServiceAccount are kept as declared (children.py), a
+# deleted or edited one is back within this long (two GETs a served job a minute).
+SERVED_RESYNC_SECONDS = 60.0
 # A job refused by the platform policy: looked at again this often, so that a policy change (the
 # config is reloaded without a restart) or an opt-in label added to its Secret lets it start.
 POLICY_RECHECK_SECONDS = 30.0
@@ -225,7 +225,7 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
         if serving is None:
             return 0.0
         if serving.get("status") == "True":
-            return None
+            return SERVED_RESYNC_SECONDS
         # Both wait for someone else (install KServe; remove the object holding the name).
         waiting = serving.get("reason") in (Reason.KServeNotInstalled, Reason.NameConflict)
         return SLOW_RESYNC_SECONDS if waiting else 0.0
@@ -484,10 +484,17 @@ class _Run:
         job = await self.kube.get(JOBS, self.namespace, run_name(self.name, run.id))
         if job is not None and not controlled_by(job, self.uid):
             self.name_conflict(NameConflict.of(job, "Job"))
+        elif job is None and self.status.phase == Phase.Running:
+            # admitted and running, and its Job is gone (deleted by hand or by a cleanup): made
+            # again without a new admission; the trainer resumes from the latest checkpoint
+            await self.create_workload(spec, run, self.plan(), self.queue_name(spec), True)
         elif job is None:
             await self.launch(spec, run)
         else:
+            job, conflict = await self.keep_children(spec, run, job)
             await self.follow(spec, run, job)
+            if conflict is not None and run.phase not in FINISHED:
+                self.child_conflict(conflict)
 
     async def validate(self) -> LoRAJobSpec | None:
         wire = {
@@ -689,15 +696,39 @@ class _Run:
             queue_name=self.queue_name(spec),
         )
 
+    async def keep_children(
+        self, spec: LoRAJobSpec, run: RunRecord, job: dict[str, Any]
+    ) -> tuple[dict[str, Any], NameConflict | None]:
+        """Every resync of a running run: its ServiceAccount, ConfigMap and Service made again
+        when missing, and their declared fields (and the Job's mutable ones) put back when
+        edited (controller/children.py). Returns the Job as it now is, and the first child
+        that someone else's object replaced."""
+        kept = await ensure_run_children(self.kube, self.context(spec, run, self.plan()), job)
+        for applied in kept.applied:
+            if applied.changed:
+                self.event("Normal", Reason.Restored, applied.describe())
+        return kept.job or job, next(iter(kept.conflicts), None)
+
+    def child_conflict(self, conflict: NameConflict) -> None:
+        """A child of a running run was replaced by someone else's object: it is left alone and
+        the run followed on (its pods may still run); said in the message, and once as an Event
+        (the message stays, so the next resync sees it already said)."""
+        message = conflict.message()
+        if self.original.get("message") != message:
+            self.event("Warning", Reason.NameConflict, message)
+        self.status.message = message
+
     async def create_workload(
-        self, spec: LoRAJobSpec, run: RunRecord, plan: PlanStatus, queue: str | None
+        self,
+        spec: LoRAJobSpec,
+        run: RunRecord,
+        plan: PlanStatus,
+        queue: str | None,
+        recreated: bool = False,
     ) -> None:
-        ctx = self.context(spec, run, plan)
-        try:
-            for resource, body in build_run_objects(ctx):
-                await create_owned(self.kube, resource, self.namespace, body, self.uid)
-        except NameConflict as conflict:
-            self.name_conflict(conflict)
+        made = await ensure_run_children(self.kube, self.context(spec, run, plan))
+        if made.conflicts:
+            self.name_conflict(made.conflicts[0])
             return
         job = run_name(self.name, run.id)
         self.status.queue_position = None
@@ -727,7 +758,13 @@ class _Run:
             Reason.Starting,
             f"waiting for {plan.nodes} pod(s) of {job}",
         )
-        self.event("Normal", Reason.Created, f"created Job {job} ({plan.nodes} node(s))")
+        if recreated:
+            restored = "; ".join(a.describe() for a in made.applied if a.changed)
+            self.event(
+                "Normal", Reason.Restored, f"{restored}; resuming from the latest checkpoint"
+            )
+        else:
+            self.event("Normal", Reason.Created, f"created Job {job} ({plan.nodes} node(s))")
 
     # ------------------------------------------------------------------ following a run
 

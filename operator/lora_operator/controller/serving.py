@@ -18,13 +18,14 @@ from typing import Any
 
 from lora_contract.types import CPU_GPU_TYPE, VLLM_LORA_RANKS, LoRAJobSpec, Reason
 
+from .children import INFERENCE_SERVICE, SERVING_ACCOUNT, apply
 from .conditions import ConditionStatus
 from .kube import Kube, KubeError
 from .manifests import container_security_context, labels, owner_reference, short_name
-from .ownership import NameConflict, create_owned, delete_owned
+from .ownership import NameConflict, delete_owned
 
-ISVC = "serving.kserve.io/v1beta1/inferenceservices"
-ACCOUNTS = "v1/serviceaccounts"
+ISVC = INFERENCE_SERVICE.resource
+ACCOUNTS = SERVING_ACCOUNT.resource
 SERVING_BASE_PATH = "/mnt/models/base"
 SERVING_ADAPTER_PATH = "/mnt/models/adapter"
 # KServe's huggingfaceserver image runs as uid 1000 (user `kserve`, HOME /home/kserve, HF_HOME
@@ -155,23 +156,6 @@ class ServingState:
     url: str | None = None
 
 
-async def _apply(kube: Kube, resource: str, namespace: str, body: dict[str, Any], uid: str) -> None:
-    """Create, or merge-patch what we own (the InferenceService's spec, the account's secrets)
-    into the existing object when this LoRAJob controls it; anything else of that name is a
-    NameConflict and stays as it is. The patch carries the resourceVersion that was checked, so
-    an object replaced in between is refused (409) rather than overwritten."""
-    existing, created = await create_owned(kube, resource, namespace, body, uid)
-    if created:
-        return
-    patch = {k: v for k, v in body.items() if k not in ("apiVersion", "kind", "metadata")}
-    patch["metadata"] = {"labels": body["metadata"].get("labels", {})}
-    version = (existing.get("metadata") or {}).get("resourceVersion")
-    if version:
-        patch["metadata"]["resourceVersion"] = version
-    if any(existing.get(k) != v for k, v in patch.items() if k != "metadata"):
-        await kube.patch(resource, namespace, body["metadata"]["name"], patch)
-
-
 def readiness(isvc: dict[str, Any]) -> ServingState:
     status = isvc.get("status") or {}
     ready = next((c for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
@@ -204,11 +188,10 @@ async def ensure_serving(
     try:
         if credentials_secret is not None:
             account = build_serving_account(name, namespace, uid, credentials_secret)
-            await _apply(kube, ACCOUNTS, namespace, account, uid)
+            await apply(kube, SERVING_ACCOUNT, namespace, account, uid)
         listed = credentials_secret is not None
         body = build_inference_service(name, namespace, uid, spec, adapter_uri, run_id, listed)
-        await _apply(kube, ISVC, namespace, body, uid)
-        isvc = await kube.get(ISVC, namespace, name)
+        isvc = (await apply(kube, INFERENCE_SERVICE, namespace, body, uid)).obj
     except NameConflict as conflict:
         return ServingState("False", Reason.NameConflict, conflict.message())
     except KubeError as exc:
@@ -220,7 +203,7 @@ async def ensure_serving(
                 "install KServe to serve the adapter",
             )
         return ServingState("False", Reason.ServingError, f"cannot create InferenceService: {exc}")
-    return readiness(isvc or body)
+    return readiness(isvc)
 
 
 async def remove_serving(kube: Kube, name: str, namespace: str, uid: str) -> list[NameConflict]:
