@@ -13,7 +13,7 @@ store about to die and hang until the timeout. torchrun assigns global ranks its
 below torchrun may treat NODE_RANK as a rank. LORAJOB_RENDEZVOUS=static restores the old path.
 
 torchrun exits 1 whatever its workers returned, so each worker writes its exit code to a shared
-folder and the launcher returns the most specific one (bad config beats preempted beats
+folder and the launcher returns the most specific one (preempted, else bad config, else
 transient). A bad config stops torchrun at once: restarting workers cannot fix it.
 
 Preemption (lora_trainer.preemption): Kubernetes sends SIGTERM to this process (the container's
