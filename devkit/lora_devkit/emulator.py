@@ -15,18 +15,30 @@ API server does on top, and `LoRAJobEmulator` adds it:
   and ignored in writes to the main resource, and writes to `/status` change only status;
 - PUT replaces an object (kmock would merge it); merge and JSON patches apply as such;
 - lists are `<Kind>List`s whose items carry apiVersion/kind (`kubectl get -o json|yaml|name`),
-  cluster-wide too; label selectors; `kubectl get` tables from the CRD's printer columns;
+  cluster-wide too; label and field selectors (`field_selectors`); `kubectl get` tables from
+  the CRD's printer columns;
+- watches stream newline-delimited JSON events (Table rows for `kubectl get -w`), honour the
+  selectors, start after the list's resourceVersion (`watch_journal`), answer
+  `sendInitialEvents` with the closing BOOKMARK (`kubectl wait`) and end at `timeoutSeconds`;
+- built-in kinds: short names in discovery (`cm`, `sa`, `ns`, ...), kubectl's protobuf bodies
+  read (`protobuf_bodies`: `kubectl create secret|configmap|serviceaccount`), an OpenAPI v3
+  index that lets `kubectl apply` validate on the server, and Job/Pod/Service/ConfigMap/Secret/
+  ServiceAccount checked against their published schemas (`builtin_schemas`: unknown fields
+  400 under Strict or dropped with a warning, mistyped 400, missing required 422);
 - a DELETE's preconditions (uid, resourceVersion in DeleteOptions) are checked (409 Conflict);
 - the garbage collector: deleting an object deletes (background propagation) every object whose
   `ownerReferences` all point at deleted objects, recursively (a Job's Pods too).
 
 Still unlike a real API server: no admission webhooks, RBAC, quotas or namespace lifecycle;
-built-in kinds (Job, Pod, ...) are stored unvalidated and their status is writable through the
-main resource; strategic merge patches are treated as merge patches (lists replaced, not merged);
-validation ratcheting is approximate (an update may keep any error the stored object already had,
-not only ones in unchanged fields); defaults are applied on writes only, not when reading objects
-stored before a CRD change; resourceVersions are opaque and watches cannot resume from one; garbage
-collection is immediate (before the DELETE returns) and has no foreground/orphan propagation.
+built-in kinds get only their schemas' checks (no Go validation: name formats, ranges,
+immutability; Events and Leases not even those), no defaults, and their status is writable
+through the main resource; protobuf is read only for the kinds `kubectl create` generators
+above send (`kubectl create job|deployment` get 415); objects' resourceVersions are opaque, so a
+watch resumes only from a list's; strategic merge patches are treated as merge patches (lists
+replaced, not merged); validation ratcheting is approximate (an update may keep any error the
+stored object already had, not only ones in unchanged fields); defaults are applied on writes
+only, not when reading objects stored before a CRD change; garbage collection is immediate
+(before the DELETE returns) and has no foreground/orphan propagation.
 Nothing runs Jobs or Pods: the demo's `LocalExecutor` or a test's stand-in plays the Job controller
 and kubelet.
 """
@@ -48,7 +60,7 @@ import aiohttp.web
 import attrs
 import yaml
 from kmock import KubernetesEmulator, ResourceInfo, Server
-from kmock._internal import apps, dicts, enums, k8s, rendering
+from kmock._internal import apps, dicts, enums, k8s, references, rendering
 
 from lora_contract.timestamps import now_iso, parse_iso
 from lora_contract.types import GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
@@ -60,7 +72,9 @@ from lora_operator.controller.kube import (
     status_message,
 )
 
+from . import builtin_schemas, field_selectors, protobuf_bodies
 from .service import Service
+from .watch_journal import Buses, Journal, JournaledBus
 
 # (group/version/plural, kind, namespaced, extra) — what discovery lists. kopf needs namespaces,
 # events and CRDs listed or it waits forever without a word.
@@ -78,6 +92,17 @@ CORE_RESOURCES: list[tuple[str, str, bool]] = [
     ("coordination.k8s.io/v1/leases", "Lease", True),
 ]
 KSERVE_RESOURCE = ("serving.kserve.io/v1beta1/inferenceservices", "InferenceService", True)
+# The short names a real cluster serves in discovery (`kubectl get cm`, `describe sa`).
+BUILTIN_SHORT_NAMES = {
+    "v1/namespaces": {"ns"},
+    "v1/events": {"ev"},
+    "v1/pods": {"po"},
+    "v1/services": {"svc"},
+    "v1/configmaps": {"cm"},
+    "v1/serviceaccounts": {"sa"},
+    "apiextensions.k8s.io/v1/customresourcedefinitions": {"crd", "crds"},
+    "serving.kserve.io/v1beta1/inferenceservices": {"isvc"},
+}
 T = TypeVar("T")
 CRDS = "customresourcedefinitions"
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
@@ -109,6 +134,14 @@ class BadRequestError(k8s.KubernetesError):
 
 
 @attrs.frozen
+class UnsupportedMediaTypeError(k8s.KubernetesError):
+    """415 for a body the emulator cannot read (protobuf of a kind it does not decode)."""
+
+    status: int = 415
+    reason: str = "UnsupportedMediaType"
+
+
+@attrs.frozen
 class CustomResource:
     """What the emulator needs from a stored CRD to treat writes as the API server would."""
 
@@ -136,6 +169,20 @@ def _merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         elif value != old[key]:
             patch[key] = value
     return patch
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: a patch's object members merge (null removes), anything else replaces — also
+    a scalar patched over an object, which kmock refuses with a 500."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge_patch(merged.get(key), value)
+    return merged
 
 
 def _validated_view(schema: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +244,35 @@ class _Validity:
         answer = not field_errors(schema, obj)
         self._memo[key] = (schema, answer)
         return answer
+
+
+def _field_validating_patch(group: str, version: str, kind: str) -> dict[str, Any]:
+    """The PATCH operation of a kind's OpenAPI path: kubectl looks for its `fieldValidation`
+    parameter to know that the server validates fields (else it wants OpenAPI v2 schemas)."""
+    return {
+        "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": kind},
+        "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "OK"}},
+    }
+
+
+def _builtin_openapi(gv: str, kinds: list[tuple[str, str, bool]]) -> dict[str, Any]:
+    """OpenAPI v3 of a built-in group version, as far as kubectl reads it for `apply`: each
+    kind's object path and its field-validating PATCH (schemas: `builtin_schemas`)."""
+    group_version = gv.split("/", 1)[1]
+    group, _, version = group_version.rpartition("/")
+    paths = {
+        f"/{gv}/{'namespaces/{namespace}/' if namespaced else ''}{plural}/{{name}}": {
+            "patch": _field_validating_patch(group, version, kind)
+        }
+        for kind, plural, namespaced in kinds
+    }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes emulator", "version": "v0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def _age(timestamp: str) -> str:
@@ -298,7 +374,13 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
             self._validity_memo = _Validity()
         return self._validity_memo
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self._journal = Journal()
+        self._buses = Buses(self._journal)
+
     def declare(self, key: str, kind: str, namespaced: bool, **extra: Any) -> None:
+        extra.setdefault("shortnames", BUILTIN_SHORT_NAMES.get(key, set()))
         self.resources[key] = ResourceInfo(
             kind=kind, namespaced=namespaced, singular=kind.lower(), verbs=VERBS, **extra
         )
@@ -328,17 +410,22 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
         return aiohttp.web.json_response(status, status=exc.status)
 
     def _serve_openapi(self, path: str) -> aiohttp.web.StreamResponse:
-        """OpenAPI v3 for the custom resources, from their CRDs' schemas: `kubectl apply`
-        downloads it and validates manifests client-side, as against a real API server."""
+        """OpenAPI v3: the custom resources' from their CRDs' schemas, and for every other
+        declared kind the paths that tell `kubectl apply`/`create -f` the server validates
+        fields itself (`fieldValidation`); without a kind's group version there, kubectl asks for
+        OpenAPI v2 and refuses to send the object."""
         crds = {
             f"apis/{crd['spec']['group']}/{version['name']}": (crd, version)
             for crd in self._crds()
             for version in crd["spec"].get("versions", [])
         }
+        builtins = self._declared_group_versions()
         if path.rstrip("/") == "/openapi/v3":
-            paths = {gv: {"serverRelativeURL": f"/openapi/v3/{gv}"} for gv in crds}
+            paths = {gv: {"serverRelativeURL": f"/openapi/v3/{gv}"} for gv in [*crds, *builtins]}
             return aiohttp.web.json_response({"paths": paths})
         gv = path[len("/openapi/v3/") :].strip("/")
+        if gv in builtins and gv not in crds:
+            return aiohttp.web.json_response(_builtin_openapi(gv, builtins[gv]))
         if gv not in crds:
             return aiohttp.web.json_response({"message": f"no OpenAPI for {gv}"}, status=404)
         crd, version = crds[gv]
@@ -365,6 +452,18 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
             "components": {"schemas": {f"{ref}.{names['kind']}": schema}},
         }
         return aiohttp.web.json_response(document)
+
+    def _declared_group_versions(self) -> dict[str, list[tuple[str, str, bool]]]:
+        """`api/v1` / `apis/batch/v1` -> [(kind, plural, namespaced)] of the declared kinds."""
+        result: dict[str, list[tuple[str, str, bool]]] = {}
+        for key, info in self.resources.items():
+            if not isinstance(key, references.resource) or not isinstance(info, ResourceInfo):
+                continue
+            if not info.kind:
+                continue
+            gv = f"apis/{key.group}/{key.version}" if key.group else f"api/{key.version}"
+            result.setdefault(gv, []).append((info.kind, str(key.plural), bool(info.namespaced)))
+        return result
 
     def _crds(self) -> list[dict[str, Any]]:
         """The stored CRDs, kept until a CRD is written (`_handle`, `_collect_garbage`): every
@@ -468,6 +567,16 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
             raise k8s.KubernetesResourceNotFoundError(
                 message=f"the server could not find the requested resource {request.resource}"
             )
+        if specific and request.action == enums.action.WATCH:
+            try:
+                return await self._stream_watch(request)
+            finally:
+                self._forget(request)
+        decoded = self._decoded(request)
+        if decoded is not request:
+            self._substitute(request, decoded)
+            self._forget(request)
+            request = decoded
         conditional = (
             specific
             and request.action in (enums.action.UPDATE, None)
@@ -489,7 +598,8 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
                     self._substitute(request, served)
                 response = await super()._handle(served)
             for warning in warnings if not response.prepared else []:
-                response.headers.add("Warning", f'299 - "{warning}"')
+                quoted = warning.replace("\\", "\\\\").replace('"', '\\"')  # RFC 7234 text
+                response.headers.add("Warning", f'299 - "{quoted}"')
             if owner_uid is not None and self._current(request) is None:
                 await self._collect_garbage({owner_uid})
             return response
@@ -498,6 +608,19 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
                 self._crd_cache = None
             self._forget(request)
             self._forget(served)
+
+    def _decoded(self, request: rendering.Request) -> rendering.Request:
+        """A protobuf body (kubectl's typed clients: `kubectl create secret generic`) as the JSON
+        object it encodes; 415 for kinds the emulator does not decode, as for custom resources."""
+        content_type = request.headers.get("Content-Type", "")
+        if not content_type.startswith(protobuf_bodies.MEDIA_TYPE) or request.data is not None:
+            return request
+        try:
+            return attrs.evolve(request, data=protobuf_bodies.decode_object(request.body))
+        except protobuf_bodies.ProtobufError as exc:
+            raise UnsupportedMediaTypeError(
+                message=f"the body of type {protobuf_bodies.MEDIA_TYPE} cannot be read: {exc}"
+            ) from None
 
     def _substitute(self, request: rendering.Request, served: rendering.Request) -> None:
         """kmock routes only requests it has recorded: record a rewritten one in its place."""
@@ -565,7 +688,14 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
         if request.action not in (enums.action.CREATE, enums.action.UPDATE) and not is_put:
             return request, []
         custom = self._custom_resource(request)
-        if (custom is None and not is_put) or not isinstance(request.data, dict | list):
+        builtin = (
+            custom is None
+            and request.subresource is None
+            and self._type_meta(request) in builtin_schemas.VALIDATED
+        )
+        if (custom is None and not is_put and not builtin) or not isinstance(
+            request.data, dict | list
+        ):
             return request, []
         current = self._current(request) if request.name is not None else None
         if request.action == enums.action.CREATE:
@@ -586,7 +716,11 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
                     if key in current.get("metadata", {}):
                         meta.setdefault(key, current["metadata"][key])
             else:
-                desired = dict(dicts.patch_dict(copy.deepcopy(current), request.data))
+                desired = (
+                    _merge_patch(copy.deepcopy(current), request.data)
+                    if isinstance(request.data, dict)
+                    else dict(dicts.patch_dict(copy.deepcopy(current), request.data))
+                )
             if custom is not None and custom.status_subresource:
                 status = desired.get("status")
                 keep = status if request.subresource == "status" else current.get("status")
@@ -598,6 +732,8 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
         warnings: list[str] = []
         if custom is not None:
             warnings = self._check(request, custom, desired, current)
+        elif builtin:
+            warnings = self._check_builtin(request, desired)
         if request.action == enums.action.CREATE:
             return attrs.evolve(request, data=desired), warnings
         assert current is not None
@@ -651,6 +787,41 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
         if errors:
             name = (desired.get("metadata") or {}).get("name") or request.name or ""
             raise self._invalid(custom, name, errors)
+        return unknown if mode == "Warn" else []
+
+    def _check_builtin(self, request: rendering.Request, desired: dict[str, Any]) -> list[str]:
+        """A built-in object checked against its kind's published schema, answered as the API
+        server answers: a mistyped field is 400 (it cannot be decoded), an unknown one 400 under
+        `fieldValidation=Strict` and otherwise dropped (with a Warning unless Ignore), a missing
+        required field 422 Invalid naming it."""
+        api_version, kind = self._type_meta(request)
+        found = builtin_schemas.problems({**desired, "apiVersion": api_version, "kind": kind})
+        version = api_version.rpartition("/")[2]
+        cannot = f'{kind} in version "{version}" cannot be handled as a {kind}'
+        if found.mistyped:
+            raise BadRequestError(message=f"{cannot}: {'; '.join(found.mistyped)}")
+        unknown = [f'unknown field "{path}"' for path in found.unknown]
+        mode = request.params.get("fieldValidation", "Warn")
+        if unknown and mode == "Strict":
+            raise BadRequestError(message=f"{cannot}: strict decoding error: {', '.join(unknown)}")
+        if found.required:
+            name = (desired.get("metadata") or {}).get("name") or request.name or ""
+            group = api_version.rpartition("/")[0].split(".")[0]
+            listed = [f"{path}: Required value" for path in found.required]
+            joined = listed[0] if len(listed) == 1 else f"[{', '.join(listed)}]"
+            raise InvalidError(
+                message=f'{kind}{"." + group if group else ""} "{name}" is invalid: {joined}',
+                details={
+                    "name": name,
+                    "group": group,
+                    "kind": kind,
+                    "causes": [
+                        {"reason": "FieldValueRequired", "message": "Required value", "field": p}
+                        for p in found.required
+                    ],
+                },
+            )
+        builtin_schemas.drop(desired, found.unknown)
         return unknown if mode == "Warn" else []
 
     @staticmethod
@@ -772,6 +943,116 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
         self._routed(request)
         return await super()._serve_delete(request)
 
+    def _selection(self, request: rendering.Request) -> Callable[[dict[str, Any]], bool]:
+        """Whether an object is one the request asks for: its namespace and name (a named
+        watch), `labelSelector` and `fieldSelector` (400 for fields that cannot be selected)."""
+        _, kind = self._type_meta(request)
+        try:
+            terms = field_selectors.parse(request.params.get("fieldSelector", ""), kind)
+        except field_selectors.FieldSelectorError as exc:
+            raise BadRequestError(message=str(exc)) from None
+        labels = request.params.get("labelSelector", "")
+        namespace, name = request.namespace, request.name
+
+        def selected(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            return (
+                (namespace is None or meta.get("namespace") == namespace)
+                and (name is None or meta.get("name") == name)
+                and (not labels or _matches_selector(meta.get("labels") or {}, labels))
+                and field_selectors.matches(obj, terms)
+            )
+
+        return selected
+
+    async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """A watch as the API server streams it: newline-delimited JSON events (Table rows when
+        kubectl asks for a Table), only the objects the selectors pick, starting after the
+        `resourceVersion` it names (the state as ADDED events when it names none or one the
+        journal cannot place), a BOOKMARK closing the initial events when asked for with
+        `sendInitialEvents`, and ending after `timeoutSeconds`."""
+        self._routed(request)
+        selected = self._selection(request)
+        params = request.params
+        api_version, kind = self._type_meta(request)
+        as_table = "as=Table" in request.headers.get("Accept", "")
+        resource = request.resource
+        assert resource is not None and request._raw_request is not None
+        bus = self._buses[resource]
+        since = params.get("resourceVersion", "")
+        initial = params.get("sendInitialEvents") == "true"
+        async with self._lock:  # every event is put under this lock: nothing slips in between
+            marker = await bus.mark()
+            seq = self._journal.seq
+            resumable = since.isdigit() and since != "0" and not initial
+            replay = (
+                self._journal.since(cast(JournaledBus, bus).resource, int(since))
+                if resumable
+                else None
+            )
+            if resumable and replay is None:
+                replay = [self._expired(since)]
+            if replay is None:
+                stored = self._KubernetesEmulator__get_objs(request, strict=False)
+                replay = [{"type": "ADDED", "object": o.raw} for o in stored if not o.deleted]
+        if initial:
+            bookmark = {
+                "apiVersion": api_version,
+                "kind": kind,
+                "metadata": {
+                    "resourceVersion": str(seq),
+                    "annotations": {"k8s.io/initial-events-end": "true"},
+                },
+            }
+            replay.append({"type": "BOOKMARK", "object": bookmark})
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request._raw_request)
+        timeout = float(params.get("timeoutSeconds") or 1800)
+
+        async def send(event: dict[str, Any]) -> None:
+            obj = event.get("object") or {}
+            if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                if not selected(obj):
+                    return
+                obj = {"apiVersion": api_version, "kind": kind, **obj}
+                if as_table:
+                    obj = self._table(request, [obj])
+                event = {"type": event["type"], "object": obj}
+            await response.write(json.dumps(event).encode() + b"\n")
+
+        try:
+            async with asyncio.timeout(timeout):
+                for event in replay:
+                    await send(event)
+                    if event["type"] == "ERROR":
+                        return response
+                async for event in bus.stream(since=marker):
+                    await send(event)
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            await bus.unmark(marker)
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+    @staticmethod
+    def _expired(since: str) -> dict[str, Any]:
+        """The ERROR event of a watch from a version the journal no longer holds: clients list
+        again, as after a real API server's compaction."""
+        return {
+            "type": "ERROR",
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Status",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"too old resource version: {since}",
+                "reason": "Expired",
+                "code": 410,
+            },
+        }
+
     def _type_meta(self, request: rendering.Request) -> tuple[str, str]:
         """(apiVersion, kind) of the requested resource, for lists and items that lack them."""
         resource = request.resource
@@ -788,22 +1069,19 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
         """A `<Kind>List` as the API server sends it: kubectl's json/yaml/name printers need
         apiVersion and kind on the list and on every item."""
         self._routed(request)
+        selected = self._selection(request)
         result = cast(dict[str, Any], await super()._serve_list(request))
-        items: list[dict[str, Any]] = result["items"]
-        selector = request.params.get("labelSelector")
-        if selector:
-            items = [
-                item
-                for item in items
-                if _matches_selector(item.get("metadata", {}).get("labels") or {}, selector)
-            ]
+        version = str(self._journal.seq)  # read with no await since the store was: consistent
+        items = [item for item in result["items"] if selected(item)]
         if "as=Table" in request.headers.get("Accept", ""):
-            return self._table(request, items)
+            table = self._table(request, items)
+            table["metadata"]["resourceVersion"] = version
+            return table
         api_version, kind = self._type_meta(request)
         return {
             "apiVersion": api_version,
             "kind": f"{kind}List",
-            "metadata": {"resourceVersion": str(self._revision)},
+            "metadata": {"resourceVersion": version},
             "items": [{"apiVersion": api_version, "kind": kind, **item} for item in items],
         }
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import copy
 import json
+import queue
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -72,6 +75,14 @@ def raw(cluster: EmulatedCluster, method: str, path: str, body: Any) -> tuple[in
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
 
+
+# The smallest Job a real API server's schema accepts (its template needs containers).
+JOB: dict[str, Any] = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "metadata": {"name": "j"},
+    "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}},
+}
 
 INVALID = [
     pytest.param({"lora": {"r": 0, "alpha": 16}}, "spec.lora.r", "greater than", id="r=0"),
@@ -227,8 +238,7 @@ def test_kubectl_prints_lists_as_json_yaml_and_names(cluster: EmulatedCluster) -
     client = cluster.client()
     client.create(LORAJOBS, NS, lorajob("one"))
     client.create(LORAJOBS, "other", lorajob("two", namespace="other"))
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {}}
-    client.create("batch/v1/jobs", NS, job)
+    client.create("batch/v1/jobs", NS, JOB)
     everywhere = json.loads(kubectl(cluster, "get", "lj", "-A", "-o", "json").stdout)
     assert {(i["metadata"]["namespace"], i["metadata"]["name"]) for i in everywhere["items"]} == {
         (NS, "one"),
@@ -332,3 +342,344 @@ def test_an_object_stored_under_a_looser_crd_can_still_be_annotated(
     stored = client.get(LORAJOBS, NS, "legacy")
     assert stored is not None and stored["status"]["phase"] == "Failed"
     assert stored["metadata"]["annotations"] == {"seen": "yes"}
+
+
+# ----------------------------------------------------- what pipelines and people type (issue 20)
+
+
+def _condition(type_: str) -> dict[str, Any]:
+    return {
+        "status": {
+            "conditions": [
+                {
+                    "type": type_,
+                    "status": "True",
+                    "reason": "Testing",
+                    "message": "set by the test",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ]
+        }
+    }
+
+
+class _Lines:
+    """A running kubectl's stdout, line by line, read on a thread (a watch never ends)."""
+
+    def __init__(self, cluster: EmulatedCluster, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def next(self, timeout: float = 15.0) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            self.process.kill()
+            stderr = self.process.stderr.read() if self.process.stderr else ""
+            raise AssertionError(f"no line from kubectl in {timeout}s; stderr: {stderr}") from None
+
+    def quiet(self, seconds: float) -> list[str]:
+        """What it printed in `seconds` (expected: nothing)."""
+        time.sleep(seconds)
+        printed = []
+        while not self.lines.empty():
+            printed.append(self.lines.get())
+        return printed
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+def test_kubectl_get_watch_prints_the_row_then_only_its_later_change(
+    cluster: EmulatedCluster,
+) -> None:
+    """`kubectl get lj a -w`: the table row once (the watch starts where the list ended, so no
+    repeat), then the row again when a's phase changes; b's change, in the same namespace, is
+    not a's (field selector `metadata.name=a` on the watch)."""
+    client = cluster.client()
+    client.create(LORAJOBS, NS, lorajob("a"))
+    client.create(LORAJOBS, NS, lorajob("b"))
+    watch = _Lines(cluster, "get", "lj", "a", "-w")
+    try:
+        header, row = watch.next(), watch.next()
+        assert header.split()[:3] == ["NAME", "PHASE", "MODEL"]
+        assert row.split()[:2] == ["a", "<none>"]
+        assert watch.quiet(1.0) == []  # no second copy of the listed row
+        client.patch(LORAJOBS, NS, "b", {"status": {"phase": "Failed"}}, status=True)
+        client.patch(LORAJOBS, NS, "a", {"status": {"phase": "Running"}}, status=True)
+        assert watch.next().split()[:2] == ["a", "Running"]
+        assert watch.quiet(1.0) == []  # b's Failed never shows
+    finally:
+        watch.stop()
+
+
+def test_kubectl_get_watch_of_all_jobs_sees_a_new_one(cluster: EmulatedCluster) -> None:
+    client = cluster.client()
+    client.create(LORAJOBS, NS, lorajob("first"))
+    client.create(LORAJOBS, "other", lorajob("elsewhere", namespace="other"))
+    watch = _Lines(cluster, "get", "lj", "-w")
+    try:
+        assert watch.next().split()[0] == "NAME"
+        assert watch.next().split()[0] == "first"
+        client.create(LORAJOBS, "other", lorajob("elsewhere-2", namespace="other"))
+        client.create(LORAJOBS, NS, lorajob("second"))
+        assert watch.next().split()[0] == "second"  # not the other namespace's
+    finally:
+        watch.stop()
+
+
+WAIT_DONE = ("--for=condition=Done", "--timeout=30s")
+
+
+def test_kubectl_wait_answers_for_its_own_job_not_anothers(cluster: EmulatedCluster) -> None:
+    """b has condition Done first: `kubectl wait --for=condition=Done lj/a` still times out; it
+    returns once a gets Done, and not before."""
+    client = cluster.client()
+    client.create(LORAJOBS, NS, lorajob("a"))
+    client.create(LORAJOBS, NS, lorajob("b"))
+    client.patch(LORAJOBS, NS, "b", _condition("Done"), status=True)
+    early = kubectl(cluster, "wait", "--for=condition=Done", "lj/a", "--timeout=2s")
+    assert early.returncode == 1, early.stdout
+    assert "timed out waiting for the condition on lorajobs/a" in early.stderr
+    waiting = subprocess.Popen(
+        [str(KUBECTL), "--kubeconfig", str(cluster.kubeconfig), "wait", "lj/a", *WAIT_DONE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    assert waiting.poll() is None  # still waiting: b's condition did not answer it
+    client.patch(LORAJOBS, NS, "a", _condition("Done"), status=True)
+    out, err = waiting.communicate(timeout=20)
+    assert waiting.returncode == 0, err
+    assert out.strip() == "lorajob.finetune.lora-operator.io/a condition met"
+
+
+def _event(name: str, about: dict[str, Any], message: str) -> dict[str, Any]:
+    meta = about["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": NS},
+        "involvedObject": {
+            "apiVersion": about["apiVersion"],
+            "kind": about["kind"],
+            "name": meta["name"],
+            "namespace": NS,
+            "uid": meta["uid"],
+        },
+        "reason": "Testing",
+        "message": message,
+        "type": "Normal",
+        "source": {"component": "test"},
+    }
+
+
+def test_kubectl_describe_shows_only_the_jobs_own_events(cluster: EmulatedCluster) -> None:
+    """Events about b, about a Pod also named a, and about an earlier LoRAJob a (same name,
+    another uid) are not a's."""
+    client = cluster.client()
+    earlier = client.create(LORAJOBS, NS, lorajob("a"))
+    client.create("v1/events", NS, _event("a-earlier", earlier, "about the earlier a"))
+    client.delete(LORAJOBS, NS, "a")
+    a = client.create(LORAJOBS, NS, lorajob("a"))
+    b = client.create(LORAJOBS, NS, lorajob("b"))
+    pod = client.create(
+        "v1/pods", NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}}
+    )
+    client.create("v1/events", NS, _event("a-1", a, "about a"))
+    client.create("v1/events", NS, _event("b-1", b, "about b"))
+    client.create("v1/events", NS, _event("pod-a", pod, "about pod a"))
+    result = kubectl(cluster, "describe", "lj", "a")
+    assert result.returncode == 0, result.stderr
+    events = result.stdout.split("\nEvents:", 1)[1]
+    assert [line.split()[-2:] for line in events.strip().splitlines()[2:]] == [["about", "a"]]
+
+
+def test_field_selectors_on_lists_and_their_refusal(cluster: EmulatedCluster) -> None:
+    client = cluster.client()
+    for name in ("a", "b", "c"):
+        client.create(LORAJOBS, NS, lorajob(name))
+    client.create(LORAJOBS, "other", lorajob("a", namespace="other"))
+    path = f"/apis/finetune.lora-operator.io/v1alpha1/namespaces/{NS}/lorajobs"
+
+    def names(selector: str, where: str = path) -> list[tuple[str, str]]:
+        listed = client.request("GET", where, query=f"fieldSelector={selector}")
+        return sorted((i["metadata"]["namespace"], i["metadata"]["name"]) for i in listed["items"])
+
+    assert names("metadata.name=a") == [(NS, "a")]
+    assert names("metadata.name==b") == [(NS, "b")]
+    assert names("metadata.name!=a") == [(NS, "b"), (NS, "c")]
+    assert names("metadata.name!=a,metadata.name!=c") == [(NS, "b")]
+    everywhere = "/apis/finetune.lora-operator.io/v1alpha1/lorajobs"
+    assert names("metadata.name=a", everywhere) == [(NS, "a"), ("other", "a")]
+    assert names("metadata.namespace=other", everywhere) == [("other", "a")]
+    with pytest.raises(ApiError) as exc:
+        names("spec.lora.r=8")
+    assert exc.value.status == 400 and 'field label not supported: "spec.lora.r"' in str(exc.value)
+
+
+def _watch_events(cluster: EmulatedCluster, path: str, query: str) -> list[dict[str, Any]]:
+    """A raw watch's events until its `timeoutSeconds` ends it, with its Content-Type checked."""
+    with urllib.request.urlopen(f"{cluster.url}{path}?watch=true&{query}", timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("application/json")
+        return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+
+def test_watch_selects_by_label_and_field_and_resumes_from_a_list(
+    cluster: EmulatedCluster,
+) -> None:
+    client = cluster.client()
+    labelled = lorajob("labelled")
+    labelled["metadata"]["labels"] = {"team": "x"}
+    client.create(LORAJOBS, NS, labelled)
+    client.create(LORAJOBS, NS, lorajob("plain"))
+    path = f"/apis/finetune.lora-operator.io/v1alpha1/namespaces/{NS}/lorajobs"
+    by_label = _watch_events(cluster, path, "labelSelector=team%3Dx&timeoutSeconds=1")
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in by_label] == [
+        ("ADDED", "labelled")
+    ]
+    assert by_label[0]["object"]["kind"] == "LoRAJob"
+    by_field = _watch_events(
+        cluster, path, "fieldSelector=metadata.name%21%3Dlabelled&timeoutSeconds=1"
+    )
+    assert [e["object"]["metadata"]["name"] for e in by_field] == ["plain"]
+    version = client.request("GET", path)["metadata"]["resourceVersion"]
+    client.patch(LORAJOBS, NS, "plain", {"status": {"phase": "Running"}}, status=True)
+    client.delete(LORAJOBS, NS, "labelled")
+    resumed = _watch_events(cluster, path, f"resourceVersion={version}&timeoutSeconds=1")
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in resumed] == [
+        ("MODIFIED", "plain"),
+        ("DELETED", "labelled"),
+    ]
+    initial = _watch_events(
+        cluster, path, "sendInitialEvents=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1"
+    )
+    assert [e["type"] for e in initial] == ["ADDED", "BOOKMARK"]
+    assert initial[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_kubectl_create_secret_configmap_and_serviceaccount(cluster: EmulatedCluster) -> None:
+    """kubectl's typed clients send protobuf: the emulator reads it as a real server does."""
+    client = cluster.client()
+    for args in (
+        ("create", "secret", "generic", "s", "--from-literal=k=v"),
+        ("create", "configmap", "c", "--from-literal=k=v", "--from-literal=other=w"),
+        ("create", "serviceaccount", "robot"),
+    ):
+        result = kubectl(cluster, *args)
+        assert result.returncode == 0, result.stderr
+    secret = client.get("v1/secrets", NS, "s")
+    assert secret is not None and secret["data"] == {"k": "dg=="}  # base64("v")
+    config_map = client.get("v1/configmaps", NS, "c")
+    assert config_map is not None and config_map["data"] == {"k": "v", "other": "w"}
+    account = client.get("v1/serviceaccounts", NS, "robot")
+    assert account is not None and account["metadata"]["namespace"] == NS
+    listed = kubectl(cluster, "get", "secret", "s", "-o", "jsonpath={.data.k}")
+    assert listed.stdout == "dg=="
+
+
+def test_kubectl_knows_the_built_in_short_names(cluster: EmulatedCluster) -> None:
+    client = cluster.client()
+    client.create("v1/configmaps", NS, {"metadata": {"name": "settings"}, "data": {"a": "b"}})
+    client.create("v1/serviceaccounts", NS, {"metadata": {"name": "robot"}})
+    assert kubectl(cluster, "get", "cm", "-o", "name").stdout.split() == ["configmap/settings"]
+    assert kubectl(cluster, "get", "sa", "-o", "name").stdout.split() == ["serviceaccount/robot"]
+    assert "namespace/default" in kubectl(cluster, "get", "ns", "-o", "name").stdout.split()
+    for short in ("svc", "po", "ev", "crd", "isvc"):
+        result = kubectl(cluster, "get", short)
+        assert result.returncode == 0, (short, result.stderr)
+
+
+CONFIG_MAP: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "cm"},
+    "data": {},
+}
+
+
+def test_kubectl_apply_of_built_in_kinds_is_validated_by_the_server(
+    cluster: EmulatedCluster,
+) -> None:
+    """No `--validate=false` needed: kubectl finds the kinds in the OpenAPI v3 index, sends
+    `fieldValidation=Strict` and the server refuses an unknown field (nothing stored); with
+    `--validate=warn` it is stored without the field and kubectl prints the server's warning."""
+    client = cluster.client()
+    good = kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(CONFIG_MAP))
+    assert good.returncode == 0 and good.stdout.strip() == "configmap/cm created", good.stderr
+    bogus = {**CONFIG_MAP, "metadata": {"name": "bogus"}, "bogus": 1}
+    refused = kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump(bogus))
+    assert refused.returncode == 1
+    assert (
+        'ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: '
+        'unknown field "bogus"'
+    ) in refused.stderr
+    assert client.get("v1/configmaps", NS, "bogus") is None
+    warned = kubectl(cluster, "apply", "--validate=warn", "-f", "-", stdin=yaml.safe_dump(bogus))
+    assert warned.returncode == 0, warned.stderr
+    assert 'Warning: unknown field "bogus"' in warned.stderr
+    stored = client.get("v1/configmaps", NS, "bogus")
+    assert stored is not None and "bogus" not in stored
+    job = lorajob("warned")
+    job["spec"]["lora"]["rank"] = 4
+    lora = kubectl(cluster, "apply", "--validate=warn", "-f", "-", stdin=yaml.safe_dump(job))
+    assert lora.returncode == 0 and 'Warning: unknown field "spec.lora.rank"' in lora.stderr
+
+
+def test_an_invalid_built_in_object_is_refused_as_a_real_server_refuses_it(
+    cluster: EmulatedCluster,
+) -> None:
+    """The kinds' published schemas: a Job without containers is 422 Invalid naming the field;
+    a mistyped Service port is 400 (undecodable); neither is stored, and a refused patch
+    leaves the object and its resourceVersion as they were."""
+    client = cluster.client()
+    jobs = f"/apis/batch/v1/namespaces/{NS}/jobs"
+    no_containers = copy.deepcopy(JOB)
+    no_containers["spec"]["template"]["spec"] = {"restartPolicy": "Never"}
+    status, body = raw(cluster, "POST", jobs, no_containers)
+    assert status == 422, body
+    assert (body["kind"], body["reason"], body["code"]) == ("Status", "Invalid", 422)
+    assert body["message"] == (
+        'Job.batch "j" is invalid: spec.template.spec.containers: Required value'
+    )
+    assert body["details"]["causes"] == [
+        {
+            "reason": "FieldValueRequired",
+            "message": "Required value",
+            "field": "spec.template.spec.containers",
+        }
+    ]
+    assert client.get("batch/v1/jobs", NS, "j") is None
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "svc"},
+        "spec": {"ports": [{"port": "eighty"}]},
+    }
+    status, body = raw(cluster, "POST", f"/api/v1/namespaces/{NS}/services", service)
+    assert status == 400 and body["reason"] == "BadRequest", body
+    assert body["message"].startswith(
+        'Service in version "v1" cannot be handled as a Service: spec.ports[0].port:'
+    )
+    assert client.get("v1/services", NS, "svc") is None
+    client.create("v1/configmaps", NS, CONFIG_MAP)
+    before = client.get("v1/configmaps", NS, "cm")
+    status, body = raw(cluster, "PATCH", f"/api/v1/namespaces/{NS}/configmaps/cm", {"data": 7})
+    assert status == 400 and "data:" in body["message"], body
+    assert client.get("v1/configmaps", NS, "cm") == before
+    result = kubectl(cluster, "create", "-f", "-", stdin=yaml.safe_dump(no_containers))
+    assert result.returncode == 1
+    assert 'The Job "j" is invalid: spec.template.spec.containers: Required value' in result.stderr
