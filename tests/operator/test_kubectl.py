@@ -108,3 +108,43 @@ def test_kubectl_apply_refuses_an_invalid_lorajob_and_lists_parse(harness: Harne
     assert "lorajob.finetune.lora-operator.io/listed" in kubectl(harness, "get", "lj", "-o", "name")
     jobs = json.loads(kubectl(harness, "get", "jobs", "-o", "json"))
     assert all(item["kind"] == "Job" for item in jobs["items"])
+
+
+def test_kubectl_wait_and_describe_see_only_their_own_job(harness: Harness) -> None:
+    """With the real operator working on two jobs: `kubectl wait` returns on the named job's
+    condition, and `kubectl describe` lists that job's Events, not the other's (the API server
+    selects Events by involvedObject)."""
+    for name in ("mine", "theirs"):
+        harness.apply(base_job(name))
+    for name in ("mine", "theirs"):
+        harness.wait(f"{name}'s Job", lambda name=name: harness.job(f"{name}-r1"))
+    result = run_kubectl(harness, "wait", "--for=condition=Admitted", "lj/mine", "--timeout=30s")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "lorajob.finetune.lora-operator.io/mine condition met"
+    described = kubectl(harness, "describe", "lj", "mine")
+    events = described.split("\nEvents:", 1)[1]
+    assert "created Job mine-r1" in events, events
+    assert "theirs" not in events, events
+    other = json.loads(
+        kubectl(harness, "get", "ev", "--field-selector=involvedObject.name=theirs", "-o", "json")
+    )
+    assert other["items"] and {e["involvedObject"]["name"] for e in other["items"]} == {"theirs"}
+
+
+def test_kubectl_create_and_get_built_in_kinds_by_short_name(harness: Harness) -> None:
+    """`kubectl create secret generic|configmap` (protobuf bodies) work, and the objects are
+    listed by their short names."""
+    for args in (
+        ("create", "secret", "generic", "typed-secret", "--from-literal=k=v"),
+        ("create", "configmap", "typed-config", "--from-literal=k=v"),
+    ):
+        kubectl(harness, *args)
+    try:
+        assert "configmap/typed-config" in kubectl(harness, "get", "cm", "-o", "name").split()
+        secret = harness.client.get("v1/secrets", harness.namespace, "typed-secret")
+        assert secret is not None and secret["data"] == {"k": "dg=="}  # base64("v")
+        assert kubectl(harness, "get", "ns", "-o", "name").split().count("namespace/default") == 1
+        kubectl(harness, "get", "sa")
+    finally:
+        harness.client.delete("v1/secrets", harness.namespace, "typed-secret")
+        harness.client.delete("v1/configmaps", harness.namespace, "typed-config")
