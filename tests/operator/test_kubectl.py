@@ -3,6 +3,7 @@ printer columns, against the emulator (or the real cluster)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -117,7 +118,7 @@ def test_kubectl_wait_and_describe_see_only_their_own_job(harness: Harness) -> N
     for name in ("mine", "theirs"):
         harness.apply(base_job(name))
     for name in ("mine", "theirs"):
-        harness.wait(f"{name}'s Job", lambda name=name: harness.job(f"{name}-r1"))
+        harness.wait(f"{name}'s Job", functools.partial(harness.job, f"{name}-r1"))
     result = run_kubectl(harness, "wait", "--for=condition=Admitted", "lj/mine", "--timeout=30s")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "lorajob.finetune.lora-operator.io/mine condition met"
