@@ -73,6 +73,7 @@ from lora_operator.controller.kube import (
 )
 
 from . import builtin_schemas, field_selectors, protobuf_bodies
+from .namespaces import Namespaces
 from .service import Service
 from .watch_journal import Buses, Journal, JournaledBus
 
@@ -386,8 +387,18 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
         )
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
-        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
-            return await self._serve_namespaces(raw_request)
+        if raw_request.content_type == protobuf_bodies.MEDIA_TYPE:
+            try:
+                await self._read_as_json(raw_request)
+            except protobuf_bodies.ProtobufError as exc:
+                return await self._render_error(
+                    UnsupportedMediaTypeError(
+                        message=f"the {protobuf_bodies.MEDIA_TYPE} body cannot be read: {exc}"
+                    )
+                )
+        parts = raw_request.path.rstrip("/").split("/")
+        if parts[:4] == ["", "api", "v1", "namespaces"] and len(parts) <= 5:
+            return await self._serve_namespaces(raw_request, parts[4] if len(parts) == 5 else None)
         if raw_request.path.startswith("/openapi/v3"):
             return self._serve_openapi(raw_request.path)
         return await super().__call__(raw_request)
@@ -477,35 +488,43 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
             ]
         return cached
 
+    @staticmethod
+    async def _read_as_json(raw_request: aiohttp.web.BaseRequest) -> None:
+        """A protobuf body (kubectl's typed clients: `kubectl create secret generic`) replaced by
+        the JSON it stands for, so kmock parses the request like any other (`protobuf_bodies`):
+        aiohttp's read()/text()/json() answer from `_read_bytes` once a body was read."""
+        obj = protobuf_bodies.decode_object(await raw_request.read())
+        raw_request._read_bytes = json.dumps(obj).encode()
+
+    @property
+    def namespaces(self) -> Namespaces:
+        store: Namespaces | None = getattr(self, "_namespace_store", None)
+        if store is None:
+            store = self._namespace_store = Namespaces(
+                lambda: {ns for (_, ns, _) in self.objects if ns}
+            )
+        return store
+
     async def _serve_namespaces(
-        self, raw_request: aiohttp.web.BaseRequest
+        self, raw_request: aiohttp.web.BaseRequest, name: str | None
     ) -> aiohttp.web.StreamResponse:
-        """kmock cannot route `GET /api/v1/namespaces` (kopf lists and watches it when it
-        serves named namespaces): list every namespace an object lives in, plus `default`;
-        a watch stays open and quiet, as on a cluster where namespaces do not change."""
-        if raw_request.query.get("watch") in ("true", "1"):
+        """kmock cannot route `/api/v1/namespaces` (kopf lists and watches it when it serves
+        named namespaces; pipelines create and apply Namespaces): `namespaces.Namespaces`
+        answers. A watch stays open and quiet, as on a cluster where namespaces do not change."""
+        if name is None and raw_request.query.get("watch") in ("true", "1"):
             response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
             await response.prepare(raw_request)
             timeout = float(raw_request.query.get("timeoutSeconds", "300"))
             await asyncio.sleep(min(timeout, 300.0))
             return response
-        names = {"default"} | {ns for (_, ns, _) in self.objects if ns}
-        items = [
-            {
-                "apiVersion": "v1",
-                "kind": "Namespace",
-                "metadata": {"name": ns, "uid": ns, "labels": {"kubernetes.io/metadata.name": ns}},
-                "status": {"phase": "Active"},
-            }
-            for ns in sorted(names)
-        ]
-        body = {
-            "apiVersion": "v1",
-            "kind": "NamespaceList",
-            "metadata": {"resourceVersion": "1"},
-            "items": items,
-        }
-        return aiohttp.web.json_response(body)
+        body: Any = None
+        if raw_request.method in ("POST", "PUT", "PATCH"):
+            try:
+                body = json.loads(await raw_request.read() or b"null")
+            except ValueError:
+                body = None
+        status, answer = self.namespaces.answer(raw_request.method, name, body)
+        return aiohttp.web.json_response(answer, status=status)
 
     def _declared(self, request: rendering.Request) -> bool:
         return any(res == request.resource for res in self.resources)
@@ -572,11 +591,6 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
                 return await self._stream_watch(request)
             finally:
                 self._forget(request)
-        decoded = self._decoded(request)
-        if decoded is not request:
-            self._substitute(request, decoded)
-            self._forget(request)
-            request = decoded
         conditional = (
             specific
             and request.action in (enums.action.UPDATE, None)
@@ -608,19 +622,6 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
                 self._crd_cache = None
             self._forget(request)
             self._forget(served)
-
-    def _decoded(self, request: rendering.Request) -> rendering.Request:
-        """A protobuf body (kubectl's typed clients: `kubectl create secret generic`) as the JSON
-        object it encodes; 415 for kinds the emulator does not decode, as for custom resources."""
-        content_type = request.headers.get("Content-Type", "")
-        if not content_type.startswith(protobuf_bodies.MEDIA_TYPE) or request.data is not None:
-            return request
-        try:
-            return attrs.evolve(request, data=protobuf_bodies.decode_object(request.body))
-        except protobuf_bodies.ProtobufError as exc:
-            raise UnsupportedMediaTypeError(
-                message=f"the body of type {protobuf_bodies.MEDIA_TYPE} cannot be read: {exc}"
-            ) from None
 
     def _substitute(self, request: rendering.Request, served: rendering.Request) -> None:
         """kmock routes only requests it has recorded: record a rewritten one in its place."""

@@ -1,9 +1,9 @@
 """Kubernetes protobuf request bodies, decoded to the JSON objects they stand for.
 
 Why: kubectl's typed clients (`kubectl create secret generic`, `create configmap`,
-`create serviceaccount`) send `application/vnd.kubernetes.protobuf`, which every real API server
-accepts for built-in kinds. The emulator stores JSON, so it decodes the few kinds those commands
-send; any other kind gets 415, as a real server answers protobuf for a custom resource.
+`create serviceaccount`, `create namespace`) send `application/vnd.kubernetes.protobuf`, which
+every real API server accepts for built-in kinds. The emulator stores JSON, so it decodes the
+few kinds those commands send; any other kind gets 415 naming it (a real server reads them all).
 
 The field numbers are those of the upstream `generated.proto` files (k8s.io/api core/v1,
 k8s.io/apimachinery meta/v1); protobuf field numbers never change once released.
@@ -70,6 +70,10 @@ KINDS: dict[tuple[str, str], Schema] = {
         2: ("data", ("map", "string")),
         3: ("binaryData", ("map", "bytes")),
         4: ("immutable", "bool"),
+    },
+    ("v1", "Namespace"): {
+        1: ("metadata", OBJECT_META),
+        2: ("spec", {1: ("finalizers", ("repeated", "string"))}),
     },
     ("v1", "ServiceAccount"): {
         1: ("metadata", OBJECT_META),

@@ -5,6 +5,7 @@ owns."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import queue
@@ -683,3 +684,66 @@ def test_an_invalid_built_in_object_is_refused_as_a_real_server_refuses_it(
     result = kubectl(cluster, "create", "-f", "-", stdin=yaml.safe_dump(no_containers))
     assert result.returncode == 1
     assert 'The Job "j" is invalid: spec.template.spec.containers: Required value' in result.stderr
+
+
+def test_kubectl_creates_applies_labels_and_deletes_namespaces(
+    cluster: EmulatedCluster, tmp_path: Path
+) -> None:
+    """A pipeline's first object is often its Namespace: created (protobuf) or applied (JSON),
+    kept with its labels, refused when it exists, gone once deleted; a namespace that objects
+    live in exists without being created, as before."""
+    client = cluster.client()
+    client.create(LORAJOBS, "implied", lorajob("a", namespace="implied"))
+    created = kubectl(cluster, "create", "namespace", "team-a")
+    assert created.stdout.strip() == "namespace/team-a created", created.stderr
+    again = kubectl(cluster, "create", "namespace", "team-a")
+    assert again.returncode == 1
+    assert 'namespaces "team-a" already exists' in again.stderr
+    manifest = tmp_path / "ns.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": "team-b", "labels": {"team": "b"}},
+            }
+        )
+    )
+    assert (
+        kubectl(cluster, "apply", "-f", str(manifest)).stdout.strip() == "namespace/team-b created"
+    )
+    assert (
+        kubectl(cluster, "apply", "-f", str(manifest)).stdout.strip()
+        == "namespace/team-b unchanged"
+    )
+    assert kubectl(cluster, "label", "ns", "team-b", "tier=gold").returncode == 0
+    labels = json.loads(kubectl(cluster, "get", "ns", "team-b", "-o", "json").stdout)["metadata"][
+        "labels"
+    ]
+    assert labels == {"kubernetes.io/metadata.name": "team-b", "team": "b", "tier": "gold"}
+    names = kubectl(cluster, "get", "ns", "-o", "name").stdout.split()
+    assert names == [
+        "namespace/default",
+        "namespace/implied",
+        "namespace/team-a",
+        "namespace/team-b",
+    ]
+    assert kubectl(cluster, "delete", "ns", "team-a").returncode == 0
+    assert "namespace/team-a" not in kubectl(cluster, "get", "ns", "-o", "name").stdout.split()
+    missing = kubectl(cluster, "get", "ns", "team-a")
+    assert missing.returncode == 1 and 'namespaces "team-a" not found' in missing.stderr
+
+
+def test_protobuf_bodies_keep_binary_data_and_refuse_unknown_kinds_by_name(
+    cluster: EmulatedCluster, tmp_path: Path
+) -> None:
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)))
+    created = kubectl(cluster, "create", "secret", "generic", "bin", f"--from-file=b={blob}")
+    assert created.returncode == 0, created.stderr
+    secret = cluster.client().get("v1/secrets", NS, "bin")
+    assert secret is not None and base64.b64decode(secret["data"]["b"]) == bytes(range(256))
+    job = kubectl(cluster, "create", "job", "j", "--image=busybox")
+    assert job.returncode == 1
+    assert "not batch/v1 Job: send JSON" in job.stderr, job.stderr
+    assert cluster.client().get("batch/v1/jobs", NS, "j") is None
