@@ -807,7 +807,7 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
             raise BadRequestError(message=f"{cannot}: strict decoding error: {', '.join(unknown)}")
         if found.required:
             name = (desired.get("metadata") or {}).get("name") or request.name or ""
-            group = api_version.rpartition("/")[0].split(".")[0]
+            group = api_version.rpartition("/")[0]
             listed = [f"{path}: Required value" for path in found.required]
             joined = listed[0] if len(listed) == 1 else f"[{', '.join(listed)}]"
             raise InvalidError(
