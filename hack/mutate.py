@@ -297,6 +297,12 @@ TARGETS: tuple[Target, ...] = (
         ),
         note="the pods' grace period after SIGTERM; the trainer's stop request and exit codes",
     ),
+    Target(
+        "children",
+        ("lora_operator.controller.children",),
+        ("tests/operator/test_children_units.py",),
+        note="which fields of each owned kind are compared and put back; create/restore/leave",
+    ),
 )
 
 # mutmut's status names (mutmut.stats.status_by_exit_code) that count as a kill.

@@ -249,6 +249,8 @@ def test_an_inference_service_keeps_kserve_defaults_and_restores_its_spec() -> N
 def test_a_field_the_desired_object_lacks_is_not_compared() -> None:
     plug = Plug("Thing", "v1/things", (Declared(("spec", "x")), Declared(("spec", "y"), True)))
     assert drift_patch(plug, {"metadata": {}}, {"spec": {"x": 1, "y": 2}}) == {}
+    # one field absent from the desired object does not stop the next from being compared
+    assert drift_patch(plug, {"spec": {"y": 3}}, {"spec": {"x": 1, "y": 2}}) == {"spec": {"y": 3}}
     assert Declared(("a", "b")).dotted == "a.b"
 
 
@@ -475,7 +477,37 @@ def test_a_foreign_config_map_keeps_a_missing_job_from_being_created() -> None:
     assert [a.plug for a in kept.applied] == [TRAINER_ACCOUNT, SERVICE, JOB]
 
 
+def test_a_job_made_by_someone_between_read_and_create_is_ours_when_it_is() -> None:
+    """The Job is missing when read, then exists at the create (another replica of the
+    operator made it): ours, so it is compared and kept, not reported as a conflict."""
+    kube = FakeKube()
+    original = kube.request
+    made = next(obj for plug, obj in run_children(CTX) if plug is JOB)
+
+    async def request(method: str, path: str, body: Any = None, *args: Any, **kw: Any) -> Any:
+        if method == "POST" and path == JOBS and kube.obj(JOBS, "a-r1") is None:
+            kube.put(JOBS, served(made))
+        return await original(method, path, body, *args, **kw)
+
+    kube.request = request  # type: ignore[method-assign]
+    result = run(ensure_run_children(kube, CTX))
+    assert result.conflicts == []
+    assert result.job == served(made) and not result.applied[-1].changed
+
+
+def test_a_foreign_job_given_is_a_conflict_and_no_job_is_returned() -> None:
+    kube = FakeKube()
+    theirs = served(job())
+    theirs["metadata"]["ownerReferences"] = [OTHER]
+    result = run(ensure_run_children(kube, CTX, theirs))
+    assert [c.kind for c in result.conflicts] == ["Job"] and result.job is None
+    assert ("batch", "jobs", "patch") not in kube.calls
+
+
 def test_applied_says_what_it_did() -> None:
+    bare = Applied(JOB, {"metadata": {}})
+    assert bare.describe() == "restored  of Job /"
+    assert Applied(JOB, {}, created=True).describe() == "recreated Job / (it was missing)"
     obj = {"metadata": {"name": "x", "namespace": NS}}
     assert not Applied(JOB, obj).changed
     assert Applied(JOB, obj, restored=("a", "b")).describe() == "restored a, b of Job ml/x"

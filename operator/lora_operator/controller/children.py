@@ -254,7 +254,7 @@ async def ensure_run_children(
     (not read again); None: it is created, unless an object before it is someone else's (its
     pods would mount or resolve that object). Conflicts are collected, not raised, so one
     foreign object does not stop the others being kept."""
-    result = RunChildren(job=job)
+    result = RunChildren()
     for plug, desired in run_children(ctx):
         try:
             if plug.kind != JOB.kind:
