@@ -1,6 +1,7 @@
 """Serve a finished adapter with KServe (vLLM multi-LoRA): the objects it takes (an
 InferenceService, and a ServiceAccount that lists the job's own credentials Secret the way
-KServe's storage initializer finds S3 credentials), applying them, and their readiness.
+KServe's storage initializer finds S3 credentials), applying them (their plugs in children.py:
+created when missing, declared fields put back when edited), and their readiness.
 
 The operator never copies a tenant's Secret: KServe's credential builder reads the Secrets named
 in the predictor's ServiceAccount and points the storage initializer's env at them by name

@@ -1,7 +1,7 @@
 """The trainer workload of one run, as the reconciler sees it: what its Job's status means
 (suspended by Kueue, started, pods failed, complete, failed) and why its pods failed. Building
-the Job, Service and ConfigMap is `manifests.build_run_objects`; reading them back is here, so
-the reconciler only moves between states."""
+the Job, Service and ConfigMap is `manifests.py`, keeping them as declared `children.py`;
+reading the Job's status is here, so the reconciler only moves between states."""
 
 from __future__ import annotations
 
