@@ -392,3 +392,145 @@ def test_an_unreachable_source_is_transient(tmp_path: Path, sleeps: list[float])
     with pytest.raises(TransientError) as prefix_info:
         fetch_s3_prefix(dead, "s3://bkt/model", tmp_path / "m", "baseModel.source")
     assert prefix_info.value.message.startswith("cannot download baseModel.source s3://bkt/model: ")
+
+
+# ------------------------------------------------------ each operation names itself when it fails
+
+
+def test_every_operation_names_itself_and_its_object_when_it_fails(tmp_path: Path) -> None:
+    """S3 unreachable, one attempt: the message says which operation, on which object."""
+    dead = S3Store(ENDPOINT, "k", "s", retries=1)
+    loc = S3Location("bkt", "runs/r1/x.json")
+    local = tmp_path / "up.bin"
+    local.write_bytes(b"1")
+    for operation, what in (
+        (lambda: dead.put_bytes(loc, b"1"), "put"),
+        (lambda: dead.put_json(loc, {}), "put"),
+        (lambda: dead.get_bytes(loc), "get"),
+        (lambda: dead.get_json(loc), "get"),
+        (lambda: dead.create_json_if_absent(loc, {}), "create"),
+        (lambda: dead.exists(loc), "stat"),
+        (lambda: dead.list(loc), "list"),
+        (lambda: dead.list_sizes(loc), "list"),
+        (lambda: dead.delete(loc), "delete"),
+        (lambda: dead.delete_prefix(loc), "list"),  # it lists what to delete first
+        (lambda: dead.upload_file(loc, local), "upload"),
+        (lambda: dead.download_file(loc, tmp_path / "down.bin"), "download"),
+        (lambda: dead.download_prefix(loc, tmp_path / "d"), "list"),
+    ):
+        with pytest.raises(StorageError) as info:
+            operation()
+        assert str(info.value).startswith(
+            f"S3 {what} failed for s3://bkt/runs/r1/x.json at {ENDPOINT}: "
+        ), what
+        assert info.value.transient is True
+    with pytest.raises(StorageError) as each_file:
+        dead.upload_dir(loc, tmp_path)  # each file under its own key
+    assert str(each_file.value).startswith(
+        f"S3 upload failed for s3://bkt/runs/r1/x.json/up.bin at {ENDPOINT}: "
+    )
+    with pytest.raises(StorageError) as bucket:
+        dead.ensure_bucket("bkt")
+    assert str(bucket.value).startswith(f"S3 create bucket failed for s3://bkt/ at {ENDPOINT}: ")
+
+
+def test_a_permanent_failure_is_false_not_merely_falsy(sleeps: list[float]) -> None:
+    for failure in (FileNotFoundError(2, "gone", "/x"), ValueError("bad name")):
+        with pytest.raises(StorageError) as info:
+            call(Failing(failure))
+        assert info.value.transient is False
+
+
+def test_301_characters_are_cut_too(sleeps: list[float]) -> None:
+    with pytest.raises(StorageError) as info:
+        call(Failing(OSError("z" * 301)), retries=1)
+    assert str(info.value) == f"{WHERE}: OSError: {'z' * 297}..."
+
+
+def test_endpoint_and_environment_errors_are_permanent_and_say_what_to_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lora_contract.storage import parse_endpoint
+
+    with pytest.raises(StorageError) as scheme:
+        parse_endpoint("ftp://x")
+    assert str(scheme.value) == "S3 endpoint 'ftp://x' is not a URL like http://minio:9000"
+    assert scheme.value.transient is False
+    with pytest.raises(StorageError) as path:
+        parse_endpoint("http://minio:9000/bucket")
+    assert str(path.value) == (
+        "S3 endpoint 'http://minio:9000/bucket' must not contain a path (got '/bucket'); "
+        "put the prefix in output.prefix"
+    )
+    assert path.value.transient is False
+    assert parse_endpoint("http://minio:9000/") == ("minio:9000", False)  # a bare slash is fine
+    assert parse_endpoint(" http://minio:9000 ") == ("minio:9000", False)
+    for name in ("S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(StorageError) as no_endpoint:
+        S3Store.from_env(None)
+    assert str(no_endpoint.value) == "no S3 endpoint: set env S3_ENDPOINT or spec.output.endpoint"
+    assert no_endpoint.value.transient is False
+    with pytest.raises(StorageError) as no_credentials:
+        S3Store.from_env("http://x:1")
+    assert str(no_credentials.value) == (
+        "no S3 credentials for http://x:1: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+        "(from spec.output.credentialsSecret)"
+    )
+    assert no_credentials.value.transient is False
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    monkeypatch.setenv("LORAJOB_S3_RETRIES", "x")
+    with pytest.raises(StorageError) as retries:
+        S3Store.from_env("http://x:1")
+    assert retries.value.transient is False
+
+
+def test_from_env_passes_credentials_and_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("S3_ENDPOINT", raising=False)
+    monkeypatch.delenv("LORAJOB_S3_RETRIES", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key-a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-b")
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    store = S3Store.from_env("http://x:1")
+    credentials = store.client._provider.retrieve()  # type: ignore[attr-defined]
+    assert (credentials.access_key, credentials.secret_key) == ("key-a", "secret-b")
+    assert store.client._base_url.region == "eu-central-1"  # type: ignore[attr-defined]
+
+
+def test_the_owner_marker_is_created_as_sorted_indented_json(
+    store: S3Store, prefix: S3Location
+) -> None:
+    marker = prefix.child("OWNER.json")
+    assert store.create_json_if_absent(marker, {"uid": "u", "name": "n", "namespace": "ns"})
+    raw = store.get_bytes(marker)
+    assert raw == b'{\n  "name": "n",\n  "namespace": "ns",\n  "uid": "u"\n}'
+    stat = store.client.stat_object(BUCKET, marker.key)
+    assert stat.content_type == "application/json"
+
+
+def test_a_bucket_root_lists_whole_keys_and_empty_objects_have_size_zero(store: S3Store) -> None:
+    bucket = f"root-{uuid.uuid4().hex[:8]}"
+    store.ensure_bucket(bucket)
+    root = S3Location(bucket, "")
+    store.put_bytes(root.child("a/empty.bin"), b"")
+    store.put_bytes(root.child("top.bin"), b"12")
+    assert store.list(root) == ["a/", "top.bin"]
+    assert store.list(root, recursive=True) == ["a/empty.bin", "top.bin"]
+    assert store.list_sizes(root) == {"a/empty.bin": 0, "top.bin": 2}
+
+
+def test_an_invalid_bucket_name_is_refused_naming_the_bucket(store: S3Store) -> None:
+    with pytest.raises(StorageError) as info:
+        store.ensure_bucket("Not_A_Bucket")
+    assert str(info.value).startswith(
+        f"S3 create bucket failed for s3://Not_A_Bucket/ at {store.endpoint}: "
+    )
+
+
+def test_one_object_download_is_guarded_by_a_lock_beside_it(
+    store: S3Store, prefix: S3Location, tmp_path: Path
+) -> None:
+    store.put_bytes(prefix.child("train.jsonl"), b"{}\n")
+    got = fetch_s3_object(store, prefix.child("train.jsonl").uri, tmp_path, "dataset.source")
+    assert sorted(p.name for p in got.parent.iterdir()) == ["train.jsonl", "train.jsonl.lock"]
