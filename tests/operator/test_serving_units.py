@@ -367,3 +367,33 @@ def test_names() -> None:
     assert serving_account_name(job) == f"{job}-serving"
     longer = serving_account_name("j" * 56)  # 64: cut to 54 + "-" + 8 hex digits
     assert len(longer) == 63 and longer.startswith("j" * 54 + "-")
+
+
+def test_the_predictor_pod_is_pinned_field_by_field() -> None:
+    """KServe's huggingfaceserver runs as uid 1000 with HOME /home/kserve; with a read-only root,
+    vLLM's caches and temp files need these three emptyDirs, /dev/shm in memory."""
+    kube = FakeKube()
+    ensure(kube)
+    service = kube.obj(ISVCS, "svc")
+    assert service is not None
+    predictor = service["spec"]["predictor"]
+    assert predictor["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "fsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert predictor["automountServiceAccountToken"] is False
+    assert predictor["volumes"] == [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "home", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    model = predictor["model"]
+    assert model["env"] == [{"name": "HOME", "value": "/home/kserve"}]
+    assert model["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "home", "mountPath": "/home/kserve"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
