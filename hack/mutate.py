@@ -170,6 +170,33 @@ TARGETS: tuple[Target, ...] = (
         ),
     ),
     Target(
+        "serving",
+        ("lora_operator.controller.serving", "lora_operator.controller.secret_reads"),
+        (
+            "tests/operator/test_serving_units.py",
+            "tests/operator/test_serving_credentials.py",
+            "tests/operator/test_manifests.py",
+            "tests/operator/test_manifest_details.py",
+            "tests/operator/test_pod_security.py",
+        ),
+        deselect=(
+            # whole reconciles against an S3 server: seconds each; the unit tests cover the module
+            *(
+                f"tests/operator/test_serving_credentials.py::{test}"
+                for test in (
+                    "test_a_running_job_reads_its_own_secret_once_per_resync",
+                    "test_the_default_secret_is_read_once_by_progress_alone",
+                    "test_success_and_serving_list_the_jobs_secret_and_write_no_secret",
+                    "test_serving_from_the_default_secret_reads_no_secret_at_all",
+                    "test_turning_serving_off_touches_no_secret",
+                )
+            ),
+            # reads trainer-image/Dockerfile (not copied into the work folder); not about serving
+            "tests/operator/test_pod_security.py::test_the_trainer_writes_only_to_its_emptydirs",
+        ),
+        note="serving credentials by reference (no Secret copy), one Secret read per reconcile",
+    ),
+    Target(
         "crd",
         ("lora_operator.api.crd",),
         ("tests/api/test_crd.py", "tests/api/test_crd_generation.py"),
