@@ -325,6 +325,12 @@ TARGETS: tuple[Target, ...] = (
         note="the pods' grace period after SIGTERM; the trainer's stop request and exit codes",
     ),
     Target(
+        "health",
+        ("lora_operator.controller.health",),
+        ("tests/operator/test_health.py",),
+        note="Ready / Reconciling / Stalled (kstatus, Argo CD) from the phase and conditions",
+    ),
+    Target(
         "children",
         ("lora_operator.controller.children",),
         ("tests/operator/test_children_units.py",),

@@ -291,6 +291,42 @@ ROWS = [
         "suspended; checkpoints kept",
     ),
     Row(
+        "suspended, no message",
+        "Suspended",
+        None,
+        (),
+        False,
+        False,
+        False,
+        False,
+        "Suspended",
+        "spec.suspend is true",
+    ),
+    Row(
+        "failed, no words at all",
+        "Failed",
+        None,
+        (),
+        False,
+        False,
+        False,
+        True,
+        "Failed",
+        "the run failed",
+    ),
+    Row(
+        "succeeded, no words at all",
+        "Succeeded",
+        None,
+        (),
+        False,
+        True,
+        False,
+        False,
+        "Succeeded",
+        "the run succeeded",
+    ),
+    Row(
         "suspended with a policy refusal: still only suspended",
         "Suspended",
         "suspended; checkpoints kept",
@@ -319,6 +355,16 @@ def test_health_table(row: Row) -> None:
         ConditionType.Reconciling: row.reconciling,
         ConditionType.Stalled: row.stalled,
     }
+    expected_state = (
+        State.READY
+        if row.ready
+        else State.RECONCILING
+        if row.reconciling
+        else State.STALLED
+        if row.stalled
+        else State.SUSPENDED
+    )
+    assert result.state is expected_state
     assert str(result.reason) == row.reason
     assert result.message == row.said
     # at most one of the three is True; none only when suspended
