@@ -282,6 +282,21 @@ class S3Store:
 
         return self._call("stat", loc, stat)
 
+    def etag_and_version(self, loc: S3Location) -> tuple[str | None, str | None] | None:
+        """The object's ETag and version id (a HEAD, no body): what tells a replaced dataset
+        from the one a run trained on. None when it does not exist."""
+
+        def stat() -> tuple[str | None, str | None] | None:
+            try:
+                found = self.client.stat_object(loc.bucket, loc.key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return None
+                raise
+            return found.etag, found.version_id
+
+        return self._call("stat", loc, stat)
+
     def list(self, loc: S3Location, recursive: bool = False) -> list[str]:
         """Names under the prefix `loc`, relative to it, sorted. Without `recursive`, "folders"
         come back with a trailing slash (e.g. 'checkpoint-10/'); with it, full relative keys."""

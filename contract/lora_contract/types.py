@@ -182,6 +182,11 @@ class Reason(StrEnum):
     Superseded = "Superseded"
     Expired = "Expired"
     Restored = "Restored"  # a child deleted or edited mid-run was put back (children.py)
+    # Retraining triggers (controller/schedule.py, controller/data_watch.py)
+    Scheduled = "Scheduled"  # a cron tick started a run
+    ScheduleSkipped = "ScheduleSkipped"  # a tick skipped: a run active (Forbid), late, no new data
+    DataChanged = "DataChanged"  # the watched dataset object changed: a new run
+    DataUnreadable = "DataUnreadable"  # the watched dataset object could not be looked at
     # Ready / Reconciling / Stalled (controller/health.py)
     Training = "Training"
     Validating = "Validating"
@@ -192,15 +197,19 @@ class Reason(StrEnum):
 class Retrain(Enum):
     """Whether changing a spec field starts a new training run (GitOps re-runs): every field of
     `LoRAJobSpec` and of each `per_field` section carries one, as `Annotated` metadata (kept out
-    of the CRD schema); `hashing.py` hashes exactly the `yes` fields and a test fails on a field
-    that has none."""
+    of the CRD schema); `hashing.py` hashes exactly the `yes` and `when_set` fields and a test
+    fails on a field that has none."""
 
     yes = "yes"  # changes what is trained or where the result goes: a new run
+    # Retrains too, but at its declared default it is left out of the hash: a field added after
+    # jobs exist must be this (or outside the hash), or the upgrade retrains every job.
+    when_set = "when-set"
     no = "no"  # scheduling, serving, lifecycle: applied without retraining
     per_field = "per-field"  # a section whose fields are classified one by one
 
 
 RETRAINS = Retrain.yes
+RETRAINS_WHEN_SET = Retrain.when_set
 KEEPS_RUN = Retrain.no
 PER_FIELD = Retrain.per_field
 
@@ -332,27 +341,64 @@ class FieldMapping(_Model):
     output: str | None = Field(default=None, description="Output column (default 'output').")
 
 
+class DataWatchSpec(_Model):
+    """Retrain when the object behind `dataset.source` changes (an S3 object replaced in place)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Check the dataset object's identity (S3 version id, else ETag) when the "
+        "job is resynced after its run finished, and start one new run when it changed.",
+    )
+    min_interval_seconds: int = Field(
+        default=300,
+        ge=5,
+        le=31_536_000,
+        description="At most one check (one S3 HEAD with the job's credentials) this often.",
+    )
+
+
 class DatasetSpec(_Model):
     """The training data: where it is, its row format, the eval split and the sequence length."""
 
-    source: str = Field(
+    source: Annotated[str, RETRAINS] = Field(
         pattern=DATA_URI_PATTERN,
         description="JSONL or Parquet: s3://bucket/key, pvc://claim/path, file:///path or /path.",
     )
-    format: DatasetFormat = Field(description="prompt-completion, chat or instruction.")
-    fields: FieldMapping | None = Field(default=None, description="Column name overrides.")
-    eval_split: float = Field(default=0.05, ge=0, le=0.5, description="Fraction held out for eval.")
-    eval_source: str | None = Field(
+    format: Annotated[DatasetFormat, RETRAINS] = Field(
+        description="prompt-completion, chat or instruction."
+    )
+    fields: Annotated[FieldMapping | None, RETRAINS] = Field(
+        default=None, description="Column name overrides."
+    )
+    eval_split: Annotated[float, RETRAINS] = Field(
+        default=0.05, ge=0, le=0.5, description="Fraction held out for eval."
+    )
+    eval_source: Annotated[str | None, RETRAINS] = Field(
         default=None,
         pattern=DATA_URI_PATTERN,
         description="Separate eval file (overrides evalSplit).",
     )
-    max_seq_length: int = Field(
+    max_seq_length: Annotated[int, RETRAINS] = Field(
         default=2048, ge=16, le=1048576, description="Tokens per sequence; longer rows are cut."
     )
-    packing: bool = Field(default=False, description="Pack several examples per sequence.")
-    num_examples: int | None = Field(
+    packing: Annotated[bool, RETRAINS] = Field(
+        default=False, description="Pack several examples per sequence."
+    )
+    num_examples: Annotated[int | None, RETRAINS] = Field(
         default=None, ge=1, description="Approximate row count; used by `plan` for rank advice."
+    )
+    # Added after jobs existed: unset, it is outside the hash (today's hashes stay).
+    revision: Annotated[str | None, RETRAINS_WHEN_SET] = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description="Any label for the data's version (a date, a commit, a DVC hash): changing "
+        "it starts a new run, the GitOps way to say the data at `source` is new.",
+    )
+    watch: Annotated[DataWatchSpec | None, KEEPS_RUN] = Field(
+        default=None,
+        description="Retrain when the S3 object at `source` is replaced (not part of the spec "
+        "hash: the run record says trigger DataChanged and the data's identity).",
     )
 
 
@@ -578,6 +624,82 @@ class ServingSpec(_Model):
     )
 
 
+# Syntax only (the CRD's pattern and pydantic's): the operator parses the expression and looks
+# the zone up (lora_operator.api.cron), since the trainer image carries neither parser nor tzdata.
+CRON_PATTERN = (
+    r"^(?:@(?:yearly|annually|monthly|weekly|daily|midnight|hourly)"
+    r"|[0-9A-Za-z*/,?#\-]+(?: +[0-9A-Za-z*/,?#\-]+){4})$"
+)
+TIME_ZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+\-]*(?:/[A-Za-z0-9_+\-]+)*$"
+
+
+class ConcurrencyPolicy(str, Enum):
+    Forbid = "Forbid"  # a tick while a run is active is skipped
+    Replace = "Replace"  # a tick stops the active run and starts a new one
+
+
+class ScheduleWhen(str, Enum):
+    DataChanged = "DataChanged"  # a tick retrains only when the dataset object changed
+    Always = "Always"  # every tick retrains
+
+
+class ScheduleSpec(_Model):
+    """Retrain on a cron schedule (e.g. weekly on the latest data), like a CronJob."""
+
+    cron: str = Field(
+        max_length=128,
+        json_schema_extra={"pattern": CRON_PATTERN},
+        description="Five-field cron expression (minute hour day-of-month month day-of-week) or "
+        "@hourly/@daily/@weekly/@monthly/@yearly, in timeZone.",
+    )
+    time_zone: str = Field(
+        default="UTC",
+        max_length=64,
+        json_schema_extra={"pattern": TIME_ZONE_PATTERN},
+        description="IANA time zone the cron is read in (e.g. Europe/Paris); DST follows it.",
+    )
+    concurrency_policy: ConcurrencyPolicy = Field(
+        default=ConcurrencyPolicy.Forbid,
+        description="Forbid: skip a tick while a run is active; Replace: stop it and start anew.",
+    )
+    starting_deadline_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=31_536_000,
+        description="A tick noticed later than this after its time is skipped (with an Event); "
+        "null: a missed tick still fires once.",
+    )
+    run_history_limit: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Keep at most this many run records in status (oldest dropped; their S3 "
+        "outputs are kept).",
+    )
+    when: ScheduleWhen = Field(
+        default=ScheduleWhen.DataChanged,
+        description="DataChanged: a tick retrains only when the dataset object changed since "
+        "the last run (needs an s3:// dataset); Always: every tick retrains.",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_shape(cls, value: str) -> str:
+        if not re.fullmatch(CRON_PATTERN, value):
+            raise ValueError(
+                "must be five cron fields (minute hour day-of-month month day-of-week) or "
+                "@hourly, @daily, @weekly, @monthly, @yearly"
+            )
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone_shape(cls, value: str) -> str:
+        if not re.fullmatch(TIME_ZONE_PATTERN, value):
+            raise ValueError("must be an IANA time zone name such as Europe/Paris")
+        return value
+
+
 class LoRAJobSpec(_Model):
     """A LoRA/QLoRA fine-tuning job."""
 
@@ -586,7 +708,7 @@ class LoRAJobSpec(_Model):
     )
     quantization: Annotated[QuantizationSpec, RETRAINS] = Field(default_factory=QuantizationSpec)
     lora: Annotated[LoRASpec, RETRAINS] = Field(default_factory=LoRASpec)
-    dataset: Annotated[DatasetSpec, RETRAINS]
+    dataset: Annotated[DatasetSpec, PER_FIELD]
     training: Annotated[TrainingSpec, PER_FIELD] = Field(default_factory=TrainingSpec)
     distributed: Annotated[DistributedSpec, RETRAINS] = Field(default_factory=DistributedSpec)
     resources: Annotated[ResourcesSpec, PER_FIELD] = Field(default_factory=ResourcesSpec)
@@ -604,6 +726,11 @@ class LoRAJobSpec(_Model):
     )
     queue_name: Annotated[str | None, KEEPS_RUN] = Field(
         default=None, max_length=63, description="Kueue LocalQueue; the Job is created suspended."
+    )
+    schedule: Annotated[ScheduleSpec | None, KEEPS_RUN] = Field(
+        default=None,
+        description="Retrain on a cron schedule; each fired tick starts one run (spec hash "
+        "unchanged, trigger Schedule in the run record).",
     )
 
     @model_validator(mode="after")
@@ -834,6 +961,14 @@ class Progress(_Observed):
         return 100.0 * self.step / self.total_steps if self.total_steps else 0.0
 
 
+class RunTrigger(StrEnum):
+    """What started a run (`RunRecord.trigger`)."""
+
+    Spec = "Spec"  # the first run, or a retraining field changed (a new spec hash)
+    DataChanged = "DataChanged"  # the watched dataset object was replaced (same spec hash)
+    Schedule = "Schedule"  # a cron tick of spec.schedule (same spec hash)
+
+
 class RunRecord(_Observed):
     """One training run; a spec change starts a new one and the old ones stay listed."""
 
@@ -848,6 +983,15 @@ class RunRecord(_Observed):
     start_time: str | None = None
     completion_time: str | None = None
     forecast: RunForecast | None = None
+    trigger: str | None = Field(  # a RunTrigger; str: a newer writer's value still reads
+        default=None,
+        description="What started the run: Spec (a retraining field changed, or the first), "
+        "DataChanged (the watched dataset object changed) or Schedule (a cron tick).",
+    )
+    data_identity: str | None = Field(
+        default=None,
+        description="The dataset object the run was started on: version:<id> or etag:<etag>.",
+    )
 
 
 class LoRAJobStatus(_Observed):
@@ -868,6 +1012,14 @@ class LoRAJobStatus(_Observed):
     start_time: str | None = None
     completion_time: str | None = None
     inference_service: str | None = None
+    last_schedule_time: str | None = Field(
+        default=None,
+        description="The last cron tick acted on (fired or skipped): a restart never fires it "
+        "again.",
+    )
+    data_checked_time: str | None = Field(
+        default=None, description="When the watched dataset object was last looked at."
+    )
 
 
 class ObjectMeta(BaseModel):

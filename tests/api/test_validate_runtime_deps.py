@@ -30,7 +30,7 @@ from lora_operator.api.schema_check import check_against_crd
 
 PROJECT = "lora-operator"
 DOCKERFILE = ROOT / "operator" / "Dockerfile"
-VALIDATE_NEEDS = {"cel-python", "jsonschema", "pydantic", "pyyaml", "lora-contract"}
+VALIDATE_NEEDS = {"cel-python", "cronsim", "jsonschema", "pydantic", "pyyaml", "lora-contract"}
 
 
 def closure(name: str, extras: frozenset[str]) -> set[str]:

@@ -4,6 +4,13 @@ Kubernetes bumps `metadata.generation` on any spec change (serving, suspend, lab
 operator decides "retrain?" from this hash. Which fields count is declared on the fields
 themselves (`Retrain` metadata in `types.py`), not listed here: a new field without a
 classification fails `retrain_classification()` and its test.
+
+Fields that evolve: the hash is taken over the spec with defaults filled in, so a new field in a
+hashed section would enter every existing job's hash at its default and retrain them all on
+upgrade. A field added after jobs exist is therefore `RETRAINS_WHEN_SET` (left out of the hash
+while it equals its declared default, hashed like any other once set) or `KEEPS_RUN`; fields
+that were always there keep being hashed at their defaults, so today's hashes do not move
+(`tests/api/test_hash_stability.py` pins the examples' hashes).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from lora_contract.types import LoRAJobSpec, Retrain
 
@@ -58,8 +65,25 @@ def retrain_classification(
         if marker is Retrain.per_field:
             result.update(retrain_classification(_section(model, name), f"{path}."))
         else:
-            result[path] = marker is Retrain.yes
+            result[path] = marker in (Retrain.yes, Retrain.when_set)
     return result
+
+
+def _wire_default(model: type[BaseModel], name: str) -> Any:
+    """A field's declared default as it appears in the wire form (enums as values)."""
+    field = model.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    adapter: TypeAdapter[Any] = TypeAdapter(field.annotation or Any)
+    return adapter.dump_python(default, mode="json", by_alias=True)
+
+
+def _hashed(model: type[BaseModel], name: str, marker: Retrain, wire: dict[str, Any]) -> bool:
+    key = _wire_name(model, name)
+    if key not in wire:
+        return False
+    if marker is Retrain.yes:
+        return True
+    return marker is Retrain.when_set and wire[key] != _wire_default(model, name)
 
 
 def _training_part(model: type[BaseModel], wire: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +94,7 @@ def _training_part(model: type[BaseModel], wire: dict[str, Any]) -> dict[str, An
         marker = _marker(model, name)
         if marker is Retrain.per_field and isinstance(wire.get(key), dict):
             relevant[key] = _training_part(_section(model, name), wire[key])
-        elif marker is Retrain.yes and key in wire:
+        elif _hashed(model, name, marker, wire):
             relevant[key] = wire[key]
     return relevant
 

@@ -12,6 +12,8 @@ from lora_contract.bounded_parse import TooDeepError, load_yaml_all
 from lora_contract.errors import describe_validation_error
 from lora_contract.types import API_VERSION, KIND, LoRAJob
 
+from .cron import schedule_problems
+
 # The API server takes no request over 3 MiB; a manifest file past that is not one to apply.
 MAX_MANIFEST_BYTES = 3 * 1024 * 1024
 
@@ -38,9 +40,14 @@ def parse_lorajob(obj: Any, source: str = "<object>") -> LoRAJob:
     if problems:
         raise SpecError(source, problems)
     try:
-        return LoRAJob.model_validate(obj)
+        job = LoRAJob.model_validate(obj)
     except ValidationError as exc:
         raise SpecError(source, describe_validation_error(exc)) from None
+    # the contract checks a cron's shape; its values and the zone need a parser and tzdata
+    problems = schedule_problems(job.spec.schedule)
+    if problems:
+        raise SpecError(source, problems)
+    return job
 
 
 def load_documents(path: str | Path) -> list[Any]:

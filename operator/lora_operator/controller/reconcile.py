@@ -26,8 +26,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lora_contract.layout import FINAL_DIR, run_location
-from lora_contract.timestamps import now_iso
+from lora_contract.layout import FINAL_DIR, S3Location, run_location
+from lora_contract.storage import StorageError
+from lora_contract.timestamps import now_iso, parse_iso
 from lora_contract.types import (
     API_VERSION,
     CPU_GPU_TYPE,
@@ -36,6 +37,7 @@ from lora_contract.types import (
     PLURAL,
     VERSION,
     ConditionType,
+    DataWatchSpec,
     LoRAJobSpec,
     LoRAJobStatus,
     Phase,
@@ -43,8 +45,12 @@ from lora_contract.types import (
     Progress,
     Reason,
     RunRecord,
+    RunTrigger,
+    ScheduleSpec,
+    ScheduleWhen,
 )
 
+from ..api.cron import CronError
 from ..api.hashing import training_spec_hash
 from ..api.loading import SpecError, parse_lorajob
 from ..api.operator_config import OperatorConfig, Quotas
@@ -55,6 +61,7 @@ from . import metrics
 from .children import ensure_run_children
 from .conditions import ConditionStatus, find, set_condition
 from .config import ConfigSource
+from .data_watch import DataVerdict, check_due, data_verdict, identity, watchable
 from .decisions import (
     FINISHED,
     ServingAction,
@@ -87,6 +94,7 @@ from .progress import (
 from .quota import Demand
 from .quota_ledger import QuotaLedger
 from .s3_target import s3_target
+from .schedule import TickAction, iso_at, next_run_id, pruned_runs, tick_decision, wake_seconds
 from .secret_reads import SecretReads
 from .serving import ensure_serving, remove_serving
 from .status_patch import status_patch
@@ -218,6 +226,7 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
         return POLICY_RECHECK_SECONDS
     if phase == Phase.Suspended.value:
         return None
+    wake = retrain_wake(spec, time.time())  # a schedule's next tick, a watched dataset
     if spec.get("ttlSecondsAfterFinished") is not None:
         return 0.0
     if phase == Phase.Succeeded.value and _mapping(spec.get("serving")).get("enabled"):
@@ -225,11 +234,29 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
         if serving is None:
             return 0.0
         if serving.get("status") == "True":
-            return SERVED_RESYNC_SECONDS
+            return min(SERVED_RESYNC_SECONDS, wake or math.inf)
         # Both wait for someone else (install KServe; remove the object holding the name).
         waiting = serving.get("reason") in (Reason.KServeNotInstalled, Reason.NameConflict)
-        return SLOW_RESYNC_SECONDS if waiting else 0.0
-    return None
+        return min(SLOW_RESYNC_SECONDS, wake or math.inf) if waiting else 0.0
+    return wake
+
+
+def retrain_wake(spec: dict[str, Any], now: float) -> float | None:
+    """Seconds until a finished job with a schedule (its next tick, schedule.py) or a dataset
+    watch (its minimum interval) must be looked at again; None: it has neither (or they do not
+    parse: the watch's reconcile reports that)."""
+    waits: list[float] = []
+    try:
+        if spec.get("schedule") is not None:
+            waits.append(wake_seconds(ScheduleSpec.model_validate(spec["schedule"]), now))
+        watch = _mapping(spec.get("dataset")).get("watch")
+        if watch is not None:
+            parsed = DataWatchSpec.model_validate(watch)
+            if parsed.enabled:
+                waits.append(float(parsed.min_interval_seconds))
+    except (ValidationError, CronError):
+        pass
+    return min(waits, default=None)
 
 
 @dataclass
@@ -474,6 +501,10 @@ class _Run:
             if not await self.start_new_run(spec, spec_hash):
                 return
             run = self.current_run()
+        elif run is not None and (trigger := await self.retrain_trigger(spec, run)) is not None:
+            if not await self.start_new_run(spec, spec_hash, *trigger):
+                return
+            run = self.current_run()
         assert run is not None
         if run.phase in FINISHED:
             await self.after_completion(spec, run)
@@ -556,9 +587,18 @@ class _Run:
             return "Kueue is enabled: set spec.queueName (the operator config has no defaultQueue)"
         return None
 
-    async def start_new_run(self, spec: LoRAJobSpec, spec_hash: str) -> bool:
+    async def start_new_run(
+        self,
+        spec: LoRAJobSpec,
+        spec_hash: str,
+        trigger: RunTrigger = RunTrigger.Spec,
+        data: str | None = None,
+    ) -> bool:
+        """A new run: on a new spec hash (trigger Spec), or with the same hash on a cron tick or
+        a replaced dataset (`data`: the dataset's identity already read by the trigger)."""
         previous = self.current_run()
-        if planning_failed_before(self.status.spec_hash, self.status.phase, spec_hash):
+        by_spec = trigger is RunTrigger.Spec
+        if by_spec and planning_failed_before(self.status.spec_hash, self.status.phase, spec_hash):
             return False  # planning already failed for this exact spec; wait for a change
         try:
             model_config = await self.owner.model_configs.resolve(
@@ -577,9 +617,11 @@ class _Run:
                 self.event("Warning", Reason.PlanningFailed, message)
             self.set_phase(Phase.Failed, message)
             return False
+        if by_spec and self.watches_data(spec):
+            data = await self.data_identity(spec)
         if previous is not None:
-            await self.supersede(previous)
-        run_id = f"r{len(self.status.runs) + 1}"
+            await self.supersede(previous, "spec changed" if by_spec else f"{trigger} retrain")
+        run_id = next_run_id(self.status.runs)
         output = run_location(spec.output, self.namespace, self.name, run_id)
         self.status.runs.append(
             RunRecord(
@@ -588,8 +630,16 @@ class _Run:
                 generation=self.generation,
                 output_uri=output.uri,
                 phase=Phase.Pending,
+                trigger=trigger.value,
+                data_identity=data,
             )
         )
+        if spec.schedule is not None:
+            keep = [
+                run_id,
+                *(r.id for r in self.status.runs if r.adapter_uri == self.status.adapter_uri),
+            ]
+            self.status.runs = pruned_runs(self.status.runs, spec.schedule.run_history_limit, keep)
         plan_status = plan.to_status()
         self.status.runs[-1].forecast = run_forecast(plan_status)
         self.status.current_run = run_id
@@ -622,7 +672,7 @@ class _Run:
         if self.current_run() is None:
             self.set_phase(Phase.Pending, message)
 
-    async def supersede(self, previous: RunRecord) -> None:
+    async def supersede(self, previous: RunRecord, why: str = "spec changed") -> None:
         if not run_to_stop(previous):
             return
         job = run_name(self.name, previous.id)
@@ -632,7 +682,102 @@ class _Run:
         previous.phase = Phase.Failed
         previous.completion_time = now_iso()
         self.released = True
-        self.event("Normal", Reason.Superseded, f"spec changed: run {previous.id} stopped")
+        self.event("Normal", Reason.Superseded, f"{why}: run {previous.id} stopped")
+
+    # ------------------------------------------------------------------ retrain triggers
+
+    def watches_data(self, spec: LoRAJobSpec) -> bool:
+        """Whether runs record the dataset's identity: a watch, or a schedule that compares it."""
+        watch = spec.dataset.watch is not None and spec.dataset.watch.enabled
+        compares = spec.schedule is not None and spec.schedule.when is ScheduleWhen.DataChanged
+        return watch or compares
+
+    async def data_identity(self, spec: LoRAJobSpec) -> str | None:
+        """The dataset object's identity (data_watch.py), read with the credentials Secret in
+        the job's own namespace, never with the operator's own keys (they may reach another
+        tenant's bucket); None when it cannot be read."""
+        if not watchable(spec.dataset.source) or s3_target(spec, self.config).secret is None:
+            return None
+        creds = await self.credentials(spec)
+        if creds is None:
+            return None
+        try:
+            loc = S3Location.parse(spec.dataset.source)
+            found = await asyncio.to_thread(store_for(creds).etag_and_version, loc)
+        except (ValueError, StorageError) as exc:
+            log.warning("%s/%s: cannot look at the dataset: %s", self.namespace, self.name, exc)
+            return None
+        return None if found is None else identity(*found)
+
+    async def retrain_trigger(
+        self, spec: LoRAJobSpec, run: RunRecord
+    ) -> tuple[RunTrigger, str | None] | None:
+        """A due cron tick (schedule.py) or a replaced dataset (data_watch.py): a new run with
+        the same spec hash, or None. Records the tick and the check in status either way."""
+        now = self.owner.clock()
+        if spec.schedule is not None:
+            fired = await self.schedule_tick(spec, spec.schedule, run, now)
+            if fired is not None:
+                return fired
+        watch = spec.dataset.watch
+        if run.phase not in FINISHED or spec.suspend:
+            return None
+        if not check_due(watch, parse_iso(self.status.data_checked_time), now):
+            return None
+        self.status.data_checked_time = iso_at(now)
+        seen = await self.data_identity(spec)
+        verdict = data_verdict(run.data_identity, seen)
+        if verdict is DataVerdict.BASELINE:
+            run.data_identity = seen  # a run from before the watch: compare with this one
+        if verdict is not DataVerdict.CHANGED:
+            return None
+        message = (
+            f"{spec.dataset.source} changed since run {run.id} ({run.data_identity} -> {seen})"
+        )
+        self.event("Normal", Reason.DataChanged, f"{message}: a new run")
+        return RunTrigger.DataChanged, seen
+
+    async def schedule_tick(
+        self, spec: LoRAJobSpec, schedule: ScheduleSpec, run: RunRecord, now: float
+    ) -> tuple[RunTrigger, str | None] | None:
+        created = parse_iso(self.obj["metadata"].get("creationTimestamp"))
+        decision = tick_decision(
+            schedule,
+            last_tick=parse_iso(self.status.last_schedule_time),
+            since=now if created is None else created,
+            now=now,
+            active=run.phase not in FINISHED,
+            suspended=spec.suspend,
+        )
+        if decision.tick is None:
+            return None
+        at = iso_at(decision.tick)
+        self.status.last_schedule_time = at  # acted on: never again, even after a restart
+        if decision.action is TickAction.SKIP_LATE:
+            late = f"{now - decision.tick:.0f} s late"
+            limit = schedule.starting_deadline_seconds
+            message = f"tick {at} skipped: noticed {late}, after startingDeadlineSeconds {limit}"
+            self.event("Warning", Reason.ScheduleSkipped, message)
+            return None
+        if decision.action is TickAction.SKIP_ACTIVE:
+            message = f"tick {at} skipped: run {run.id} is active (concurrencyPolicy Forbid)"
+            self.event("Normal", Reason.ScheduleSkipped, message)
+            return None
+        seen = await self.data_identity(spec)
+        if schedule.when is ScheduleWhen.DataChanged:
+            verdict = data_verdict(run.data_identity, seen)
+            if verdict is DataVerdict.BASELINE:
+                run.data_identity = seen
+            if verdict is DataVerdict.UNKNOWN:
+                message = f"tick {at} skipped: cannot look at {spec.dataset.source}"
+                self.event("Warning", Reason.DataUnreadable, message)
+                return None
+            if verdict is not DataVerdict.CHANGED:
+                message = f"tick {at} skipped: {spec.dataset.source} unchanged since run {run.id}"
+                self.event("Normal", Reason.ScheduleSkipped, message)
+                return None
+        self.event("Normal", Reason.Scheduled, f"tick {at} ({schedule.cron}, {schedule.time_zone})")
+        return RunTrigger.Schedule, seen
 
     # ------------------------------------------------------------------ launch & admission
 
