@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import Harness, base_job, gpu_job
+from operator_harness import LORAJOBS, Harness, base_job, gpu_job
 from test_kubectl import KUBECTL, run_kubectl
 
 from lora_operator.api.crd import CRD_NAME, build_crd
+from lora_operator.controller.reconcile import lacks_summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
 from argocd_health import argo_health
@@ -285,3 +286,30 @@ def test_kubectl_wait_for_ready_returns_when_the_run_succeeds(harness: Harness) 
     assert waiting.returncode == 0, err
     assert f"lorajob.finetune.lora-operator.io/{name} condition met" in out
     assert harness.status(name)["phase"] == "Succeeded"
+
+
+def test_a_job_finished_under_an_older_operator_gets_the_conditions(harness: Harness) -> None:
+    """After an upgrade, a finished job (no resync due) gets Ready/Reconciling/Stalled from the
+    watch event that shows it without them: `kubectl wait` and Flux can read it too."""
+    name = "ks-upgraded"
+    harness.apply(base_job(name))
+    harness.wait_phase(name, "Running")
+    start_with_progress(harness, name)
+    succeed(harness, name)
+    harness.wait("Ready", lambda: summary(harness.status(name))[0] == READY)
+    # what an operator before the kstatus conditions left: the same status without the three
+    status = harness.status(name)
+    older = [c for c in status["conditions"] if c["type"] not in SUMMARY]
+    assert len(older) == len(status["conditions"]) - 3
+    harness.client.patch(
+        LORAJOBS, harness.namespace, name, {"status": {"conditions": older}}, status=True
+    )
+    obj = harness.wait(
+        "the conditions written again",
+        lambda: summary(harness.status(name))[0] == READY and harness.get(name),
+    )
+    assert kstatus(obj) == "Current"
+    assert argo_health(obj)[0] == "Healthy"
+    assert lacks_summary({"status": {"phase": "Succeeded", "conditions": older}})
+    assert not lacks_summary(obj)
+    assert not lacks_summary({"status": {}})  # never reconciled: needs_reconcile's case

@@ -19,7 +19,7 @@ from lora_contract.types import GROUP, PLURAL, VERSION
 from .config import ConfigSource
 from .events import post_event
 from .kube import KubeHolder
-from .reconcile import Reconciler, needs_reconcile
+from .reconcile import Reconciler, lacks_summary, needs_reconcile
 
 log = logging.getLogger("lora_operator.handlers")
 
@@ -77,7 +77,7 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Reconciler:
         obj = dict(body)
         deleted = event.get("type") == "DELETED"
         reconciler.observe(obj, deleted=deleted)
-        if not deleted and needs_reconcile(obj):
+        if not deleted and (needs_reconcile(obj) or lacks_summary(obj)):
             meta = obj.get("metadata") or {}
             await reconciler.reconcile(meta.get("namespace") or "", meta.get("name") or "")
 

@@ -190,6 +190,17 @@ def replaced_uid(exc: KubeError) -> bool:
     return exc.status == 422 and "metadata.uid" in exc.message
 
 
+def lacks_summary(obj: dict[str, Any]) -> bool:
+    """A job reconciled by an operator older than the kstatus conditions (a phase, no Ready): one
+    reconcile writes them, so `kubectl wait --for=condition=Ready` and Flux can read it too."""
+    status = _mapping(obj.get("status"))
+    return (
+        not _mapping(obj.get("metadata")).get("deletionTimestamp")
+        and bool(status.get("phase"))
+        and _raw_condition(status, ConditionType.Ready) is None
+    )
+
+
 def needs_reconcile(obj: dict[str, Any]) -> bool:
     """Whether the reconciler has not yet seen this spec: a new job (no phase yet) or an edited
     one (metadata.generation ahead of status.observedGeneration, which every reconcile writes).
