@@ -336,6 +336,21 @@ TARGETS: tuple[Target, ...] = (
         ("tests/operator/test_children_units.py",),
         note="which fields of each owned kind are compared and put back; create/restore/leave",
     ),
+    Target(
+        "schedule",
+        ("lora_operator.controller.schedule", "lora_operator.api.cron"),
+        ("tests/operator/test_schedule_units.py",),
+        note="whether a cron tick fires, is skipped or waits; ticks in a zone; run ids, history",
+    ),
+    Target(
+        "data_watch",
+        ("lora_operator.controller.data_watch",),
+        ("tests/operator/test_data_watch_units.py",),
+        deselect=(
+            "tests/operator/test_data_watch_units.py::test_etag_and_version_of_a_replaced_object",
+        ),
+        note="whether the watched dataset object changed and is due a look",
+    ),
 )
 
 # mutmut's status names (mutmut.stats.status_by_exit_code) that count as a kill.

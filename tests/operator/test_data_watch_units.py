@@ -25,6 +25,7 @@ def test_identity_prefers_the_version_id() -> None:
     )
     assert identity("abc", "3HL4kqtJlcpXroDTDmJ") == "version:3HL4kqtJlcpXroDTDmJ"
     assert identity('"abc"', "null") == "etag:abc"  # an unversioned bucket's version id
+    assert identity('"X-1"', None) == "etag:X-1"  # only the quotes go
     assert identity('""', None) is None
     assert identity(None, None) is None
     assert identity(None, "") is None

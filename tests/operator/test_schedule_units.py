@@ -4,6 +4,7 @@ America/New_York from their DST rules), never taken from the code under test."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -270,6 +271,12 @@ def test_pruned_runs_keeps_the_newest_and_the_pinned() -> None:
     assert ids(pruned_runs(runs[:2], 1, [])) == ["r2"]
 
 
-def test_iso_at() -> None:
-    assert iso_at(utc("2026-03-30 01:00")) == "2026-03-30T01:00:00Z"
-    assert iso_at(0.9) == "1970-01-01T00:00:00Z"
+def test_iso_at_is_utc_whatever_the_host_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # an operator image with a local zone set
+    time.tzset()
+    try:
+        assert iso_at(utc("2026-03-30 01:00")) == "2026-03-30T01:00:00Z"
+        assert iso_at(0.9) == "1970-01-01T00:00:00Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
