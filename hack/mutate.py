@@ -114,7 +114,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "hashing",
         ("lora_operator.api.hashing",),
-        ("tests/api/test_api_helpers.py",),
+        ("tests/api/test_api_helpers.py", "tests/api/test_hash_stability.py"),
         API_HELPERS_SLOW,
         note="the spec hash behind retrain decisions",
     ),

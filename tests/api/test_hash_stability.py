@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
-from lora_contract.types import LoRAJobSpec, Retrain
-from lora_operator.api.hashing import retrain_classification, training_spec_hash, wire_spec_hash
+from lora_contract.types import KEEPS_RUN, RETRAINS, RETRAINS_WHEN_SET, LoRAJobSpec, Retrain
+from lora_operator.api.hashing import (
+    _training_part,
+    retrain_classification,
+    training_spec_hash,
+    wire_spec_hash,
+)
 from lora_operator.api.loading import load_lorajobs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,3 +124,66 @@ def test_added_fields_are_when_set_or_keep_the_run() -> None:
     assert classification["dataset.revision"] is True
     assert classification["dataset.watch"] is False
     assert classification["schedule"] is False
+
+
+# ------------------------------------------------------------------ the rule on a made-up section
+
+
+class Speed(Enum):  # a plain Enum: its wire form ("fast") is not equal to the member
+    fast = "fast"
+    slow = "slow"
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    max_value: int = 4
+
+
+class Evolving(BaseModel):
+    """A section as it would look after a release added three fields to it."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    old_knob: Annotated[int, RETRAINS] = 3
+    new_speed: Annotated[Speed, RETRAINS_WHEN_SET] = Speed.fast
+    new_limits: Annotated[Limits, RETRAINS_WHEN_SET] = Field(default_factory=Limits)
+    new_tags: Annotated[list[str], RETRAINS_WHEN_SET] = Field(default_factory=lambda: ["a"])
+    new_note: Annotated[str | None, RETRAINS_WHEN_SET] = None
+    comment: Annotated[str, KEEPS_RUN] = ""
+
+
+DEFAULTS = {
+    "oldKnob": 3,
+    "newSpeed": "fast",
+    "newLimits": {"maxValue": 4},
+    "newTags": ["a"],
+    "newNote": None,
+    "comment": "",
+}
+
+
+def test_fields_at_their_declared_defaults_are_left_out() -> None:
+    assert Evolving().model_dump(by_alias=True, mode="json") == DEFAULTS  # the wire form
+    assert _training_part(Evolving, dict(DEFAULTS)) == {"oldKnob": 3}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("newSpeed", "slow"),
+        ("newLimits", {"maxValue": 5}),
+        ("newTags", ["a", "b"]),
+        ("newTags", []),
+        ("newNote", "x"),
+    ],
+)
+def test_a_field_set_away_from_its_default_is_hashed(key: str, value: Any) -> None:
+    assert _training_part(Evolving, {**DEFAULTS, key: value}) == {"oldKnob": 3, key: value}
+
+
+def test_an_old_field_is_hashed_at_its_default_and_missing_keys_are_skipped() -> None:
+    """RETRAINS fields stay in the hash at their defaults (today's hashes); a key absent from
+    the wire form is not made up."""
+    assert _training_part(Evolving, {"oldKnob": 3}) == {"oldKnob": 3}
+    assert _training_part(Evolving, {"newSpeed": "slow"}) == {"newSpeed": "slow"}
+    assert _training_part(Evolving, {}) == {}
+    assert _training_part(Evolving, {**DEFAULTS, "comment": "changed"}) == {"oldKnob": 3}

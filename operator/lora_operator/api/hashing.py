@@ -69,12 +69,15 @@ def retrain_classification(
     return result
 
 
+# Serialises by each value's own type (enums to values, models by alias), as model_dump does.
+_VALUES: TypeAdapter[Any] = TypeAdapter(Any)
+
+
 def _wire_default(model: type[BaseModel], name: str) -> Any:
     """A field's declared default as it appears in the wire form (enums as values)."""
     field = model.model_fields[name]
     default = field.get_default(call_default_factory=True)
-    adapter: TypeAdapter[Any] = TypeAdapter(field.annotation or Any)
-    return adapter.dump_python(default, mode="json", by_alias=True)
+    return _VALUES.dump_python(default, mode="json", by_alias=True)
 
 
 def _hashed(model: type[BaseModel], name: str, marker: Retrain, wire: dict[str, Any]) -> bool:
