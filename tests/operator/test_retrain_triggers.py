@@ -384,3 +384,40 @@ def test_an_every_minute_schedule_fires_and_a_restart_does_not_fire_twice(
     assert [r["trigger"] for r in status["runs"]] == ["Spec", "Schedule", "Schedule"]
     nxt = datetime.fromisoformat(status["lastScheduleTime"].replace("Z", "+00:00")).timestamp()
     assert nxt == fired + 60
+
+
+def test_a_bad_cron_or_zone_fails_the_job_naming_the_field_and_creates_nothing() -> None:
+    world = World(WEEKLY)
+    obj = world.kube.obj(LJ, "sched")
+    assert obj is not None
+    obj["spec"]["schedule"] = {"cron": "0 25 * * 1", "timeZone": "Europe/Pariss"}
+    world.set_status(runs=[], currentRun=None, phase=None)
+    world.reconcile_at(TICK_A + 5)
+    status = world.status()
+    assert status["phase"] == "Failed"
+    assert status["message"] == (
+        "invalid spec: spec.schedule.timeZone: unknown time zone 'Europe/Pariss' (an IANA name "
+        "such as Europe/Paris or UTC); spec.schedule.cron: Bad hour in '0 25 * * 1'"
+    )
+    assert status["runs"] == [] and world.job_names() == []
+    assert [e[1] for e in world.events()] == ["InvalidSpec"]
+
+
+def test_resync_wakes_scheduled_and_watched_jobs_only() -> None:
+    from lora_operator.controller.reconcile import resync_interval
+
+    world = World({"cron": "* * * * *"})
+    obj = world.kube.obj(LJ, "sched")
+    assert obj is not None
+    assert 1.0 <= (resync_interval(obj) or 0) <= 30.0
+    plain = copy.deepcopy(obj)
+    plain["spec"].pop("schedule")
+    assert resync_interval(plain) is None  # a finished job with nothing to wait for
+    watched = copy.deepcopy(plain)
+    watched["spec"]["dataset"]["watch"] = {"minIntervalSeconds": 45}
+    assert resync_interval(watched) == 45.0
+    watched["spec"]["dataset"]["watch"]["enabled"] = False
+    assert resync_interval(watched) is None
+    suspended = copy.deepcopy(obj)
+    suspended["status"]["phase"] = "Suspended"
+    assert resync_interval(suspended) is None
