@@ -421,3 +421,18 @@ def test_resync_wakes_scheduled_and_watched_jobs_only() -> None:
     suspended = copy.deepcopy(obj)
     suspended["status"]["phase"] = "Suspended"
     assert resync_interval(suspended) is None
+
+
+def test_when_data_changed_on_a_volume_says_why_it_never_fires() -> None:
+    world = World(WEEKLY)  # base_job's dataset is pvc://data/train.jsonl
+    world.reconcile_at(TICK_A + 5)
+    assert world.run_ids() == ["r1"]
+    assert world.status()["lastScheduleTime"] == "2026-03-23T02:00:00Z"
+    assert world.events() == [
+        (
+            "Warning",
+            "DataUnreadable",
+            "tick 2026-03-23T02:00:00Z skipped: cannot look at pvc://data/train.jsonl (only "
+            "s3:// objects have an identity: set schedule.when Always)",
+        )
+    ]

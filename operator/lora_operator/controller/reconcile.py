@@ -781,6 +781,8 @@ class _Run:
                 run.data_identity = seen
             if verdict is DataVerdict.UNKNOWN:
                 message = f"tick {at} skipped: cannot look at {spec.dataset.source}"
+                if not watchable(spec.dataset.source):
+                    message += " (only s3:// objects have an identity: set schedule.when Always)"
                 self.event("Warning", Reason.DataUnreadable, message)
                 return None
             if verdict is not DataVerdict.CHANGED:
