@@ -78,6 +78,41 @@ class DatasetFormat(str, Enum):
     instruction = "instruction"
 
 
+class TrainingMethod(str, Enum):
+    """What the run optimises: next-token loss on completions, or preferences between two."""
+
+    sft = "sft"
+    dpo = "dpo"
+
+
+class DPOLossType(str, Enum):
+    """The preference losses TRL's DPOTrainer (1.16) offers; `sft` alone is not a preference
+    loss, so it is not one of them."""
+
+    sigmoid = "sigmoid"
+    hinge = "hinge"
+    ipo = "ipo"
+    exo_pair = "exo_pair"
+    nca_pair = "nca_pair"
+    robust = "robust"
+    bco_pair = "bco_pair"
+    sppo_hard = "sppo_hard"
+    aot = "aot"
+    aot_unpaired = "aot_unpaired"
+    apo_zero = "apo_zero"
+    apo_down = "apo_down"
+    discopop = "discopop"
+    sigmoid_norm = "sigmoid_norm"
+
+
+# Which dataset formats hold preference pairs, and what their rows look like: the operator
+# validates against this and the trainer reads rows by it.
+PREFERENCE_FORMATS: dict[DatasetFormat, str] = {
+    DatasetFormat.prompt_completion: "prompt, chosen and rejected strings",
+    DatasetFormat.chat: "chosen and rejected message lists (and an optional prompt message list)",
+}
+
+
 class Optimizer(str, Enum):
     adamw_torch = "adamw_torch"
     adamw_8bit = "adamw_8bit"
@@ -172,6 +207,9 @@ class Reason(StrEnum):
     KServeNotInstalled = "KServeNotInstalled"
     ServingError = "ServingError"
     Disabled = "Disabled"
+    IncompatibleAdapter = "IncompatibleAdapter"  # vLLM cannot load it (serving_compat.py)
+    UnknownRun = "UnknownRun"  # serving.run names no succeeded run in status.runs
+    Promoted = "Promoted"  # Event: another run's adapter now serves (promotion.py)
     # Events only
     Queued = "Queued"
     Created = "Created"
@@ -182,6 +220,7 @@ class Reason(StrEnum):
     Superseded = "Superseded"
     Expired = "Expired"
     Restored = "Restored"  # a child deleted or edited mid-run was put back (children.py)
+    StoppedEarly = "StoppedEarly"  # eval loss stopped improving: the best step's adapter ships
     # Retraining triggers (controller/schedule.py, controller/data_watch.py)
     Scheduled = "Scheduled"  # a cron tick started a run
     ScheduleSkipped = "ScheduleSkipped"  # a tick skipped: a run active (Forbid), late, no new data
@@ -339,6 +378,40 @@ class FieldMapping(_Model):
     )
     input: str | None = Field(default=None, description="Optional input column (default 'input').")
     output: str | None = Field(default=None, description="Output column (default 'output').")
+
+
+class PreferenceFields(_Model):
+    """Column names of preference rows, when they differ from the defaults."""
+
+    prompt: str | None = Field(default=None, description="Prompt column (default 'prompt').")
+    chosen: str | None = Field(default=None, description="Preferred answer (default 'chosen').")
+    rejected: str | None = Field(
+        default=None, description="Dispreferred answer (default 'rejected')."
+    )
+
+
+class DPOSpec(_Model):
+    """Direct preference optimisation settings (`method: dpo`); the reference model is the base
+    model with the adapter disabled, so no second copy of it is loaded."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=100,
+        description="How far the policy may move from the reference (higher: less).",
+    )
+    loss_type: DPOLossType = Field(
+        default=DPOLossType.sigmoid, description="TRL's DPO loss: sigmoid, ipo, hinge, ..."
+    )
+    max_prompt_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep at most this many prompt tokens (its end); must be below "
+        "dataset.maxSeqLength. Unset: the prompt is cut only by maxSeqLength.",
+    )
+    fields: PreferenceFields | None = Field(
+        default=None, description="Column name overrides for prompt, chosen and rejected."
+    )
 
 
 class DataWatchSpec(_Model):
@@ -610,8 +683,19 @@ class OutputSpec(_Model):
     )
 
 
+# Shared by the pydantic validator and the CRD's CEL rule (lora_operator.api.crd).
+SERVING_RUN_WITH_MANUAL = "serving.run is set exactly when serving.promote is manual"
+
+
+class PromotePolicy(str, Enum):
+    latest = "latest"  # every succeeded run serves once it finishes (the behaviour before)
+    best = "best"  # a new run serves only when its eval loss beats the serving run's
+    manual = "manual"  # serving.run names the run; rollback = an older id
+
+
 class ServingSpec(_Model):
-    """Serve the finished adapter with KServe + vLLM (multi-LoRA)."""
+    """Serve the finished adapter with KServe + vLLM (multi-LoRA). The whole section is
+    Retrain.no (KEEPS_RUN on LoRAJobSpec.serving): nothing here enters the spec hash."""
 
     enabled: bool = Field(default=False, description="Create an InferenceService on success.")
     runtime: Literal["vllm"] = Field(default="vllm", description="Serving runtime (vllm).")
@@ -622,6 +706,29 @@ class ServingSpec(_Model):
         max_length=63,
         description="Name clients put in the OpenAI `model` field (default: the job's name).",
     )
+    mode: Literal["dedicated", "shared"] = Field(
+        default="dedicated",
+        description="dedicated: an InferenceService of its own for this adapter; shared: one "
+        "server per base model (name, revision, source, quantization) in the namespace, holding "
+        "the adapters of every shared job on it (docs/serving.md).",
+    )
+    promote: PromotePolicy = Field(
+        default=PromotePolicy.latest,
+        description="Which succeeded run serves: latest (each new one), best (a new one only "
+        "when its eval loss beats the serving run's) or manual (serving.run).",
+    )
+    run: str | None = Field(
+        default=None,
+        pattern=r"^r[0-9]{1,9}$",
+        description="With promote: manual, the id of the run to serve (status.runs[].id, "
+        "e.g. r2); an older id rolls back.",
+    )
+
+    @model_validator(mode="after")
+    def _run_with_manual(self) -> ServingSpec:
+        if (self.promote is PromotePolicy.manual) != (self.run is not None):
+            raise ValueError(SERVING_RUN_WITH_MANUAL)
+        return self
 
 
 # Syntax only (the CRD's pattern and pydantic's): the operator parses the expression and looks
@@ -732,6 +839,14 @@ class LoRAJobSpec(_Model):
         description="Retrain on a cron schedule; each fired tick starts one run (spec hash "
         "unchanged, trigger Schedule in the run record).",
     )
+    # Added after jobs existed: at their defaults they stay out of the hash.
+    method: Annotated[TrainingMethod, RETRAINS_WHEN_SET] = Field(
+        default=TrainingMethod.sft,
+        description="sft (supervised, loss on completions) or dpo (preference pairs).",
+    )
+    dpo: Annotated[DPOSpec | None, RETRAINS_WHEN_SET] = Field(
+        default=None, description="DPO settings; only with method dpo (defaults when unset)."
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> LoRAJobSpec:
@@ -751,6 +866,7 @@ class LoRAJobSpec(_Model):
                 f"serving.enabled: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]} "
                 f"(lora.r is {self.lora.r})"
             )
+        preference_errors(self)
         has_eval = self.dataset.eval_split > 0 or self.dataset.eval_source is not None
         if self.training.early_stopping_patience is not None and not has_eval:
             raise ValueError(
@@ -758,6 +874,28 @@ class LoRAJobSpec(_Model):
                 "or dataset.evalSource"
             )
         return self
+
+
+def preference_errors(spec: LoRAJobSpec) -> None:
+    """The rules of `method`/`dpo` that span sections (a ValueError naming the fields)."""
+    if spec.method != TrainingMethod.dpo:
+        if spec.dpo is not None:
+            raise ValueError("dpo: set only with method dpo (method is sft)")
+        return
+    if spec.dataset.format not in PREFERENCE_FORMATS:
+        kinds = "; ".join(f"{f.value}: {what}" for f, what in PREFERENCE_FORMATS.items())
+        raise ValueError(
+            f"dataset.format {spec.dataset.format.value} holds no preference pairs; method dpo "
+            f"reads {kinds}"
+        )
+    if spec.dataset.packing:
+        raise ValueError("dataset.packing: method dpo keeps each pair whole (set packing false)")
+    prompt_cap = spec.dpo.max_prompt_length if spec.dpo else None
+    if prompt_cap is not None and prompt_cap >= spec.dataset.max_seq_length:
+        raise ValueError(
+            f"dpo.maxPromptLength {prompt_cap} must be below dataset.maxSeqLength "
+            f"{spec.dataset.max_seq_length} (the answers need room)"
+        )
 
 
 # ------------------------------------------------------------------------------------- status
@@ -953,6 +1091,10 @@ class Progress(_Observed):
     latest_checkpoint: str | None = None
     adapter_uri: str | None = None
     stopped_early: bool | None = None
+    # The evaluated step with the lowest eval loss: with evaluation on, its adapter is final/
+    best_step: int | None = None
+    best_eval_loss: float | None = None
+    resumed_from: int | None = None  # the checkpoint step this attempt resumed from
     last_error: str | None = None
     updated_at: str | None = None
 
@@ -967,6 +1109,21 @@ class RunTrigger(StrEnum):
     Spec = "Spec"  # the first run, or a retraining field changed (a new spec hash)
     DataChanged = "DataChanged"  # the watched dataset object was replaced (same spec hash)
     Schedule = "Schedule"  # a cron tick of spec.schedule (same spec hash)
+
+
+class RunLineage(_Observed):
+    """Where a run's adapter came from, copied from its final MANIFEST.json (the trainer's
+    model card README.md says the same): enough to reproduce or audit it."""
+
+    base_model: str | None = None
+    base_model_revision: str | None = None
+    dataset_uri: str | None = Field(default=None, alias="datasetURI")
+    dataset_sha256: str | None = None
+    trainer_image: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    best_eval_loss: float | None = None
+    adapter_sha256: str | None = None
+    gpu_hours: float | None = None
 
 
 class RunRecord(_Observed):
@@ -992,6 +1149,7 @@ class RunRecord(_Observed):
         default=None,
         description="The dataset object the run was started on: version:<id> or etag:<etag>.",
     )
+    lineage: RunLineage | None = None
 
 
 class LoRAJobStatus(_Observed):
@@ -1012,6 +1170,9 @@ class LoRAJobStatus(_Observed):
     start_time: str | None = None
     completion_time: str | None = None
     inference_service: str | None = None
+    serving_run: str | None = Field(
+        default=None, description="The run whose adapter the InferenceService serves."
+    )
     last_schedule_time: str | None = Field(
         default=None,
         description="The last cron tick acted on (fired or skipped): a restart never fires it "

@@ -23,6 +23,7 @@ from lora_contract.types import (
     KIND,
     ONE_CONFIG_SOURCE,
     PLURAL,
+    SERVING_RUN_WITH_MANUAL,
     SHORT_NAMES,
     SINGULAR,
     VERSION,
@@ -78,6 +79,12 @@ CEL_RULES: list[dict[str, str]] = [
         "fieldPath": ".lora.r",
     },
     {
+        "path": "serving",
+        "rule": "(has(self.promote) && self.promote == 'manual') == has(self.run)",
+        "message": SERVING_RUN_WITH_MANUAL,
+        "fieldPath": ".run",
+    },
+    {
         "path": "baseModel",
         "rule": "!has(self.config) || !has(self.configMapRef)",
         "message": ONE_CONFIG_SOURCE,
@@ -125,6 +132,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Adapter", "type": "string", "jsonPath": ".status.adapterURI", "priority": 1},
     {"name": "Hours", "type": "number", "jsonPath": ".status.plan.forecast.hours", "priority": 1},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+    {"name": "Serving-Run", "type": "string", "jsonPath": ".status.servingRun", "priority": 1},
 ]
 
 _DROP_KEYS = {"title", "additionalProperties", "$defs", "discriminator"}
