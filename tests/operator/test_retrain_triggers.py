@@ -436,3 +436,15 @@ def test_when_data_changed_on_a_volume_says_why_it_never_fires() -> None:
             "s3:// objects have an identity: set schedule.when Always)",
         )
     ]
+
+
+def test_run_history_limit_prunes_failed_runs_of_a_job_that_never_served() -> None:
+    """No adapter anywhere: nothing is pinned by "the served adapter" (None is no adapter)."""
+    world = World({**WEEKLY, "when": "Always", "runHistoryLimit": 2}, runs=3)
+    for record in world.status()["runs"]:
+        record.update(phase="Failed")
+        record.pop("adapterURI")
+    world.set_status(phase="Failed")
+    world.status().pop("adapterURI")
+    world.reconcile_at(TICK_A + 5)
+    assert world.run_ids() == ["r3", "r4"]

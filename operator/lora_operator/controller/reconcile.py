@@ -646,10 +646,8 @@ class _Run:
             )
         )
         if spec.schedule is not None:
-            keep = [
-                run_id,
-                *(r.id for r in self.status.runs if r.adapter_uri == self.status.adapter_uri),
-            ]
+            served = self.status.adapter_uri  # its run stays listed (serving_run_id)
+            keep = [run_id, *(r.id for r in self.status.runs if served and r.adapter_uri == served)]
             self.status.runs = pruned_runs(self.status.runs, spec.schedule.run_history_limit, keep)
         plan_status = plan.to_status()
         self.status.runs[-1].forecast = run_forecast(plan_status)
