@@ -87,6 +87,19 @@ OWNER_THROUGH_MAIN = (
 TARGETS: tuple[Target, ...] = (
     Target("quota", ("lora_operator.controller.quota",), ("tests/operator/test_quota_units.py",)),
     Target(
+        "emulator_parts",
+        (
+            "lora_devkit.field_selectors",
+            "lora_devkit.protobuf_bodies",
+            "lora_devkit.watch_journal",
+            "lora_devkit.builtin_schemas",
+            "lora_devkit.namespaces",
+        ),
+        ("tests/demo/test_emulator_parts.py",),
+        note="what the API emulator answers kubectl: selectors, protobuf, watch resumption, "
+        "built-in schemas, namespaces",
+    ),
+    Target(
         "quota_ledger",
         ("lora_operator.controller.quota_ledger",),
         ("tests/operator/test_quota_ledger.py",),

@@ -104,7 +104,7 @@ def problems(obj: dict[str, Any]) -> Problems:
             missing = [name for name in error.validator_value if name not in present]
             required += [_path([*where, name]) for name in missing]
         else:
-            mistyped.append(f"{_path(where) or '<root>'}: {error.message}")
+            mistyped.append(f"{_path(where)}: {error.message}")  # never the root: a dict
     found = Problems(tuple(unknown), tuple(mistyped), tuple(dict.fromkeys(required)))
     if len(_memo) >= _MEMO_LIMIT:
         _memo.clear()

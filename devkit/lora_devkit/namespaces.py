@@ -125,7 +125,7 @@ class Namespaces:
     ) -> Answer:
         meta = obj.setdefault("metadata", {})
         old = (current or {}).get("metadata") or {}
-        for key in ("name", "uid", "creationTimestamp"):
+        for key in ("uid", "creationTimestamp"):
             if key in old:
                 meta[key] = old[key]
         meta["name"] = name

@@ -188,12 +188,14 @@ def decode_object(body: bytes) -> dict[str, Any]:
         raise ProtobufError("the body lacks the Kubernetes protobuf prefix")
     envelope = decode_message(UNKNOWN, body[len(MAGIC) :])
     type_meta = envelope.get("typeMeta") or {}
-    api_version, kind = type_meta.get("apiVersion", ""), type_meta.get("kind", "")
+    api_version, kind = type_meta.get("apiVersion"), type_meta.get("kind")
+    if not api_version or not kind:
+        raise ProtobufError("the body names no apiVersion and kind")
     schema = KINDS.get((api_version, kind))
     if schema is None:
         raise ProtobufError(
             f"the emulator reads protobuf only for {sorted(k for _, k in KINDS)}, "
             f"not {api_version} {kind}: send JSON"
         )
-    raw = base64.b64decode(envelope.get("raw", ""))
+    raw = base64.b64decode(envelope.get("raw") or "")
     return {"apiVersion": api_version, "kind": kind, **decode_message(schema, raw)}

@@ -6,6 +6,10 @@ computed independently)."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import re
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +31,7 @@ def test_field_selector_operators_and_terms() -> None:
     assert field_selectors.parse("", "Pod") == []
     assert field_selectors.parse("metadata.name=", "Pod") == [("metadata.name", True, "")]
     assert field_selectors.parse("metadata.name=a=b", "Pod") == [("metadata.name", True, "a=b")]
+    assert field_selectors.parse("metadata.name!=a!=b", "Pod") == [("metadata.name", False, "a!=b")]
 
 
 def test_field_selector_refusals_name_the_term() -> None:
@@ -188,11 +193,57 @@ def test_service_account_namespace_and_negative_numbers() -> None:
     }
 
 
-def test_fixed_width_fields_are_skipped() -> None:
-    raw = field(1, field(1, b"s")) + bytes([3 << 3 | 1]) + b"\x00" * 8
-    raw += bytes([3 << 3 | 5]) + b"\x00" * 4 + field(3, b"Opaque")
-    decoded = protobuf_bodies.decode_object(envelope("v1", "Secret", raw))
-    assert decoded["metadata"] == {"name": "s"} and decoded["type"] == "Opaque"
+def test_fixed_width_fields_are_skipped_whole() -> None:
+    """Their payload bytes (0x12: a field-2 key if misread) must not be read as fields."""
+    raw = field(1, field(1, b"s")) + bytes([6 << 3 | 1]) + b"\x12" * 8
+    raw += bytes([7 << 3 | 5]) + b"\x12" * 4 + field(3, b"Opaque")
+    assert protobuf_bodies.decode_object(envelope("v1", "Secret", raw)) == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s"},
+        "type": "Opaque",
+    }
+
+
+def test_map_entries_without_key_or_value_and_unknown_fields_between() -> None:
+    meta = field(1, b"s") + field(50, b"skipped") + field(11, field(2, b"x"))
+    meta += field(11, field(1, b"k")) + field(3, b"ns")
+    raw = field(1, meta) + field(2, field(1, b"empty"))
+    assert protobuf_bodies.decode_object(envelope("v1", "Secret", raw)) == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s", "labels": {"": "x", "k": ""}, "namespace": "ns"},
+        "data": {"empty": ""},
+    }
+
+
+def test_the_most_negative_number_and_a_timestamp_in_any_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        meta = field(1, b"s") + field(7, 1 << 63) + field(8, field(1, 1767225600))
+        decoded = protobuf_bodies.decode_object(envelope("v1", "Secret", field(1, meta)))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert decoded["metadata"] == {
+        "name": "s",
+        "generation": -(1 << 63),
+        "creationTimestamp": "2026-01-01T00:00:00Z",
+    }
+
+
+def test_an_envelope_without_a_type_or_without_raw() -> None:
+    with pytest.raises(protobuf_bodies.ProtobufError) as exc:
+        protobuf_bodies.decode_object(b"k8s\x00" + field(2, b""))
+    assert str(exc.value) == "the body names no apiVersion and kind"
+    kind_only = b"k8s\x00" + field(1, field(2, b"Secret"))
+    with pytest.raises(protobuf_bodies.ProtobufError, match="names no apiVersion and kind"):
+        protobuf_bodies.decode_object(kind_only)
+    bare = b"k8s\x00" + field(1, field(1, b"v1") + field(2, b"Secret"))
+    assert protobuf_bodies.decode_object(bare) == {"apiVersion": "v1", "kind": "Secret"}
 
 
 @pytest.mark.parametrize(
@@ -210,6 +261,7 @@ def test_fixed_width_fields_are_skipped() -> None:
         (envelope("v1", "Secret", field(1, 5)), "expected an embedded message"),
         (envelope("v1", "Secret", field(2, 5)), "data: expected a map entry"),
         (envelope("v1", "Secret", field(3, 5)), "expected a length-delimited field"),
+        (envelope("v1", "Secret", field(1, field(7, b"x"))), "expected a varint"),
         (envelope("v1", "Secret", field(5, b"x")), None),  # a bool as bytes: still truthy
     ],
 )
@@ -268,6 +320,15 @@ def test_buses_share_one_journal_and_deliver() -> None:
 # ---------------------------------------------------------------------------- built-in schemas
 
 
+@pytest.fixture(autouse=True)
+def fresh_schema_caches() -> Iterator[None]:
+    """Each test computes its answers: nothing memoized by an earlier run (or mutant)."""
+    builtin_schemas._memo.clear()
+    builtin_schemas._registry.cache_clear()
+    builtin_schemas._validator.cache_clear()
+    yield
+
+
 def job(**spec: Any) -> dict[str, Any]:
     template = {"spec": {"containers": [{"name": "c", "image": "busybox"}]}}
     return {
@@ -296,6 +357,11 @@ def test_unknown_mistyped_and_missing_fields_are_named() -> None:
     missing = builtin_schemas.problems({**job(), "spec": {"template": {"spec": {}}}})
     assert missing.required == ("spec.template.spec.containers",)
     assert builtin_schemas.problems({**job(), "spec": {}}).required == ("spec.template",)
+    pod = {"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{}, {"image": "x"}]}}
+    assert builtin_schemas.problems(pod).required == (
+        "spec.containers[0].name",
+        "spec.containers[1].name",
+    )
 
 
 def test_other_kinds_and_core_files() -> None:
@@ -310,12 +376,33 @@ def test_other_kinds_and_core_files() -> None:
     )
 
 
+def test_answers_are_memoized_by_content_not_key_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = builtin_schemas.problems(job(parallelism="x"))
+    reordered = dict(reversed(list(job(parallelism="x").items())))
+    assert builtin_schemas.problems(reordered) is first
+    assert len(builtin_schemas._memo) == 1
+    assert (
+        builtin_schemas.problems({**job(), "metadata": {"name": object()}})
+        .mistyped[0]
+        .startswith("metadata.name: <object object at")
+    )
+    monkeypatch.setattr(builtin_schemas, "_MEMO_LIMIT", 2)
+    builtin_schemas.problems(job(completions=1))  # the memo held 2: cleared first
+    assert len(builtin_schemas._memo) == 1
+
+
 def test_drop_removes_exactly_the_unknown_fields() -> None:
     body = job()
     body["spec"]["template"]["spec"]["containers"].append({"name": "d", "imagee": "x"})
     body["spec"]["extra"] = {"deep": 1}
     builtin_schemas.drop(
-        body, ("spec.extra", "spec.template.spec.containers[1].imagee", "spec.missing.x")
+        body,
+        (
+            "spec.missing.x",
+            "spec.absent",
+            "spec.extra",
+            "spec.template.spec.containers[1].imagee",
+        ),
     )
     assert body == {
         **job(),
@@ -328,54 +415,150 @@ def test_drop_removes_exactly_the_unknown_fields() -> None:
 # --------------------------------------------------------------------------------- namespaces
 
 
-def test_namespaces_created_implied_and_refused() -> None:
+def refusal(code: int, reason: str, message: str, name: str = "") -> dict[str, Any]:
+    """The Status a real API server sends for a namespace request it refuses."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {"name": name, "kind": "namespaces"} if name else {},
+        "code": code,
+    }
+
+
+def implied_namespace(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "uid": name,
+            "resourceVersion": "1",
+            "labels": {"kubernetes.io/metadata.name": name},
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }
+
+
+def server_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """Take out what the server generates (checked for shape) and return the rest."""
+    meta = obj["metadata"]
+    uid, stamp, version = (
+        meta.pop("uid"),
+        meta.pop("creationTimestamp"),
+        meta.pop("resourceVersion"),
+    )
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}", uid)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
+    assert re.fullmatch(r"[0-9a-f]{8}", version)
+    return obj
+
+
+def test_namespaces_listed_implied_and_fetched() -> None:
     in_use = {"work"}
     spaces = Namespaces(lambda: in_use)
-    assert [n["metadata"]["name"] for n in spaces.listed()["items"]] == ["default", "work"]
-    assert spaces.answer("GET", "work", None) == (200, implied("work"))
-    status, body = spaces.answer("GET", "nowhere", None)
-    assert (status, body["reason"], body["message"]) == (
+    assert spaces.answer("GET", None, None) == (
+        200,
+        {
+            "apiVersion": "v1",
+            "kind": "NamespaceList",
+            "metadata": {"resourceVersion": "1"},
+            "items": [implied_namespace("default"), implied_namespace("work")],
+        },
+    )
+    assert implied("work") == implied_namespace("work")
+    assert spaces.answer("GET", "work", None) == (200, implied_namespace("work"))
+    assert spaces.answer("GET", "nowhere", None) == (
         404,
-        "NotFound",
-        'namespaces "nowhere" not found',
+        refusal(404, "NotFound", 'namespaces "nowhere" not found', "nowhere"),
     )
-    status, made = spaces.answer("POST", None, {"metadata": {"name": "team", "labels": {"a": "b"}}})
+    assert spaces.answer("DELETE", "nowhere", None)[0] == 404
+    status, deleted = spaces.answer("DELETE", "work", None)  # implied: still in use, still there
+    assert (status, deleted["status"]) == (200, {"phase": "Terminating"})
+    assert spaces.answer("GET", "work", None) == (200, implied_namespace("work"))
+
+
+def test_a_created_namespace_and_the_refusals() -> None:
+    spaces = Namespaces(lambda: ["work"])
+    body = {"metadata": {"name": "team", "labels": {"a": "b"}}}
+    status, made = spaces.answer("POST", None, body)
+    assert body == {"metadata": {"name": "team", "labels": {"a": "b"}}}  # not changed
     assert status == 201
-    assert made["metadata"]["labels"] == {"a": "b", "kubernetes.io/metadata.name": "team"}
-    assert made["status"] == {"phase": "Active"} and made["kind"] == "Namespace"
+    assert server_fields(copy.deepcopy(made)) == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "team", "labels": {"a": "b", "kubernetes.io/metadata.name": "team"}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }
+    assert spaces.answer("GET", "team", None) == (200, made)
     for name in ("team", "default"):
-        status, body = spaces.answer("POST", None, {"metadata": {"name": name}})
-        assert (status, body["reason"]) == (409, "AlreadyExists")
-        assert body["message"] == f'namespaces "{name}" already exists'
-    status, body = spaces.answer("POST", None, {"metadata": {}})
-    assert (status, body["message"]) == (
-        422,
-        "Namespace is invalid: metadata.name: Required value",
+        assert spaces.answer("POST", None, {"metadata": {"name": name}}) == (
+            409,
+            refusal(409, "AlreadyExists", f'namespaces "{name}" already exists', name),
+        )
+    required = refusal(422, "Invalid", "Namespace is invalid: metadata.name: Required value")
+    bad_bodies: list[Any] = [
+        {"metadata": {}},
+        {"metadata": {"name": ""}},
+        {"metadata": {"name": 5}},
+    ]
+    for bad in [*bad_bodies, "x", {}]:
+        assert spaces.answer("POST", None, bad) == (422, required)
+    assert spaces.answer("PUT", None, body) == (
+        405,
+        refusal(405, "MethodNotAllowed", "PUT is not allowed on namespaces"),
     )
-    assert spaces.answer("POST", None, "x")[0] == 422
+    assert spaces.answer("POST", "team", body) == (
+        405,
+        refusal(405, "MethodNotAllowed", "POST is not allowed on a namespace"),
+    )
+    assert spaces.answer("PATCH", "team", [1]) == (
+        400,
+        refusal(400, "BadRequest", "the body must be a JSON object", "team"),
+    )
     assert [n["metadata"]["name"] for n in spaces.listed()["items"]] == ["default", "team", "work"]
 
 
 def test_namespace_patch_put_and_delete() -> None:
     spaces = Namespaces(lambda: [])
-    _, made = spaces.answer("POST", None, {"metadata": {"name": "team", "labels": {"a": "b"}}})
-    uid = made["metadata"]["uid"]
-    status, patched = spaces.answer(
-        "PATCH", "team", {"metadata": {"labels": {"a": None, "c": "d"}}}
-    )
+    labels = {"a": "b", "keep": "me"}
+    _, made = spaces.answer("POST", None, {"metadata": {"name": "team", "labels": labels}})
+    uid, created = made["metadata"]["uid"], made["metadata"]["creationTimestamp"]
+    patch = {"metadata": {"labels": {"a": None, "c": "d"}, "annotations": {"n": "1", "x": None}}}
+    status, patched = spaces.answer("PATCH", "team", patch)
     assert status == 200
-    assert patched["metadata"]["labels"] == {"c": "d", "kubernetes.io/metadata.name": "team"}
-    assert patched["metadata"]["uid"] == uid
+    assert (patched["metadata"]["uid"], patched["metadata"]["creationTimestamp"]) == (uid, created)
     assert patched["metadata"]["resourceVersion"] != made["metadata"]["resourceVersion"]
-    status, put = spaces.answer("PUT", "team", {"metadata": {"name": "other", "uid": "x"}})
-    assert status == 200 and put["metadata"]["name"] == "team" and put["metadata"]["uid"] == uid
+    assert server_fields(copy.deepcopy(patched)) == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": "team",
+            "labels": {"keep": "me", "c": "d", "kubernetes.io/metadata.name": "team"},
+            "annotations": {"n": "1"},
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    }
+    replacement = {"metadata": {"name": "other", "uid": "x"}, "spec": {"finalizers": []}}
+    status, put = spaces.answer("PUT", "team", replacement)
+    assert replacement == {"metadata": {"name": "other", "uid": "x"}, "spec": {"finalizers": []}}
+    assert status == 200 and (put["metadata"]["uid"], put["metadata"]["name"]) == (uid, "team")
+    assert put["metadata"]["creationTimestamp"] == created
     assert put["metadata"]["labels"] == {"kubernetes.io/metadata.name": "team"}
-    assert spaces.answer("PATCH", "team", [1])[0] == 400
-    assert spaces.answer("POST", "team", {})[0] == 405
-    assert spaces.answer("DELETE", None, None)[0] == 405
+    assert put["spec"] == {"finalizers": []}  # replaced, not defaulted
     status, gone = spaces.answer("DELETE", "team", None)
-    assert status == 200 and gone["status"] == {"phase": "Terminating"}
+    assert status == 200 and gone == {**put, "status": {"phase": "Terminating"}}
     assert spaces.answer("GET", "team", None)[0] == 404
     status, default = spaces.answer("PATCH", "default", {"metadata": {"labels": {"x": "y"}}})
-    assert status == 200 and default["metadata"]["labels"]["x"] == "y"
+    assert status == 200 and default["metadata"]["uid"] == "default"
+    assert default["metadata"]["labels"] == {"kubernetes.io/metadata.name": "default", "x": "y"}
     assert spaces.get("default") == default  # kept once written
+    status, bare = spaces.answer("PUT", "default", {})
+    assert status == 200 and bare["spec"] == {"finalizers": ["kubernetes"]}
+    assert bare["metadata"]["name"] == "default" and bare["apiVersion"] == "v1"
