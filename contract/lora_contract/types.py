@@ -723,6 +723,34 @@ class ServingSpec(_Model):
         description="With promote: manual, the id of the run to serve (status.runs[].id, "
         "e.g. r2); an older id rolls back.",
     )
+    # Sizing knobs of the serving plan (operator/lora_operator/memory/serving_plan.py).
+    max_model_len: int | None = Field(
+        default=None,
+        ge=16,
+        le=1048576,
+        description="vLLM --max-model-len, tokens per sequence (default: the model's "
+        "max_position_embeddings, at most 8192); KV cache for maxConcurrency such sequences "
+        "is planned.",
+    )
+    max_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Sequences served at once (vLLM --max-num-seqs) whose full-length KV cache "
+        "the plan reserves.",
+    )
+    max_loras: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Adapters in one batch (vLLM --max-loras; --max-cpu-loras is twice it).",
+    )
+    gpu_type: str | None = Field(
+        default=None,
+        max_length=63,
+        description="GPU type to serve on (default: resources.gpuType when the server fits it, "
+        "else the cheapest catalog type that does).",
+    )
 
     @model_validator(mode="after")
     def _run_with_manual(self) -> ServingSpec:
@@ -1021,6 +1049,27 @@ class PlacementAlternative(_Observed):
     )
 
 
+class ServingPlanStatus(_Observed):
+    """The vLLM server the memory model sized for this job (memory/serving_plan.py): what the
+    InferenceService requests and the vLLM flags it runs with."""
+
+    gpu_type: str
+    gpu_memory_gib: float = 0.0
+    gpus: int = Field(description="GPUs of the predictor pod (= tensorParallelSize; 0 on CPU).")
+    tensor_parallel_size: int = 1
+    resource_name: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    memory_gib: dict[str, float] = Field(
+        default_factory=dict, description="Per-GPU memory by term (GiB)."
+    )
+    per_gpu_gib: float = 0.0
+    gpu_memory_utilization: float | None = None
+    vllm_args: list[str] = Field(default_factory=list, description="The sizing flags of vLLM.")
+    requests: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    limits: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    reason: str = ""
+
+
 class PlanStatus(_Observed):
     """What the memory model decided, stored in status so `kubectl describe` explains it."""
 
@@ -1069,6 +1118,9 @@ class PlanStatus(_Observed):
     )
     training_overrides: TrainingOverrides | None = Field(
         default=None, description="The changed training values the trainer runs with."
+    )
+    serving: ServingPlanStatus | None = Field(
+        default=None, description="The serving plan (with serving.enabled): GPUs, flags, pods."
     )
 
     def applied_to(self, spec: LoRAJobSpec) -> LoRAJobSpec:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_kube import FakeKube
 from operator_harness import base_job
 
-from lora_operator.api.loading import parse_lorajob
+from lora_contract.types import PlanStatus
+from lora_operator.api.loading import load_lorajobs, parse_lorajob
 from lora_operator.controller.kube import KubeError
 from lora_operator.controller.ownership import NameConflict
 from lora_operator.controller.serving import (
@@ -25,6 +27,7 @@ from lora_operator.controller.serving import (
     remove_serving,
     serving_account_name,
 )
+from lora_operator.memory import plan_job
 
 NS = "default"
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/default/inferenceservices"
@@ -397,3 +400,72 @@ def test_the_predictor_pod_is_pinned_field_by_field() -> None:
         {"name": "home", "mountPath": "/home/kserve"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+
+
+def example_plan(file: str) -> tuple[Any, Any]:
+    """An example's spec and its serving plan, as the reconciler stores it in status.plan."""
+    job = load_lorajobs(str(Path(__file__).resolve().parents[2] / "examples" / file))[0]
+    plan = PlanStatus.model_validate(plan_job(job.spec).to_status().to_wire())  # via the wire
+    return job.spec, plan.serving
+
+
+@pytest.mark.parametrize(
+    ("file", "gpus", "cpu", "memory", "selector", "tp"),
+    [
+        # 25.2 GiB per GPU on one A100 (tests/memory/test_serving_plan.py works the terms out)
+        (
+            "lora-llama3-8b-a100.yaml",
+            "1",
+            "4",
+            "12Gi",
+            {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+            "1",
+        ),
+        # 131 GiB of 16-bit weights: tensor parallel over 4 H100, the spec's label kept beside
+        (
+            "lora-llama3-70b-zero3.yaml",
+            "4",
+            "10",
+            "30Gi",
+            {
+                "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                "node.kubernetes.io/instance-type": "p5.48xlarge",
+            },
+            "4",
+        ),
+    ],
+)
+def test_the_inference_service_follows_the_serving_plan(
+    file: str, gpus: str, cpu: str, memory: str, selector: dict[str, str], tp: str
+) -> None:
+    job_spec, serving = example_plan(file)
+    kube = FakeKube()
+    state = asyncio.run(
+        ensure_serving(kube, "svc", NS, "uid-svc", job_spec, ADAPTER, "r1", TEAM_SECRET, serving)
+    )
+    assert state.reason == "Deploying"
+    predictor = kube.obj(ISVCS, "svc")["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["resources"] == {
+        "requests": {"cpu": cpu, "memory": memory, "nvidia.com/gpu": gpus},
+        "limits": {"memory": memory, "nvidia.com/gpu": gpus},
+    }
+    assert predictor["nodeSelector"] == selector
+    args = model["args"]
+    assert args[args.index("--lora-modules") + 2 :] == [
+        "--max-model-len=8192",
+        "--max-num-seqs=8",
+        "--max-loras=4",
+        "--max-cpu-loras=8",
+        f"--tensor-parallel-size={tp}",
+        "--gpu-memory-utilization=0.90",
+    ]
+
+
+def test_without_a_serving_plan_one_gpu_and_vllms_defaults() -> None:
+    """A status planned with serving off (or by an older operator): the old shape, unchanged."""
+    kube = FakeKube()
+    ensure(kube)
+    model = kube.obj(ISVCS, "svc")["spec"]["predictor"]["model"]
+    assert not [a for a in model["args"] if a.startswith(("--max-model-len", "--tensor"))]
+    assert "cpu" not in model["resources"].get("requests", {})

@@ -1089,6 +1089,7 @@ class _Run:
                 adapter,
                 serving_run,
                 ref.name if ref is not None else None,
+                self.status.plan.serving if self.status.plan is not None else None,
             )
             if self.condition(ConditionType.Serving, state.status, state.reason, state.message):
                 kind = "Normal" if state.status != "False" else "Warning"

@@ -17,7 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from lora_contract.types import CPU_GPU_TYPE, VLLM_LORA_RANKS, LoRAJobSpec, Reason
+from lora_contract.types import (
+    CPU_GPU_TYPE,
+    VLLM_LORA_RANKS,
+    LoRAJobSpec,
+    Reason,
+    ServingPlanStatus,
+)
 
 from .children import INFERENCE_SERVICE, SERVING_ACCOUNT, apply
 from .conditions import ConditionStatus
@@ -76,8 +82,13 @@ def build_inference_service(
     adapter_uri: str,
     run_id: str,
     with_service_account: bool,
+    plan: ServingPlanStatus | None = None,
 ) -> dict[str, Any]:
-    """KServe huggingface runtime on the vLLM backend with the adapter as a LoRA module."""
+    """KServe huggingface runtime on the vLLM backend with the adapter as a LoRA module.
+
+    `plan`: the serving plan in status.plan.serving (memory/serving_plan.py): its GPUs, vLLM
+    sizing flags, node selector and pod requests. None (a plan made with serving off, or by an
+    operator before serving plans): one GPU of the training's type, vLLM's own defaults."""
     adapter = spec.serving.adapter_name or name
     args = [
         "--backend=vllm",
@@ -90,11 +101,19 @@ def build_inference_service(
     ]
     gpus = "0" if spec.resources.gpu_type == CPU_GPU_TYPE else "1"
     resources: dict[str, Any] = {}
-    if gpus != "0":
+    node_selector = dict(spec.resources.node_selector)
+    if plan is not None:
+        args += plan.vllm_args
+        gpus = str(plan.gpus)
         resources = {
-            "requests": {spec.resources.gpu_resource_name: gpus},
-            "limits": {spec.resources.gpu_resource_name: gpus},
+            "requests": plan.requests.to_kubernetes(),
+            "limits": plan.limits.to_kubernetes(),
         }
+        node_selector = {**plan.node_selector, **node_selector}  # the spec's labels win
+    if gpus != "0":
+        gpu_name = spec.resources.gpu_resource_name
+        resources.setdefault("requests", {})[gpu_name] = gpus
+        resources.setdefault("limits", {})[gpu_name] = gpus
     predictor: dict[str, Any] = {
         "minReplicas": spec.serving.replicas,
         "maxReplicas": max(spec.serving.replicas, 1),
@@ -130,8 +149,8 @@ def build_inference_service(
             {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         ],
     }
-    if spec.resources.node_selector:
-        predictor["nodeSelector"] = dict(spec.resources.node_selector)
+    if node_selector:
+        predictor["nodeSelector"] = node_selector
     if spec.resources.tolerations:
         predictor["tolerations"] = [t.to_wire() for t in spec.resources.tolerations]
     if with_service_account:
@@ -182,6 +201,7 @@ async def ensure_serving(
     adapter_uri: str,
     run_id: str,
     credentials_secret: str | None,
+    plan: ServingPlanStatus | None = None,
 ) -> ServingState:
     """`credentials_secret`: the job's credentials Secret (spec.output.credentialsSecret or the
     operator's default), listed by name; None (credentials from the operator's environment):
@@ -191,7 +211,9 @@ async def ensure_serving(
             account = build_serving_account(name, namespace, uid, credentials_secret)
             await apply(kube, SERVING_ACCOUNT, namespace, account, uid)
         listed = credentials_secret is not None
-        body = build_inference_service(name, namespace, uid, spec, adapter_uri, run_id, listed)
+        body = build_inference_service(
+            name, namespace, uid, spec, adapter_uri, run_id, listed, plan
+        )
         isvc = (await apply(kube, INFERENCE_SERVICE, namespace, body, uid)).obj
     except NameConflict as conflict:
         return ServingState("False", Reason.NameConflict, conflict.message())

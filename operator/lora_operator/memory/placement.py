@@ -26,6 +26,7 @@ from lora_contract.types import (
     PlanStatus,
     QuantizationMode,
     ResourceAmounts,
+    ServingPlanStatus,
     Strategy,
     TrainingOverrides,
 )
@@ -43,6 +44,7 @@ from .grace import GracePeriod, step_seconds, termination_grace
 from .local_config import read_local_config
 from .model_config import ModelConfig
 from .objective import SCALE_OUT_TOLERANCE, Option, alternatives, choose, may_matter
+from .serving_plan import plan_serving
 
 CPUS_PER_GPU = 8
 MAX_CPUS_PER_NODE = 96
@@ -73,6 +75,7 @@ class PlanResult:
     global_batch_size: int | None = None
     alternatives: list[PlacementAlternative] = field(default_factory=list)
     grace: GracePeriod | None = None  # the pods' terminationGracePeriodSeconds (memory/grace.py)
+    serving: ServingPlanStatus | None = None  # with serving.enabled (memory/serving_plan.py)
     # kept for `lorajob plan`'s longest-sequence table (memory/fit.py), not part of the status
     architecture: Architecture | None = field(default=None, repr=False, compare=False)
 
@@ -110,6 +113,7 @@ class PlanResult:
             alternatives=list(self.alternatives),
             termination_grace_seconds=self.grace.seconds if self.grace else None,
             termination_grace_basis=self.grace.basis if self.grace else "",
+            serving=self.serving,
         )
 
     @property
@@ -195,6 +199,7 @@ def plan_job(
         global_batch_size=global_batch(spec),
         alternatives=chosen.alternatives,
         grace=_grace(run, chosen.estimate, chosen.forecast, chosen.nodes * chosen.per_node),
+        serving=plan_serving(run, arch, catalog) if spec.serving.enabled else None,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from lora_contract.types import ForecastStatus, LoRAJob, PlanStatus
+from lora_contract.types import ForecastStatus, LoRAJob, PlanStatus, ServingPlanStatus
 
 from ..api.loading import SpecError, load_lorajobs
 from .catalog import GpuCatalog
@@ -122,6 +122,8 @@ def render_table(job: LoRAJob, result: PlanResult) -> str:
     lines += alternative_lines(status)
     lines += ["", *longest_sequence_lines(job, result)]
     lines += ["", *forecast_lines(status.forecast, unit)]
+    if status.serving is not None:
+        lines += ["", *serving_lines(status.serving)]
     if status.warnings:
         lines += ["", "  warnings:"] + [f"    - {w}" for w in status.warnings]
     return "\n".join(lines)
@@ -176,6 +178,42 @@ def alternative_lines(status: PlanStatus) -> list[str]:
             f"    {where:<36} x{alt.relative_cost:<6.3g} {cost}  {alt.per_gpu_peak_gib:.1f} GiB"
         )
         lines += [f"      - {change}" for change in alt.changes]
+    return lines
+
+
+SERVING_TERM_HELP = {
+    "weights": "base weights over the tensor-parallel GPUs",
+    "kv_cache": "K and V of maxConcurrency sequences of maxModelLen tokens",
+    "lora_slots": "--max-loras adapter slots, all linears at --max-lora-rank (16-bit)",
+    "activations": "the profile run's forward over the prefill tokens, sampler logits",
+    "cuda_graphs": "captured CUDA graphs",
+    "runtime_other": "torch.compile and other non-torch memory",
+    "cuda_context": "CUDA context and kernels",
+}
+
+
+def serving_lines(serving: ServingPlanStatus) -> list[str]:
+    """The "Serving" section: the vLLM server the plan sized (memory/serving_plan.py)."""
+    where = (
+        "CPU"
+        if serving.gpus == 0
+        else f"{serving.gpus} x {serving.gpu_type}, tensor parallel {serving.tensor_parallel_size}"
+    )
+    unit = "host" if serving.gpus == 0 else "per-GPU"
+    lines = [f"  serving (vLLM): {where}", f"    {unit} memory (GiB)"]
+    for term, gib in serving.memory_gib.items():
+        lines.append(f"      {term:<18}{gib:>9.2f}  {SERVING_TERM_HELP.get(term, '')}")
+    if serving.gpus:
+        lines.append(
+            f"      {'total':<18}{serving.per_gpu_gib:>9.2f}  of {serving.gpu_memory_gib:g} "
+            f"(--gpu-memory-utilization {serving.gpu_memory_utilization:.2f})"
+        )
+    lines += [
+        f"    vLLM flags: {' '.join(serving.vllm_args)}",
+        f"    predictor requests: {_amounts(serving.requests.to_wire())}",
+        f"    predictor limits:   {_amounts(serving.limits.to_wire())}",
+        f"    why: {serving.reason}",
+    ]
     return lines
 
 
