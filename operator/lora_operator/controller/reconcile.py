@@ -97,6 +97,8 @@ from .s3_target import s3_target
 from .schedule import TickAction, iso_at, next_run_id, pruned_runs, tick_decision, wake_seconds
 from .secret_reads import SecretReads
 from .serving import ensure_serving, remove_serving
+from .shared_registry import COMPONENT as SHARED_SERVER_COMPONENT
+from .shared_serving import ensure_shared_serving, leave_shared_serving
 from .status_patch import status_patch
 from .workload import JobObservation, JobState, pod_failure_message
 
@@ -1076,7 +1078,10 @@ class _Run:
             inference_service=self.status.inference_service,
             serving_reason=serving.reason if serving is not None else None,
         )
-        if action is ServingAction.ENSURE and adapter:
+        if action is ServingAction.ENSURE and adapter and spec.serving.mode == "shared":
+            await self.serve_shared(spec, adapter)
+        elif action is ServingAction.ENSURE and adapter:
+            await self.leave_shared_server(None)  # switched from shared to dedicated
             # listed by name in the serving ServiceAccount, never read or copied for serving
             ref = s3_target(spec, self.config).secret
             serving_run = serving_run_id(self.status.runs, adapter, run.id)
@@ -1099,8 +1104,32 @@ class _Run:
         elif action is ServingAction.STOP:
             await self.stop_serving()
 
+    async def serve_shared(self, spec: LoRAJobSpec, adapter: str) -> None:
+        """serving.mode shared: this job's adapter on its base model's server (shared_serving.py);
+        a dedicated server or another shared server it was on before is left."""
+        state, server = await ensure_shared_serving(
+            self.kube, self.name, self.namespace, self.uid, spec, adapter
+        )
+        if self.status.inference_service == self.name:
+            await remove_serving(self.kube, self.name, self.namespace, self.uid)
+        await self.leave_shared_server(server)
+        if self.condition(ConditionType.Serving, state.status, state.reason, state.message):
+            kind = "Normal" if state.status != "False" else "Warning"
+            self.event(kind, f"Serving{state.reason}", state.message)
+        if state.reason not in (Reason.KServeNotInstalled, Reason.NameConflict):
+            self.status.inference_service = server
+
+    async def leave_shared_server(self, keep: str | None) -> None:
+        """Take this job off the shared server it served on, unless that is `keep`."""
+        server = self.status.inference_service
+        shared = bool(server) and str(server).startswith(f"{SHARED_SERVER_COMPONENT}-")
+        if server and shared and server != self.name and server != keep:
+            await leave_shared_serving(self.kube, self.namespace, server, self.uid)
+            self.status.inference_service = None
+
     async def stop_serving(self) -> None:
         """Delete the serving objects this LoRAJob controls; name the others, left alone."""
+        await self.leave_shared_server(None)
         left_alone = await remove_serving(self.kube, self.name, self.namespace, self.uid)
         self.status.inference_service = None
         message = "serving.enabled is false"

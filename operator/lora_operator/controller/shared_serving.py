@@ -1,0 +1,264 @@
+"""Shared serving (`serving.mode: shared`): one KServe InferenceService per base model in a
+namespace, its adapters listed in a registry ConfigMap (shared_registry.py decides what it
+holds). The registry controls the InferenceService and is owned (non-controller references) by
+every LoRAJob on it, so the garbage collector removes both when the last such LoRAJob is gone;
+no finalizer. A job's own resync registers it and sweeps the entries of jobs that are gone or no
+longer serve shared, level-based, so an operator restart loses nothing: the registry is the
+record. How adapters reach vLLM (a resolver directory) is in docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from lora_contract.types import GROUP, PLURAL, VERSION, LoRAJobSpec, Reason
+
+from .children import INFERENCE_SERVICE, apply
+from .kube import Kube, KubeError
+from .manifests import container_security_context
+from .ownership import NameConflict, delete_owned
+from .serving import (
+    SERVING_BASE_PATH,
+    SERVING_HOME,
+    SERVING_TMP,
+    SERVING_UID,
+    ServingState,
+    readiness,
+    vllm_lora_rank,
+)
+from .shared_registry import (
+    SERVER_DATA_KEY,
+    Entry,
+    adapter_holder,
+    build_registry,
+    digest_of,
+    entries,
+    entry_key,
+    is_empty,
+    is_operator_registry,
+    max_rank,
+    patched,
+    registration_patch,
+    server_key,
+    sweep_patch,
+)
+
+CONFIG_MAPS = "v1/configmaps"
+ISVC = INFERENCE_SERVICE.resource
+LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
+ADAPTER_DIR = "/mnt/adapters"  # vLLM's filesystem resolver reads adapters from here
+
+
+def is_shared(spec: dict[str, Any]) -> bool:
+    serving = spec.get("serving") or {}
+    return bool(serving.get("enabled")) and serving.get("mode") == "shared"
+
+
+async def live_shared_uids(kube: Kube, namespace: str) -> set[str]:
+    """The uids of the namespace's LoRAJobs that serve on a shared server (the sweep keeps only
+    their entries)."""
+    jobs = await kube.list(LORAJOBS, namespace)
+    return {
+        str((job.get("metadata") or {}).get("uid"))
+        for job in jobs
+        if is_shared(job.get("spec") or {})
+        and not (job.get("metadata") or {}).get("deletionTimestamp")
+    }
+
+
+def server_shape(spec: LoRAJobSpec) -> dict[str, Any]:
+    """What the server is, taken from the job that creates it and kept in the registry, so that
+    every job on it declares the same InferenceService (no two jobs fighting over its spec)."""
+    return {
+        "baseModel": spec.base_model.name,
+        "source": spec.base_model.source,
+        "gpuResourceName": spec.resources.gpu_resource_name,
+        "gpus": 0 if spec.resources.gpu_type == "cpu" else 1,
+        "replicas": spec.serving.replicas,
+    }
+
+
+def registry_reference(registry: dict[str, Any]) -> dict[str, Any]:
+    meta = registry["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def build_shared_inference_service(registry: dict[str, Any]) -> dict[str, Any]:
+    """The shared server: vLLM with LoRA on, its filesystem resolver reading ADAPTER_DIR (filled
+    from the registry by an adapter syncer, docs/serving.md), controlled by the registry."""
+    meta = registry["metadata"]
+    shape = json.loads((registry.get("data") or {}).get(SERVER_DATA_KEY) or "{}")
+    gpus = str(shape.get("gpus", 0))
+    resources: dict[str, Any] = {}
+    if gpus != "0":
+        name = shape.get("gpuResourceName", "nvidia.com/gpu")
+        resources = {"requests": {name: gpus}, "limits": {name: gpus}}
+    replicas = int(shape.get("replicas", 1))
+    predictor: dict[str, Any] = {
+        "minReplicas": replicas,
+        "maxReplicas": max(replicas, 1),
+        "model": {
+            "modelFormat": {"name": "huggingface"},
+            "args": [
+                "--backend=vllm",
+                f"--model_name={shape.get('baseModel', '')}",
+                f"--model_dir={SERVING_BASE_PATH}",
+                "--enable-lora",
+                f"--max-lora-rank={vllm_lora_rank(max_rank(registry))}",
+            ],
+            "storageUris": [{"uri": shape.get("source", ""), "mountPath": SERVING_BASE_PATH}],
+            "resources": resources,
+            "env": [
+                {"name": "HOME", "value": SERVING_HOME},
+                {"name": "VLLM_PLUGINS", "value": "lora_filesystem_resolver"},
+                {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": ADAPTER_DIR},
+            ],
+            "volumeMounts": [
+                {"name": "tmp", "mountPath": SERVING_TMP},
+                {"name": "home", "mountPath": SERVING_HOME},
+                {"name": "dshm", "mountPath": "/dev/shm"},
+                {"name": "adapters", "mountPath": ADAPTER_DIR, "readOnly": True},
+            ],
+            "securityContext": container_security_context(),
+        },
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": SERVING_UID,
+            "runAsGroup": SERVING_UID,
+            "fsGroup": SERVING_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "automountServiceAccountToken": False,
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "home", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+            {"name": "adapters", "emptyDir": {}},
+        ],
+    }
+    return {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": dict(meta.get("labels") or {}),
+            "ownerReferences": [registry_reference(registry)],
+        },
+        "spec": {"predictor": predictor},
+    }
+
+
+def _state_of_conflict(conflict: NameConflict) -> ServingState:
+    return ServingState("False", Reason.NameConflict, conflict.message())
+
+
+async def _patch_registry(
+    kube: Kube, registry: dict[str, Any], patch: dict[str, Any]
+) -> dict[str, Any]:
+    """A merge patch carrying the resourceVersion read: two jobs registering at once cannot lose
+    each other's owner reference (the loser gets 409 and its reconcile is retried)."""
+    meta = registry["metadata"]
+    body = {
+        **patch,
+        "metadata": {**patch.get("metadata", {}), "resourceVersion": meta.get("resourceVersion")},
+    }
+    obj: dict[str, Any] = await kube.patch(CONFIG_MAPS, meta["namespace"], meta["name"], body)
+    return obj
+
+
+async def ensure_shared_serving(
+    kube: Kube, name: str, namespace: str, uid: str, spec: LoRAJobSpec, adapter_uri: str
+) -> tuple[ServingState, str]:
+    """Register this job's adapter on its base model's server (creating registry and server
+    when missing), sweep the entries of jobs that left, keep the server as declared. Returns the
+    Serving state and the server's name."""
+    key = server_key(spec)
+    entry = Entry(name, spec.serving.adapter_name or name, adapter_uri, spec.lora.r)
+    try:
+        registry = await kube.get(CONFIG_MAPS, namespace, key.name)
+        if registry is None:
+            body = build_registry(key, namespace, name, uid, entry, server_shape(spec))
+            registry, _ = await kube.create(CONFIG_MAPS, namespace, body)
+        if not is_operator_registry(registry, key.digest):
+            raise NameConflict.of(registry, "ConfigMap")
+        holder = adapter_holder(registry, uid, entry.adapter)
+        if holder is not None:
+            return ServingState(
+                "False",
+                Reason.NameConflict,
+                f"adapter name {entry.adapter} is already served on {key.name} by LoRAJob "
+                f"{holder}; set serving.adapterName to another name",
+            ), key.name
+        live = await live_shared_uids(kube, namespace) | {uid}
+        sweep = sweep_patch(registry, live) or {}
+        swept = patched(registry, sweep)
+        register = registration_patch(swept, name, uid, entry) or {}
+        if sweep or register:
+            patch: dict[str, Any] = {}
+            data = {**(sweep.get("data") or {}), **(register.get("data") or {})}
+            if data:
+                patch["data"] = data
+            references = (register.get("metadata") or sweep.get("metadata") or {}).get(
+                "ownerReferences"
+            )
+            if references is not None:
+                patch["metadata"] = {"ownerReferences": references}
+            registry = await _patch_registry(kube, registry, patch)
+        body = build_shared_inference_service(registry)
+        isvc = (
+            await apply(kube, INFERENCE_SERVICE, namespace, body, registry["metadata"]["uid"])
+        ).obj
+    except NameConflict as conflict:
+        return _state_of_conflict(conflict), key.name
+    except KubeError as exc:
+        if exc.status == 404:
+            return ServingState(
+                "False",
+                Reason.KServeNotInstalled,
+                "the InferenceService resource (serving.kserve.io/v1beta1) is not installed; "
+                "install KServe to serve the adapter",
+            ), key.name
+        return ServingState(
+            "False", Reason.ServingError, f"cannot serve on {key.name}: {exc}"
+        ), key.name
+    return readiness(isvc), key.name
+
+
+async def leave_shared_serving(kube: Kube, namespace: str, server: str, uid: str) -> bool:
+    """Take this job's entry off `server`'s registry (and its owner reference, unless it is the
+    last one). The last adapter out deletes the InferenceService the registry controls; the
+    empty registry stays until its last owner LoRAJob is deleted (the garbage collector) or a
+    job registers again, so the operator needs no right to delete ConfigMaps. False when the
+    registry is absent or not the operator's (left alone), or lists nothing of this job."""
+    registry = await kube.get(CONFIG_MAPS, namespace, server)
+    if registry is None or not is_operator_registry(registry, digest_of(server)):
+        return False
+    others = {str(r.get("uid")) for r in registry["metadata"].get("ownerReferences") or []}
+    others |= set(entries(registry))
+    patch = sweep_patch(registry, others - {uid})
+    if patch is None:
+        return False
+    empty = is_empty(patched(registry, patch))
+    if empty:
+        patch.pop("metadata", None)  # a registry without owners would never be collected
+    if patch:
+        registry = await _patch_registry(kube, registry, patch)
+    deleted = False
+    if empty:  # also a server left behind by a restart between the patch and the delete
+        with contextlib.suppress(NameConflict):  # not the registry's server: left alone
+            uid_ = registry["metadata"]["uid"]
+            deleted = await delete_owned(kube, ISVC, namespace, server, uid_)
+    return bool(patch) or deleted
+
+
+__all__ = ["ensure_shared_serving", "entry_key", "is_shared", "leave_shared_serving"]
