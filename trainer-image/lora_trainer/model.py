@@ -157,6 +157,11 @@ def apply_lora(model: Any, spec: LoRAJobSpec) -> Any:
         peft_model = get_peft_model(model, lora_config(spec.lora))
     except ValueError as exc:
         raise InvalidConfigError(f"lora.targetModules {spec.lora.target_modules}: {exc}") from None
+    # Every adapter_config.json saved (checkpoints, final) names the hub model and revision, not
+    # the pod-local path it was loaded from: vLLM and PEFT users resolve the name.
+    for adapter in peft_model.peft_config.values():
+        adapter.base_model_name_or_path = spec.base_model.name
+        adapter.revision = spec.base_model.revision
     if spec.training.gradient_checkpointing:
         # Inputs must require grad or checkpointed blocks with frozen weights get no gradient.
         peft_model.enable_input_require_grads()
