@@ -210,6 +210,12 @@ TARGETS: tuple[Target, ...] = (
         note="serving credentials by reference (no Secret copy), one Secret read per reconcile",
     ),
     Target(
+        "shared_serving",
+        ("lora_operator.controller.shared_registry", "lora_operator.controller.shared_serving"),
+        ("tests/operator/test_shared_serving_units.py",),
+        note="which server a shared adapter goes to, registry registration/sweep, ownership",
+    ),
+    Target(
         "crd",
         ("lora_operator.api.crd",),
         ("tests/api/test_crd.py", "tests/api/test_crd_generation.py"),
