@@ -148,21 +148,59 @@ async def read_progress(store: S3Store, output_uri: str, uid: str) -> Progress |
 
 
 def summary(progress: Progress) -> str:
-    """'120/400 (30%)' for the Progress column."""
+    """'120/400 (30%)' for the Progress column; ', resumed from step 100' after a restart."""
     if not progress.total_steps:
-        return f"{progress.step}/?"
-    return f"{progress.step}/{progress.total_steps} ({progress.percent:.0f}%)"
+        text = f"{progress.step}/?"
+    else:
+        text = f"{progress.step}/{progress.total_steps} ({progress.percent:.0f}%)"
+    if progress.resumed_from is not None and progress.state in ("starting", "running"):
+        text += f", resumed from step {progress.resumed_from}"
+    return text
+
+
+def never_backwards(previous: Progress | None, progress: Progress) -> Progress:
+    """`progress` with the run's furthest step and known total kept: a restarted pod writes
+    "starting" (step 0, no total) and then the checkpoint's step, which may be behind what the
+    status showed. Same run only: a new run clears status.progress (reconcile.start_run)."""
+    if previous is None:
+        return progress
+    kept: dict[str, object] = {}
+    if previous.step > progress.step:
+        kept["step"] = previous.step
+    if not progress.total_steps and previous.total_steps:
+        kept["total_steps"] = previous.total_steps
+    if progress.latest_checkpoint is None and previous.latest_checkpoint is not None:
+        kept["latest_checkpoint"] = previous.latest_checkpoint
+    if progress.best_step is None and previous.best_step is not None:
+        kept.update(best_step=previous.best_step, best_eval_loss=previous.best_eval_loss)
+    return progress.model_copy(update=kept) if kept else progress
+
+
+def early_stop_note(progress: Progress | None) -> str | None:
+    """'stopped early at step 36; best step 28 (eval loss 5.6168)' for a run that stopped on
+    eval loss, else None."""
+    if progress is None or not progress.stopped_early:
+        return None
+    note = f"stopped early at step {progress.step}"
+    if progress.best_step is not None and progress.best_eval_loss is not None:
+        note += f"; best step {progress.best_step} (eval loss {progress.best_eval_loss:.4f})"
+    return note
 
 
 def record_progress(status: LoRAJobStatus, progress: Progress) -> None:
     """Copy progress.json into the status (losses to 4 decimals: `kubectl get` prints the Loss
-    column verbatim)."""
+    column verbatim), never moving the step backwards within the run."""
+    progress = never_backwards(status.progress, progress)
     rounded = {
         key: round(value, 4)
-        for key, value in (("loss", progress.loss), ("eval_loss", progress.eval_loss))
+        for key, value in (
+            ("loss", progress.loss),
+            ("eval_loss", progress.eval_loss),
+            ("best_eval_loss", progress.best_eval_loss),
+        )
         if value is not None
     }
     status.progress = progress.model_copy(update=rounded)
-    status.progress_summary = summary(progress)
-    if progress.latest_checkpoint:
-        status.latest_checkpoint = progress.latest_checkpoint
+    status.progress_summary = summary(status.progress)
+    if status.progress.latest_checkpoint:
+        status.latest_checkpoint = status.progress.latest_checkpoint

@@ -44,6 +44,7 @@ from lora_contract.types import (
     PlanStatus,
     Progress,
     Reason,
+    RunLineage,
     RunRecord,
     RunTrigger,
     ScheduleSpec,
@@ -86,6 +87,7 @@ from .policy import policy_refusals
 from .progress import (
     CredentialsError,
     S3Credentials,
+    early_stop_note,
     read_progress,
     record_progress,
     resolve_credentials,
@@ -96,7 +98,8 @@ from .quota_ledger import QuotaLedger
 from .s3_target import s3_target
 from .schedule import TickAction, iso_at, next_run_id, pruned_runs, tick_decision, wake_seconds
 from .secret_reads import SecretReads
-from .serving import ensure_serving, remove_serving
+from .serving import ServingState, ensure_serving, remove_serving
+from .serving_choice import ServingChoice, choose_served, run_lineage
 from .shared_registry import COMPONENT as SHARED_SERVER_COMPONENT
 from .shared_serving import ensure_shared_serving, leave_shared_serving
 from .status_patch import status_patch
@@ -249,7 +252,12 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
         if serving.get("status") == "True":
             return min(SERVED_RESYNC_SECONDS, wake or math.inf)
         # Both wait for someone else (install KServe; remove the object holding the name).
-        waiting = serving.get("reason") in (Reason.KServeNotInstalled, Reason.NameConflict)
+        waiting = serving.get("reason") in (
+            Reason.KServeNotInstalled,
+            Reason.NameConflict,
+            Reason.IncompatibleAdapter,  # waits for a spec change (its event reconciles)
+            Reason.UnknownRun,
+        )
         return min(SLOW_RESYNC_SECONDS, wake or math.inf) if waiting else 0.0
     return wake
 
@@ -933,6 +941,10 @@ class _Run:
             self.status.message = f"cannot read progress: {exc}"
             return None
 
+    async def lineage(self, spec: LoRAJobSpec, run: RunRecord) -> RunLineage | None:
+        creds = await self.credentials(spec)
+        return await run_lineage(store_for(creds) if creds else None, run, self.uid)
+
     async def progress(self, spec: LoRAJobSpec, run: RunRecord) -> Progress | None:
         creds = await self.credentials(spec)
         if creds is None:
@@ -1004,18 +1016,26 @@ class _Run:
         run.adapter_uri = adapter
         run.completion_time = finished
         run.forecast = completed_forecast(run, progress)
+        run.lineage = await self.lineage(spec, run)  # the trainer's final MANIFEST.json
         if progress is not None:
             if progress.loss is not None:
                 run.final_loss = progress.loss
             if progress.eval_loss is not None:
                 run.final_eval_loss = progress.eval_loss
+            if progress.best_eval_loss is not None:  # final/ holds the best step's adapter
+                run.final_eval_loss = progress.best_eval_loss
         self.status.adapter_uri = adapter
         self.status.completion_time = finished
+        stopped = early_stop_note(progress)
         self.condition(ConditionType.Running, False, Reason.Completed, "training finished")
         self.condition(ConditionType.Succeeded, True, Reason.Completed, f"adapter at {adapter}")
-        self.set_phase(Phase.Succeeded, f"adapter at {adapter}")
+        self.set_phase(
+            Phase.Succeeded, f"adapter at {adapter}" + (f"; {stopped}" if stopped else "")
+        )
         self.released = True
         self.event("Normal", Reason.Succeeded, f"run {run.id} finished; adapter at {adapter}")
+        if stopped:
+            self.event("Normal", Reason.StoppedEarly, f"run {run.id} {stopped}")
         await self.after_completion(spec, run)
 
     async def fail(
@@ -1084,7 +1104,14 @@ class _Run:
             await self.leave_shared_server(None)  # switched from shared to dedicated
             # listed by name in the serving ServiceAccount, never read or copied for serving
             ref = s3_target(spec, self.config).secret
-            serving_run = serving_run_id(self.status.runs, adapter, run.id)
+            choice = await self.serving_choice(spec)  # serving.promote; vLLM can load it
+            if choice.refusal is not None:
+                self.refuse_serving(choice.refusal)
+                return
+            adapter = choice.promotion.adapter_uri or adapter
+            serving_run = choice.promotion.run_id or serving_run_id(
+                self.status.runs, adapter, run.id
+            )
             state = await ensure_serving(
                 self.kube,
                 self.name,
@@ -1101,6 +1128,7 @@ class _Run:
                 self.event(kind, f"Serving{state.reason}", state.message)
             if state.reason not in (Reason.KServeNotInstalled, Reason.NameConflict):
                 self.status.inference_service = self.name
+                self.promoted(serving_run)
         elif action is ServingAction.STOP:
             await self.stop_serving()
 
@@ -1126,6 +1154,22 @@ class _Run:
         if server and shared and server != self.name and server != keep:
             await leave_shared_serving(self.kube, self.namespace, server, self.uid)
             self.status.inference_service = None
+
+    async def serving_choice(self, spec: LoRAJobSpec) -> ServingChoice:
+        creds = await self.credentials(spec)
+        store = store_for(creds) if creds is not None else None
+        return await choose_served(spec, self.status, store, self.uid)
+
+    def refuse_serving(self, refusal: ServingState) -> None:
+        """Serving=False naming the field; whatever serves now is left as it is."""
+        if self.condition(ConditionType.Serving, refusal.status, refusal.reason, refusal.message):
+            self.event("Warning", f"Serving{refusal.reason}", refusal.message)
+
+    def promoted(self, run_id: str) -> None:
+        previous = self.status.serving_run
+        self.status.serving_run = run_id
+        if previous is not None and previous != run_id:
+            self.event("Normal", Reason.Promoted, f"run {run_id} serves (was {previous})")
 
     async def stop_serving(self) -> None:
         """Delete the serving objects this LoRAJob controls; name the others, left alone."""
