@@ -1149,6 +1149,9 @@ class Progress(_Observed):
     resumed_from: int | None = None  # the checkpoint step this attempt resumed from
     last_error: str | None = None
     updated_at: str | None = None
+    # method dpo: mean (chosen - rejected) implicit reward and the share of pairs it ranks right
+    reward_margin: float | None = None
+    reward_accuracy: float | None = None
 
     @property
     def percent(self) -> float:

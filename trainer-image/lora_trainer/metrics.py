@@ -68,8 +68,17 @@ class ProgressReporter:
             return str(exc)
         return None
 
+    def amend_record(self, step: int, fields: dict[str, Any]) -> None:
+        """Add fields to the record of `step` just logged (an objective's own metrics)."""
+        if self.records and self.records[-1].get("step") == step:
+            self.records[-1].update(fields)
+            self._write_records()
+
     def add_record(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        self._write_records()
+
+    def _write_records(self) -> None:
         if not self.enabled or self.store is None:
             return
         body = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)

@@ -25,7 +25,7 @@ from . import settings
 from .checkpoints import download_checkpoint, latest_checkpoint
 from .completion import completed_state, copy_adapter, release_process_group
 from .config import ProcessPlace, work_dir
-from .data import ListDataset, PadCollator, load_examples, pack, split_eval
+from .data import ListDataset, load_examples, pack, split_eval
 from .deepspeed_setup import (
     check_batch,
     check_parsed,
@@ -278,7 +278,8 @@ def run_training(
         S3CheckpointCallback,
         StepDelay,
     )
-    from .loss import LeanLossTrainer, choose_loss_path
+    from .loss import choose_loss_path
+    from .objectives import objective_for
     from .offload import choose_offload_path
     from .preemption import StopRequest
 
@@ -302,7 +303,8 @@ def run_training(
     on_cuda = cuda_available()
     base = model_path(config, store, scratch)
     tokenizer = load_tokenizer(base)
-    train_ds, eval_ds = build_datasets(config, tokenizer, store, scratch)
+    objective = objective_for(config)  # sft or dpo: data, arguments, Trainer (objectives.py)
+    train_ds, eval_ds = objective.datasets(config, tokenizer, store, scratch)
     training = spec.training
     if config.deepspeed:
         check_batch(
@@ -315,6 +317,7 @@ def run_training(
     args = training_arguments(
         config, scratch / "output", eval_ds is not None, on_cuda, place.world_size
     )
+    args = objective.arguments(config, args)
     if config.deepspeed:
         join_process_group()  # before zero.Init parses the config (lora_trainer.deepspeed_setup)
         check_parsed(args)
@@ -353,6 +356,7 @@ def run_training(
         preemption,  # before the checkpoint callback: it asks for this step's save
         checkpoint_cb,
         ForceSaveAtEnd(),
+        *objective.callbacks(reporter),  # after ProgressCallback: they amend its record
         *extra_callbacks,
     ]
     delay = step_delay()
@@ -360,7 +364,8 @@ def run_training(
         callbacks.append(StepDelay(delay))
     if spec.training.early_stopping_patience is not None:
         callbacks.append(EvalLossEarlyStopping(spec.training.early_stopping_patience))
-    trainer = LeanLossTrainer(
+    trainer = objective.trainer(
+        tokenizer=tokenizer,
         loss_path=loss_path,
         offload_path=offload_path,
         zero3=zero3,
@@ -368,7 +373,6 @@ def run_training(
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=PadCollator(tokenizer.pad_token_id),
         callbacks=callbacks,
     )
     if resumed_from is not None and place.is_main:
