@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lora_contract.types import LoRAJob, LoRAJobSpec, ResourceAmounts
+from lora_devkit.bench import serving_memory
 from lora_operator.api.loading import load_lorajobs
 from lora_operator.api.operator_config import GpuType
 from lora_operator.memory import GpuCatalog, PlanningError, plan_job
@@ -254,3 +255,14 @@ def test_nothing_fits_is_refused_naming_the_field(spec: Spec) -> None:
         plan_serving(
             serving_spec(spec, "small-16", maxConcurrency=64), arch(LLAMA_70B), catalog(SMALL, MID)
         )
+
+
+def test_bench_rows_match_the_published_vllm_figures() -> None:
+    """`make bench`'s serving rows: the KV figure is exact arithmetic, the weights within 1%."""
+    rows = {row.id: row for row in serving_memory.rows()}
+    assert rows["llama-3.1-8b-kv-per-token"].ours == 131072
+    assert rows["llama-3.1-70b-kv-4k-x8"].ours == 327680 * 4096 * 8 / 1e9
+    judged = [row for row in rows.values() if row.judged]
+    assert len(judged) == 5
+    assert all(abs(row.error) < 0.01 for row in judged)
+    assert not rows["llama-3.1-8b-runtime-l4"].judged  # an estimate, shown only

@@ -11,6 +11,7 @@ from .goals import RESULTS, summary_table
 
 BENCHMARKS = [
     ("memory model accuracy", "lora_devkit.bench.memory"),
+    ("serving memory (vLLM figures)", "lora_devkit.bench.serving_memory"),
     ("plan speed (cold `lorajob plan`)", "lora_devkit.bench.plan_speed"),
     ("placement cost (every example x catalog GPU)", "lora_devkit.bench.placement_cost"),
     ("operator scale (1000 LoRAJobs)", "lora_devkit.bench.operator_scale"),
