@@ -173,6 +173,12 @@ TARGETS: tuple[Target, ...] = (
         note="hours and GPU-hours that price the placements",
     ),
     Target(
+        "serving_plan",
+        ("lora_operator.memory.serving_plan",),
+        ("tests/memory/test_serving_plan.py",),
+        note="the vLLM server's GPUs, tensor-parallel size, flags and pod requests",
+    ),
+    Target(
         "manifests",
         ("lora_operator.controller.manifests",),
         (
