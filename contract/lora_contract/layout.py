@@ -29,6 +29,7 @@ from .types import OutputSpec
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 MANIFEST = "MANIFEST.json"
 FINAL_DIR = "final"
+MERGED_DIR = "merged"  # spec.export.merged: base + adapter, sharded safetensors
 METRICS_FILE = "metrics.jsonl"
 PROGRESS_FILE = "progress.json"
 LOSS_PLOT = "loss.png"

@@ -163,6 +163,7 @@ class ConditionType(str, Enum):
     Succeeded = "Succeeded"
     Failed = "Failed"
     Serving = "Serving"
+    Exported = "Exported"  # spec.export.merged: the merged model was written (export_job.py)
     # kstatus' summary conditions (Flux, `kubectl wait`), derived from the ones above by
     # lora_operator.controller.health at every status write (docs/gitops.md)
     Ready = "Ready"  # the latest run succeeded and, with serving on, its adapter serves
@@ -221,6 +222,9 @@ class Reason(StrEnum):
     Expired = "Expired"
     Restored = "Restored"  # a child deleted or edited mid-run was put back (children.py)
     StoppedEarly = "StoppedEarly"  # eval loss stopped improving: the best step's adapter ships
+    # Exported (spec.export.merged; controller/export_job.py)
+    Exporting = "Exporting"
+    ExportFailed = "ExportFailed"  # the export Job failed; the run stays Succeeded
     # Retraining triggers (controller/schedule.py, controller/data_watch.py)
     Scheduled = "Scheduled"  # a cron tick started a run
     ScheduleSkipped = "ScheduleSkipped"  # a tick skipped: a run active (Forbid), late, no new data
@@ -693,6 +697,34 @@ class PromotePolicy(str, Enum):
     manual = "manual"  # serving.run names the run; rollback = an older id
 
 
+class ExportDtype(str, Enum):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class ExportSpec(_Model):
+    """After a successful run, merge the adapter into the base model and write it as sharded
+    safetensors under the run's merged/ folder (for runtimes without LoRA support). The whole
+    section is Retrain.no (KEEPS_RUN on LoRAJobSpec.export): exporting never retrains, and
+    nothing here enters the spec hash."""
+
+    merged: bool = Field(
+        default=False,
+        description="Write the base model with the adapter merged in (merged/ beside final/) "
+        "after each successful run, from a CPU Job of its own.",
+    )
+    dtype: ExportDtype = Field(
+        default=ExportDtype.bfloat16,
+        description="Weight dtype of the merged model: bfloat16, float16 or float32.",
+    )
+    max_shard_size: str = Field(
+        default="2GB",
+        pattern=r"^[1-9][0-9]{0,5}(KB|MB|GB)$",
+        description="Largest safetensors shard, e.g. 2GB or 500MB.",
+    )
+
+
 class ServingSpec(_Model):
     """Serve the finished adapter with KServe + vLLM (multi-LoRA). The whole section is
     Retrain.no (KEEPS_RUN on LoRAJobSpec.serving): nothing here enters the spec hash."""
@@ -849,6 +881,10 @@ class LoRAJobSpec(_Model):
     resources: Annotated[ResourcesSpec, PER_FIELD] = Field(default_factory=ResourcesSpec)
     output: Annotated[OutputSpec, RETRAINS]
     serving: Annotated[ServingSpec, KEEPS_RUN] = Field(default_factory=ServingSpec)
+    export: Annotated[ExportSpec, KEEPS_RUN] = Field(
+        default_factory=ExportSpec,
+        description="Merged-model export after a successful run (never retrains).",
+    )
     trainer_image: Annotated[str | None, KEEPS_RUN] = Field(
         default=None, description="Override the operator's image."
     )
@@ -1190,6 +1226,11 @@ class RunRecord(_Observed):
     output_uri: str = Field(alias="outputURI")
     phase: Phase = Phase.Pending
     adapter_uri: str | None = Field(default=None, alias="adapterURI")
+    merged_uri: str | None = Field(
+        default=None,
+        alias="mergedURI",
+        description="The merged model (spec.export.merged), once its export Job succeeded.",
+    )
     final_loss: float | None = None
     final_eval_loss: float | None = None
     start_time: str | None = None

@@ -69,6 +69,7 @@ EXAMPLE_HASHES = {
 KEEPS_RUN_FIELDS = {
     "queueName",
     "serving",
+    "export",  # a merged-model export never retrains
     "suspend",
     "trainerImage",
     "ttlSecondsAfterFinished",

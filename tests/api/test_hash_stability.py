@@ -86,7 +86,7 @@ def test_the_hash_of_a_set_revision_by_hand() -> None:
     wire = spec.model_dump(by_alias=True, mode="json")
     wire["dataset"]["revision"] = "v2"
     kept = dict(wire)
-    for keeps_run in ("serving", "suspend", "trainerImage", "ttlSecondsAfterFinished"):
+    for keeps_run in ("serving", "export", "suspend", "trainerImage", "ttlSecondsAfterFinished"):
         kept.pop(keeps_run)
     kept.pop("queueName")
     kept.pop("schedule")
