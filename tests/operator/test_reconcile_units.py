@@ -106,6 +106,18 @@ def test_success_then_serving_then_serving_off(world: World) -> None:
     assert status["phase"] == "Succeeded"
     isvc = world.kube.obj(ISVC, "u-ok")
     assert isvc is not None
+    # built from the stored serving plan (memory/serving_plan.py): trained on CPU, served on CPU
+    # with the plan's vLLM flags and 4 cores (the CPU serving rule), no GPU
+    planned = status["plan"]["serving"]
+    model = isvc["spec"]["predictor"]["model"]
+    assert planned["gpus"] == 0 and planned["vllmArgs"][1:] == [
+        "--max-num-seqs=8",
+        "--max-loras=4",
+        "--max-cpu-loras=8",
+    ]
+    assert model["args"][-4:] == planned["vllmArgs"]
+    assert model["resources"]["requests"]["cpu"] == "4"
+    assert not any("gpu" in key for key in model["resources"]["requests"])
     # someone edited what we own: the next reconcile puts it back (409 -> get -> patch)
     isvc["spec"]["predictor"]["minReplicas"] = 7
     world.kube.obj(ACCOUNTS, "u-ok-serving")["secrets"] = []  # type: ignore[index]
