@@ -27,7 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lora_contract.layout import FINAL_DIR, S3Location, run_location
-from lora_contract.storage import StorageError
+from lora_contract.storage import S3Store, StorageError
 from lora_contract.timestamps import now_iso, parse_iso
 from lora_contract.types import (
     API_VERSION,
@@ -1156,9 +1156,11 @@ class _Run:
             self.status.inference_service = None
 
     async def serving_choice(self, spec: LoRAJobSpec) -> ServingChoice:
-        creds = await self.credentials(spec)
-        store = store_for(creds) if creds is not None else None
-        return await choose_served(spec, self.status, store, self.uid)
+        async def open_store() -> S3Store | None:
+            creds = await self.credentials(spec)
+            return store_for(creds) if creds is not None else None
+
+        return await choose_served(spec, self.status, open_store, self.uid)
 
     def refuse_serving(self, refusal: ServingState) -> None:
         """Serving=False naming the field; whatever serves now is left as it is."""
