@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +286,7 @@ def run_training(
 
     stop_request = StopRequest.from_env()
     stop_request.install()  # from here a SIGTERM checkpoints at the next step end (preemption.py)
+    started = time.time()  # lineage: start time and GPU-hours (model_card.py)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     spec = config.spec
@@ -414,7 +416,14 @@ def run_training(
         checkpoint_uploads=checkpoint_cb.uploads,
     )
     if place.is_main:
+        from .model_card import record_in_manifest, write_lineage
+
+        sources = [spec.dataset.source, spec.dataset.eval_source]
+        read = [data_path(u, "dataset", store, scratch) for u in sources if u]
+        gpus = place.world_size if on_cuda else 0
+        facts = write_lineage(config, final_dir, read, reporter.records, started, gpus)
         result.adapter_uri = upload_final(store, run, final_dir, reporter)
+        record_in_manifest(store, run.child(FINAL_DIR), facts)
         reporter.update(
             state="succeeded",
             step=state.global_step,
