@@ -14,10 +14,10 @@ from typing import Any
 from fake_kube import FakeKube
 from operator_harness import base_job
 
+from lora_contract.adapter_registry import Entry
 from lora_contract.types import API_VERSION, KIND
 from lora_operator.api.loading import parse_lorajob
 from lora_operator.controller.shared_registry import (
-    Entry,
     ServerKey,
     adapter_holder,
     build_registry,
@@ -105,9 +105,12 @@ def test_registration_adds_entry_and_owner_once() -> None:
 def test_sweep_drops_only_entries_and_owners_of_jobs_gone() -> None:
     registry = registry_with(("a", "u1", "ad-a"), ("b", "u2", "ad-b"), ("c", "u3", "ad-c"))
     registry["data"]["adapter.u9"] = "not json"  # edited by hand: swept
-    patch = sweep_patch(registry, {"u1", "u3", "u9"})
+    registry["data"]["adapter.u8"] = (  # a name that is no directory name: swept
+        '{"job": "z", "adapter": "../z", "uri": "s3://b/z", "rank": 8}'
+    )
+    patch = sweep_patch(registry, {"u1", "u3", "u8", "u9"})
     assert patch == {
-        "data": {"adapter.u2": None, "adapter.u9": None},
+        "data": {"adapter.u2": None, "adapter.u8": None, "adapter.u9": None},
         "metadata": {"ownerReferences": [ref("a", "u1"), ref("c", "u3")]},
     }
     assert sorted(entries(patched(registry, patch))) == ["u1", "u3"]

@@ -6,7 +6,8 @@ ConfigMap `lora-server-<digest>` in the job's namespace (the tenant boundary: a 
 namespaces). Each adapter is one data entry keyed by its LoRAJob's uid, and each contributing
 LoRAJob is a non-controller owner reference, so Kubernetes' garbage collector removes the
 registry, and the InferenceService it controls, once the last LoRAJob is gone. No IO here: the
-reconciler (shared_serving.py) reads and writes around these functions.
+reconciler (shared_serving.py) reads and writes around these functions; the entry format is
+the contract's (lora_contract.adapter_registry), read by the adapter syncer beside vLLM.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from lora_contract.adapter_registry import ENTRY_PREFIX, SERVER_DATA_KEY, Entry
 from lora_contract.types import API_VERSION, KIND, LoRAJobSpec
 
 COMPONENT = "lora-server"
 LABEL_SERVER_KEY = "lora-operator.io/server-key"
-SERVER_DATA_KEY = "server.json"  # the server's shape, written once by the job that created it
-ENTRY_PREFIX = "adapter."  # data keys of adapters: adapter.<LoRAJob uid>
 MANAGED_BY = {"app.kubernetes.io/managed-by": "lora-operator"}
 
 
@@ -54,31 +54,6 @@ def server_key(spec: LoRAJobSpec) -> ServerKey:
         source=spec.base_model.source,
         quantization=spec.quantization.mode.value,
     )
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One adapter on the server: the job it comes from, the name clients ask for, its URI."""
-
-    job: str
-    adapter: str
-    uri: str
-    rank: int
-
-    def to_data(self) -> str:
-        return json.dumps(
-            {"job": self.job, "adapter": self.adapter, "uri": self.uri, "rank": self.rank},
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_data(cls, text: str) -> Entry | None:
-        """None for an entry that does not parse (edited by hand): it is swept, not served."""
-        try:
-            raw = json.loads(text)
-            return cls(str(raw["job"]), str(raw["adapter"]), str(raw["uri"]), int(raw["rank"]))
-        except (ValueError, KeyError, TypeError):
-            return None
 
 
 def entry_key(uid: str) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import json
 from typing import Any
 
+from lora_contract.adapter_registry import SERVER_DATA_KEY, Entry
 from lora_contract.types import GROUP, PLURAL, VERSION, LoRAJobSpec, Reason
 
 from .children import INFERENCE_SERVICE, apply
@@ -29,8 +30,6 @@ from .serving import (
     vllm_lora_rank,
 )
 from .shared_registry import (
-    SERVER_DATA_KEY,
-    Entry,
     adapter_holder,
     build_registry,
     digest_of,

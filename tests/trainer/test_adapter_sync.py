@@ -1,0 +1,103 @@
+"""The adapter syncer of a shared server against moto's S3 and the vLLM stand-in: the registry
+the operator builds (`build_registry`, its data written as files the way kubelet mounts a
+ConfigMap) becomes a resolver directory vLLM would accept; a removed entry disappears; a server
+restarted with an empty directory gets every adapter back from the registry alone."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from lora_contract.adapter_registry import Entry
+from lora_contract.layout import S3Location
+from lora_contract.storage import S3Store
+from lora_devkit.vllm_standin import VllmStandIn
+from lora_operator.controller.shared_registry import ServerKey, build_registry, entry_key
+from lora_trainer.adapter_sync import SOURCE_MARKER, read_registry, sync_once
+
+BUCKET = "sync-test"
+BASE = "meta-llama/Llama-3.2-1B"
+SHAPE = {"baseModel": BASE, "source": "pvc://m", "gpuResourceName": "nvidia.com/gpu", "gpus": 0}
+
+
+def upload_adapter(store: S3Store, prefix: str, peft_type: str = "LORA") -> str:
+    store.ensure_bucket(BUCKET)
+    folder = S3Location(BUCKET, prefix)
+    config = {"peft_type": peft_type, "base_model_name_or_path": "/tmp/train/base", "r": 8}
+    store.put_json(folder.child("adapter_config.json"), config)
+    store.put_bytes(folder.child("adapter_model.safetensors"), b"weights")
+    return f"s3://{BUCKET}/{prefix}"
+
+
+def mount(registry: dict[str, Any], directory: Path) -> None:
+    """What kubelet does with a ConfigMap volume: one file per data key (and `..data`)."""
+    for old in directory.glob("*"):
+        if old.is_file():
+            old.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in registry["data"].items():
+        (directory / key).write_text(value)
+    (directory / "..data").mkdir(exist_ok=True)
+
+
+def served(url: str) -> list[str]:
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as response:
+        body = json.loads(response.read())
+    return [m["id"] for m in body["data"]]
+
+
+def test_sync_serves_what_the_registry_lists_and_a_restart_gets_it_back(
+    store: S3Store, tmp_path: Path
+) -> None:
+    uri_a = upload_adapter(store, "runs/ns/a/r1/final")
+    uri_b = upload_adapter(store, "runs/ns/b/r1/final")
+    key = ServerKey(BASE, "", "pvc://m", "none")
+    registry = build_registry(key, "ns", "a", "u1", Entry("a", "team-a", uri_a, 8), SHAPE)
+    registry["data"][entry_key("u2")] = Entry("b", "team-b", uri_b, 8).to_data()
+    registry_dir, adapters = tmp_path / "registry", tmp_path / "adapters"
+    mount(registry, registry_dir)
+    assert read_registry(registry_dir).adapters == {"team-a": uri_a, "team-b": uri_b}
+
+    result = sync_once(store, registry_dir, adapters)
+    assert result.added == ["team-a", "team-b"] and result.failed == {}
+    config = json.loads((adapters / "team-a" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == BASE  # what the resolver requires
+    assert (adapters / "team-a" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert (adapters / "team-a" / SOURCE_MARKER).read_text() == uri_a
+    with VllmStandIn(BASE, adapters) as server:
+        assert served(server.url) == [BASE, "team-a", "team-b"]
+        # an idle pass downloads nothing
+        assert sync_once(store, registry_dir, adapters).added == []
+        # b's job left: its entry is gone from the registry, its folder from the directory
+        del registry["data"][entry_key("u2")]
+        mount(registry, registry_dir)
+        result = sync_once(store, registry_dir, adapters)
+        assert result.removed == ["team-b"] and result.added == []
+        assert served(server.url) == [BASE, "team-a"]
+
+    # the server pod restarts: an empty emptyDir, rebuilt from the registry alone
+    fresh = tmp_path / "restarted"
+    with VllmStandIn(BASE, fresh) as server:
+        assert served(server.url) == [BASE]
+        assert sync_once(store, registry_dir, fresh).added == ["team-a"]
+        assert served(server.url) == [BASE, "team-a"]
+
+
+def test_an_adapter_vllm_cannot_load_is_reported_and_not_served(
+    store: S3Store, tmp_path: Path
+) -> None:
+    uri = upload_adapter(store, "runs/ns/ia3/r1/final", peft_type="IA3")
+    key = ServerKey(BASE, "", "pvc://m", "none")
+    registry = build_registry(key, "ns", "x", "u1", Entry("x", "ia3", uri, 8), SHAPE)
+    registry["data"][entry_key("u9")] = (
+        '{"job": "y", "adapter": "../escape", "uri": "s3://b/x", "rank": 8}'
+    )
+    mount(registry, tmp_path / "registry")
+    result = sync_once(store, tmp_path / "registry", tmp_path / "adapters")
+    assert result.failed == {"ia3": "peft_type is 'IA3', vLLM loads only LORA"}
+    assert result.added == []
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == []  # nothing half-made
+    with VllmStandIn(BASE, tmp_path / "adapters") as server:
+        assert served(server.url) == [BASE]
