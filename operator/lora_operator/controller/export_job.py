@@ -1,0 +1,141 @@
+"""The merged-model export Job (spec.export.merged): built beside the trainer Job, run after it
+succeeded, on CPU. Pure builders and sizing, no I/O; `reconcile._Run` creates and follows it.
+
+Sized from the plan's parameter counts (the memory model's): the base held in the export dtype,
+the adapter in fp32 twice (loaded, then the merge's delta), one shard being written, and a
+margin; the scratch disk holds the downloaded base (fp32 at worst) and the merged copy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lora_contract import pod
+from lora_contract.layout import MERGED_DIR
+from lora_contract.types import ExportDtype, ExportSpec
+
+from .manifests import (
+    RunContext,
+    _metadata,
+    build_env,
+    build_volumes,
+    container_security_context,
+    pod_security_context,
+    short_name,
+    trainer_account_name,
+)
+
+EXPORT_COMPONENT = "export"
+EXPORT_CPU = "2"
+EXPORT_BACKOFF_LIMIT = 2
+DTYPE_BYTES = {ExportDtype.bfloat16: 2, ExportDtype.float16: 2, ExportDtype.float32: 4}
+SOURCE_BYTES_PER_PARAM = 4  # the base as downloaded: fp32 at worst
+MEMORY_MARGIN = 1.2  # allocator and Python overhead over the counted bytes
+MEMORY_FLOOR_GIB = 1.0  # interpreter, torch and tokenizer before any weight
+DISK_FLOOR_GIB = 1.0
+GIB = 2**30
+SHARD_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
+# The trainer's rendezvous variables mean nothing to a single export process.
+RENDEZVOUS_ENV = {
+    pod.ENV_MASTER_ADDR,
+    pod.ENV_MASTER_PORT,
+    pod.ENV_NNODES,
+    pod.ENV_NODE_RANK,
+    pod.ENV_NPROC_PER_NODE,
+    pod.ENV_POD_IP,
+    pod.ENV_EPHEMERAL_STORAGE,
+}
+
+
+def export_job_name(job: str, run_id: str) -> str:
+    return short_name(job, run_id, EXPORT_COMPONENT)
+
+
+def shard_bytes(max_shard_size: str) -> int:
+    """'2GB' -> 2_000_000_000 (the spec's pattern admits only KB, MB and GB)."""
+    return int(max_shard_size[:-2]) * SHARD_UNITS[max_shard_size[-2:]]
+
+
+def export_memory_gib(total_params: int, trainable_params: int, export: ExportSpec) -> int:
+    """Host memory for the merge, whole GiB rounded up."""
+    counted = (
+        total_params * DTYPE_BYTES[export.dtype]
+        + 2 * trainable_params * 4
+        + shard_bytes(export.max_shard_size)
+    )
+    return math.ceil(counted * MEMORY_MARGIN / GIB + MEMORY_FLOOR_GIB)
+
+
+def export_disk_gib(total_params: int, export: ExportSpec) -> int:
+    """Scratch disk: the downloaded base plus the merged copy, whole GiB rounded up."""
+    counted = total_params * (SOURCE_BYTES_PER_PARAM + DTYPE_BYTES[export.dtype])
+    return math.ceil(counted / GIB + DISK_FLOOR_GIB)
+
+
+def export_resources(ctx: RunContext) -> dict[str, dict[str, str]]:
+    memory = export_memory_gib(ctx.plan.total_params, ctx.plan.trainable_params, ctx.spec.export)
+    disk = export_disk_gib(ctx.plan.total_params, ctx.spec.export)
+    requests = {"cpu": EXPORT_CPU, "memory": f"{memory}Gi", "ephemeral-storage": f"{disk}Gi"}
+    return {"requests": requests, "limits": {"memory": f"{memory}Gi"}}
+
+
+def merged_uri(output_uri: str) -> str:
+    return f"{output_uri.rstrip('/')}/{MERGED_DIR}"
+
+
+def build_export_job(ctx: RunContext) -> dict[str, Any]:
+    """One pod, no GPU, the trainer image's export entry point, the run's own config and
+    credentials; a bad config (exit 3) fails at once, anything else is retried twice."""
+    name = export_job_name(ctx.name, ctx.run_id)
+    volumes, mounts = build_volumes(ctx)
+    env = [e for e in build_env(ctx) if e["name"] not in RENDEZVOUS_ENV]
+    container = {
+        "name": pod.TRAINER_CONTAINER,
+        "image": ctx.spec.trainer_image or ctx.config.trainer_image,
+        "imagePullPolicy": ctx.config.image_pull_policy,
+        "command": ["python", "-m", "lora_trainer.export"],
+        "env": env,
+        "resources": export_resources(ctx),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": ctx.config.trainer_service_account or trainer_account_name(ctx.name),
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    resources = ctx.spec.resources
+    if resources.node_selector:  # the author's placement rules; no GPU node selector
+        pod_spec["nodeSelector"] = dict(resources.node_selector)
+    if resources.tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in resources.tolerations]
+    if resources.priority_class_name:
+        pod_spec["priorityClassName"] = resources.priority_class_name
+    metadata = _metadata(ctx, name, EXPORT_COMPONENT)
+    job_spec = {
+        "completions": 1,
+        "parallelism": 1,
+        "backoffLimit": EXPORT_BACKOFF_LIMIT,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": pod.TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": [pod.EXIT_INVALID_CONFIG],
+                    },
+                }
+            ]
+        },
+        "template": {
+            "metadata": {"labels": metadata["labels"], "annotations": metadata["annotations"]},
+            "spec": pod_spec,
+        },
+    }
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}

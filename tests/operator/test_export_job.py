@@ -1,0 +1,105 @@
+"""The merged-model export Job (controller/export_job.py): its sizing, worked by hand from the
+plan's parameter counts, and its shape (one CPU pod, the export entry point, the run's config and
+credentials, the restricted pod security, validated against the Kubernetes schema)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import kubernetes_validate
+from operator_harness import base_job, gpu_job
+from test_manifests import K8S_VERSION, UID, context, env_of
+
+from lora_contract.pod import EXIT_INVALID_CONFIG
+from lora_contract.types import ExportDtype, ExportSpec
+from lora_operator.controller.export_job import (
+    build_export_job,
+    export_disk_gib,
+    export_job_name,
+    export_memory_gib,
+    merged_uri,
+    shard_bytes,
+)
+from lora_operator.controller.manifests import LABEL_RUN, RunContext, build_job
+
+EIGHT_B = 8_000_000_000
+ADAPTER = 40_000_000
+
+
+def test_sizing_by_hand() -> None:
+    assert shard_bytes("2GB") == 2_000_000_000 and shard_bytes("500MB") == 500_000_000
+    assert shard_bytes("100KB") == 100_000
+    # bf16: 8e9 x 2 B + 2 x 40e6 x 4 B + a 2 GB shard = 18.32e9 B = 17.062 GiB; x 1.2 + 1 GiB
+    # = 21.47 -> 22 GiB. Disk: 8e9 x (4 + 2) B = 44.70 GiB + 1 -> 46 GiB.
+    bf16 = ExportSpec(merged=True)
+    assert export_memory_gib(EIGHT_B, ADAPTER, bf16) == 22
+    assert export_disk_gib(EIGHT_B, bf16) == 46
+    # fp32 with 500 MB shards: 32.82e9 B = 30.566 GiB; x 1.2 + 1 = 37.68 -> 38 GiB.
+    # Disk: 8e9 x 8 B = 59.60 GiB + 1 -> 61 GiB.
+    fp32 = ExportSpec(merged=True, dtype=ExportDtype.float32, max_shard_size="500MB")
+    assert export_memory_gib(EIGHT_B, ADAPTER, fp32) == 38
+    assert export_disk_gib(EIGHT_B, fp32) == 61
+    # fp16 weighs what bf16 does
+    assert export_memory_gib(EIGHT_B, ADAPTER, ExportSpec(dtype=ExportDtype.float16)) == 22
+
+
+def sized(ctx: RunContext) -> RunContext:
+    plan = ctx.plan.model_copy(update={"total_params": EIGHT_B, "trainable_params": ADAPTER})
+    return dataclasses.replace(ctx, plan=plan)
+
+
+def test_the_export_job_is_one_cpu_pod_running_the_export_entry_point() -> None:
+    ctx = sized(
+        context(
+            gpu_job(
+                "big",
+                8,
+                **{
+                    "export": {"merged": True},
+                    "resources.nodeSelector": {"pool": "train"},
+                    "resources.priorityClassName": "batch-high",
+                },
+            )
+        )
+    )
+    job = build_export_job(ctx)
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert job["metadata"]["name"] == export_job_name("big", "r1") == "big-r1-export"
+    assert job["metadata"]["namespace"] == "ml"
+    assert job["metadata"]["labels"][LABEL_RUN] == "r1"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+    spec = job["spec"]
+    assert (spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (1, 1, 2)
+    assert "completionMode" not in spec
+    rule = spec["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob"
+    assert rule["onExitCodes"]["values"] == [EXIT_INVALID_CONFIG]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "lora_trainer.export"]
+    assert container["image"] == "trainer:1"
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "22Gi", "ephemeral-storage": "46Gi"},
+        "limits": {"memory": "22Gi"},
+    }
+    assert not any("gpu" in key for key in str(container["resources"]).split("'"))
+    assert pod["nodeSelector"] == {"pool": "train"}  # the author's, not the GPU pool's
+    assert pod["priorityClassName"] == "batch-high"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # the run's own config and credentials, by Secret reference; no rendezvous variables
+    trainer = build_job(ctx)
+    assert pod["volumes"] == trainer["spec"]["template"]["spec"]["volumes"]
+    env = env_of(job)
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3", "key": "accessKey"}}
+    assert env["LORAJOB_CONFIG"] == env_of(trainer)["LORAJOB_CONFIG"]
+    assert not {"MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "POD_IP"} & set(env)
+    assert merged_uri(ctx.output_uri) == "s3://lora-test/runs/big/r1/merged"
+
+
+def test_a_cpu_jobs_export_has_no_node_selector_by_default() -> None:
+    job = build_export_job(context(base_job("small", export={"merged": True})))
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    assert "nodeSelector" not in job["spec"]["template"]["spec"]
