@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print, write or check the precomputed shapes of the shipped model configs",
     ),
     "run": ("lora_operator.controller.main", "run the operator (kopf) against the current cluster"),
+    "promote": (
+        "lora_operator.api.promote_cmd",
+        "serve a succeeded run's adapter (rollback): sets spec.serving.promote/run via the API",
+    ),
 }
 
 
