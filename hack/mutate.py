@@ -376,6 +376,12 @@ TARGETS: tuple[Target, ...] = (
         ),
         note="whether the watched dataset object changed and is due a look",
     ),
+    Target(
+        "promotion",
+        ("lora_operator.controller.promotion", "lora_operator.controller.serving_compat"),
+        ("tests/operator/test_promotion.py", "tests/operator/test_serving_compat.py"),
+        note="which succeeded run serves (latest/best/manual); what vLLM would refuse to load",
+    ),
 )
 
 # mutmut's status names (mutmut.stats.status_by_exit_code) that count as a kill.
