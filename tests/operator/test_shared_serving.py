@@ -3,10 +3,12 @@ emulator with KServe's CRD. Two succeeded jobs on one base model in one namespac
 InferenceService whose registry lists both; the same base model in another namespace gets its
 own; an operator restart changes nothing; deleting one job removes only its entry; deleting the
 last removes the server (the garbage collector: registry owned by the jobs, server by the
-registry). Jobs succeed through the Job stand-in and a written progress.json (no training)."""
+registry). Jobs succeed through the Job stand-in and a written progress.json (no training).
+Switching modes and turning serving off: the reconciler in-process against `FakeKube`."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from collections.abc import Iterator
@@ -14,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_kube import FakeKube
 from job_driver import JobDriver
 from operator_harness import LORAJOBS, SECRET, Harness, base_job, prepare_harness, start_operator
 
 from lora_devkit.emulator import RestClient
 from lora_devkit.operator_process import secret_manifest, stop_operator
 from lora_devkit.s3server import S3Server
+from lora_operator.api.operator_config import OperatorConfig
+from lora_operator.controller.config import ConfigSource
+from lora_operator.controller.events import post_event
+from lora_operator.controller.reconcile import Reconciler
 
 TEAM = "team-shared"
 CMS = "v1/configmaps"
@@ -149,3 +156,65 @@ def test_one_server_per_base_model_and_namespace(two_teams: Harness) -> None:
     assert servers(h, TEAM) == [server]
     h.client.delete(LORAJOBS, TEAM, "alpha")
     h.wait("team server gone", lambda: servers(h, TEAM) == [])
+
+
+FAKE_LJ = "/apis/finetune.lora-operator.io/v1alpha1/namespaces/default/lorajobs"
+FAKE_JOBS = "/apis/batch/v1/namespaces/default/jobs"
+FAKE_CMS = "/api/v1/namespaces/default/configmaps"
+FAKE_ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/default/inferenceservices"
+
+
+def test_switching_modes_and_turning_serving_off_leave_nothing_behind(s3: S3Server) -> None:
+    kube = FakeKube()
+    source = ConfigSource()
+    source._config = OperatorConfig.model_validate(
+        {"s3": {"endpoint": s3.endpoint, "credentialsSecret": {"name": SECRET}}}
+    )
+    reconciler = Reconciler(config=source, kube_factory=lambda: kube, emit=post_event)
+    keys = {"accessKey": s3.access_key, "secretKey": s3.secret_key}
+    kube.put(
+        "/api/v1/namespaces/default/secrets", {"metadata": {"name": SECRET}, "stringData": keys}
+    )
+    job = shared_job("sw")
+    job["metadata"].update({"namespace": "default", "uid": "uid-sw", "generation": 1})
+    kube.put(FAKE_LJ, job)
+
+    def reconcile(**serving: Any) -> dict[str, Any]:
+        lj = kube.obj(FAKE_LJ, "sw")
+        assert lj is not None
+        lj["spec"]["serving"].update(serving)
+        asyncio.run(reconciler.reconcile("default", "sw"))
+        status: dict[str, Any] = lj.get("status") or {}
+        return status
+
+    reconcile()
+    kube.obj(FAKE_JOBS, "sw-r1")["status"] = {  # type: ignore[index]
+        "succeeded": 1,
+        "conditions": [{"type": "Complete", "status": "True"}],
+    }
+    server = reconcile()["inferenceService"]
+    assert server.startswith("lora-server-")
+    assert sorted(kube.objects[FAKE_ISVCS]) == [server]
+    assert sorted(
+        json.loads(v)["job"]
+        for k, v in kube.objects[FAKE_CMS][server]["data"].items()
+        if k.startswith("adapter.")
+    ) == ["sw"]
+
+    # shared -> dedicated: its own server, the shared one (it was the last adapter) deleted
+    assert reconcile(mode="dedicated")["inferenceService"] == "sw"
+    assert sorted(kube.objects[FAKE_ISVCS]) == ["sw"]
+    registry = kube.objects[FAKE_CMS][server]
+    assert [k for k in registry["data"] if k.startswith("adapter.")] == []
+
+    # dedicated -> shared: the dedicated server deleted, the shared one back with its entry
+    assert reconcile(mode="shared")["inferenceService"] == server
+    assert sorted(kube.objects[FAKE_ISVCS]) == [server]
+    assert kube.obj(FAKE_CMS, server)["data"]["adapter.uid-sw"]  # type: ignore[index]
+
+    # serving off: Disabled, no server, no entry
+    status = reconcile(enabled=False)
+    serving = next(c for c in status["conditions"] if c["type"] == "Serving")
+    assert serving["reason"] == "Disabled" and status.get("inferenceService") is None
+    assert kube.objects[FAKE_ISVCS] == {}
+    assert [k for k in kube.objects[FAKE_CMS][server]["data"] if k.startswith("adapter.")] == []

@@ -17,6 +17,7 @@ from operator_harness import base_job
 from lora_contract.adapter_registry import Entry
 from lora_contract.types import API_VERSION, KIND
 from lora_operator.api.loading import parse_lorajob
+from lora_operator.controller.kube import KubeError
 from lora_operator.controller.shared_registry import (
     ServerKey,
     adapter_holder,
@@ -29,7 +30,13 @@ from lora_operator.controller.shared_registry import (
     server_key,
     sweep_patch,
 )
-from lora_operator.controller.shared_serving import ensure_shared_serving, leave_shared_serving
+from lora_operator.controller.shared_serving import (
+    build_shared_inference_service,
+    ensure_shared_serving,
+    leave_shared_serving,
+    live_shared_uids,
+    server_shape,
+)
 
 CMS = "/api/v1/namespaces/{ns}/configmaps"
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices"
@@ -258,3 +265,210 @@ def test_two_jobs_cannot_serve_one_adapter_name() -> None:
     assert "adapter name same is already served" in state.message and "LoRAJob one" in state.message
     registry = kube.obj(CMS.format(ns="ns"), server)
     assert registry is not None and sorted(entries(registry)) == ["uid-ns-one"]
+
+
+# ------------------------------------------------------------ the server's shape, pinned by hand
+
+GPU_SHAPE = {
+    "baseModel": "org/base",
+    "source": "s3://models/base",
+    "gpuResourceName": "amd.com/gpu",
+    "gpus": 1,
+    "replicas": 2,
+}
+CONTAINER_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def test_the_shared_server_is_pinned_field_by_field() -> None:
+    registry = registry_with(("a", "u1", "ad-a"), ("b", "u2", "ad-b"))
+    registry["data"]["server.json"] = json.dumps(GPU_SHAPE)
+    registry["data"]["adapter.u2"] = Entry("b", "ad-b", "s3://b/b", 48).to_data()
+    assert build_shared_inference_service(registry) == {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": "lora-server-abc",
+            "namespace": "ns",
+            "labels": registry["metadata"]["labels"],
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": "lora-server-abc",
+                    "uid": "reg-uid",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "predictor": {
+                "minReplicas": 2,
+                "maxReplicas": 2,
+                "model": {
+                    "modelFormat": {"name": "huggingface"},
+                    "args": [
+                        "--backend=vllm",
+                        "--model_name=org/base",
+                        "--model_dir=/mnt/models/base",
+                        "--enable-lora",
+                        "--max-lora-rank=64",  # rank 48 needs vLLM's next size up
+                    ],
+                    "storageUris": [{"uri": "s3://models/base", "mountPath": "/mnt/models/base"}],
+                    "resources": {"requests": {"amd.com/gpu": "1"}, "limits": {"amd.com/gpu": "1"}},
+                    "env": [
+                        {"name": "HOME", "value": "/home/kserve"},
+                        {"name": "VLLM_PLUGINS", "value": "lora_filesystem_resolver"},
+                        {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": "/mnt/adapters"},
+                    ],
+                    "volumeMounts": [
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "home", "mountPath": "/home/kserve"},
+                        {"name": "dshm", "mountPath": "/dev/shm"},
+                        {"name": "adapters", "mountPath": "/mnt/adapters", "readOnly": True},
+                    ],
+                    "securityContext": CONTAINER_CONTEXT,
+                },
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "runAsUser": 1000,
+                    "runAsGroup": 1000,
+                    "fsGroup": 1000,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "automountServiceAccountToken": False,
+                "volumes": [
+                    {"name": "tmp", "emptyDir": {}},
+                    {"name": "home", "emptyDir": {}},
+                    {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                    {"name": "adapters", "emptyDir": {}},
+                ],
+            }
+        },
+    }
+
+
+def test_a_registry_without_a_shape_gives_a_cpu_server_of_one_replica() -> None:
+    registry = registry_with(("a", "u1", "ad-a"))
+    predictor = build_shared_inference_service(registry)["spec"]["predictor"]
+    assert predictor["model"]["resources"] == {}
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 1)
+    assert predictor["model"]["args"][1] == "--model_name="
+    assert predictor["model"]["storageUris"] == [{"uri": "", "mountPath": "/mnt/models/base"}]
+    registry["data"]["server.json"] = json.dumps({"gpus": 2, "replicas": 0})
+    predictor = build_shared_inference_service(registry)["spec"]["predictor"]
+    gpus = {"nvidia.com/gpu": "2"}  # the default resource name
+    assert predictor["model"]["resources"] == {"requests": gpus, "limits": gpus}
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (0, 1)
+    assert max_rank({"data": {}}) == 1
+
+
+def test_the_shape_comes_from_the_creating_job() -> None:
+    assert server_shape(spec_of("a")) == {
+        "baseModel": "meta-llama/Llama-3.2-1B",
+        "source": "pvc://models/llama-1b",
+        "gpuResourceName": "nvidia.com/gpu",
+        "gpus": 0,
+        "replicas": 1,
+    }
+    gpu = spec_of("g", **{"resources.gpuType": "A100-80GB", "serving.replicas": 3})
+    assert (server_shape(gpu)["gpus"], server_shape(gpu)["replicas"]) == (1, 3)
+
+
+def test_the_new_registry_is_labelled_and_annotated_as_the_operators() -> None:
+    key = ServerKey("m", "v1", "pvc://m", "nf4")
+    body = build_registry(key, "ns", "a", "u1", Entry("a", "ad", "s3://x", 8), SHAPE)
+    assert body["apiVersion"] == "v1" and body["kind"] == "ConfigMap"
+    assert body["metadata"]["name"] == key.name and body["metadata"]["namespace"] == "ns"
+    assert body["metadata"]["labels"] == {
+        "app.kubernetes.io/name": "lora-operator",
+        "app.kubernetes.io/component": "lora-server",
+        "app.kubernetes.io/managed-by": "lora-operator",
+        "lora-operator.io/server-key": key.digest,
+    }
+    assert body["metadata"]["annotations"] == {
+        "lora-operator.io/base-model": "m",
+        "lora-operator.io/revision": "v1",
+        "lora-operator.io/quantization": "nf4",
+    }
+    assert body["data"]["adapter.u1"] == Entry("a", "ad", "s3://x", 8).to_data()
+
+
+def test_only_live_shared_jobs_count_for_the_sweep() -> None:
+    kube = FakeKube()
+    put_job(kube, "ns", "shared")
+    put_job(kube, "ns", "dedicated", shared=False)
+    put_job(kube, "ns", "going")
+    kube.objects[LJS.format(ns="ns")]["going"]["metadata"]["deletionTimestamp"] = (
+        "2026-01-01T00:00:00Z"
+    )
+    put_job(kube, "ns", "off")
+    kube.objects[LJS.format(ns="ns")]["off"]["spec"]["serving"]["enabled"] = False
+    put_job(kube, "elsewhere", "shared")
+    assert asyncio.run(live_shared_uids(kube, "ns")) == {"uid-ns-shared"}
+
+
+class RecordingKube(FakeKube):
+    """FakeKube that keeps the bodies of PATCH requests, or fails requests to one resource."""
+
+    def __init__(self, fail: tuple[str, int] | None = None) -> None:
+        super().__init__()
+        self.patches: list[Any] = []
+        self.fail = fail
+
+    async def request(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
+        if self.fail is not None and self.fail[0] in path:
+            raise KubeError(self.fail[1], "boom")
+        if method == "PATCH":
+            self.patches.append(copy.deepcopy(body))
+        return await super().request(method, path, body, **kwargs)
+
+
+def test_registry_patches_carry_the_resource_version_read() -> None:
+    kube = RecordingKube()
+    put_job(kube, "ns", "one")
+    put_job(kube, "ns", "two")
+    _, server = ensure(kube, "ns", "one")
+    kube.objects[CMS.format(ns="ns")][server]["metadata"]["resourceVersion"] = "41"
+    ensure(kube, "ns", "two")
+    assert kube.patches[0]["metadata"]["resourceVersion"] == "41"
+    assert [r["uid"] for r in kube.patches[0]["metadata"]["ownerReferences"]] == [
+        "uid-ns-one",
+        "uid-ns-two",
+    ]
+    assert sorted(kube.patches[0]["data"]) == ["adapter.uid-ns-two"]
+
+
+def test_kserve_missing_or_failing_is_a_condition() -> None:
+    missing = RecordingKube(fail=("inferenceservices", 404))
+    put_job(missing, "ns", "one")
+    state, _ = ensure(missing, "ns", "one")
+    assert (state.status, state.reason) == ("False", "KServeNotInstalled")
+    assert state.message == (
+        "the InferenceService resource (serving.kserve.io/v1beta1) is not installed; "
+        "install KServe to serve the adapter"
+    )
+    failing = RecordingKube(fail=("inferenceservices", 500))
+    put_job(failing, "ns", "one")
+    state, server = ensure(failing, "ns", "one")
+    assert (state.status, state.reason) == ("False", "ServingError")
+    assert state.message.startswith(f"cannot serve on {server}: ") and "boom" in state.message
+
+
+def test_leaving_keeps_other_owners_and_entries_even_when_not_paired() -> None:
+    kube = FakeKube()
+    registry = registry_with(("a", "u1", "ad-a"), ("b", "u2", "ad-b"))
+    registry["metadata"]["ownerReferences"].append(ref("c", "u3"))  # an owner without an entry
+    registry["data"]["adapter.u4"] = Entry("d", "ad-d", "s3://d", 8).to_data()  # entry, no owner
+    kube.put(CMS.format(ns="ns"), registry)
+    assert asyncio.run(leave_shared_serving(kube, "ns", "lora-server-abc", "u1"))
+    left = kube.obj(CMS.format(ns="ns"), "lora-server-abc")
+    assert left is not None
+    assert sorted(entries(left)) == ["u2", "u4"]
+    assert [r["uid"] for r in left["metadata"]["ownerReferences"]] == ["u2", "u3"]
