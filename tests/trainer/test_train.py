@@ -106,8 +106,10 @@ def test_early_stopping_on_eval_loss(
     assert progress.stopped_early is True
     assert progress.step < 40
     assert "early stopping" in capfd.readouterr().err
-    # The stop step was checkpointed and the final adapter uploaded.
-    assert store.complete_checkpoints(run.location) == [progress.step]
+    # The stop step was checkpointed, and so was the best evaluated step (one evaluation
+    # earlier with patience 1), whose adapter is the final one (test_best_adapter.py).
+    assert progress.best_step == progress.step - 2
+    assert store.complete_checkpoints(run.location) == [progress.best_step, progress.step]
 
 
 def test_model_and_data_from_s3(

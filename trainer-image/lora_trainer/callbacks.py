@@ -3,6 +3,7 @@ the stop step after a SIGTERM (preemption.py)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from lora_contract.layout import S3Location, checkpoint_name
 from lora_contract.storage import S3Store, StorageError
 
 from .checkpoints import prune, upload_files, write_manifest
+from .completion import BEST_FILE
 from .metrics import ProgressReporter, log
 from .preemption import StopRequest, any_rank
 
@@ -46,16 +48,25 @@ class S3CheckpointCallback(TrainerCallback):  # type: ignore[misc]
     """
 
     def __init__(
-        self, store: S3Store, run: S3Location, keep: int, reporter: ProgressReporter
+        self,
+        store: S3Store,
+        run: S3Location,
+        keep: int,
+        reporter: ProgressReporter,
+        best: BestEvalTracker | None = None,
     ) -> None:
         self.store = store
         self.run = run
         self.keep = keep
         self.reporter = reporter
+        self.best = best  # its checkpoint is never pruned (it becomes final/)
         self.upload_seconds = 0.0
         self.uploads = 0  # complete checkpoints (manifest written) and the time they took
         self.failed_uploads = 0
         self.last_error: str | None = None
+
+    def _protected(self) -> set[int]:
+        return self.best.protected_steps() if self.best is not None else set()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         step = state.global_step
@@ -73,7 +84,7 @@ class S3CheckpointCallback(TrainerCallback):  # type: ignore[misc]
             if not errors:
                 try:
                     write_manifest(self.store, dest, step)
-                    deleted = prune(self.store, self.run, self.keep)
+                    deleted = prune(self.store, self.run, self.keep, self._protected())
                     if deleted:
                         log(f"pruned old checkpoints {deleted} (keeping {self.keep})")
                 except StorageError as exc:
@@ -195,6 +206,44 @@ class EvalLossEarlyStopping(TrainerCallback, ExportableState):  # type: ignore[m
             "args": {"patience": self.patience},
             "attributes": {"best": self.best, "bad_evals": self.bad_evals},
         }
+
+
+class BestEvalTracker(TrainerCallback):  # type: ignore[misc]
+    """The evaluated step with the lowest eval loss. A new best is checkpointed at once (its
+    adapter must exist in S3 to become final/) and pruning keeps that checkpoint. Each checkpoint
+    carries the best so far in BEST_FILE, so a resumed attempt still knows an earlier one's best
+    (not an HF ExportableState: HF would replace this object on resume, and the checkpoint
+    callback and run_training hold it)."""
+
+    def __init__(
+        self,
+        reporter: ProgressReporter | None = None,
+        best_step: int | None = None,
+        best_eval_loss: float | None = None,
+    ) -> None:
+        self.reporter = reporter
+        self.best_step = best_step
+        self.best_eval_loss = best_eval_loss
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None or (self.best_eval_loss is not None and loss >= self.best_eval_loss):
+            return
+        self.best_step, self.best_eval_loss = int(state.global_step), float(loss)
+        control.should_save = True
+        if self.reporter is not None and state.is_world_process_zero:
+            self.reporter.update(best_step=self.best_step, best_eval_loss=self.best_eval_loss)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        local = Path(args.output_dir) / checkpoint_name(state.global_step)
+        if self.best_step is not None and state.is_world_process_zero and local.is_dir():
+            best = {"bestStep": self.best_step, "bestEvalLoss": self.best_eval_loss}
+            (local / BEST_FILE).write_text(json.dumps(best))
+
+    def protected_steps(self) -> set[int]:
+        return set() if self.best_step is None else {self.best_step}
 
 
 class ForceSaveAtEnd(TrainerCallback):  # type: ignore[misc]

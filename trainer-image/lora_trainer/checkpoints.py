@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,14 @@ def upload_checkpoint(store: S3Store, run: S3Location, local_dir: Path, step: in
     return dest
 
 
-def prune(store: S3Store, run: S3Location, keep: int) -> list[int]:
-    """Delete all but the newest `keep` complete checkpoints, and incomplete checkpoints older
-    than the newest complete one (left by killed pods). Returns the deleted steps."""
+def prune(store: S3Store, run: S3Location, keep: int, protected: Collection[int] = ()) -> list[int]:
+    """Delete all but the newest `keep` complete checkpoints and the `protected` ones (the best
+    evaluated step's), and incomplete checkpoints older than the newest complete one (left by
+    killed pods). Returns the deleted steps."""
     complete = store.complete_checkpoints(run)
     if not complete:
         return []
-    keep_steps = set(complete[-keep:])
+    keep_steps = set(complete[-keep:]) | set(protected)
     newest = complete[-1]
     deleted = []
     for name in store.list(run):

@@ -15,11 +15,16 @@ destroys the group first.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+from lora_contract.layout import S3Location, checkpoint_name
+from lora_contract.storage import S3Store, StorageError
+
 TRAINER_STATE = "trainer_state.json"
+BEST_FILE = "best_eval.json"  # in each checkpoint: the best evaluated step so far
 # What HF Trainer's save_model writes for a PEFT model (the rest of a checkpoint is optimizer,
 # scheduler, RNG and DeepSpeed state, which a finished adapter does not need).
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", "README.md")
@@ -44,6 +49,33 @@ def copy_adapter(checkpoint: Path, final_dir: Path) -> list[str]:
     for name in ADAPTER_FILES:
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, final_dir / name)
+            copied.append(name)
+    return copied
+
+
+def best_from_checkpoint(checkpoint: Path | None) -> tuple[int | None, float | None]:
+    """The best evaluated step and its eval loss as of `checkpoint` (its BEST_FILE, written by
+    callbacks.BestEvalTracker); (None, None) when it has none."""
+    if checkpoint is None or not (checkpoint / BEST_FILE).is_file():
+        return None, None
+    best = json.loads((checkpoint / BEST_FILE).read_text())
+    step, loss = best.get("bestStep"), best.get("bestEvalLoss")
+    return (int(step) if step is not None else None, float(loss) if loss is not None else None)
+
+
+def fetch_adapter(store: S3Store, run: S3Location, step: int, final_dir: Path) -> list[str]:
+    """checkpoint-<step>'s adapter files from S3 replace `final_dir`'s: the best evaluated step's
+    adapter ships, not the last step's. The names copied."""
+    source = run.child(checkpoint_name(step))
+    present = store.list(source)
+    if ADAPTER_FILES[0] not in present:
+        raise StorageError(f"{source.uri} has no {ADAPTER_FILES[0]}", transient=True)
+    final_dir.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in ADAPTER_FILES:
+        (final_dir / name).unlink(missing_ok=True)
+        if name in present:
+            store.download_file(source.child(name), final_dir / name)
             copied.append(name)
     return copied
 

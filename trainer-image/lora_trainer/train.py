@@ -24,7 +24,13 @@ from lora_contract.types import ComputeDtype, TrainerConfig
 
 from . import settings
 from .checkpoints import download_checkpoint, latest_checkpoint
-from .completion import completed_state, copy_adapter, release_process_group
+from .completion import (
+    best_from_checkpoint,
+    completed_state,
+    copy_adapter,
+    fetch_adapter,
+    release_process_group,
+)
 from .config import ProcessPlace, work_dir
 from .data import ListDataset, load_examples, pack, split_eval
 from .deepspeed_setup import (
@@ -242,6 +248,24 @@ def upload_checkpoint_like(store: S3Store, dest: S3Location, local_dir: Path) ->
     write_manifest(store, dest, None)
 
 
+def publish_resumed(
+    reporter: ProgressReporter, resume_dir: Path, step: int, run: S3Location
+) -> None:
+    """Before the model loads, progress.json says where this attempt resumes (step, total, the
+    checkpoint): `kubectl get` never shows "0/?" between attempts."""
+    total = 0
+    state_file = resume_dir / "trainer_state.json"
+    if state_file.is_file():
+        total = int(json.loads(state_file.read_text()).get("max_steps") or 0)
+    reporter.update(
+        step=step,
+        resumed_from=step,
+        latest_checkpoint=run.child(f"checkpoint-{step}").uri,
+        **({"total_steps": total} if total else {}),
+    )
+    reporter.publish()
+
+
 def step_delay() -> float:
     """Env LORAJOB_STEP_DELAY_S (fault-injection aid for tests and the demo; 0 = off)."""
     return TrainerSettings.from_env().step_delay_s
@@ -272,6 +296,7 @@ def run_training(
     """Train; raise a TrainerError subclass on any expected failure. `extra_callbacks` are added
     to the HF Trainer's (the benchmark's clock)."""
     from .callbacks import (
+        BestEvalTracker,
         EvalLossEarlyStopping,
         ForceSaveAtEnd,
         PreemptionCallback,
@@ -329,6 +354,7 @@ def run_training(
     if resumed_from is not None:
         log(f"resuming from checkpoint-{resumed_from} ({run.uri})")
         reporter.load_previous_records(resumed_from)
+        publish_resumed(reporter, resume_dir, resumed_from, run)  # type: ignore[arg-type]
 
     from transformers import set_seed
 
@@ -351,7 +377,12 @@ def run_training(
             else ""
         )
     )
-    checkpoint_cb = S3CheckpointCallback(store, run, spec.training.keep_checkpoints, reporter)
+    best = None
+    if eval_ds is not None:  # resumed: the best so far is in the checkpoint
+        best = BestEvalTracker(reporter, *best_from_checkpoint(resume_dir))
+        if best.best_step is not None:
+            reporter.update(best_step=best.best_step, best_eval_loss=best.best_eval_loss)
+    checkpoint_cb = S3CheckpointCallback(store, run, spec.training.keep_checkpoints, reporter, best)
     preemption = PreemptionCallback(stop_request)
     callbacks: list[Any] = [
         ProgressCallback(reporter),
@@ -361,6 +392,8 @@ def run_training(
         *objective.callbacks(reporter),  # after ProgressCallback: they amend its record
         *extra_callbacks,
     ]
+    if best is not None:
+        callbacks.insert(1, best)  # before the checkpoint callback: pruning spares its step
     delay = step_delay()
     if delay:
         callbacks.append(StepDelay(delay))
@@ -397,6 +430,18 @@ def run_training(
         log(f"checkpoint-{resumed_from} holds the last step: no further training")
         copy_adapter(resume_dir, final_dir)
         state = finished
+    best_step = best.best_step if best is not None else None
+    if (
+        place.is_main
+        and best is not None
+        and best_step is not None
+        and best_step != state.global_step
+    ):
+        try:
+            fetch_adapter(store, run, best_step, final_dir)
+        except StorageError as exc:
+            raise TransientError(f"best adapter (step {best_step}) fetch failed: {exc}") from None
+        log(f"final adapter is step {best_step}'s (lowest eval loss {best.best_eval_loss})")
     stopper = next(
         (c for c in trainer.callback_handler.callbacks if isinstance(c, EvalLossEarlyStopping)),
         None,
@@ -430,6 +475,8 @@ def run_training(
             total_steps=state.max_steps,
             adapter_uri=result.adapter_uri,
             stopped_early=stopped_early,
+            best_step=best_step,
+            best_eval_loss=best.best_eval_loss if best is not None else None,
             eta_seconds=0.0,
             last_error=checkpoint_cb.last_error,
         )
