@@ -21,9 +21,12 @@ from lora_operator.memory.model_config import ModelConfig, shipped_config
 from lora_operator.memory.report import render_table
 from lora_operator.memory.serving_plan import (
     ServingKnobs,
+    cpu_terms,
     kv_bytes_per_token,
     memory_terms,
     plan_serving,
+    tensor_parallel_sizes,
+    vllm_rank,
     weight_bytes,
 )
 
@@ -81,9 +84,9 @@ def test_kv_bytes_per_token_by_hand() -> None:
 
 
 def test_weights_by_bit_width() -> None:
-    a = made_up(kv_heads=8, total=1000, quantizable=640, rows=10)
+    a = made_up(kv_heads=8, total=1000, quantizable=640, rows=20)
     assert weight_bytes(a, 16) == 2000  # everything 16-bit
-    assert weight_bytes(a, 8) == 640 + 10 * 4 + 360 * 2  # int8 + fp32 row scales + 16-bit rest
+    assert weight_bytes(a, 8) == 640 + 20 * 4 + 360 * 2  # int8 + fp32 row scales + 16-bit rest
     assert weight_bytes(a, 4) == 320 + 640 / 64 * 4 + 360 * 2  # nf4 + fp32 absmax per 64
     with pytest.raises(PlanningError, match="3-bit"):
         weight_bytes(a, 3)
@@ -127,6 +130,8 @@ def test_8b_example_serves_on_its_a100_with_vllm_flags_and_requests() -> None:
     assert serving.requests == ResourceAmounts(cpu="4", memory="12Gi")
     assert serving.limits == ResourceAmounts(memory="12Gi")
     assert serving.node_selector == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert (serving.resource_name, serving.gpu_memory_gib) == ("nvidia.com/gpu", 79.3)
+    assert serving.reason == "1 x A100-80GB: 25.2 GiB per GPU for 8 sequences of 8192 tokens"
 
 
 def test_70b_example_needs_four_h100_with_tensor_parallelism() -> None:
@@ -140,6 +145,8 @@ def test_70b_example_needs_four_h100_with_tensor_parallelism() -> None:
     assert serving.memory_gib["weights"] == round(70_553_706_496 * 2 / 4 / GIB, 3)
     assert serving.memory_gib["kv_cache"] == 5.0  # 2 kv heads per GPU: 80 KiB x 65,536 tokens
     assert "--tensor-parallel-size=4" in serving.vllm_args
+    # 32.8537 + 5 + 6.1719 slots (828,375,040 x 4 x 2 B) + 0.4764 activations + 1.4 = 45.902
+    assert serving.per_gpu_gib == 45.9
     # cpu 2 + 2 x 4; memory 4 + 2 x 4 + 5 + 8 CPU adapters (all-linear r 64: 828,375,040 x 2 B)
     adapters = 8 * 828_375_040 * 2 / GIB
     assert 4 + 8 + 5 + adapters == pytest.approx(29.34, abs=0.01)
@@ -248,8 +255,11 @@ def test_nothing_fits_is_refused_naming_the_field(spec: Spec) -> None:
         plan_serving(
             serving_spec(spec, "big-80", gpuType="small-16"), arch(LLAMA_8B), catalog(SMALL, BIG)
         )
-    assert str(pinned.value).startswith(
-        "spec.serving.gpuType: the vLLM server does not fit small-16"
+    assert str(pinned.value) == (
+        "spec.serving.gpuType: the vLLM server does not fit small-16 at any tensor-parallel size "
+        "of one node: weights 15.0 GiB, KV cache 1.00 GiB per sequence of maxModelLen 8192 x "
+        "maxConcurrency 8; lower spec.serving.maxModelLen or maxConcurrency, or name a larger "
+        "spec.serving.gpuType"
     )
     with pytest.raises(PlanningError, match=r"^spec\.serving: .* small-16, mid-24 "):
         plan_serving(
@@ -266,3 +276,51 @@ def test_bench_rows_match_the_published_vllm_figures() -> None:
     assert len(judged) == 5
     assert all(abs(row.error) < 0.01 for row in judged)
     assert not rows["llama-3.1-8b-runtime-l4"].judged  # an estimate, shown only
+
+
+def test_cheapest_unpriced_takes_the_least_gpu_memory(spec: Spec) -> None:
+    # 8B: one 80 GiB card (80 GiB bought) or two 24 GiB cards at TP 2 (48 GiB): the two
+    big = GpuType(name="free-80", memory_gib=80)
+    pair = GpuType(name="free-24", memory_gib=24)
+    plan = plan_serving(serving_spec(spec, "small-16"), arch(LLAMA_8B), catalog(SMALL, big, pair))
+    assert (plan.gpu_type, plan.gpus) == ("free-24", 2)
+
+
+def test_tensor_parallel_sizes_vllm_accepts() -> None:
+    eight = GpuType(name="eight", memory_gib=80, max_per_node=8)
+    assert tensor_parallel_sizes(made_up(kv_heads=8), eight) == [1, 2, 4, 8]
+    # 12 KV heads: 8 neither divides them nor is divided by them
+    assert tensor_parallel_sizes(made_up(kv_heads=12), eight) == [1, 2, 4]
+    assert tensor_parallel_sizes(made_up(kv_heads=2), eight) == [1, 2, 4, 8]  # replicated
+
+
+def test_rank_above_vllms_is_refused() -> None:
+    assert vllm_rank(17) == 32
+    with pytest.raises(PlanningError) as pinned:
+        vllm_rank(1024)
+    assert str(pinned.value) == "spec.lora.r: 1024 is above vLLM's largest LoRA rank 512"
+
+
+def test_cpu_terms_and_host_memory_by_hand(spec: Spec, tiny_llama: dict[str, object]) -> None:
+    tiny = architecture_of(ModelConfig("tiny", tiny_llama))
+    terms = cpu_terms(tiny, ServingKnobs(256, 8, 4, 8))
+    # 2 layers x 2 KV heads x 16 dims x 2 (K, V) x 2 bytes = 256 B a token, x 256 x 8
+    assert terms["kv_cache"] == 256 * 256 * 8 / GIB
+    # embeddings 512 x 64, per layer 4096 + 2048 x 2 + 4096 + 8192 x 3 + 2 norms of 64,
+    # final norm, lm_head 512 x 64: 139,584 parameters, 2 bytes each
+    assert terms["weights"] == 139_584 * 2 / GIB
+    # the 8B trained on CPU is served there: 4 GiB + its terms + 8 CPU adapters (0.625 GiB)
+    plan = plan_serving(serving_spec(spec, "cpu"), arch(LLAMA_8B))
+    assert plan.memory_gib == {
+        "weights": 14.958,
+        "kv_cache": 8.0,
+        "lora_slots": 0.312,
+        "activations": 0.57,
+    }
+    # 4 + 14.958 + 8 + 0.3125 + 0.5701 + 0.625 = 28.47
+    assert (plan.requests, plan.limits) == (
+        ResourceAmounts(cpu="4", memory="29Gi"),
+        ResourceAmounts(memory="29Gi"),
+    )
+    assert (plan.gpus, plan.tensor_parallel_size, plan.gpu_memory_utilization) == (0, 1, None)
+    assert plan.reason == "served on CPU, like the training (no GPU flags)"

@@ -147,11 +147,13 @@ def cpu_terms(arch: Architecture, knobs: ServingKnobs) -> dict[str, float]:
 
 
 def tensor_parallel_sizes(arch: Architecture, gpu: GpuType) -> list[int]:
-    """Powers of two that divide the attention heads, up to one node of `gpu`."""
+    """Powers of two up to one node of `gpu` that vLLM accepts: dividing the attention heads,
+    and dividing the KV heads or divided by them (a KV head is then replicated)."""
     sizes = []
     tp = 1
     while tp <= gpu.max_per_node:
-        if arch.num_heads % tp == 0:
+        kv = arch.num_kv_heads
+        if arch.num_heads % tp == 0 and (kv % tp == 0 or tp % kv == 0):
             sizes.append(tp)
         tp *= 2
     return sizes
@@ -228,7 +230,7 @@ def _refusal(arch: Architecture, knobs: ServingKnobs, gpus: list[GpuType], field
 
 
 def _quantity_gi(gib: float) -> str:
-    return f"{max(1, math.ceil(gib))}Gi"
+    return f"{math.ceil(gib)}Gi"  # at least HOST_BASE_GIB
 
 
 def host_resources(
