@@ -949,8 +949,8 @@ def preference_errors(spec: LoRAJobSpec) -> None:
     if spec.dataset.format not in PREFERENCE_FORMATS:
         kinds = "; ".join(f"{f.value}: {what}" for f, what in PREFERENCE_FORMATS.items())
         raise ValueError(
-            f"dataset.format {spec.dataset.format.value} holds no preference pairs; method dpo "
-            f"reads {kinds}"
+            f"dataset.format holds no preference pairs with method dpo (it is "
+            f"{spec.dataset.format.value}); method dpo reads {kinds}"
         )
     if spec.dataset.packing:
         raise ValueError("dataset.packing: method dpo keeps each pair whole (set packing false)")

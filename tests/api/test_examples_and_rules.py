@@ -83,6 +83,19 @@ CROSS_FIELD = [
         ),
         "set config or configMapRef, not both",
     ),
+    (_with("dpo", {"beta": 0.2}), "dpo: set only with method dpo"),
+    (
+        _merge(_with("method", "dpo"), _with("dataset.format", "instruction")),
+        "dataset.format holds no preference pairs with method dpo",
+    ),
+    (
+        _merge(_with("method", "dpo"), _with("dataset.packing", True)),
+        "dataset.packing: method dpo keeps each pair whole",
+    ),
+    (
+        _merge(_with("method", "dpo"), _with("dpo", {"maxPromptLength": 2048})),
+        "must be below dataset.maxSeqLength",
+    ),
 ]
 
 

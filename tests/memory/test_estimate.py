@@ -15,6 +15,7 @@ from lora_operator.memory import (
     estimate_memory,
     load_architecture,
 )
+from lora_operator.memory.estimate import DPO_TERMS
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,12 @@ def term(arch: Architecture, name: str, **changes: object) -> float:
 
 def test_terms_are_documented_and_sum_to_the_peak(llama8b: Architecture) -> None:
     est = estimate_memory(llama8b, BASE)
-    assert set(est.breakdown_gib) == set(TERM_HELP)
+    assert set(est.breakdown_gib) == set(TERM_HELP) - set(DPO_TERMS)  # DPO's only with DPO
     assert sum(est.breakdown_gib.values()) == pytest.approx(est.peak_gib, abs=0.01)
     assert est.peak_gib > est.peak_allocated_gib
+    dpo = estimate_memory(llama8b, replace(BASE, preference=True))
+    assert set(dpo.breakdown_gib) == set(TERM_HELP)
+    assert sum(dpo.breakdown_gib.values()) == pytest.approx(dpo.peak_gib, abs=0.01)
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,8 @@ from lora_operator.memory.report import render_table
 
 from .conftest import make_spec
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = sorted(EXAMPLE_DIR.glob("*.yaml"))
 CATALOG = GpuCatalog.default()
 GPUS = [g for g in CATALOG.entries.values() if not GpuCatalog.is_cpu(g)]
 
@@ -124,7 +125,7 @@ def test_auto_placement_is_the_cheapest_fitting_variant(example: Path, gpu: GpuT
 
 
 def test_the_8b_example_plans_one_l4() -> None:
-    spec = load_lorajobs(str(EXAMPLES[1]))[0].spec
+    spec = load_lorajobs(str(EXAMPLE_DIR / "lora-llama3-8b-a100.yaml"))[0].spec
     assert spec.base_model.name == "meta-llama/Llama-3.1-8B"  # lora-llama3-8b-a100.yaml
     spec.resources.gpu_type = "L4-24GB"
     plan = plan_job(spec, CATALOG)
@@ -308,12 +309,12 @@ def test_refusal_of_an_unpinned_job_names_the_global_batch_and_a_larger_gpu() ->
 
 
 def test_cpu_jobs_are_described_as_processes() -> None:
-    spec = load_lorajobs(str(EXAMPLES[-1]))[0].spec  # tiny-cpu.yaml: 2 nodes x 1 process
+    spec = load_lorajobs(str(EXAMPLE_DIR / "tiny-cpu.yaml"))[0].spec  # 2 nodes x 1 process
     assert spec.resources.gpu_type == "cpu"
     status = plan_job(spec, CATALOG).to_status()
     assert (status.unit, status.placement) == ("process", "2 CPU processes")
     assert "GPU" not in status.reason
-    job = load_lorajobs(str(EXAMPLES[-1]))[0]
+    job = load_lorajobs(str(EXAMPLE_DIR / "tiny-cpu.yaml"))[0]
     table = render_table(job, plan_job(job.spec, CATALOG))
     assert "GPU" not in table.replace("gpuType", "")
     assert "process-hours" in table and "per-process memory at peak" in table

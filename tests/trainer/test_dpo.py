@@ -77,7 +77,7 @@ def test_method_rules_name_the_fields(tmp_path: Path) -> None:
     ok = LoRAJobSpec.model_validate(dpo_spec(data))
     assert ok.method.value == "dpo" and ok.dpo is not None and ok.dpo.loss_type.value == "sigmoid"
     cases = [
-        ({"dataset": {"format": "instruction"}}, "dataset.format instruction holds no preference"),
+        ({"dataset": {"format": "instruction"}}, "dataset.format holds no preference pairs with method dpo (it is instruction)"),
         ({"dataset": {"packing": True}}, "dataset.packing: method dpo keeps each pair whole"),
         ({"dpo": {"maxPromptLength": 64}}, "dpo.maxPromptLength 64 must be below"),
         ({"method": "sft"}, "dpo: set only with method dpo"),

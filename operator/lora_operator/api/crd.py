@@ -23,11 +23,13 @@ from lora_contract.types import (
     KIND,
     ONE_CONFIG_SOURCE,
     PLURAL,
+    PREFERENCE_FORMATS,
     SERVING_RUN_WITH_MANUAL,
     SHORT_NAMES,
     SINGULAR,
     VERSION,
     VLLM_LORA_RANKS,
+    DatasetSpec,
     LoRAJobSpec,
     LoRAJobStatus,
 )
@@ -83,6 +85,36 @@ CEL_RULES: list[dict[str, str]] = [
         "rule": "(has(self.promote) && self.promote == 'manual') == has(self.run)",
         "message": SERVING_RUN_WITH_MANUAL,
         "fieldPath": ".run",
+    },
+    # method dpo (types.preference_errors: the same rules, the same words)
+    {
+        "path": "",
+        "rule": "!has(self.dpo) || (has(self.method) && self.method == 'dpo')",
+        "message": "dpo: set only with method dpo",
+        "fieldPath": ".dpo",
+    },
+    {
+        "path": "",
+        "rule": "!has(self.method) || self.method != 'dpo' || "
+        f"self.dataset.format in {sorted(f.value for f in PREFERENCE_FORMATS)}",
+        "message": "dataset.format holds no preference pairs with method dpo: use "
+        + " or ".join(sorted(f.value for f in PREFERENCE_FORMATS)),
+        "fieldPath": ".dataset.format",
+    },
+    {
+        "path": "",
+        "rule": "!has(self.method) || self.method != 'dpo' || !has(self.dataset.packing) || "
+        "!self.dataset.packing",
+        "message": "dataset.packing: method dpo keeps each pair whole (set packing false)",
+        "fieldPath": ".dataset.packing",
+    },
+    {
+        "path": "",
+        "rule": "!has(self.dpo) || !has(self.dpo.maxPromptLength) || "
+        "self.dpo.maxPromptLength < (has(self.dataset.maxSeqLength) ? "
+        f"self.dataset.maxSeqLength : {DatasetSpec.model_fields['max_seq_length'].default})",
+        "message": "dpo.maxPromptLength must be below dataset.maxSeqLength",
+        "fieldPath": ".dpo.maxPromptLength",
     },
     {
         "path": "baseModel",

@@ -34,16 +34,20 @@ Term names (stable; they are the keys of `breakdown_gib`):
   DoRA forward saves beyond LoRA (base and adapter outputs, with dropout a weight copy); and its
   largest module's transient (the full B@A delta and weight norm, or the scaling products) as far
   as it exceeds the loss's buffers, which are not alive when it happens.
+- `dpo_logprobs`, `dpo_reference` (only with `method: dpo`; `memory/dpo.py`): the policy's
+  terms above are taken at 2 x micro-batch (chosen and rejected in one forward) and `logits` is
+  0: TRL's fused log-prob head replaces it (`dpo_logprobs`), and the reference forward (the
+  base with the adapter disabled, no grad) adds what exceeds that head's backward buffers.
 - `allocator_overhead`, `cuda_context`: not in max_memory_allocated, seen by nvidia-smi.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lora_contract.types import Attention, ComputeDtype, Optimizer, QuantizationMode, Strategy
 
-from . import dora
+from . import dora, dpo
 from .architecture import Architecture, LinearModule
 from .errors import PlanningError
 
@@ -69,6 +73,7 @@ OPTIMIZER_BYTES: dict[Optimizer, float | None] = {
     Optimizer.paged_adamw_8bit: 2.0,
 }
 
+DPO_TERMS = ("dpo_logprobs", "dpo_reference")  # in the breakdown of a DPO shape only
 TERM_HELP: dict[str, str] = {
     "weights": "frozen base weights (quantized linears + 16-bit embeddings/norms/lm_head)",
     "zero3_gather": "what ZeRO-3 gathers at once: two decoder layers, or lm_head for the loss",
@@ -82,6 +87,8 @@ TERM_HELP: dict[str, str] = {
     "dora_magnitude": "DoRA magnitude vectors: weights, gradients and optimizer states",
     "dora_activations": "DoRA's saved base/adapter outputs (and weight copies with dropout)",
     "dora_transient": "DoRA's largest module transient (B@A delta + weight norm) over the loss",
+    "dpo_logprobs": "DPO: TRL's fused log-prob head on chosen + rejected (hidden states, tiles)",
+    "dpo_reference": "DPO: the no-grad reference forward (adapter off) over the log-prob backward",
     "allocator_overhead": "PyTorch caching-allocator slack and fragmentation",
     "cuda_context": "CUDA context and kernels (seen by nvidia-smi, not by torch)",
 }
@@ -144,6 +151,7 @@ class TrainingShape:
     offload_cpu: bool = False
     chunked_loss: bool = False  # training.chunkedLoss: the trainer's chunked/fused loss
     activation_offloading: bool = False  # training.activationOffloading: saved tensors on host
+    preference: bool = False  # method dpo: chosen + rejected per example (memory/dpo.py)
 
 
 @dataclass(frozen=True)
@@ -451,6 +459,25 @@ def loss_bytes(arch: Architecture, shape: TrainingShape, assumptions: Assumption
     return kept + chunk * arch.vocab_size * assumptions.logits_bytes_per_element
 
 
+def dpo_shape(arch: Architecture, policy: TrainingShape) -> dpo.DpoShape:
+    return dpo.DpoShape(
+        tokens=policy.micro_batch * policy.seq_len,
+        hidden=arch.hidden_size,
+        vocab=arch.vocab_size,
+        mlp_width=arch.intermediate_size * max(arch.experts_per_token, 1),
+        compute_bytes=dtype_bytes(policy.compute_dtype),
+    )
+
+
+def preference_terms(
+    arch: Architecture, policy: TrainingShape, on_gpu: dict[str, float]
+) -> dict[str, float]:
+    """DPO's terms (memory/dpo.py); the SFT loss term gives way to TRL's fused log-prob head."""
+    s = dpo_shape(arch, policy)
+    on_gpu["logits"] = 0.0
+    return {"dpo_logprobs": dpo.logprobs_bytes(s), "dpo_reference": dpo.reference_at_peak(s)}
+
+
 def estimate_memory(
     arch: Architecture, shape: TrainingShape, assumptions: Assumptions | None = None
 ) -> MemoryEstimate:
@@ -493,7 +520,11 @@ def estimate_memory(
     if shape.optimizer in (Optimizer.paged_adamw_8bit, Optimizer.paged_adamw_32bit):
         notes.append("paged optimizer: states can page to host memory under pressure")
 
-    on_gpu, offloaded = activation_split(arch, shape, a)
+    # DPO's policy forward sees chosen and rejected as one batch of twice the micro-batch
+    policy = replace(shape, micro_batch=dpo.policy_micro_batch(shape.micro_batch))
+    policy = policy if shape.preference else shape
+    on_gpu, offloaded = activation_split(arch, policy, a)
+    dpo_terms = preference_terms(arch, policy, on_gpu) if shape.preference else {}
     dora_terms = dict.fromkeys(("dora_magnitude", "dora_activations", "dora_transient"), 0.0)
     if shape.use_dora:
         # the magnitudes' share of each adapter state, so sharding and offload apply alike
@@ -502,11 +533,11 @@ def estimate_memory(
         share = magnitudes / max(trainable, 1)
         dora_terms["dora_magnitude"] = (lora_weights + grads + optimizer) * share
         lora_weights, grads, optimizer = (x * (1 - share) for x in (lora_weights, grads, optimizer))
-        saved, saved_on_host = dora_activation_split(arch, shape, a)
+        saved, saved_on_host = dora_activation_split(arch, policy, a)
         offloaded += saved_on_host
         dora_terms["dora_activations"] = saved
         dora_terms["dora_transient"] = dora.transient_at_peak(
-            dora_transient(arch, shape, a), on_gpu["logits"]
+            dora_transient(arch, policy, a), on_gpu["logits"] + sum(dpo_terms.values())
         )
     if offloaded:
         host += offloaded
@@ -519,6 +550,7 @@ def estimate_memory(
         "optimizer": optimizer,
         **on_gpu,
         **dora_terms,
+        **dpo_terms,
     }
     allocated = sum(terms.values())
     terms["allocator_overhead"] = allocated * a.allocator_overhead_fraction

@@ -28,6 +28,7 @@ from lora_contract.types import (
     ResourceAmounts,
     ServingPlanStatus,
     Strategy,
+    TrainingMethod,
     TrainingOverrides,
 )
 
@@ -152,6 +153,7 @@ def shape_for(
         and not (strategy == Strategy.deepspeed_zero3 and "lm_head" in spec.lora.target_modules),
         # on CPU the saved tensors are in host memory already (counted once, in the terms)
         activation_offloading=spec.training.activation_offloading and not on_cpu,
+        preference=spec.method == TrainingMethod.dpo,
     )
 
 
