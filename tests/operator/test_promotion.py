@@ -3,6 +3,8 @@ written out by hand (ids, phases, eval losses) and the expected run named in eac
 
 from __future__ import annotations
 
+import pytest
+
 from lora_contract.types import Phase, PromotePolicy, Reason, RunRecord
 from lora_operator.controller.promotion import Promotion, choose_serving_run, servable
 
@@ -126,3 +128,41 @@ def test_manual_refuses_a_failed_run_naming_its_phase() -> None:
         "serving.run: run r1 is Failed, not Succeeded (succeeded runs: none); what serves is "
         "left as it is"
     )
+
+
+def test_latest_and_best_take_the_last_of_three_not_the_second() -> None:
+    runs = [run("r1"), run("r2"), run("r3")]
+    assert choose_serving_run(runs, LATEST, None, None, None) == serves("r3")
+    assert choose_serving_run(runs, BEST, None, None, None) == serves("r3")
+
+
+def test_a_succeeded_run_without_adapter_or_a_failed_one_with_one_is_not_servable() -> None:
+    no_adapter = run("r1")
+    no_adapter.adapter_uri = None
+    failed = run("r2", Phase.Failed)
+    failed.adapter_uri = "s3://b/runs/ns/job/r2/final"
+    assert servable([no_adapter, failed]) == []
+
+
+def test_serving_run_is_set_exactly_with_manual() -> None:
+    """The pydantic validator (the CRD's CEL rule says the same) names spec.serving."""
+    from operator_harness import base_job
+
+    from lora_operator.api.crd import build_crd
+    from lora_operator.api.loading import SpecError, parse_lorajob
+
+    message = "spec.serving: serving.run is set exactly when serving.promote is manual"
+    for overrides in ({"serving.promote": "manual"}, {"serving.run": "r1"}):
+        with pytest.raises(SpecError, match=message):
+            parse_lorajob(base_job("v", **overrides))
+    ok = parse_lorajob(base_job("v", **{"serving.promote": "manual", "serving.run": "r1"}))
+    assert (ok.spec.serving.promote, ok.spec.serving.run) == (MANUAL, "r1")
+    version = build_crd()["spec"]["versions"][0]
+    serving = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serving"]
+    assert {
+        "rule": "(has(self.promote) && self.promote == 'manual') == has(self.run)",
+        "message": "serving.run is set exactly when serving.promote is manual",
+        "fieldPath": ".run",
+    } in serving["x-kubernetes-validations"]
+    column = {"name": "Serving-Run", "type": "string", "jsonPath": ".status.servingRun"}
+    assert {**column, "priority": 1} in version["additionalPrinterColumns"]

@@ -195,3 +195,21 @@ def test_a_target_modules_string_is_read_as_one_name() -> None:
     assert adapter_problem(adapter(target_modules="q_proj"), spec(), "llama", 8) is None
     problem = adapter_problem(adapter(target_modules="all-linear"), spec(), "mixtral", 8)
     assert problem is not None and problem.field == "adapter_config.json target_modules"
+
+
+def test_rank_one_serves_and_a_missing_bias_key_means_none() -> None:
+    config = adapter(r=1)
+    del config["bias"]
+    assert adapter_problem(config, spec(), "llama", 8) is None
+
+
+def test_the_all_linear_and_unknown_model_messages_in_full() -> None:
+    everything = spec(**{"lora.targetModules": ["all-linear"]})
+    assert spec_problem(everything, "mixtral", 8) == Incompatibility(
+        "lora.targetModules",
+        "'all-linear' adapts modules vLLM does not serve for model_type mixtral; list them "
+        "from: k_proj, o_proj, q_proj, v_proj",
+    )
+    problem = spec_problem(spec(**{"lora.targetModules": ["wte"]}), None, 8)
+    assert problem is not None
+    assert problem.message.startswith("vLLM serves no LoRA on wte for model_type unknown (")
