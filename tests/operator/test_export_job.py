@@ -5,13 +5,16 @@ credentials, the restricted pod security, validated against the Kubernetes schem
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import kubernetes_validate
-from operator_harness import base_job, gpu_job
+from operator_harness import BUCKET, base_job, gpu_job
 from test_manifests import K8S_VERSION, UID, context, env_of
+from test_reconcile_units import JOBS, NS, PODS, World
 
 from lora_contract.pod import EXIT_INVALID_CONFIG
 from lora_contract.types import ExportDtype, ExportSpec
+from lora_devkit.s3server import S3Server
 from lora_operator.controller.export_job import (
     build_export_job,
     export_disk_gib,
@@ -103,3 +106,104 @@ def test_a_cpu_jobs_export_has_no_node_selector_by_default() -> None:
     job = build_export_job(context(base_job("small", export={"merged": True})))
     kubernetes_validate.validate(job, K8S_VERSION, strict=True)
     assert "nodeSelector" not in job["spec"]["template"]["spec"]
+
+
+def export_pod(job: str, exit_code: int, message: str) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"{job}-r1-export-x",
+            "labels": {
+                "finetune.lora-operator.io/job": job,
+                "finetune.lora-operator.io/run": "r1",
+                "app.kubernetes.io/component": "export",
+            },
+        },
+        "status": {
+            "containerStatuses": [
+                {"state": {"terminated": {"exitCode": exit_code, "message": message}}}
+            ]
+        },
+    }
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def finished_run(world: World, name: str) -> dict[str, Any]:
+    """The run trained and its Job completed: the reconcile that sees it creates the export."""
+    world.add(base_job(name, **{"export.merged": True}))
+    assert world.reconcile(name)["phase"] == "Running"
+    world.job_status(f"{name}-r1", active=1)
+    world.progress(name, "r1", state="succeeded", step=40, totalSteps=40)
+    world.job_status(f"{name}-r1", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    return world.reconcile(name)
+
+
+def test_a_failed_export_sets_exported_false_and_the_run_stays_succeeded(s3: S3Server) -> None:
+    world = World(s3)
+    status = finished_run(world, "u-exp")
+    assert status["phase"] == "Succeeded"
+    export = world.kube.obj(JOBS, "u-exp-r1-export")
+    assert export is not None
+    container = export["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "lora_trainer.export"]
+    exported = condition(status, "Exported")
+    assert (exported["status"], exported["reason"]) == ("Unknown", "Exporting")
+    assert world.reconciler.periodic[(NS, "u-exp")] == 0.0  # followed at every resync
+    trainer_job = world.kube.obj(JOBS, "u-exp-r1")
+
+    # the export pod fails (a trainer pod of the same run failed earlier, with its own message)
+    world.kube.put(PODS, export_pod("u-exp", 75, "export: merged export to s3://x failed"))
+    trainer_pod = export_pod("u-exp", 75, "a trainer attempt's error, retried")
+    trainer_pod["metadata"]["name"] = "u-exp-r1-0-y"
+    trainer_pod["metadata"]["labels"]["app.kubernetes.io/component"] = "trainer"
+    world.kube.put(PODS, trainer_pod)  # listed after the export's: filtered by component
+    world.job_status(
+        "u-exp-r1-export",
+        failed=3,
+        conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}],
+    )
+    status = world.reconcile("u-exp")
+    assert status["phase"] == "Succeeded"
+    assert condition(status, "Succeeded")["status"] == "True"
+    assert "Failed" not in {c["type"] for c in status["conditions"] if c["status"] == "True"}
+    exported = condition(status, "Exported")
+    assert (exported["status"], exported["reason"], exported["message"]) == (
+        "False",
+        "ExportFailed",
+        "export: merged export to s3://x failed",
+    )
+    assert status["runs"][-1]["phase"] == "Succeeded" and "mergedURI" not in status["runs"][-1]
+    assert status["adapterURI"].endswith("/u-exp/r1/final")
+    assert world.reasons("u-exp").count("ExportFailed") == 1
+    assert world.kube.obj(JOBS, "u-exp-r1") == trainer_job  # the training Job untouched
+    assert (NS, "u-exp") not in world.reconciler.periodic  # nothing left to follow
+    world.reconcile("u-exp")  # an idle resync: no second event, no new Job
+    assert world.reasons("u-exp").count("ExportFailed") == 1
+    assert sorted(world.kube.objects[JOBS]) == ["u-exp-r1", "u-exp-r1-export"]
+
+
+def test_a_succeeded_export_records_the_merged_uri(s3: S3Server) -> None:
+    world = World(s3)
+    finished_run(world, "u-mrg")
+    world.job_status(
+        "u-mrg-r1-export", succeeded=1, conditions=[{"type": "Complete", "status": "True"}]
+    )
+    status = world.reconcile("u-mrg")
+    uri = f"s3://{BUCKET}/runs/{NS}/u-mrg/r1/merged"
+    assert status["runs"][-1]["mergedURI"] == uri
+    exported = condition(status, "Exported")
+    assert (exported["status"], exported["reason"]) == ("True", "Completed")
+    assert exported["message"] == f"merged model at {uri}"
+
+
+def test_no_export_job_without_export_merged(s3: S3Server) -> None:
+    world = World(s3)
+    world.add(base_job("u-none"))
+    world.reconcile("u-none")
+    world.job_status("u-none-r1", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    status = world.reconcile("u-none")
+    assert status["phase"] == "Succeeded"
+    assert sorted(world.kube.objects[JOBS]) == ["u-none-r1"]
+    assert "Exported" not in {c["type"] for c in status["conditions"]}

@@ -1,5 +1,6 @@
 """The merged-model export Job (spec.export.merged): built beside the trainer Job, run after it
-succeeded, on CPU. Pure builders and sizing, no I/O; `reconcile._Run` creates and follows it.
+succeeded, on CPU. Pure builders and sizing, and the failed pod's message; `reconcile._Run.export`
+creates and follows it.
 
 Sized from the plan's parameter counts (the memory model's): the base held in the export dtype,
 the adapter in fp32 twice (loaded, then the merge's delta), one shard being written, and a
@@ -15,7 +16,10 @@ from lora_contract import pod
 from lora_contract.layout import MERGED_DIR
 from lora_contract.types import ExportDtype, ExportSpec
 
+from .kube import Kube
 from .manifests import (
+    LABEL_JOB,
+    LABEL_RUN,
     RunContext,
     _metadata,
     build_env,
@@ -27,6 +31,7 @@ from .manifests import (
 )
 
 EXPORT_COMPONENT = "export"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 EXPORT_CPU = "2"
 EXPORT_BACKOFF_LIMIT = 2
 DTYPE_BYTES = {ExportDtype.bfloat16: 2, ExportDtype.float16: 2, ExportDtype.float32: 4}
@@ -139,3 +144,15 @@ def build_export_job(ctx: RunContext) -> dict[str, Any]:
         },
     }
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+async def export_failure_message(kube: Kube, namespace: str, job: str, run_id: str) -> str | None:
+    """The export's termination message from its last failed pod (the trainer pods of the same
+    run carry another component label)."""
+    selector = {LABEL_JOB: job, LABEL_RUN: run_id, COMPONENT_LABEL: EXPORT_COMPONENT}
+    for found in reversed(await kube.list("v1/pods", namespace, selector)):
+        for status in (found.get("status") or {}).get("containerStatuses", []):
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode") and terminated.get("message"):
+                return str(terminated["message"]).strip()
+    return None

@@ -78,11 +78,12 @@ from .decisions import (
     ttl_expired,
 )
 from .decisions import mapping as _mapping
+from .export_job import build_export_job, export_failure_message, export_job_name, merged_uri
 from .health import health
 from .kube import Kube, KubeError
 from .manifests import RunContext, run_name
 from .model_config_source import Fetching, ModelConfigSource
-from .ownership import NameConflict, controlled_by, delete_owned
+from .ownership import NameConflict, controlled_by, create_owned, delete_owned
 from .policy import policy_refusals
 from .progress import (
     CredentialsError,
@@ -245,6 +246,10 @@ def resync_interval(obj: dict[str, Any]) -> float | None:
     wake = retrain_wake(spec, time.time())  # a schedule's next tick, a watched dataset
     if spec.get("ttlSecondsAfterFinished") is not None:
         return 0.0
+    if phase == Phase.Succeeded.value and _mapping(spec.get("export")).get("merged"):
+        exported = _raw_condition(status, ConditionType.Exported)  # its Job is followed
+        if exported is None or exported.get("reason") in (Reason.Exporting, Reason.NewRun):
+            return 0.0
     if phase == Phase.Succeeded.value and _mapping(spec.get("serving")).get("enabled"):
         serving = _raw_condition(status, ConditionType.Serving)
         if serving is None:
@@ -677,6 +682,7 @@ class _Run:
             ConditionType.Failed,
             ConditionType.CheckpointSaved,
             ConditionType.Running,
+            ConditionType.Exported,
         ):
             if find(self.status.conditions, type_) is not None:
                 self.condition(type_, False, Reason.NewRun, f"run {run_id} started")
@@ -1074,7 +1080,43 @@ class _Run:
 
     # ------------------------------------------------------------------ after completion
 
+    async def export(self, spec: LoRAJobSpec, run: RunRecord) -> None:
+        """spec.export.merged: create the run's export Job once it succeeded, then follow it into
+        the Exported condition and runs[].mergedURI. A failed export leaves the run Succeeded;
+        deleting the failed Job retries."""
+        if not spec.export.merged or run.phase != Phase.Succeeded or run.merged_uri:
+            return
+        name = export_job_name(self.name, run.id)
+        job = await self.kube.get(JOBS, self.namespace, name)
+        if job is None:
+            body = build_export_job(self.context(spec, run, self.plan()))
+            try:
+                await create_owned(self.kube, JOBS, self.namespace, body, self.uid)
+            except NameConflict as exc:
+                self.condition(ConditionType.Exported, False, Reason.NameConflict, str(exc))
+                return
+            message = f"Job {name} merges run {run.id}'s adapter into the base model"
+            if self.condition(ConditionType.Exported, "Unknown", Reason.Exporting, message):
+                self.event("Normal", Reason.Exporting, message)
+            return
+        if not controlled_by(job, self.uid):
+            conflict = NameConflict.of(job, "Job")
+            self.condition(ConditionType.Exported, False, Reason.NameConflict, str(conflict))
+            return
+        seen = JobObservation.of(job)
+        if seen.state is JobState.SUCCEEDED:
+            run.merged_uri = merged_uri(run.output_uri)
+            message = f"merged model at {run.merged_uri}"
+            if self.condition(ConditionType.Exported, True, Reason.Completed, message):
+                self.event("Normal", Reason.Completed, f"run {run.id}: {message}")
+        elif seen.state is JobState.FAILED:
+            found = await export_failure_message(self.kube, self.namespace, self.name, run.id)
+            why = found or str((seen.failure or {}).get("message") or f"Job {name} failed")
+            if self.condition(ConditionType.Exported, False, Reason.ExportFailed, why):
+                self.event("Warning", Reason.ExportFailed, f"run {run.id}: {why}")
+
     async def after_completion(self, spec: LoRAJobSpec, run: RunRecord) -> None:
+        await self.export(spec, run)
         now = self.owner.clock()
         if ttl_expired(spec.ttl_seconds_after_finished, self.status.completion_time, now):
             # The uid precondition: never delete a newer LoRAJob that took this name meanwhile
