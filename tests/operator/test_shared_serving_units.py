@@ -472,3 +472,59 @@ def test_leaving_keeps_other_owners_and_entries_even_when_not_paired() -> None:
     assert left is not None
     assert sorted(entries(left)) == ["u2", "u4"]
     assert [r["uid"] for r in left["metadata"]["ownerReferences"]] == ["u2", "u3"]
+
+
+def test_leaving_what_lists_nothing_of_this_job_writes_nothing() -> None:
+    kube = RecordingKube()
+    kube.put(CMS.format(ns="ns"), registry_with(("a", "u1", "ad-a")))
+    assert not asyncio.run(leave_shared_serving(kube, "ns", "lora-server-abc", "u-other"))
+    assert kube.patches == []
+
+
+def test_the_last_entry_without_an_owner_reference_and_a_foreign_server() -> None:
+    kube = FakeKube()
+    registry = registry_with(("a", "u1", "ad-a"))
+    registry["metadata"]["ownerReferences"] = [ref("b", "u2")]  # a's reference already dropped
+    kube.put(CMS.format(ns="ns"), registry)
+    foreign = {"metadata": {"name": "lora-server-abc", "namespace": "ns", "uid": "someone"}}
+    kube.put(ISVCS.format(ns="ns"), copy.deepcopy(foreign))
+    assert asyncio.run(leave_shared_serving(kube, "ns", "lora-server-abc", "u1"))
+    left = kube.obj(CMS.format(ns="ns"), "lora-server-abc")
+    assert left is not None and entries(left) == {}
+    assert left["metadata"]["ownerReferences"] == [ref("b", "u2")]
+    assert kube.obj(ISVCS.format(ns="ns"), "lora-server-abc") == foreign  # not the registry's
+
+
+def test_conflicts_are_false_and_a_kept_server_is_still_ours() -> None:
+    kube = FakeKube()
+    put_job(kube, "ns", "one")
+    put_job(kube, "ns", "two")
+    ensure(kube, "ns", "one", **{"serving.adapterName": "same"})
+    state, server = ensure(kube, "ns", "two", **{"serving.adapterName": "same"})
+    assert (state.status, state.reason) == ("False", "NameConflict")
+    # the second pass restores the InferenceService the registry controls (not a conflict)
+    state, _ = ensure(kube, "ns", "one", **{"serving.adapterName": "same"})
+    assert (state.status, state.reason) == ("Unknown", "Deploying")
+    registry = kube.obj(CMS.format(ns="ns"), server)
+    assert registry is not None
+    assert [r["name"] for r in registry["metadata"]["ownerReferences"]] == ["one"]
+    put_job(kube, "ns", "three")
+    ensure(kube, "ns", "three")
+    assert [r["name"] for r in registry_of_fake(kube, server)["metadata"]["ownerReferences"]] == [
+        "one",
+        "three",
+    ]
+    wrong = registry_with(("a", "u1", "x"))
+    wrong["metadata"]["labels"]["app.kubernetes.io/component"] = "serving"
+    assert not is_operator_registry(wrong, "abc")
+    lookalike = {"metadata": {"name": server, "namespace": "other", "uid": "t"}, "data": {}}
+    kube.put(CMS.format(ns="other"), lookalike)
+    put_job(kube, "other", "one")
+    state, _ = ensure(kube, "other", "one")
+    assert (state.status, state.reason) == ("False", "NameConflict")
+
+
+def registry_of_fake(kube: FakeKube, server: str) -> dict[str, Any]:
+    registry = kube.obj(CMS.format(ns="ns"), server)
+    assert registry is not None
+    return registry
