@@ -8,8 +8,10 @@ import dataclasses
 from typing import Any
 
 import kubernetes_validate
+import pytest
 from operator_harness import BUCKET, base_job, gpu_job
 from test_manifests import K8S_VERSION, UID, context, env_of
+from test_pod_security import TRAINER_JOBS, violations
 from test_reconcile_units import JOBS, NS, PODS, World
 
 from lora_contract.pod import EXIT_INVALID_CONFIG
@@ -207,3 +209,11 @@ def test_no_export_job_without_export_merged(s3: S3Server) -> None:
     assert status["phase"] == "Succeeded"
     assert sorted(world.kube.objects[JOBS]) == ["u-none-r1"]
     assert "Exported" not in {c["type"] for c in status["conditions"]}
+
+
+@pytest.mark.parametrize("case", sorted(TRAINER_JOBS))
+def test_export_pods_meet_the_restricted_profile(case: str) -> None:
+    """The same checker as the trainer pods' (test_pod_security.py), on every trainer case."""
+    job, config = TRAINER_JOBS[case]
+    export = build_export_job(context(job, **config))
+    assert violations(export["spec"]["template"]["spec"]) == []
