@@ -324,3 +324,12 @@ def test_cpu_terms_and_host_memory_by_hand(spec: Spec, tiny_llama: dict[str, obj
     )
     assert (plan.gpus, plan.tensor_parallel_size, plan.gpu_memory_utilization) == (0, 1, None)
     assert plan.reason == "served on CPU, like the training (no GPU flags)"
+
+
+def test_a_small_model_loads_its_whole_weights_not_a_5gib_shard(
+    spec: Spec, tiny_llama: dict[str, object]
+) -> None:
+    tiny = architecture_of(ModelConfig("tiny", tiny_llama))
+    plan = plan_serving(serving_spec(spec, "big-80"), tiny, catalog(BIG))
+    # 4 GiB + 2 for one GPU worker + 279,168 B of weights + a few KiB of CPU adapters = 6.0003
+    assert plan.requests == ResourceAmounts(cpu="4", memory="7Gi")
