@@ -109,3 +109,22 @@ def test_plan_shows_the_dpo_terms() -> None:
     (line,) = [x for x in table.splitlines() if x.strip().startswith("dpo_logprobs")]
     assert line.endswith(TERM_HELP["dpo_logprobs"])
     assert not any(x.strip().startswith("logits ") for x in table.splitlines()), table
+
+
+def test_forecast_counts_two_sequences_and_the_reference_forward() -> None:
+    """test_forecast_units' toy model at context 100 (its hand-worked FLOPs per token: forward
+    3504, backward 5216, recompute 1904): 900 training rows x 2 epochs, 18 evaluations of 100
+    rows. SFT: 180,000 tokens. DPO: each row is two sequences of 100 tokens (360,000 tokens, the
+    attention context stays 100) and every forward runs twice (policy, reference): 7008 + 5216 +
+    1904 = 14,128 per token; eval 18 x 100 rows x 200 tokens x 7008."""
+    from .test_forecast_units import forecast, job
+
+    sft = job()
+    pref = LoRAJobSpec.model_validate({**sft.model_dump(by_alias=True), "method": "dpo"})
+    assert forecast(sft).tokens == 180_000
+    result = forecast(pref)
+    assert result.tokens == 360_000
+    assert result.flops_per_token.total == 14_128
+    assert result.eval_flops == 18 * 100 * 200 * 7008
+    assert result.total_flops == 360_000 * 14_128 + 2_522_880_000
+    assert any(a.startswith("dpo: chosen + rejected") for a in result.assumptions)

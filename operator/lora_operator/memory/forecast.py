@@ -35,7 +35,7 @@ scales out on an optimistic guess. GPU-hours = hours x GPUs; cost = GPU-hours x 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lora_contract.timestamps import parse_iso
 from lora_contract.types import (
@@ -47,9 +47,11 @@ from lora_contract.types import (
     RunForecast,
     RunRecord,
     Strategy,
+    TrainingMethod,
 )
 
 from ..api.operator_config import GpuType
+from . import dpo
 from .architecture import Architecture, LinearModule
 from .estimate import targeted_linears
 from .fit import ACTIVATION_OFFLOADING_COST, micro_batch_slowdown
@@ -269,6 +271,10 @@ def forecast_job(
         rows, mean_tokens, source, row_tokens = 0, float(ds.max_seq_length), "", "maxSeqLength"
     else:
         return None
+    sequence_tokens = mean_tokens  # attention's context: one sequence
+    preference = spec.method == TrainingMethod.dpo
+    if preference:  # a pair is two sequences (chosen, rejected) in the same micro-batch
+        mean_tokens *= dpo.SEQUENCES_PER_PAIR
     train_rows = rows * (1.0 - held_out)
     per_step_rows = training.micro_batch_size * training.gradient_accumulation * ranks
     if training.max_steps is not None:  # overrides epochs, as in the trainer
@@ -279,7 +285,7 @@ def forecast_job(
         tokens = train_rows * mean_tokens * training.epochs
         steps = max(1.0, train_rows * training.epochs / per_step_rows)
         source = f"{source} x {training.epochs:g} epoch(s)"
-    context = float(ds.max_seq_length) if ds.packing else mean_tokens
+    context = float(ds.max_seq_length) if ds.packing else sequence_tokens
     per_token = flops_per_token(
         arch,
         tuple(spec.lora.target_modules),
@@ -287,6 +293,8 @@ def forecast_job(
         context,
         spec.training.gradient_checkpointing,
     )
+    if preference:  # TRL's reference forward (adapter off) on every pass, train and eval
+        per_token = replace(per_token, forward=2 * per_token.forward)
     eval_rows = rows * held_out if ds.eval_source is None else 0.0
     evaluations = int(steps // training.eval_interval)
     eval_flops = evaluations * eval_rows * mean_tokens * per_token.forward
@@ -325,6 +333,10 @@ def forecast_job(
         assumptions.append("evaluation on dataset.evalSource not counted (its size is unknown)")
     if spec.lora.use_dora:
         assumptions.append("DoRA's weight-norm work per step not counted (calibrate)")
+    if preference:
+        assumptions.append(
+            "dpo: chosen + rejected per row, and a reference forward (adapter off) per token"
+        )
     return Forecast(
         tokens=int(tokens),
         tokens_from=source,
