@@ -189,3 +189,20 @@ def test_an_old_field_is_hashed_at_its_default_and_missing_keys_are_skipped() ->
     assert _training_part(Evolving, {"newSpeed": "slow"}) == {"newSpeed": "slow"}
     assert _training_part(Evolving, {}) == {}
     assert _training_part(Evolving, {**DEFAULTS, "comment": "changed"}) == {"oldKnob": 3}
+
+
+def test_method_and_dpo_enter_the_hash_only_when_set() -> None:
+    """spec.method (sft) and spec.dpo (unset), added with DPO: at their defaults the hash of
+    tiny-cpu is the pinned one; set, they retrain."""
+    wire = _spec("tiny-cpu.yaml").model_dump(by_alias=True, mode="json")
+    assert (wire["method"], wire["dpo"]) == ("sft", None)
+    assert wire_spec_hash(wire) == BEFORE_NEW_FIELDS["tiny-cpu.yaml"]
+    as_dpo = {**wire, "method": "dpo"}
+    with_beta = {**as_dpo, "dpo": {"beta": 0.2, "lossType": "sigmoid"}}
+    hashes = {wire_spec_hash(w) for w in (wire, as_dpo, with_beta)}
+    assert len(hashes) == 3
+    markers = {
+        name: next(m for m in LoRAJobSpec.model_fields[name].metadata if isinstance(m, Retrain))
+        for name in ("method", "dpo")
+    }
+    assert markers == {"method": Retrain.when_set, "dpo": Retrain.when_set}
