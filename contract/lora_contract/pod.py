@@ -59,6 +59,9 @@ ENV_WORK_DIR = "LORAJOB_WORK_DIR"
 # The pod's ephemeral-storage request (e.g. "20Gi"; unset when there is none): the work dir and
 # /tmp are emptyDirs on it, so a trainer that fills its disk says how much it was given.
 ENV_EPHEMERAL_STORAGE = "LORAJOB_EPHEMERAL_STORAGE_REQUEST"
+# The image reference the trainer container runs (a digest when it is given as one): the run's
+# lineage in the model card and MANIFEST.json (lora_trainer.model_card).
+ENV_TRAINER_IMAGE = "LORAJOB_TRAINER_IMAGE"
 # Where the libraries the trainer loads write their caches; each points into a writable emptyDir.
 SCRATCH_ENV: dict[str, str] = {
     "HOME": HOME_DIR,

@@ -1313,3 +1313,6 @@ class TrainerConfig(_Model):
     deepspeed: dict[str, Any] | None = Field(
         default=None, description="Generated DeepSpeed config when the strategy uses it."
     )
+    spec_hash: str | None = Field(
+        default=None, description="The run's spec hash: lineage in the model card and manifest."
+    )

@@ -201,7 +201,10 @@ def test_config_map_is_what_the_pod_mounts_and_the_trainer_reads() -> None:
         spec=ctx.spec,
         plan=ctx.plan,
         deepspeed=ctx.deepspeed,
+        spec_hash="abc123",  # the run's, for the trainer's lineage
     )
+    # the image the pod runs, for the lineage too
+    assert env_of(job)[pod.ENV_TRAINER_IMAGE] == container(job)["image"] != ""
 
 
 def test_rendezvous_port_is_named_validly_and_reached_through_the_service() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from lora_contract.layout import MANIFEST
+from lora_contract.pod import ENV_TRAINER_IMAGE
 from lora_contract.storage import S3Store
 from lora_contract.types import RunLineage, TrainerConfig
 from lora_trainer.model_card import (
@@ -29,6 +30,7 @@ def config(**spec: Any) -> TrainerConfig:
             "jobName": "job",
             "runId": "r3",
             "outputUri": "s3://bkt/runs/default/job/r3",
+            "specHash": "h3",
             "spec": {
                 "baseModel": {"name": "acme/base-1b", "source": "pvc://m", "revision": "v7"},
                 "dataset": {"source": "s3://data/train.jsonl", "format": "prompt-completion"},
@@ -66,6 +68,7 @@ def test_lineage_facts_from_hand_made_files(tmp_path: Path) -> None:
     assert (facts["finalEvalLoss"], facts["bestEvalLoss"]) == (0.5, 0.4)
     assert facts["hyperparameters"]["lora"]["r"] == 16
     assert facts["runId"] == "r3"
+    assert facts["specHash"] == "h3"
     # the operator reads the same keys with RunLineage
     seen = RunLineage.model_validate(facts)
     assert (seen.dataset_sha256, seen.gpu_hours) == (expected_dataset, 6.0)
@@ -104,7 +107,7 @@ def test_a_real_run_writes_config_card_and_manifest_lineage(
     make_run: Any, store: S3Store, datasets: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = make_run(spec={"training": {"maxSteps": 8, "evalInterval": 4, "checkpointInterval": 8}})
-    monkeypatch.setenv("LORAJOB_TRAINER_IMAGE", "registry.example/trainer@sha256:" + "0" * 64)
+    monkeypatch.setenv(ENV_TRAINER_IMAGE, "registry.example/trainer@sha256:" + "0" * 64)
     code, message = run.run_here(monkeypatch)
     assert code == 0, message
     final = run.location.child("final")

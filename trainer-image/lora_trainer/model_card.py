@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from lora_contract.layout import MANIFEST, S3Location
+from lora_contract.pod import ENV_TRAINER_IMAGE
 from lora_contract.storage import S3Store
 from lora_contract.types import LoRAJobSpec, TrainerConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CARD = "README.md"
-# Set by the operator (or the image build) when it knows the image; a digest when known.
-TRAINER_IMAGE_ENV = "LORAJOB_TRAINER_IMAGE"
+TRAINER_IMAGE_ENV = ENV_TRAINER_IMAGE  # the pod's image reference (a digest when given as one)
 
 
 def fix_adapter_config(folder: Path, spec: LoRAJobSpec) -> dict[str, Any]:
@@ -59,8 +59,7 @@ def lineage(
     finished: float,
     gpus: int,
 ) -> dict[str, Any]:
-    """The run's lineage (RunLineage's wire keys plus the run's identity and times; the spec
-    hash is the operator's, in status.runs[].specHash)."""
+    """The run's lineage (RunLineage's wire keys plus the run's identity and times)."""
     spec = config.spec
     dataset = hashlib.sha256()
     for path in dataset_files:  # the bytes the trainer read, train then eval
@@ -68,6 +67,7 @@ def lineage(
     weights = folder / ADAPTER_WEIGHTS
     return {
         "runId": config.run_id,
+        "specHash": config.spec_hash,
         "baseModel": spec.base_model.name,
         "baseModelRevision": spec.base_model.revision,
         "datasetURI": spec.dataset.source,

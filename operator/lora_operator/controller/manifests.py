@@ -122,6 +122,7 @@ def trainer_config(ctx: RunContext) -> TrainerConfig:
         spec=ctx.plan.applied_to(ctx.spec),
         plan=ctx.plan,
         deepspeed=ctx.deepspeed,
+        spec_hash=ctx.spec_hash or None,
     )
 
 
@@ -195,6 +196,10 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
+def trainer_image(ctx: RunContext) -> str:
+    return ctx.spec.trainer_image or ctx.config.trainer_image
+
+
 def build_env(ctx: RunContext) -> list[dict[str, Any]]:
     service = run_name(ctx.name, ctx.run_id)
     env: list[dict[str, Any]] = [
@@ -215,6 +220,7 @@ def build_env(ctx: RunContext) -> list[dict[str, Any]]:
         {"name": pod.ENV_POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": pod.ENV_PVC_ROOT, "value": pod.PVC_ROOT},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": pod.ENV_TRAINER_IMAGE, "value": trainer_image(ctx)},  # lineage
     ]
     # The root file system is read-only: every cache and scratch path points into an emptyDir.
     env.extend({"name": name, "value": value} for name, value in pod.SCRATCH_ENV.items())
@@ -343,7 +349,7 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
     volumes, mounts = build_volumes(ctx)
     container = {
         "name": pod.TRAINER_CONTAINER,
-        "image": spec.trainer_image or ctx.config.trainer_image,
+        "image": trainer_image(ctx),
         "imagePullPolicy": ctx.config.image_pull_policy,
         "command": ["python", "-m", "lora_trainer.launch"],
         "env": build_env(ctx),
