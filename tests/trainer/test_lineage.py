@@ -51,6 +51,11 @@ def test_fix_adapter_config_puts_the_hub_name_and_revision(tmp_path: Path) -> No
     assert written == {"base_model_name_or_path": "acme/base-1b", "r": 8, "revision": "v7"}
 
 
+def test_fix_adapter_config_without_a_config_writes_nothing(tmp_path: Path) -> None:
+    assert fix_adapter_config(tmp_path, config().spec) == {}
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_lineage_facts_from_hand_made_files(tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
     data.write_bytes(b"abc")

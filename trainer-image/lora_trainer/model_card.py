@@ -30,6 +30,8 @@ TRAINER_IMAGE_ENV = ENV_TRAINER_IMAGE  # the pod's image reference (a digest whe
 def fix_adapter_config(folder: Path, spec: LoRAJobSpec) -> dict[str, Any]:
     """base_model_name_or_path and revision from the spec; returns the config written."""
     path = folder / ADAPTER_CONFIG
+    if not path.is_file():  # nothing to fix; the operator's check then reads the spec
+        return {}
     config: dict[str, Any] = json.loads(path.read_text())
     config["base_model_name_or_path"] = spec.base_model.name
     config["revision"] = spec.base_model.revision
