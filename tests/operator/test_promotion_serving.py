@@ -216,3 +216,24 @@ def test_an_incompatible_r2_leaves_r1_serving(world: World) -> None:
         "adapter_config.json base_model_name_or_path: '/scratch/base'" in serving(status)["message"]
     )
     assert world.kube.obj(ISVC, NAME) == before and status["servingRun"] == "r1"
+
+
+def test_a_spec_vllm_would_not_serve_is_warned_about_when_the_run_starts(s3: S3Server) -> None:
+    world = World(s3, **{"lora.targetModules": ["q_proj", "lm_head"]})
+    status = world.reconcile()
+    assert status["phase"] == "Running"  # training goes ahead
+    assert world.events("IncompatibleAdapter") == [
+        "vLLM will not serve this run's adapter: lora.targetModules: vLLM serves no LoRA on "
+        "lm_head for model_type llama (supported: down_proj, gate_proj, k_proj, o_proj, q_proj, "
+        "up_proj, v_proj)"
+    ]
+
+
+def test_a_servable_spec_or_serving_off_gets_no_warning(s3: S3Server) -> None:
+    assert World(s3).events("IncompatibleAdapter") == []
+    world = World(s3)
+    world.reconcile()
+    assert world.events("IncompatibleAdapter") == []
+    off = World(s3, **{"serving.enabled": False, "lora.useDora": True})
+    off.reconcile()
+    assert off.events("IncompatibleAdapter") == []

@@ -100,7 +100,7 @@ from .s3_target import s3_target
 from .schedule import TickAction, iso_at, next_run_id, pruned_runs, tick_decision, wake_seconds
 from .secret_reads import SecretReads
 from .serving import ServingState, ensure_serving, remove_serving
-from .serving_choice import ServingChoice, choose_served, run_lineage
+from .serving_choice import ServingChoice, choose_served, run_lineage, unservable_spec
 from .shared_registry import COMPONENT as SHARED_SERVER_COMPONENT
 from .shared_serving import ensure_shared_serving, leave_shared_serving
 from .status_patch import status_patch
@@ -937,6 +937,9 @@ class _Run:
             )
         else:
             self.event("Normal", Reason.Created, f"created Job {job} ({plan.nodes} node(s))")
+            unservable = unservable_spec(spec)  # serving_choice.py: the spec alone
+            if unservable is not None:
+                self.event("Warning", Reason.IncompatibleAdapter, unservable)
 
     # ------------------------------------------------------------------ following a run
 

@@ -106,3 +106,13 @@ async def choose_served(
     where = f"run {promotion.run_id}" if promotion.run_id else "the adapter"
     message = f"{where} cannot be served by vLLM: {problem}"
     return ServingChoice(promotion, ServingState("False", Reason.IncompatibleAdapter, message))
+
+
+def unservable_spec(spec: LoRAJobSpec) -> str | None:
+    """With serving on, what in the spec alone would keep vLLM from serving the adapter this
+    run trains: said when the run starts, hours before the adapter exists."""
+    if not spec.serving.enabled:
+        return None
+    model_type = shipped_model_type(spec.base_model.name)
+    problem = spec_problem(spec, model_type, vllm_lora_rank(spec.lora.r))
+    return f"vLLM will not serve this run's adapter: {problem}" if problem else None
