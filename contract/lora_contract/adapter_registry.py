@@ -25,12 +25,18 @@ class Entry:
     adapter: str
     uri: str
     rank: int
+    secret: str | None = None  # the job's credentials Secret, listed by name for the server
 
     def to_data(self) -> str:
-        return json.dumps(
-            {"job": self.job, "adapter": self.adapter, "uri": self.uri, "rank": self.rank},
-            sort_keys=True,
-        )
+        raw: dict[str, str | int] = {
+            "job": self.job,
+            "adapter": self.adapter,
+            "uri": self.uri,
+            "rank": self.rank,
+        }
+        if self.secret is not None:
+            raw["secret"] = self.secret
+        return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_data(cls, text: str) -> Entry | None:
@@ -38,7 +44,14 @@ class Entry:
         (edited by hand): it is swept by the operator and never served."""
         try:
             raw = json.loads(text)
-            entry = cls(str(raw["job"]), str(raw["adapter"]), str(raw["uri"]), int(raw["rank"]))
+            secret = raw.get("secret")
+            entry = cls(
+                str(raw["job"]),
+                str(raw["adapter"]),
+                str(raw["uri"]),
+                int(raw["rank"]),
+                None if secret is None else str(secret),
+            )
         except (ValueError, KeyError, TypeError):
             return None
         return entry if ADAPTER_NAME.fullmatch(entry.adapter) else None

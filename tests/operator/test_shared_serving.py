@@ -120,6 +120,9 @@ def test_one_server_per_base_model_and_namespace(two_teams: Harness) -> None:
     isvc = h.client.get(ISVCS, home, server)
     assert isvc is not None
     assert isvc["metadata"]["ownerReferences"][0]["uid"] == reg["meta"]["uid"]
+    account = h.client.get("v1/serviceaccounts", home, server)  # the jobs' Secret, by name
+    assert account is not None and account["secrets"] == [{"name": SECRET}]
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == server
     # no dedicated server was made for either job
     assert h.client.get(ISVCS, home, "alpha") is None and h.client.get(ISVCS, home, "beta") is None
 
@@ -153,6 +156,7 @@ def test_one_server_per_base_model_and_namespace(two_teams: Harness) -> None:
     # deleting the last job removes the registry and, with it, the server
     h.client.delete(LORAJOBS, home, "beta")
     h.wait("server gone", lambda: servers(h, home) == [] and not h.client.get(CMS, home, server))
+    assert h.client.get("v1/serviceaccounts", home, server) is None
     assert servers(h, TEAM) == [server]
     h.client.delete(LORAJOBS, TEAM, "alpha")
     h.wait("team server gone", lambda: servers(h, TEAM) == [])
@@ -217,4 +221,5 @@ def test_switching_modes_and_turning_serving_off_leave_nothing_behind(s3: S3Serv
     serving = next(c for c in status["conditions"] if c["type"] == "Serving")
     assert serving["reason"] == "Disabled" and status.get("inferenceService") is None
     assert kube.objects[FAKE_ISVCS] == {}
+    assert kube.obj("/api/v1/namespaces/default/serviceaccounts", server) is None
     assert [k for k in kube.objects[FAKE_CMS][server]["data"] if k.startswith("adapter.")] == []

@@ -31,6 +31,7 @@ from lora_operator.controller.shared_registry import (
     sweep_patch,
 )
 from lora_operator.controller.shared_serving import (
+    build_shared_account,
     build_shared_inference_service,
     ensure_shared_serving,
     leave_shared_serving,
@@ -528,3 +529,64 @@ def registry_of_fake(kube: FakeKube, server: str) -> dict[str, Any]:
     registry = kube.obj(CMS.format(ns="ns"), server)
     assert registry is not None
     return registry
+
+
+ACCOUNTS = "/api/v1/namespaces/{ns}/serviceaccounts"
+
+
+def ensure_with(kube: FakeKube, ns: str, name: str, secret: str) -> tuple[Any, str]:
+    spec = spec_of(name)
+    uri = f"s3://bucket/runs/{ns}/{name}/r1/final"
+    uid = f"uid-{ns}-{name}"
+    return asyncio.run(ensure_shared_serving(kube, name, ns, uid, spec, uri, secret))
+
+
+def test_the_servers_account_lists_the_jobs_secrets_by_name_and_goes_with_the_last() -> None:
+    kube = FakeKube()
+    put_job(kube, "ns", "one")
+    put_job(kube, "ns", "two")
+    _, server = ensure_with(kube, "ns", "one", "team-creds")
+    ensure_with(kube, "ns", "two", "other-creds")
+    ensure_with(kube, "ns", "one", "team-creds")  # the account follows the registry
+    account = kube.obj(ACCOUNTS.format(ns="ns"), server)
+    registry = kube.obj(CMS.format(ns="ns"), server)
+    assert account is not None and registry is not None
+    assert account["secrets"] == [{"name": "other-creds"}, {"name": "team-creds"}]
+    assert account["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": server,
+            "uid": registry["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert account["metadata"]["labels"] == registry["metadata"]["labels"]
+    isvc = kube.obj(ISVCS.format(ns="ns"), server)
+    assert isvc is not None and isvc["spec"]["predictor"]["serviceAccountName"] == server
+    assert not kube.objects.get("/api/v1/namespaces/ns/secrets")  # nothing read or copied
+    assert [c for c in kube.calls if c[1] == "secrets"] == []
+
+    asyncio.run(leave_shared_serving(kube, "ns", server, "uid-ns-two"))
+    ensure_with(kube, "ns", "one", "team-creds")
+    account = kube.obj(ACCOUNTS.format(ns="ns"), server)
+    assert account is not None and account["secrets"] == [{"name": "team-creds"}]
+    asyncio.run(leave_shared_serving(kube, "ns", server, "uid-ns-one"))
+    assert kube.obj(ACCOUNTS.format(ns="ns"), server) is None
+    assert kube.obj(ISVCS.format(ns="ns"), server) is None
+
+
+def test_an_entry_keeps_its_secret_and_one_without_lists_none() -> None:
+    entry = Entry("a", "ad", "s3://x", 8, "creds")
+    assert json.loads(entry.to_data()) == {
+        "job": "a",
+        "adapter": "ad",
+        "uri": "s3://x",
+        "rank": 8,
+        "secret": "creds",
+    }
+    assert Entry.from_data(entry.to_data()) == entry
+    registry = registry_with(("a", "u1", "ad-a"))
+    assert build_shared_account(registry) is None
+    assert "serviceAccountName" not in build_shared_inference_service(registry)["spec"]["predictor"]

@@ -1180,8 +1180,15 @@ class _Run:
     async def serve_shared(self, spec: LoRAJobSpec, adapter: str) -> None:
         """serving.mode shared: this job's adapter on its base model's server (shared_serving.py);
         a dedicated server or another shared server it was on before is left."""
+        ref = s3_target(spec, self.config).secret  # listed by name, never read or copied
         state, server = await ensure_shared_serving(
-            self.kube, self.name, self.namespace, self.uid, spec, adapter
+            self.kube,
+            self.name,
+            self.namespace,
+            self.uid,
+            spec,
+            adapter,
+            ref.name if ref is not None else None,
         )
         if self.status.inference_service == self.name:
             await remove_serving(self.kube, self.name, self.namespace, self.uid)

@@ -203,3 +203,9 @@ def is_empty(registry: dict[str, Any]) -> bool:
 def max_rank(registry: dict[str, Any]) -> int:
     """The largest LoRA rank on the server (vLLM's --max-lora-rank must cover every adapter)."""
     return max((e.rank for e in entries(registry).values()), default=1)
+
+
+def listed_secrets(registry: dict[str, Any]) -> list[str]:
+    """The credentials Secrets of the jobs on the server, by name, each once: the server's
+    ServiceAccount lists them for KServe's storage initializer (no copy, same namespace)."""
+    return sorted({e.secret for e in entries(registry).values() if e.secret})

@@ -16,7 +16,7 @@ from typing import Any
 from lora_contract.adapter_registry import SERVER_DATA_KEY, Entry
 from lora_contract.types import GROUP, PLURAL, VERSION, LoRAJobSpec, Reason
 
-from .children import INFERENCE_SERVICE, apply
+from .children import INFERENCE_SERVICE, SERVING_ACCOUNT, apply
 from .kube import Kube, KubeError
 from .manifests import container_security_context
 from .ownership import NameConflict, delete_owned
@@ -37,6 +37,7 @@ from .shared_registry import (
     entry_key,
     is_empty,
     is_operator_registry,
+    listed_secrets,
     max_rank,
     patched,
     registration_patch,
@@ -46,6 +47,7 @@ from .shared_registry import (
 
 CONFIG_MAPS = "v1/configmaps"
 ISVC = INFERENCE_SERVICE.resource
+ACCOUNTS = SERVING_ACCOUNT.resource
 LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
 ADAPTER_DIR = "/mnt/adapters"  # vLLM's filesystem resolver reads adapters from here
 
@@ -88,6 +90,26 @@ def registry_reference(registry: dict[str, Any]) -> dict[str, Any]:
         "uid": meta["uid"],
         "controller": True,
         "blockOwnerDeletion": True,
+    }
+
+
+def build_shared_account(registry: dict[str, Any]) -> dict[str, Any] | None:
+    """The server's ServiceAccount (the registry's name), controlled by the registry, listing
+    the credentials Secrets of the jobs on it by name; None when none names one."""
+    secrets = listed_secrets(registry)
+    if not secrets:
+        return None
+    meta = registry["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": dict(meta.get("labels") or {}),
+            "ownerReferences": [registry_reference(registry)],
+        },
+        "secrets": [{"name": secret} for secret in secrets],
     }
 
 
@@ -144,6 +166,8 @@ def build_shared_inference_service(registry: dict[str, Any]) -> dict[str, Any]:
             {"name": "adapters", "emptyDir": {}},
         ],
     }
+    if listed_secrets(registry):
+        predictor["serviceAccountName"] = meta["name"]
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -176,13 +200,21 @@ async def _patch_registry(
 
 
 async def ensure_shared_serving(
-    kube: Kube, name: str, namespace: str, uid: str, spec: LoRAJobSpec, adapter_uri: str
+    kube: Kube,
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: LoRAJobSpec,
+    adapter_uri: str,
+    credentials_secret: str | None = None,
 ) -> tuple[ServingState, str]:
     """Register this job's adapter on its base model's server (creating registry and server
-    when missing), sweep the entries of jobs that left, keep the server as declared. Returns the
-    Serving state and the server's name."""
+    when missing), sweep the entries of jobs that left, keep the server (and its ServiceAccount
+    listing the jobs' credentials Secrets by name) as declared. Returns the Serving state and
+    the server's name."""
     key = server_key(spec)
-    entry = Entry(name, spec.serving.adapter_name or name, adapter_uri, spec.lora.r)
+    adapter = spec.serving.adapter_name or name
+    entry = Entry(name, adapter, adapter_uri, spec.lora.r, credentials_secret)
     try:
         registry = await kube.get(CONFIG_MAPS, namespace, key.name)
         if registry is None:
@@ -213,10 +245,12 @@ async def ensure_shared_serving(
             if references is not None:
                 patch["metadata"] = {"ownerReferences": references}
             registry = await _patch_registry(kube, registry, patch)
+        controller = registry["metadata"]["uid"]
+        account = build_shared_account(registry)
+        if account is not None:
+            await apply(kube, SERVING_ACCOUNT, namespace, account, controller)
         body = build_shared_inference_service(registry)
-        isvc = (
-            await apply(kube, INFERENCE_SERVICE, namespace, body, registry["metadata"]["uid"])
-        ).obj
+        isvc = (await apply(kube, INFERENCE_SERVICE, namespace, body, controller)).obj
     except NameConflict as conflict:
         return _state_of_conflict(conflict), key.name
     except KubeError as exc:
@@ -257,6 +291,8 @@ async def leave_shared_serving(kube: Kube, namespace: str, server: str, uid: str
         with contextlib.suppress(NameConflict):  # not the registry's server: left alone
             uid_ = registry["metadata"]["uid"]
             deleted = await delete_owned(kube, ISVC, namespace, server, uid_)
+        with contextlib.suppress(NameConflict):
+            await delete_owned(kube, ACCOUNTS, namespace, server, registry["metadata"]["uid"])
     return bool(patch) or deleted
 
 
