@@ -5,6 +5,9 @@ one line naming what is wrong, with the LoRAJob left as it was (resourceVersion 
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from lora_operator.api.promote_cmd import LORAJOBS, PromoteError, promote
 from lora_operator.cli import main
 
 NS = "promote-cli"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +136,25 @@ def test_a_concurrent_edit_fails_the_promotion(
 def test_the_cli_lists_promote(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["--help"]) == 0
     assert "  promote " in capsys.readouterr().out
+
+
+def test_kubectl_wide_shows_the_serving_run(client: RestClient, cluster: EmulatedCluster) -> None:
+    """The Serving-Run printer column (priority 1): only with -o wide, as kubectl prints it."""
+    make_job(client, "wide")  # status.servingRun r2
+    kubectl = ROOT / ".tools" / "bin" / "kubectl"
+    binary = str(kubectl) if kubectl.exists() else shutil.which("kubectl")
+    if binary is None:
+        pytest.fail("kubectl not installed: run `make setup` (it puts kubectl in .tools/bin)")
+    base = [binary, "--kubeconfig", str(cluster.kubeconfig), "-n", NS, "get", "lj", "wide"]
+
+    def table(*extra: str) -> dict[str, str]:
+        out = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        header, row = out.stdout.splitlines()
+        starts = [m.start() for m in re.finditer(r"\S+", header)]
+        names = header.split()
+        cells = [row[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        return dict(zip(names, cells, strict=True))
+
+    assert table("-o", "wide")["SERVING-RUN"] == "r2"
+    assert "SERVING-RUN" not in table()
