@@ -4,11 +4,13 @@ credentials, the restricted pod security, validated against the Kubernetes schem
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
 import kubernetes_validate
 import pytest
+from fake_kube import FakeKube
 from operator_harness import BUCKET, base_job, gpu_job
 from test_manifests import K8S_VERSION, UID, context, env_of
 from test_pod_security import TRAINER_JOBS, violations
@@ -20,6 +22,7 @@ from lora_devkit.s3server import S3Server
 from lora_operator.controller.export_job import (
     build_export_job,
     export_disk_gib,
+    export_failure_message,
     export_job_name,
     export_memory_gib,
     merged_uri,
@@ -217,3 +220,24 @@ def test_export_pods_meet_the_restricted_profile(case: str) -> None:
     job, config = TRAINER_JOBS[case]
     export = build_export_job(context(job, **config))
     assert violations(export["spec"]["template"]["spec"]) == []
+
+
+def test_the_failure_message_is_the_export_pods_own() -> None:
+    kube = FakeKube()
+    pods = "/api/v1/namespaces/ml/pods"
+    assert asyncio.run(export_failure_message(kube, "ml", "j", "r1")) is None  # type: ignore[arg-type]
+    succeeded = export_pod("j", 0, "ignored: exit code 0")
+    succeeded["metadata"]["name"] = "j-r1-export-a"
+    kube.put(pods, succeeded)
+    other_run = export_pod("j", 75, "run r0's export")
+    other_run["metadata"].update(name="j-r0-export-b")
+    other_run["metadata"]["labels"]["finetune.lora-operator.io/run"] = "r0"
+    kube.put(pods, other_run)
+    assert asyncio.run(export_failure_message(kube, "ml", "j", "r1")) is None  # type: ignore[arg-type]
+    kube.put(pods, export_pod("j", 75, "  export: no finished adapter at s3://b/f  \n"))
+    trainer = export_pod("j", 3, "the trainer's own error")
+    trainer["metadata"].update(name="j-r1-0-c")
+    trainer["metadata"]["labels"]["app.kubernetes.io/component"] = "trainer"
+    kube.put(pods, trainer)
+    message = asyncio.run(export_failure_message(kube, "ml", "j", "r1"))  # type: ignore[arg-type]
+    assert message == "export: no finished adapter at s3://b/f"
