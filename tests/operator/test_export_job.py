@@ -31,6 +31,7 @@ from lora_operator.controller.export_job import (
 from lora_operator.controller.manifests import LABEL_RUN, RunContext, build_job
 
 EIGHT_B = 8_000_000_000
+TOLERATION = {"key": "pool", "operator": "Equal", "value": "train", "effect": "NoSchedule"}
 ADAPTER = 40_000_000
 
 
@@ -47,6 +48,10 @@ def test_sizing_by_hand() -> None:
     fp32 = ExportSpec(merged=True, dtype=ExportDtype.float32, max_shard_size="500MB")
     assert export_memory_gib(EIGHT_B, ADAPTER, fp32) == 38
     assert export_disk_gib(EIGHT_B, fp32) == 61
+    # an adapter as large as its base shows the adapter term: 1e9 x 2 B + 2 x 1e9 x 4 B + 100 KB
+    # = 10.0001e9 B = 9.3133 GiB; x 1.2 + 1 = 12.18 -> 13 GiB
+    small_shards = ExportSpec(max_shard_size="100KB")
+    assert export_memory_gib(10**9, 10**9, small_shards) == 13
     # fp16 weighs what bf16 does
     assert export_memory_gib(EIGHT_B, ADAPTER, ExportSpec(dtype=ExportDtype.float16)) == 22
 
@@ -66,6 +71,14 @@ def test_the_export_job_is_one_cpu_pod_running_the_export_entry_point() -> None:
                     "export": {"merged": True},
                     "resources.nodeSelector": {"pool": "train"},
                     "resources.priorityClassName": "batch-high",
+                    "resources.tolerations": [
+                        {
+                            "key": "pool",
+                            "operator": "Equal",
+                            "value": "train",
+                            "effect": "NoSchedule",
+                        }
+                    ],
                 },
             )
         )
@@ -75,18 +88,31 @@ def test_the_export_job_is_one_cpu_pod_running_the_export_entry_point() -> None:
     assert job["metadata"]["name"] == export_job_name("big", "r1") == "big-r1-export"
     assert job["metadata"]["namespace"] == "ml"
     assert job["metadata"]["labels"][LABEL_RUN] == "r1"
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "export"
+    assert job["spec"]["template"]["metadata"]["labels"] == job["metadata"]["labels"]
     assert job["metadata"]["ownerReferences"][0]["uid"] == UID
     assert job["metadata"]["ownerReferences"][0]["controller"] is True
     spec = job["spec"]
     assert (spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (1, 1, 2)
     assert "completionMode" not in spec
-    rule = spec["podFailurePolicy"]["rules"][0]
-    assert rule["action"] == "FailJob"
-    assert rule["onExitCodes"]["values"] == [EXIT_INVALID_CONFIG]
+    assert spec["podFailurePolicy"]["rules"] == [
+        {
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": "trainer",
+                "operator": "In",
+                "values": [EXIT_INVALID_CONFIG],
+            },
+        }
+    ]
     pod = spec["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["python", "-m", "lora_trainer.export"]
     assert container["image"] == "trainer:1"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == "big-trainer"  # the trainer's token-less account
+    assert pod["tolerations"] == [TOLERATION]
     assert container["resources"] == {
         "requests": {"cpu": "2", "memory": "22Gi", "ephemeral-storage": "46Gi"},
         "limits": {"memory": "22Gi"},
@@ -105,6 +131,7 @@ def test_the_export_job_is_one_cpu_pod_running_the_export_entry_point() -> None:
     assert env["LORAJOB_CONFIG"] == env_of(trainer)["LORAJOB_CONFIG"]
     assert not {"MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "POD_IP"} & set(env)
     assert merged_uri(ctx.output_uri) == "s3://lora-test/runs/big/r1/merged"
+    assert merged_uri("s3://b/runs/JOBX/") == "s3://b/runs/JOBX/merged"
 
 
 def test_a_cpu_jobs_export_has_no_node_selector_by_default() -> None:
@@ -226,6 +253,10 @@ def test_the_failure_message_is_the_export_pods_own() -> None:
     kube = FakeKube()
     pods = "/api/v1/namespaces/ml/pods"
     assert asyncio.run(export_failure_message(kube, "ml", "j", "r1")) is None  # type: ignore[arg-type]
+    pending = export_pod("j", 0, "")
+    pending["metadata"]["name"] = "j-r1-export-p"
+    pending["status"] = {}  # not started: no containerStatuses yet
+    kube.put(pods, pending)
     succeeded = export_pod("j", 0, "ignored: exit code 0")
     succeeded["metadata"]["name"] = "j-r1-export-a"
     kube.put(pods, succeeded)
