@@ -42,6 +42,7 @@ from lora_operator.controller.shared_serving import (
 CMS = "/api/v1/namespaces/{ns}/configmaps"
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices"
 LJS = "/apis/finetune.lora-operator.io/v1alpha1/namespaces/{ns}/lorajobs"
+ACCOUNTS = "/api/v1/namespaces/{ns}/serviceaccounts"
 SHAPE = {"baseModel": "m", "source": "pvc://m", "gpuResourceName": "nvidia.com/gpu", "gpus": 0}
 
 
@@ -489,11 +490,13 @@ def test_the_last_entry_without_an_owner_reference_and_a_foreign_server() -> Non
     kube.put(CMS.format(ns="ns"), registry)
     foreign = {"metadata": {"name": "lora-server-abc", "namespace": "ns", "uid": "someone"}}
     kube.put(ISVCS.format(ns="ns"), copy.deepcopy(foreign))
+    kube.put(ACCOUNTS.format(ns="ns"), copy.deepcopy(foreign))
     assert asyncio.run(leave_shared_serving(kube, "ns", "lora-server-abc", "u1"))
     left = kube.obj(CMS.format(ns="ns"), "lora-server-abc")
     assert left is not None and entries(left) == {}
     assert left["metadata"]["ownerReferences"] == [ref("b", "u2")]
     assert kube.obj(ISVCS.format(ns="ns"), "lora-server-abc") == foreign  # not the registry's
+    assert kube.obj(ACCOUNTS.format(ns="ns"), "lora-server-abc") == foreign
 
 
 def test_conflicts_are_false_and_a_kept_server_is_still_ours() -> None:
@@ -531,9 +534,6 @@ def registry_of_fake(kube: FakeKube, server: str) -> dict[str, Any]:
     return registry
 
 
-ACCOUNTS = "/api/v1/namespaces/{ns}/serviceaccounts"
-
-
 def ensure_with(kube: FakeKube, ns: str, name: str, secret: str) -> tuple[Any, str]:
     spec = spec_of(name)
     uri = f"s3://bucket/runs/{ns}/{name}/r1/final"
@@ -552,6 +552,8 @@ def test_the_servers_account_lists_the_jobs_secrets_by_name_and_goes_with_the_la
     registry = kube.obj(CMS.format(ns="ns"), server)
     assert account is not None and registry is not None
     assert account["secrets"] == [{"name": "other-creds"}, {"name": "team-creds"}]
+    assert (account["apiVersion"], account["kind"]) == ("v1", "ServiceAccount")
+    assert (account["metadata"]["name"], account["metadata"]["namespace"]) == (server, "ns")
     assert account["metadata"]["ownerReferences"] == [
         {
             "apiVersion": "v1",
