@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from lora_contract.storage import S3Store
 from lora_contract.types import LoRAJobSpec, Progress
 from lora_devkit.tinymodel import COLOURS, FRUITS
+from lora_trainer.data import BadRow
 from lora_trainer.errors import InvalidConfigError
 from lora_trainer.objectives import preference_metrics
-from lora_trainer.preference_data import load_pairs
+from lora_trainer.preference_data import TokenizePairs, _after, load_pairs
 
 from .conftest import base_spec
 
@@ -77,7 +78,10 @@ def test_method_rules_name_the_fields(tmp_path: Path) -> None:
     ok = LoRAJobSpec.model_validate(dpo_spec(data))
     assert ok.method.value == "dpo" and ok.dpo is not None and ok.dpo.loss_type.value == "sigmoid"
     cases = [
-        ({"dataset": {"format": "instruction"}}, "dataset.format holds no preference pairs with method dpo (it is instruction)"),
+        (
+            {"dataset": {"format": "instruction"}},
+            "dataset.format holds no preference pairs with method dpo (it is instruction)",
+        ),
         ({"dataset": {"packing": True}}, "dataset.packing: method dpo keeps each pair whole"),
         ({"dpo": {"maxPromptLength": 64}}, "dpo.maxPromptLength 64 must be below"),
         ({"method": "sft"}, "dpo: set only with method dpo"),
@@ -247,3 +251,189 @@ def test_resumed_dpo_run_takes_the_same_steps(
         assert resumed[step] == pytest.approx(whole[step], rel=1e-4), (step, resumed, whole)
     progress = Progress.model_validate(store.get_json(run.location.child("progress.json")))
     assert progress.state == "succeeded" and progress.step == 8
+
+
+# ------------------------------------------------------------------- row rules, one by one
+
+USER = {"role": "user", "content": "Which fruit goes with red?"}
+GOOD = {"role": "assistant", "content": "apple"}
+BAD = {"role": "assistant", "content": "coconut"}
+
+BAD_ROWS: list[tuple[str, Any, str]] = [
+    ("prompt-completion", "a string", "expected a JSON object (got str)"),
+    (
+        "prompt-completion",
+        {"prompt": "Q", "chosen": " a", "rejected": " a"},
+        SAME := "chosen and rejected are the same",
+    ),
+    (
+        "chat",
+        {"chosen": "text", "rejected": [BAD]},
+        "field 'chosen' must be a non-empty list of messages",
+    ),
+    (
+        "chat",
+        {"chosen": [], "rejected": [BAD]},
+        "field 'chosen' must be a non-empty list of messages",
+    ),
+    (
+        "chat",
+        {"prompt": "text", "chosen": [GOOD], "rejected": [BAD]},
+        "field 'prompt' must be a non-empty list of messages",
+    ),
+    (
+        "chat",
+        {"chosen": ["x"], "rejected": [BAD]},
+        "chosen message 0 must be an object with a string 'content'",
+    ),
+    (
+        "chat",
+        {"chosen": [{"role": "user"}], "rejected": [BAD]},
+        "chosen message 0 must be an object with a string 'content'",
+    ),
+    (
+        "chat",
+        {"chosen": [USER, {"role": "bot", "content": "x"}], "rejected": [BAD]},
+        "chosen message 1 has role 'bot'",
+    ),
+    (
+        "chat",
+        {"chosen": [USER, GOOD], "rejected": [{**USER, "content": "Other?"}, BAD]},
+        "no prompt: give a prompt message list or a shared first message",
+    ),
+    (
+        "chat",
+        {"prompt": [USER], "chosen": [GOOD], "rejected": [USER]},
+        "rejected must end with an assistant message",
+    ),
+    ("chat", {"prompt": [USER], "chosen": [GOOD], "rejected": [GOOD]}, SAME),
+]
+
+
+@pytest.mark.parametrize(("fmt", "row", "reason"), BAD_ROWS, ids=[r for _, _, r in BAD_ROWS])
+def test_each_bad_row_names_its_reason(tokenizer: Any, fmt: str, row: Any, reason: str) -> None:
+    spec = LoRAJobSpec.model_validate(dpo_spec(Path("/d.jsonl"), fmt))
+    with pytest.raises(BadRow) as err:
+        TokenizePairs(spec, tokenizer)(row)
+    assert str(err.value) == reason
+
+
+def test_the_shared_prompt_stops_before_the_shorter_list_ends(tokenizer: Any) -> None:
+    # chosen [u, a] and rejected [u, a, u2, a2] share two messages, but chosen needs an answer:
+    # the prompt is [u] only
+    spec = LoRAJobSpec.model_validate(dpo_spec(Path("/d.jsonl"), "chat"))
+    more = [USER, GOOD, {"role": "user", "content": "And green?"}, BAD]
+    pair = TokenizePairs(spec, tokenizer)({"chosen": [USER, GOOD], "rejected": more})
+    render = tokenizer.apply_chat_template
+    head = tokenizer(render([USER], tokenize=False, add_generation_prompt=True))["input_ids"]
+    rejected = tokenizer(render(more, tokenize=False))["input_ids"]
+    assert pair["prompt_ids"] == head
+    assert pair["rejected_ids"] == rejected[len(head) :]
+
+
+def test_after_takes_what_follows_the_common_prefix() -> None:
+    assert _after([1, 2, 3], [1, 2, 3, 4, 5]) == [4, 5]
+    assert _after([1, 2], [1, 2, 7]) == [7]
+    assert _after([1, 2], [1, 9, 3]) == [9, 3]
+    assert _after([5], [6, 7]) == [6, 7]
+
+
+def test_fit_keeps_the_prompt_end_and_the_answers_start(tokenizer: Any) -> None:
+    # maxSeqLength 16, maxPromptLength 4
+    spec = LoRAJobSpec.model_validate(dpo_spec(Path("/d.jsonl"), maxPromptLength=4))
+    fit = TokenizePairs(spec, tokenizer)
+    fit.max_len = 16
+    # a prompt of exactly 4 and answers of exactly 16 - 4 = 12: nothing cut
+    assert fit._fit([1, 2, 3, 4], [5] * 12, [6] * 12) == {
+        "prompt_ids": [1, 2, 3, 4],
+        "chosen_ids": [5] * 12,
+        "rejected_ids": [6] * 12,
+    }
+    assert fit.truncated == 0
+    # 5 prompt tokens: the last 4 kept
+    assert fit._fit([1, 2, 3, 4, 5], [7], [8])["prompt_ids"] == [2, 3, 4, 5]
+    assert fit.truncated == 1
+    # one answer over the room: both cut to 12
+    assert fit._fit([1, 2, 3, 4], [5] * 13, [6] * 2)["chosen_ids"] == [5] * 12
+    assert fit._fit([1, 2, 3, 4], [5] * 2, [6] * 13)["rejected_ids"] == [6] * 12
+    assert fit.truncated == 3
+    with pytest.raises(BadRow) as err:
+        fit._fit([1], [], [2])
+    assert str(err.value) == "chosen or rejected has no tokens"
+    # without maxPromptLength: a prompt of 15 leaves one token, of 16 none
+    plain = TokenizePairs(LoRAJobSpec.model_validate(dpo_spec(Path("/d.jsonl"))), tokenizer)
+    plain.max_len = 16
+    assert plain._fit(list(range(15)), [5, 5], [6])["chosen_ids"] == [5]
+    with pytest.raises(BadRow) as err:
+        plain._fit(list(range(16)), [5], [6])
+    assert str(err.value) == "no answer tokens within maxSeqLength 16"
+
+
+def test_without_a_dpo_section_the_defaults_apply(tmp_path: Path, tokenizer: Any) -> None:
+    raw = dpo_spec(tmp_path / "d.jsonl")
+    del raw["dpo"]
+    spec = LoRAJobSpec.model_validate(raw)
+    long_prompt = "alpha " * 40
+    pair = TokenizePairs(spec, tokenizer)({"prompt": long_prompt, "chosen": " a", "rejected": " b"})
+    assert pair["prompt_ids"] == tokenizer(long_prompt)["input_ids"]  # not cut
+
+
+def test_load_pairs_messages_name_the_source(
+    tmp_path: Path, tokenizer: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = LoRAJobSpec.model_validate(dpo_spec(tmp_path / "d.jsonl"))
+    with pytest.raises(InvalidConfigError) as err:
+        load_pairs(tmp_path / "missing.jsonl", "dataset.source s3://b/k", spec, tokenizer)
+    assert str(err.value).startswith("dataset.source s3://b/k: file not found")
+    empty = write(tmp_path / "empty.jsonl", [])
+    with pytest.raises(InvalidConfigError) as err:
+        load_pairs(empty, "dataset.source s3://b/e", spec, tokenizer)
+    assert str(err.value) == "dataset.source s3://b/e: the dataset is empty (no rows)"
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("not json\n")
+    with pytest.raises(InvalidConfigError) as err:
+        load_pairs(junk, "dataset.source s3://b/j", spec, tokenizer)
+    assert str(err.value).startswith(
+        "dataset.source s3://b/j: no usable preference rows for method dpo, format "
+        "prompt-completion: 1 of 1 rows are bad (first: row 1: invalid JSON"
+    )
+    missing = write(tmp_path / "m.jsonl", [{"prompt": "Q", "chosen": " a"}, {"prompt": "Q"}])
+    with pytest.raises(InvalidConfigError) as err:
+        load_pairs(missing, "dataset.source s3://b/m", spec, tokenizer)
+    assert str(err.value) == (
+        "dataset.source s3://b/m: no usable preference rows for method dpo, format "
+        "prompt-completion: 2 of 2 rows are bad (first: row 1: missing field 'rejected')"
+    )
+    good = write(tmp_path / "g.jsonl", [{"prompt": "Q", "chosen": " a", "rejected": " b"}])
+    capsys.readouterr()
+    load_pairs(good, "dataset.source s3://b/g", spec, tokenizer)
+    assert capsys.readouterr().out == (
+        "[lora-trainer] data dataset.source s3://b/g: 1 of 1 rows usable\n"
+    )
+
+
+def test_the_row_size_bound_follows_max_seq_length(tmp_path: Path, tokenizer: Any) -> None:
+    # maxSeqLength 32768: 64 x 32768 = 2 MiB per row; a 1.2 MB prompt is within it (the default
+    # bound, 1 MiB, would skip it), and maxPromptLength keeps its last 8 tokens
+    raw = dpo_spec(tmp_path / "d.jsonl", maxPromptLength=8)
+    raw["dataset"]["maxSeqLength"] = 32768
+    spec = LoRAJobSpec.model_validate(raw)
+    row = {"prompt": "alpha " * 200_000, "chosen": " apple", "rejected": " lime"}
+    path = write(tmp_path / "big.jsonl", [row])
+    with pytest.warns(UserWarning, match="1 rows truncated"):
+        (pair,) = load_pairs(path, "dataset.source", spec, tokenizer)
+    assert len(pair["prompt_ids"]) == 8
+
+
+def test_chat_rows_need_a_chat_template(tokenizer: Any) -> None:
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    spec = LoRAJobSpec.model_validate(dpo_spec(Path("/d.jsonl"), "chat"))
+    with pytest.raises(InvalidConfigError) as err:
+        TokenizePairs(spec, plain)({"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]})
+    assert str(err.value) == (
+        "dataset.format chat needs a tokenizer with a chat template; this base model has none "
+        "(use prompt-completion: prompt, chosen and rejected strings)"
+    )
