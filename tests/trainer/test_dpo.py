@@ -437,3 +437,34 @@ def test_chat_rows_need_a_chat_template(tokenizer: Any) -> None:
         "dataset.format chat needs a tokenizer with a chat template; this base model has none "
         "(use prompt-completion: prompt, chosen and rejected strings)"
     )
+
+
+def test_dpo_arguments_carry_the_shared_ones_and_the_dpo_section(tmp_path: Path) -> None:
+    from lora_contract.types import TrainerConfig, TrainingMethod
+    from lora_trainer.objectives import OBJECTIVES, dpo_arguments, objective_for
+    from lora_trainer.train import training_arguments
+
+    spec = dpo_spec(tmp_path / "d.jsonl", beta=0.25, lossType="ipo")
+    document = {"jobName": "j", "namespace": "n", "runId": "r1", "outputUri": "s3://b/p/n/j/r1"}
+    config = TrainerConfig.model_validate({**document, "spec": spec})
+    shared = training_arguments(config, tmp_path / "out", False, False, 1)
+    args = dpo_arguments(config, shared)
+    assert type(args).__name__ == "DPOConfig"
+    assert (args.beta, args.loss_type, args.max_length) == (0.25, ["ipo"], 64)
+    assert args.label_names == [] and args.hub_token is None and args.dataset_num_proc is None
+    assert (args.learning_rate, args.max_steps, args.seed) == (5e-3, 20, shared.seed)
+    assert args.per_device_train_batch_size == 8 and args.output_dir == str(tmp_path / "out")
+    assert objective_for(config) is OBJECTIVES[TrainingMethod.dpo]
+    defaults = {**spec}
+    del defaults["dpo"]
+    plain = TrainerConfig.model_validate({**document, "spec": defaults})
+    assert (dpo_arguments(plain, shared).beta, dpo_arguments(plain, shared).loss_type) == (
+        0.1,
+        ["sigmoid"],
+    )
+    sft = TrainerConfig.model_validate(
+        {**document, "spec": {**defaults, "method": "sft", "dataset": spec["dataset"]}}
+    )
+    assert objective_for(sft).method == TrainingMethod.sft
+    assert objective_for(sft).arguments(sft, shared) is shared
+    assert objective_for(sft).callbacks(None) == []  # type: ignore[arg-type]
