@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lora_contract.layout import S3Location
-from lora_contract.storage import S3Store
+from lora_contract.storage import S3Store, StorageError
 from lora_contract.types import Progress
 from lora_trainer.callbacks import BestEvalTracker
 from lora_trainer.checkpoints import prune, upload_checkpoint
@@ -145,3 +145,25 @@ def test_resumed_attempt_says_where_it_resumed_and_keeps_the_earlier_best(
     assert sorted(evals) == [4, 8]  # step 4's from the first attempt, step 8's from this one
     best_step = min(evals, key=lambda step: (evals[step], step))
     assert (written[-1].best_step, written[-1].best_eval_loss) == (best_step, evals[best_step])
+
+
+def test_fetching_from_a_checkpoint_without_an_adapter_is_transient(
+    store: S3Store, tmp_path: Path
+) -> None:
+    run = S3Location(BUCKET, f"best-test/{uuid.uuid4().hex[:8]}")
+    store.put_json(run.child("checkpoint-4", "trainer_state.json"), {"global_step": 4})
+    with pytest.raises(StorageError) as caught:
+        fetch_adapter(store, run, 4, tmp_path / "final")
+    source = run.child("checkpoint-4").uri
+    assert str(caught.value) == f"{source} has no adapter_model.safetensors"
+    assert caught.value.transient is True
+    assert not (tmp_path / "final").exists()  # nothing half-written
+    upload_checkpoint(store, run, fake_checkpoint(tmp_path, 6), 6)
+    nested = tmp_path / "scratch" / "final"  # its parent does not exist yet
+    assert fetch_adapter(store, run, 6, nested) == ["adapter_model.safetensors"]
+    assert (nested / "adapter_model.safetensors").read_bytes() == b"w" * 6
+
+
+def test_a_best_file_without_values_reads_as_none(tmp_path: Path) -> None:
+    (tmp_path / "best_eval.json").write_text('{"bestStep": null, "bestEvalLoss": null}')
+    assert best_from_checkpoint(tmp_path) == (None, None)
