@@ -452,6 +452,7 @@ def test_dpo_arguments_carry_the_shared_ones_and_the_dpo_section(tmp_path: Path)
     assert type(args).__name__ == "DPOConfig"
     assert (args.beta, args.loss_type, args.max_length) == (0.25, ["ipo"], 64)
     assert args.label_names == [] and args.hub_token is None and args.dataset_num_proc is None
+    assert args.activation_offloading is False  # on CPU, as lora_trainer.offload decides
     assert (args.learning_rate, args.max_steps, args.seed) == (5e-3, 20, shared.seed)
     assert args.per_device_train_batch_size == 8 and args.output_dir == str(tmp_path / "out")
     assert objective_for(config) is OBJECTIVES[TrainingMethod.dpo]
@@ -468,3 +469,8 @@ def test_dpo_arguments_carry_the_shared_ones_and_the_dpo_section(tmp_path: Path)
     assert objective_for(sft).method == TrainingMethod.sft
     assert objective_for(sft).arguments(sft, shared) is shared
     assert objective_for(sft).callbacks(None) == []  # type: ignore[arg-type]
+    offloading = {**spec, "training": {**spec["training"], "activationOffloading": True}}
+    asked = TrainerConfig.model_validate({**document, "spec": offloading})
+    assert dpo_arguments(asked, shared).activation_offloading is False  # use_cpu
+    shared.use_cpu = False
+    assert dpo_arguments(asked, shared).activation_offloading is True

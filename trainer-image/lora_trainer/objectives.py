@@ -98,6 +98,8 @@ def dpo_arguments(config: TrainerConfig, args: Any) -> Any:
         label_names=[],  # a pair has no labels: TRL builds the completion mask itself
         hub_token=None,
         dataset_num_proc=None,
+        # TRL's own offloading context (the one lora_trainer.offload uses for SFT), CUDA only
+        activation_offloading=config.spec.training.activation_offloading and not args.use_cpu,
     )
     return DPOConfig(**values)
 
