@@ -188,6 +188,7 @@ def test_dpo_raises_the_reward_margin(
     assert code == 0, message
     logged = [r for r in records(store, run) if "loss" in r]
     assert [r["step"] for r in logged] == [4, 8, 12, 16, 20]
+    assert {r["loss_path"] for r in logged} == {"trl-fused-logprobs"}
     margins = [r["reward_margin"] for r in logged]
     assert margins[-1] > margins[0] + 0.05 and margins[-1] > 0, margins
     assert logged[-1]["reward_accuracy"] >= 0.75, logged[-1]

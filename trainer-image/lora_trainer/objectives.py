@@ -25,6 +25,7 @@ from .errors import InvalidConfigError
 from .metrics import ProgressReporter
 
 Datasets = tuple[Any, Any | None]
+DPO_LOSS_PATH = "trl-fused-logprobs"  # metrics.jsonl's loss_path of a DPO run
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,9 @@ def _dpo_callbacks(reporter: ProgressReporter) -> list[Any]:
     class PreferenceProgress(TrainerCallback):  # type: ignore[misc]
         """After ProgressCallback: the reward margin and accuracy into progress.json and the
         step's metrics.jsonl record."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            reporter.loss_path = DPO_LOSS_PATH  # not the SFT loss path train.py chose
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
