@@ -323,7 +323,7 @@ def test_cpu_terms_and_host_memory_by_hand(spec: Spec, tiny_llama: dict[str, obj
         ResourceAmounts(memory="29Gi"),
     )
     assert (plan.gpus, plan.tensor_parallel_size, plan.gpu_memory_utilization) == (0, 1, None)
-    assert plan.reason == "served on CPU, like the training (no GPU flags)"
+    assert plan.reason == "served on CPU, like the training (no accelerator flags)"
 
 
 def test_a_small_model_loads_its_whole_weights_not_a_5gib_shard(

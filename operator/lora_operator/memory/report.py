@@ -202,7 +202,10 @@ def serving_lines(serving: ServingPlanStatus) -> list[str]:
     unit = "host" if serving.gpus == 0 else "per-GPU"
     lines = [f"  serving (vLLM): {where}", f"    {unit} memory (GiB)"]
     for term, gib in serving.memory_gib.items():
-        lines.append(f"      {term:<18}{gib:>9.2f}  {SERVING_TERM_HELP.get(term, '')}")
+        help_ = SERVING_TERM_HELP.get(term, "")
+        if serving.gpus == 0:  # one process on the host: no tensor parallelism, no GPU
+            help_ = help_.replace(" over the tensor-parallel GPUs", " in host memory")
+        lines.append(f"      {term:<18}{gib:>9.2f}  {help_}")
     if serving.gpus:
         lines.append(
             f"      {'total':<18}{serving.per_gpu_gib:>9.2f}  of {serving.gpu_memory_gib:g} "

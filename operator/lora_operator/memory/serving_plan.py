@@ -276,7 +276,7 @@ def plan_serving(
             vllm_args=flags,
             requests=requests,
             limits=limits,
-            reason="served on CPU, like the training (no GPU flags)",
+            reason="served on CPU, like the training (no accelerator flags)",
         )
     fit = choose_fit(spec, arch, knobs, catalog)
     requests, limits = host_resources(arch, knobs, adapter, fit.tp, on_cpu=False)
