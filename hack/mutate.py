@@ -147,6 +147,23 @@ TARGETS: tuple[Target, ...] = (
         note="DoRA's memory terms (the plan subprocess imports the unmutated package)",
     ),
     Target(
+        "dpo_memory",
+        ("lora_operator.memory.dpo",),
+        ("tests/memory/test_dpo_memory.py",),
+        note="DPO's memory terms: 2 x micro-batch policy, fused log-prob head, reference",
+    ),
+    Target(
+        "preference_data",
+        ("lora_trainer.preference_data",),
+        ("tests/trainer/test_dpo.py",),
+        (
+            "tests/trainer/test_dpo.py::test_dpo_raises_the_reward_margin",
+            "tests/trainer/test_dpo.py::test_chat_pairs_train_and_no_usable_rows_exit_3",
+            "tests/trainer/test_dpo.py::test_resumed_dpo_run_takes_the_same_steps",
+        ),
+        note="preference rows -> token ids, bad rows, maxPromptLength (training runs deselected)",
+    ),
+    Target(
         "objective",
         ("lora_operator.memory.objective", "lora_operator.memory.batch"),
         ("tests/memory/test_placement_objective.py",),
@@ -304,8 +321,16 @@ TARGETS: tuple[Target, ...] = (
             "tests/trainer/test_resume_rank_units.py",
             "tests/trainer/test_checkpoints.py",
             "tests/trainer/test_checkpoint_files.py",
+            "tests/trainer/test_best_adapter.py",
         ),
-        note="which checkpoint each rank resumes from; a finished run trains no further",
+        (  # training runs
+            "tests/trainer/test_best_adapter.py::"
+            "test_early_stopped_run_ships_the_best_steps_adapter",
+            "tests/trainer/test_best_adapter.py::"
+            "test_resumed_attempt_says_where_it_resumed_and_keeps_the_earlier_best",
+        ),
+        note="which checkpoint each rank resumes from; a finished run trains no further; "
+        "the best checkpoint is spared and its adapter becomes final/",
     ),
     Target(
         "errors",
@@ -381,6 +406,20 @@ TARGETS: tuple[Target, ...] = (
         ("lora_operator.controller.promotion", "lora_operator.controller.serving_compat"),
         ("tests/operator/test_promotion.py", "tests/operator/test_serving_compat.py"),
         note="which succeeded run serves (latest/best/manual); what vLLM would refuse to load",
+    ),
+    Target(
+        "export_job",
+        ("lora_operator.controller.export_job",),
+        ("tests/operator/test_export_job.py",),
+        deselect=tuple(  # through the reconciler with the moto S3 server: its thread hangs mutmut
+            f"tests/operator/test_export_job.py::{name}"
+            for name in (
+                "test_a_failed_export_sets_exported_false_and_the_run_stays_succeeded",
+                "test_a_succeeded_export_records_the_merged_uri",
+                "test_no_export_job_without_export_merged",
+            )
+        ),
+        note="the merged-export Job: its memory/disk sizing, shape, failed pod's message",
     ),
 )
 
