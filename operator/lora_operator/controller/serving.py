@@ -192,6 +192,18 @@ def readiness(isvc: dict[str, Any]) -> ServingState:
     )
 
 
+def failed_state(exc: KubeError, doing: str) -> ServingState:
+    """Serving=False for an API error: KServe not installed (404 on its resource) or another."""
+    if exc.status == 404:
+        return ServingState(
+            "False",
+            Reason.KServeNotInstalled,
+            "the InferenceService resource (serving.kserve.io/v1beta1) is not installed; "
+            "install KServe to serve the adapter",
+        )
+    return ServingState("False", Reason.ServingError, f"{doing}: {exc}")
+
+
 async def ensure_serving(
     kube: Kube,
     name: str,
@@ -218,14 +230,7 @@ async def ensure_serving(
     except NameConflict as conflict:
         return ServingState("False", Reason.NameConflict, conflict.message())
     except KubeError as exc:
-        if exc.status == 404:
-            return ServingState(
-                "False",
-                Reason.KServeNotInstalled,
-                "the InferenceService resource (serving.kserve.io/v1beta1) is not installed; "
-                "install KServe to serve the adapter",
-            )
-        return ServingState("False", Reason.ServingError, f"cannot create InferenceService: {exc}")
+        return failed_state(exc, "cannot create InferenceService")
     return readiness(isvc)
 
 

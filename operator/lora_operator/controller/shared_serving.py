@@ -26,6 +26,7 @@ from .serving import (
     SERVING_TMP,
     SERVING_UID,
     ServingState,
+    failed_state,
     readiness,
     vllm_lora_rank,
 )
@@ -254,16 +255,7 @@ async def ensure_shared_serving(
     except NameConflict as conflict:
         return _state_of_conflict(conflict), key.name
     except KubeError as exc:
-        if exc.status == 404:
-            return ServingState(
-                "False",
-                Reason.KServeNotInstalled,
-                "the InferenceService resource (serving.kserve.io/v1beta1) is not installed; "
-                "install KServe to serve the adapter",
-            ), key.name
-        return ServingState(
-            "False", Reason.ServingError, f"cannot serve on {key.name}: {exc}"
-        ), key.name
+        return failed_state(exc, f"cannot serve on {key.name}"), key.name
     return readiness(isvc), key.name
 
 
