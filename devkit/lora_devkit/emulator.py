@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import re
 import threading
 import time
 import uuid
@@ -288,12 +289,23 @@ def _age(timestamp: str) -> str:
     return f"{max(seconds, 0)}s"
 
 
+# One step of a printer column's JSONPath: a field, optionally filtered as a list by one
+# equality (`.conditions[?(@.type=="Ready")]`, the first match, as kubectl prints it).
+_PATH_STEP = re.compile(r'\.([A-Za-z0-9_]+)(?:\[\?\(@\.([A-Za-z0-9_]+)=="([^"]*)"\)\])?')
+
+
 def _dig(obj: Any, json_path: str) -> Any:
-    """`.status.plan.totalGpus` -> value or None (the subset of JSONPath printer columns use)."""
-    for part in json_path.strip(".").split("."):
+    """`.status.plan.totalGpus` or `.status.conditions[?(@.type=="Ready")].status` -> value
+    or None (the subset of JSONPath printer columns use)."""
+    path = json_path if json_path.startswith(".") else "." + json_path
+    for step in _PATH_STEP.finditer(path):
+        name, key, value = step.groups()
         if not isinstance(obj, dict):
             return None
-        obj = obj.get(part)
+        obj = obj.get(name)
+        if key is not None:
+            matches = [i for i in obj or [] if isinstance(i, dict) and i.get(key) == value]
+            obj = matches[0] if matches else None
     return obj
 
 

@@ -562,3 +562,18 @@ def test_namespace_patch_put_and_delete() -> None:
     status, bare = spaces.answer("PUT", "default", {})
     assert status == 200 and bare["spec"] == {"finalizers": ["kubernetes"]}
     assert bare["metadata"]["name"] == "default" and bare["apiVersion"] == "v1"
+
+
+def test_printer_column_paths_with_a_condition_filter() -> None:
+    """The CRD's READY column is `.status.conditions[?(@.type=="Ready")].status`: the emulator
+    printed `<none>` for it (no filters), where a real API server prints the condition's status."""
+    from lora_devkit.emulator import _dig
+
+    conditions = [{"type": "Running", "status": "False"}, {"type": "Ready", "status": "True"}]
+    obj = {"status": {"plan": {"totalGpus": 2}, "conditions": conditions}}
+    assert _dig(obj, ".status.plan.totalGpus") == 2
+    assert _dig(obj, '.status.conditions[?(@.type=="Ready")].status') == "True"
+    assert _dig(obj, '.status.conditions[?(@.type=="Running")].status') == "False"
+    assert _dig(obj, '.status.conditions[?(@.type=="Stalled")].status') is None
+    assert _dig({"status": {}}, '.status.conditions[?(@.type=="Ready")].status') is None
+    assert _dig({"status": "x"}, ".status.plan.totalGpus") is None
