@@ -74,7 +74,7 @@ from lora_operator.controller.kube import (
 )
 
 from . import builtin_schemas, field_selectors, protobuf_bodies
-from .namespaces import Namespaces
+from .namespaces import Namespaces, merge_patch
 from .service import Service
 from .watch_journal import Buses, Journal, JournaledBus
 
@@ -171,20 +171,6 @@ def _merge_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         elif value != old[key]:
             patch[key] = value
     return patch
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: a patch's object members merge (null removes), anything else replaces — also
-    a scalar patched over an object, which kmock refuses with a 500."""
-    if not isinstance(patch, dict):
-        return patch
-    merged = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = _merge_patch(merged.get(key), value)
-    return merged
 
 
 def _validated_view(schema: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
@@ -730,7 +716,7 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
                         meta.setdefault(key, current["metadata"][key])
             else:
                 desired = (
-                    _merge_patch(copy.deepcopy(current), request.data)
+                    merge_patch(copy.deepcopy(current), request.data)
                     if isinstance(request.data, dict)
                     else dict(dicts.patch_dict(copy.deepcopy(current), request.data))
                 )

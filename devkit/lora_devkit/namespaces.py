@@ -50,7 +50,9 @@ def implied(name: str) -> dict[str, Any]:
     }
 
 
-def _merge(target: Any, patch: Any) -> Any:
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: a patch's object members merge (null removes), anything else replaces — also
+    a scalar patched over an object, which kmock refuses with a 500."""
     if not isinstance(patch, dict):
         return patch
     merged = dict(target) if isinstance(target, dict) else {}
@@ -58,7 +60,7 @@ def _merge(target: Any, patch: Any) -> Any:
         if value is None:
             merged.pop(key, None)
         else:
-            merged[key] = _merge(merged.get(key), value)
+            merged[key] = merge_patch(merged.get(key), value)
     return merged
 
 
@@ -105,7 +107,7 @@ class Namespaces:
         if method in ("PATCH", "PUT"):
             if not isinstance(body, dict):
                 return _status(400, "BadRequest", "the body must be a JSON object", name)
-            changed = copy.deepcopy(body) if method == "PUT" else _merge(current, body)
+            changed = copy.deepcopy(body) if method == "PUT" else merge_patch(current, body)
             return self._store(name, changed, current)
         return _status(405, "MethodNotAllowed", f"{method} is not allowed on a namespace")
 
