@@ -25,6 +25,7 @@ from .manifests import (
     build_env,
     build_volumes,
     container_security_context,
+    fail_on_bad_config,
     pod_security_context,
     short_name,
     trainer_account_name,
@@ -126,18 +127,7 @@ def build_export_job(ctx: RunContext) -> dict[str, Any]:
         "completions": 1,
         "parallelism": 1,
         "backoffLimit": EXPORT_BACKOFF_LIMIT,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": pod.TRAINER_CONTAINER,
-                        "operator": "In",
-                        "values": [pod.EXIT_INVALID_CONFIG],
-                    },
-                }
-            ]
-        },
+        "podFailurePolicy": {"rules": [fail_on_bad_config()]},
         "template": {
             "metadata": {"labels": metadata["labels"], "annotations": metadata["annotations"]},
             "spec": pod_spec,

@@ -342,6 +342,19 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
+def fail_on_bad_config() -> dict[str, Any]:
+    """The podFailurePolicy rule that fails the Job at once on the trainer's bad-config exit
+    (a retry would fail the same way); the trainer and export Jobs both carry it."""
+    return {
+        "action": "FailJob",
+        "onExitCodes": {
+            "containerName": pod.TRAINER_CONTAINER,
+            "operator": "In",
+            "values": [pod.EXIT_INVALID_CONFIG],
+        },
+    }
+
+
 def build_job(ctx: RunContext) -> dict[str, Any]:
     name = run_name(ctx.name, ctx.run_id)
     spec = ctx.spec
@@ -386,14 +399,7 @@ def build_job(ctx: RunContext) -> dict[str, Any]:
         "maxFailedIndexes": 0,
         "podFailurePolicy": {
             "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": pod.TRAINER_CONTAINER,
-                        "operator": "In",
-                        "values": [pod.EXIT_INVALID_CONFIG],
-                    },
-                },
+                fail_on_bad_config(),
                 {
                     "action": "Ignore",
                     "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
