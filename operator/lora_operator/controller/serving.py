@@ -74,6 +74,35 @@ def build_serving_account(
     }
 
 
+def predictor_pod_security_context() -> dict[str, Any]:
+    """The predictor pod's restricted-profile context (dedicated and shared servers alike)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": SERVING_UID,
+        "runAsGroup": SERVING_UID,
+        "fsGroup": SERVING_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def scratch_mounts() -> list[dict[str, Any]]:
+    """Where vLLM writes on a read-only root: /tmp, HOME and shared memory."""
+    return [
+        {"name": "tmp", "mountPath": SERVING_TMP},
+        {"name": "home", "mountPath": SERVING_HOME},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+
+
+def scratch_volumes() -> list[dict[str, Any]]:
+    """The emptyDirs behind `scratch_mounts` (shared memory in RAM)."""
+    return [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "home", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+
+
 def build_inference_service(
     name: str,
     namespace: str,
@@ -126,28 +155,14 @@ def build_inference_service(
             ],
             "resources": resources,
             "env": [{"name": "HOME", "value": SERVING_HOME}],
-            "volumeMounts": [
-                {"name": "tmp", "mountPath": SERVING_TMP},
-                {"name": "home", "mountPath": SERVING_HOME},
-                {"name": "dshm", "mountPath": "/dev/shm"},
-            ],
+            "volumeMounts": scratch_mounts(),
             "securityContext": container_security_context(),  # the trainer's rules
         },
         # PodSpec fields are inlined in KServe's PredictorSpec. The pod-level context also
         # covers KServe's storage-initializer (its container-level one is KServe's to set).
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": SERVING_UID,
-            "runAsGroup": SERVING_UID,
-            "fsGroup": SERVING_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": predictor_pod_security_context(),
         "automountServiceAccountToken": False,  # neither vLLM nor the initializer calls the API
-        "volumes": [
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "home", "emptyDir": {}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-        ],
+        "volumes": scratch_volumes(),
     }
     if node_selector:
         predictor["nodeSelector"] = node_selector

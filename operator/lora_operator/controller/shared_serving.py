@@ -23,11 +23,12 @@ from .ownership import NameConflict, delete_owned
 from .serving import (
     SERVING_BASE_PATH,
     SERVING_HOME,
-    SERVING_TMP,
-    SERVING_UID,
     ServingState,
     failed_state,
+    predictor_pod_security_context,
     readiness,
+    scratch_mounts,
+    scratch_volumes,
     vllm_lora_rank,
 )
 from .shared_registry import (
@@ -145,27 +146,14 @@ def build_shared_inference_service(registry: dict[str, Any]) -> dict[str, Any]:
                 {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": ADAPTER_DIR},
             ],
             "volumeMounts": [
-                {"name": "tmp", "mountPath": SERVING_TMP},
-                {"name": "home", "mountPath": SERVING_HOME},
-                {"name": "dshm", "mountPath": "/dev/shm"},
+                *scratch_mounts(),
                 {"name": "adapters", "mountPath": ADAPTER_DIR, "readOnly": True},
             ],
             "securityContext": container_security_context(),
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": SERVING_UID,
-            "runAsGroup": SERVING_UID,
-            "fsGroup": SERVING_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": predictor_pod_security_context(),
         "automountServiceAccountToken": False,
-        "volumes": [
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "home", "emptyDir": {}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-            {"name": "adapters", "emptyDir": {}},
-        ],
+        "volumes": [*scratch_volumes(), {"name": "adapters", "emptyDir": {}}],
     }
     if listed_secrets(registry):
         predictor["serviceAccountName"] = meta["name"]
