@@ -47,6 +47,18 @@ class RowReport:
         if self.first_bad is None or row_number < self.first_bad[0]:
             self.first_bad = (row_number, reason)
 
+    def first_bad_note(self) -> str:
+        """` (first: row N: reason)` for a no-usable-rows error; empty without bad rows."""
+        if self.first_bad is None:
+            return ""
+        return f" (first: row {self.first_bad[0]}: {self.first_bad[1]})"
+
+    def announce(self) -> None:
+        """Warn when rows were skipped or cut, and log the summary either way."""
+        if self.bad or self.truncated:
+            warnings.warn(self.summary(), stacklevel=3)
+        print(f"[lora-trainer] data {self.summary()}", flush=True)
+
     def summary(self) -> str:
         text = f"{self.source}: {self.used} of {self.total} rows usable"
         if self.first_bad:
@@ -352,11 +364,7 @@ def load_examples(path: Path, source: str, spec: DatasetSpec, tokenizer: Any) ->
         raise InvalidConfigError(f"{source}: the dataset is empty (no rows)")
     examples = tokenize_rows(rows, Tokenize(spec, tokenizer), spec.max_seq_length, report)
     if not examples:
-        first = (
-            f" (first: row {report.first_bad[0]}: {report.first_bad[1]})"
-            if report.first_bad
-            else ""
-        )
+        first = report.first_bad_note()
         hint = ""
         if path.suffix not in (".jsonl", ".json", ".ndjson", ".parquet"):
             hint = "; the file is read as JSONL (one JSON object per line), Parquet needs .parquet"
@@ -364,9 +372,7 @@ def load_examples(path: Path, source: str, spec: DatasetSpec, tokenizer: Any) ->
             f"{source}: no usable rows for format {spec.format.value}: "
             f"{report.bad} of {report.total} rows are bad{first}{hint}"
         )
-    if report.bad or report.truncated:
-        warnings.warn(report.summary(), stacklevel=2)
-    print(f"[lora-trainer] data {report.summary()}", flush=True)
+    report.announce()
     return examples
 
 

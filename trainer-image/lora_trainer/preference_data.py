@@ -9,7 +9,6 @@ the row size bound, the bad-row report, `dpo.maxPromptLength` (the prompt's end 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -149,16 +148,10 @@ def load_pairs(path: Path, source: str, spec: LoRAJobSpec, tokenizer: Any) -> li
     report.used = len(pairs)
     report.truncated = tokenize.truncated
     if not pairs:
-        first = (
-            f" (first: row {report.first_bad[0]}: {report.first_bad[1]})"
-            if report.first_bad
-            else ""
-        )
+        first = report.first_bad_note()
         raise InvalidConfigError(
             f"{source}: no usable preference rows for method dpo, format "
             f"{spec.dataset.format.value}: {report.bad} of {report.total} rows are bad{first}"
         )
-    if report.bad or report.truncated:
-        warnings.warn(report.summary(), stacklevel=2)
-    print(f"[lora-trainer] data {report.summary()}", flush=True)
+    report.announce()
     return pairs
