@@ -129,17 +129,20 @@ class PodTranslator:
         self.extra_env = extra_env or {}
 
     def translate(
-        self, pod: dict[str, Any], pod_dir: Path, index: int | None, rendezvous_port: int | None
+        self,
+        pod: dict[str, Any],
+        pod_dir: Path,
+        index: int | None,
+        rendezvous_port: int | None,
+        container_name: str | None = None,
     ) -> LaunchSpec:
+        """The first container (a trainer pod has one), or the one named (a sidecar)."""
         spec = pod["spec"]
-        containers = spec.get("containers") or []
-        if not containers:
-            raise PodSpecError("pod template has no containers")
-        container = containers[0]
+        container = self.container(pod, container_name)
         namespace = pod["metadata"]["namespace"]
         mounts = self._mounts(spec, container, pod_dir, namespace)
         env = self._env(pod, container, namespace, index)
-        env = {key: self._map_value(value, mounts) for key, value in env.items()}
+        env = {key: self.map_value(value, mounts) for key, value in env.items()}
         if rendezvous_port is not None and "MASTER_PORT" in env:
             env["MASTER_PORT"] = str(rendezvous_port)
         termination_log = pod_dir / "termination-log"
@@ -150,11 +153,11 @@ class PodTranslator:
                 f"container {container.get('name')!r} has no command: the local executor cannot "
                 "run an image's entrypoint"
             )
-        argv = [self._map_value(_expand(arg, env), mounts) for arg in command]
+        argv = [self.map_value(_expand(arg, env), mounts) for arg in command]
         if Path(argv[0]).name in ("python", "python3"):
             argv[0] = sys.executable
         working_dir = container.get("workingDir")
-        cwd = Path(self._map_value(working_dir, mounts)) if working_dir else pod_dir
+        cwd = Path(self.map_value(working_dir, mounts)) if working_dir else pod_dir
         cwd.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
         base.update(self.extra_env)  # the node's environment: below the pod's own variables
@@ -165,6 +168,30 @@ class PodTranslator:
         base["PYTHONUNBUFFERED"] = "1"
         base.setdefault("OMP_NUM_THREADS", _cpu_threads(container))
         return LaunchSpec(argv, {**base, **env}, cwd, termination_log)
+
+    @staticmethod
+    def container(pod: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        containers: list[dict[str, Any]] = pod["spec"].get("containers") or []
+        if not containers:
+            raise PodSpecError("pod template has no containers")
+        for container in containers:
+            if name is None or container.get("name") == name:
+                return container
+        raise PodSpecError(f"the pod has no container named {name!r}")
+
+    def mounts(self, pod: dict[str, Any], container_name: str, pod_dir: Path) -> dict[str, Path]:
+        """A container's mount paths -> local directories (volumes materialised)."""
+        container = self.container(pod, container_name)
+        return self._mounts(pod["spec"], container, pod_dir, pod["metadata"]["namespace"])
+
+    def refresh_volumes(self, pod: dict[str, Any], pod_dir: Path) -> None:
+        """Rewrite the pod's ConfigMap and Secret volumes from the API, as kubelet does every
+        sync period (eventually consistent); a source that is gone keeps its last content."""
+        namespace = pod["metadata"]["namespace"]
+        for volume in pod["spec"].get("volumes") or []:
+            if "configMap" in volume or "secret" in volume:
+                with contextlib.suppress(PodSpecError):
+                    self._volume_dir(volume, pod_dir, namespace)
 
     # -- environment
 
@@ -285,7 +312,8 @@ class PodTranslator:
         raise PodSpecError(f"volume {volume['name']!r}: unsupported type {sorted(volume)}")
 
     @staticmethod
-    def _map_value(value: str, mounts: dict[str, Path]) -> str:
+    def map_value(value: str, mounts: dict[str, Path]) -> str:
+        """A container path (in an env value or argument) -> its local path."""
         for path, local in mounts.items():
             if value == path or value.startswith(path + "/"):
                 return str(local) + value[len(path) :]
@@ -293,13 +321,24 @@ class PodTranslator:
 
 
 def _materialise(target: Path, data: dict[str, str], items: list[dict[str, str]] | None) -> Path:
+    """The volume's files equal to its source: each replaced whole (a reader never sees half a
+    file), keys no longer in the source removed, as kubelet's atomic writer leaves them."""
     target.mkdir(parents=True, exist_ok=True)
     selected = {i["key"]: i.get("path", i["key"]) for i in items} if items else {k: k for k in data}
+    kept: set[Path] = set()
     for key, rel in selected.items():
         if key not in data:
             raise PodSpecError(f"volume item {key!r} is not in its ConfigMap/Secret")
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        (target / rel).write_text(data[key])
+        path = target / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept.add(path)
+        if path.is_file() and path.read_text() == data[key]:
+            continue
+        staging = path.with_name(f".{path.name}.writing")
+        staging.write_text(data[key])
+        os.replace(staging, path)
+    for stale in [p for p in target.rglob("*") if p.is_file() and p not in kept]:
+        stale.unlink()
     return target
 
 
