@@ -182,6 +182,25 @@ def sweep_patch(registry: dict[str, Any], live: set[str]) -> dict[str, Any] | No
     return patch or None
 
 
+def sweep_and_registration(
+    registry: dict[str, Any], live: set[str], job: str, uid: str, entry: Entry
+) -> dict[str, Any] | None:
+    """One merge patch for a job's resync: the sweep of the jobs not in `live`, then `entry`
+    under `uid` and the job as an owner; None when the registry already says all that."""
+    sweep = sweep_patch(registry, live) or {}
+    register = registration_patch(patched(registry, sweep), job, uid, entry) or {}
+    if not sweep and not register:
+        return None
+    patch: dict[str, Any] = {}
+    data = {**(sweep.get("data") or {}), **(register.get("data") or {})}
+    if data:
+        patch["data"] = data
+    references = (register.get("metadata") or sweep.get("metadata") or {}).get("ownerReferences")
+    if references is not None:
+        patch["metadata"] = {"ownerReferences": references}
+    return patch
+
+
 def patched(registry: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """The registry as a merge patch from this module leaves it (to decide without a re-read
     whether anything is left)."""
