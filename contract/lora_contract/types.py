@@ -224,6 +224,7 @@ class Reason(StrEnum):
     StoppedEarly = "StoppedEarly"  # eval loss stopped improving: the best step's adapter ships
     # Exported (spec.export.merged; controller/export_job.py)
     Exporting = "Exporting"
+    Exported = "Exported"  # the export Job succeeded: runs[].mergedURI holds the merged model
     ExportFailed = "ExportFailed"  # the export Job failed; the run stays Succeeded
     # Retraining triggers (controller/schedule.py, controller/data_watch.py)
     Scheduled = "Scheduled"  # a cron tick started a run

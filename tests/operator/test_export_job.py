@@ -14,18 +14,20 @@ from fake_kube import FakeKube
 from operator_harness import BUCKET, base_job, gpu_job
 from test_manifests import K8S_VERSION, UID, context, env_of
 from test_pod_security import TRAINER_JOBS, violations
-from test_reconcile_units import JOBS, NS, PODS, World
+from test_reconcile_units import JOBS, LJ, NS, PODS, World
 
 from lora_contract.pod import EXIT_INVALID_CONFIG
-from lora_contract.types import ExportDtype, ExportSpec
+from lora_contract.types import ExportDtype, ExportSpec, Phase, RunRecord
 from lora_devkit.s3server import S3Server
 from lora_operator.controller.export_job import (
     build_export_job,
+    earlier_exported_runs,
     export_disk_gib,
     export_failure_message,
     export_job_name,
     export_memory_gib,
     merged_uri,
+    prune_earlier_exports,
     shard_bytes,
 )
 from lora_operator.controller.manifests import LABEL_RUN, RunContext, build_job
@@ -226,8 +228,10 @@ def test_a_succeeded_export_records_the_merged_uri(s3: S3Server) -> None:
     uri = f"s3://{BUCKET}/runs/{NS}/u-mrg/r1/merged"
     assert status["runs"][-1]["mergedURI"] == uri
     exported = condition(status, "Exported")
-    assert (exported["status"], exported["reason"]) == ("True", "Completed")
+    assert (exported["status"], exported["reason"]) == ("True", "Exported")
     assert exported["message"] == f"merged model at {uri}"
+    assert world.reasons("u-mrg").count("Exported") == 1
+    assert "Completed" not in world.reasons("u-mrg")  # the training's own reason, not the export's
 
 
 def test_no_export_job_without_export_merged(s3: S3Server) -> None:
@@ -272,3 +276,111 @@ def test_the_failure_message_is_the_export_pods_own() -> None:
     kube.put(pods, trainer)
     message = asyncio.run(export_failure_message(kube, "ml", "j", "r1"))  # type: ignore[arg-type]
     assert message == "export: no finished adapter at s3://b/f"
+
+
+# ------------------------------------------------------------------ earlier runs' export Jobs
+
+COMPLETE = [{"type": "Complete", "status": "True"}]
+FAILED = [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]
+
+
+def test_a_later_runs_export_end_prunes_the_earlier_runs_export_job(s3: S3Server) -> None:
+    """r1 exported; a training edit starts r2: while r2's export runs, r1's Job stays; when it
+    ends (here: fails), r1's Job goes, r1's mergedURI stays, r2's failed Job stays (deleting it
+    is how an author retries) and the trainer Jobs are untouched."""
+    world = World(s3)
+    finished_run(world, "u-prn")
+    world.job_status("u-prn-r1-export", succeeded=1, conditions=COMPLETE)
+    r1_uri = world.reconcile("u-prn")["runs"][-1]["mergedURI"]
+    lj = world.kube.obj(LJ, "u-prn")
+    assert lj is not None
+    lj["spec"]["training"] = {**lj["spec"]["training"], "learningRate": 1e-4}
+    assert world.reconcile("u-prn")["currentRun"] == "r2"
+    world.job_status("u-prn-r2", active=1)
+    world.progress("u-prn", "r2", state="succeeded", step=40, totalSteps=40)
+    world.job_status("u-prn-r2", succeeded=1, conditions=COMPLETE)
+    world.reconcile("u-prn")  # creates r2's export
+    jobs = ["u-prn-r1", "u-prn-r1-export", "u-prn-r2", "u-prn-r2-export"]
+    assert sorted(world.kube.objects[JOBS]) == jobs  # r1's kept while r2's runs
+    world.reconcile("u-prn")  # an idle resync while r2's export runs deletes nothing
+    assert sorted(world.kube.objects[JOBS]) == jobs
+    trainers = {n: world.kube.obj(JOBS, n) for n in ("u-prn-r1", "u-prn-r2")}
+
+    world.job_status("u-prn-r2-export", failed=3, conditions=FAILED)
+    status = world.reconcile("u-prn")
+    assert sorted(world.kube.objects[JOBS]) == ["u-prn-r1", "u-prn-r2", "u-prn-r2-export"]
+    runs = {r["id"]: r for r in status["runs"]}
+    assert runs["r1"]["mergedURI"] == r1_uri == f"s3://{BUCKET}/runs/{NS}/u-prn/r1/merged"
+    assert "mergedURI" not in runs["r2"]
+    assert condition(status, "Exported")["reason"] == "ExportFailed"
+    assert {n: world.kube.obj(JOBS, n) for n in trainers} == trainers
+
+
+def job_named(name: str, uid: str, conditions: list[dict[str, str]] | None) -> dict[str, Any]:
+    owner = {"apiVersion": "v1", "kind": "LoRAJob", "name": "j", "uid": uid, "controller": True}
+    status: dict[str, Any] = {"conditions": conditions} if conditions else {"active": 1}
+    return {
+        "metadata": {"name": name, "uid": f"job-{name}", "ownerReferences": [owner]},
+        "status": status,
+    }
+
+
+def run_record(run_id: str, phase: Phase, merged: str | None = None) -> RunRecord:
+    return RunRecord.model_validate(
+        {
+            "id": run_id,
+            "specHash": "h",
+            "outputURI": f"s3://b/j/{run_id}",
+            "phase": phase,
+            "mergedURI": merged,
+        }
+    )
+
+
+def test_pruning_deletes_only_finished_export_jobs_this_lorajob_controls() -> None:
+    """Six runs, r6 the latest: r1's export succeeded (deleted), r2 failed in training (no export
+    Job looked up), r3's export still runs (kept), r4's Job of that name is another owner's
+    (kept, untouched), r5's export succeeded after r6 started and was never followed (its
+    mergedURI recorded, then deleted), r6's own Job is not looked at."""
+    kube = FakeKube()
+    path = "/apis/batch/v1/namespaces/ml/jobs"
+    ours, theirs = "uid-j", "uid-other"
+    kube.put(path, job_named("j-r1-export", ours, COMPLETE))
+    kube.put(path, job_named("j-r2-export", ours, COMPLETE))  # a stray: r2 never succeeded
+    kube.put(path, job_named("j-r3-export", ours, None))
+    kube.put(path, job_named("j-r4-export", theirs, FAILED))
+    kube.put(path, job_named("j-r5-export", ours, COMPLETE))
+    kube.put(path, job_named("j-r6-export", ours, COMPLETE))
+    foreign_before = dict(kube.obj(path, "j-r4-export") or {})
+    runs = [
+        run_record("r1", Phase.Succeeded, "s3://b/j/r1/merged"),
+        run_record("r2", Phase.Failed),
+        run_record("r3", Phase.Succeeded),
+        run_record("r4", Phase.Succeeded),
+        run_record("r5", Phase.Succeeded),
+        run_record("r6", Phase.Succeeded),
+    ]
+    assert [r.id for r in earlier_exported_runs(runs)] == ["r1", "r3", "r4", "r5"]
+    pruned = asyncio.run(prune_earlier_exports(kube, "ml", "j", ours, runs))  # type: ignore[arg-type]
+    assert pruned == ["j-r1-export", "j-r5-export"]
+    assert sorted(kube.objects[path]) == [
+        "j-r2-export",
+        "j-r3-export",
+        "j-r4-export",
+        "j-r6-export",
+    ]
+    assert kube.obj(path, "j-r4-export") == foreign_before
+    assert ("batch", "jobs", "get") in kube.calls
+    gets = [c for c in kube.calls if c == ("batch", "jobs", "get")]
+    assert len(gets) == 4 + 2  # one per earlier succeeded run, one more per delete_owned
+    assert [r.merged_uri for r in runs] == [
+        "s3://b/j/r1/merged",
+        None,
+        None,
+        None,
+        "s3://b/j/r5/merged",
+        None,
+    ]
+    # nothing left to prune: a second call deletes nothing
+    assert asyncio.run(prune_earlier_exports(kube, "ml", "j", ours, runs)) == []  # type: ignore[arg-type]
+    assert earlier_exported_runs(runs[:1]) == []  # a single run has no earlier ones

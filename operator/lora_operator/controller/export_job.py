@@ -1,6 +1,6 @@
 """The merged-model export Job (spec.export.merged): built beside the trainer Job, run after it
-succeeded, on CPU. Pure builders and sizing, and the failed pod's message; `reconcile._Run.export`
-creates and follows it.
+succeeded, on CPU. Pure builders and sizing, the failed pod's message, and the pruning of earlier
+runs' finished export Jobs; `reconcile._Run.export` creates and follows it.
 
 Sized from the plan's parameter counts (the memory model's): the base held in the export dtype,
 the adapter in fp32 twice (loaded, then the merge's delta), one shard being written, and a
@@ -10,11 +10,12 @@ margin; the scratch disk holds the downloaded base (fp32 at worst) and the merge
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from lora_contract import pod
 from lora_contract.layout import MERGED_DIR
-from lora_contract.types import ExportDtype, ExportSpec
+from lora_contract.types import ExportDtype, ExportSpec, Phase, RunRecord
 
 from .kube import Kube
 from .manifests import (
@@ -30,7 +31,10 @@ from .manifests import (
     short_name,
     trainer_account_name,
 )
+from .ownership import controlled_by, delete_owned
+from .workload import JobObservation, JobState
 
+JOBS = "batch/v1/jobs"
 EXPORT_COMPONENT = "export"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 EXPORT_CPU = "2"
@@ -146,3 +150,40 @@ async def export_failure_message(kube: Kube, namespace: str, job: str, run_id: s
             if terminated.get("exitCode") and terminated.get("message"):
                 return str(terminated["message"]).strip()
     return None
+
+
+# ------------------------------------------------------------------ pruning earlier runs' Jobs
+
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED)
+
+
+def earlier_exported_runs(runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """The runs before the latest that succeeded: the only ones an export Job was made for."""
+    return [run for run in runs[:-1] if run.phase == Phase.Succeeded]
+
+
+def prunable(job: dict[str, Any], uid: str) -> bool:
+    """A finished export Job this LoRAJob controls; a running one (a slow earlier export) stays
+    until it ends, and a Job of that name someone else controls is never touched."""
+    return controlled_by(job, uid) and JobObservation.of(job).state in FINISHED_STATES
+
+
+async def prune_earlier_exports(
+    kube: Kube, namespace: str, job: str, uid: str, runs: Sequence[RunRecord]
+) -> list[str]:
+    """Once the latest run's export finished, delete the earlier runs' finished export Jobs:
+    one Job per run would otherwise pile up with every retrain. What a Job held stays: the merged
+    model in S3 and its URI in status.runs. An earlier export that succeeded after a newer run
+    started was never followed: its mergedURI is recorded here, before its Job goes.
+    Returns the names of the Jobs deleted."""
+    pruned = []
+    for run in earlier_exported_runs(runs):
+        name = export_job_name(job, run.id)
+        found = await kube.get(JOBS, namespace, name)
+        if found is None or not prunable(found, uid):
+            continue
+        if JobObservation.of(found).state is JobState.SUCCEEDED and run.merged_uri is None:
+            run.merged_uri = merged_uri(run.output_uri)
+        if await delete_owned(kube, JOBS, namespace, name, uid):
+            pruned.append(name)
+    return pruned

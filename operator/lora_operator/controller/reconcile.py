@@ -78,7 +78,13 @@ from .decisions import (
     ttl_expired,
 )
 from .decisions import mapping as _mapping
-from .export_job import build_export_job, export_failure_message, export_job_name, merged_uri
+from .export_job import (
+    build_export_job,
+    export_failure_message,
+    export_job_name,
+    merged_uri,
+    prune_earlier_exports,
+)
 from .health import health
 from .kube import Kube, KubeError
 from .manifests import RunContext, run_name
@@ -1110,13 +1116,21 @@ class _Run:
         if seen.state is JobState.SUCCEEDED:
             run.merged_uri = merged_uri(run.output_uri)
             message = f"merged model at {run.merged_uri}"
-            if self.condition(ConditionType.Exported, True, Reason.Completed, message):
-                self.event("Normal", Reason.Completed, f"run {run.id}: {message}")
+            if self.condition(ConditionType.Exported, True, Reason.Exported, message):
+                self.event("Normal", Reason.Exported, f"run {run.id}: {message}")
+                await self.prune_exports()
         elif seen.state is JobState.FAILED:
             found = await export_failure_message(self.kube, self.namespace, self.name, run.id)
             why = found or str((seen.failure or {}).get("message") or f"Job {name} failed")
             if self.condition(ConditionType.Exported, False, Reason.ExportFailed, why):
                 self.event("Warning", Reason.ExportFailed, f"run {run.id}: {why}")
+                await self.prune_exports()
+
+    async def prune_exports(self) -> None:
+        """The latest run's export finished: the earlier runs' finished export Jobs go, their
+        mergedURIs stay in status.runs (docs/training.md, "Export")."""
+        runs = self.status.runs
+        await prune_earlier_exports(self.kube, self.namespace, self.name, self.uid, runs)
 
     async def after_completion(self, spec: LoRAJobSpec, run: RunRecord) -> None:
         await self.export(spec, run)
