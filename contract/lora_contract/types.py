@@ -211,6 +211,9 @@ class Reason(StrEnum):
     IncompatibleAdapter = "IncompatibleAdapter"  # vLLM cannot load it (serving_compat.py)
     UnknownRun = "UnknownRun"  # serving.run names no succeeded run in status.runs
     Promoted = "Promoted"  # Event: another run's adapter now serves (promotion.py)
+    # spec.baseAdapter (controller/base_adapter.py)
+    WaitingForBaseAdapter = "WaitingForBaseAdapter"  # the named job or its run is not there yet
+    BaseAdapterRefused = "BaseAdapterRefused"  # it can never be used as asked: nothing created
     # Events only
     Queued = "Queued"
     Created = "Created"
@@ -416,6 +419,26 @@ class DPOSpec(_Model):
     )
     fields: PreferenceFields | None = Field(
         default=None, description="Column name overrides for prompt, chosen and rejected."
+    )
+
+
+class BaseAdapterSpec(_Model):
+    """Start from an earlier LoRAJob's adapter in this namespace (SFT, then DPO from it). No
+    namespace field: another namespace's adapter is out of reach by construction."""
+
+    job: str = Field(
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="The LoRAJob (same namespace) whose adapter this run continues; same "
+        "baseModel and the same lora.r and lora.targetModules as this job.",
+    )
+    run: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
+        description="Its run (e.g. r2); must have succeeded. Unset: the run it serves, else its "
+        "latest succeeded run, resolved when this job's run starts and recorded in "
+        "status.runs[].baseAdapter.",
     )
 
 
@@ -912,6 +935,11 @@ class LoRAJobSpec(_Model):
     dpo: Annotated[DPOSpec | None, RETRAINS_WHEN_SET] = Field(
         default=None, description="DPO settings; only with method dpo (defaults when unset)."
     )
+    base_adapter: Annotated[BaseAdapterSpec | None, RETRAINS_WHEN_SET] = Field(
+        default=None,
+        description="Train on from another LoRAJob's adapter in this namespace (e.g. DPO from an "
+        "SFT job's) instead of a fresh one.",
+    )
 
     @model_validator(mode="after")
     def _cross_field(self) -> LoRAJobSpec:
@@ -1203,6 +1231,14 @@ class RunTrigger(StrEnum):
     Schedule = "Schedule"  # a cron tick of spec.schedule (same spec hash)
 
 
+class BaseAdapterRecord(_Observed):
+    """The adapter a run started from (spec.baseAdapter), resolved when the run started."""
+
+    job: str
+    run: str
+    uri: str
+
+
 class RunLineage(_Observed):
     """Where a run's adapter came from, copied from its final MANIFEST.json (the trainer's
     model card README.md says the same): enough to reproduce or audit it."""
@@ -1216,6 +1252,7 @@ class RunLineage(_Observed):
     best_eval_loss: float | None = None
     adapter_sha256: str | None = None
     gpu_hours: float | None = None
+    base_adapter_uri: str | None = Field(default=None, alias="baseAdapterURI")
 
 
 class RunRecord(_Observed):
@@ -1247,6 +1284,9 @@ class RunRecord(_Observed):
         description="The dataset object the run was started on: version:<id> or etag:<etag>.",
     )
     lineage: RunLineage | None = None
+    base_adapter: BaseAdapterRecord | None = Field(
+        default=None, description="The adapter this run started from (spec.baseAdapter)."
+    )
 
 
 class LoRAJobStatus(_Observed):
@@ -1316,4 +1356,9 @@ class TrainerConfig(_Model):
     )
     spec_hash: str | None = Field(
         default=None, description="The run's spec hash: lineage in the model card and manifest."
+    )
+    base_adapter_uri: str | None = Field(
+        default=None,
+        alias="baseAdapterURI",
+        description="spec.baseAdapter resolved: the adapter folder the run starts from.",
     )

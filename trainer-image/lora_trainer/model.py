@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from lora_contract.types import (
 )
 
 from .errors import InvalidConfigError
+
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def torch_dtype(dtype: ComputeDtype) -> Any:
@@ -150,13 +153,20 @@ def prepare_quantized_model(model: Any) -> Any:
     return model
 
 
-def apply_lora(model: Any, spec: LoRAJobSpec) -> Any:
+def apply_lora(model: Any, spec: LoRAJobSpec, base_adapter: Path | None = None) -> Any:
+    """A fresh adapter (B = 0), or with `base_adapter` (spec.baseAdapter, downloaded) that
+    adapter's weights, trainable: SFT and DPO alike start from the model built here."""
     from peft import get_peft_model
 
-    try:
-        peft_model = get_peft_model(model, lora_config(spec.lora))
-    except ValueError as exc:
-        raise InvalidConfigError(f"lora.targetModules {spec.lora.target_modules}: {exc}") from None
+    if base_adapter is not None:
+        peft_model = continue_adapter(model, spec, base_adapter)
+    else:
+        try:
+            peft_model = get_peft_model(model, lora_config(spec.lora))
+        except ValueError as exc:
+            raise InvalidConfigError(
+                f"lora.targetModules {spec.lora.target_modules}: {exc}"
+            ) from None
     # Every adapter_config.json saved (checkpoints, final) names the hub model and revision, not
     # the pod-local path it was loaded from: vLLM and PEFT users resolve the name.
     for adapter in peft_model.peft_config.values():
@@ -166,6 +176,32 @@ def apply_lora(model: Any, spec: LoRAJobSpec) -> Any:
         # Inputs must require grad or checkpointed blocks with frozen weights get no gradient.
         peft_model.enable_input_require_grads()
     return peft_model
+
+
+def continue_adapter(model: Any, spec: LoRAJobSpec, folder: Path) -> Any:
+    """PEFT's model with the saved adapter loaded as `default`, trainable. Its shape must be the
+    spec's (the operator checked the named job's spec; this checks the files); alpha, dropout and
+    the rest are this spec's, as for a fresh adapter."""
+    from peft import PeftModel
+
+    saved_file = folder / ADAPTER_CONFIG
+    if not saved_file.is_file():
+        raise InvalidConfigError(f"spec.baseAdapter: {folder} holds no {ADAPTER_CONFIG}")
+    try:
+        saved = json.loads(saved_file.read_text())
+        rank = int(saved["r"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidConfigError(f"spec.baseAdapter: unreadable {ADAPTER_CONFIG}: {exc}") from None
+    if rank != spec.lora.r:
+        raise InvalidConfigError(
+            f"spec.baseAdapter: the adapter has rank {rank}, spec.lora.r is {spec.lora.r}"
+        )
+    try:
+        return PeftModel.from_pretrained(
+            model, str(folder), is_trainable=True, config=lora_config(spec.lora)
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise InvalidConfigError(f"spec.baseAdapter: cannot load the adapter: {exc}") from None
 
 
 def trainable_summary(model: Any) -> tuple[int, int]:

@@ -83,6 +83,7 @@ def lineage(
         "startTime": iso(started),
         "endTime": iso(finished),
         "gpuHours": round((finished - started) / 3600 * gpus, 6),
+        "baseAdapterURI": config.base_adapter_uri,  # spec.baseAdapter: the run it continued
     }
 
 

@@ -90,6 +90,17 @@ def model_path(config: TrainerConfig, store: S3Store, scratch: Path) -> str:
     return str(path)
 
 
+def base_adapter(config: TrainerConfig, store: S3Store) -> Path | None:
+    """spec.baseAdapter as the operator resolved it (TrainerConfig.baseAdapterURI), downloaded
+    once per node. A resumed run starts from it too, then loads its own checkpoint over it."""
+    uri = config.base_adapter_uri
+    if uri is None:
+        return None
+    if not uri.startswith("s3://"):
+        raise InvalidConfigError(f"spec.baseAdapter: {uri} is not an s3:// adapter folder")
+    return fetch_s3_prefix(store, uri, work_dir(config) / "base-adapter", "spec.baseAdapter")
+
+
 def data_path(uri: str, field: str, store: S3Store, scratch: Path) -> Path:
     if uri.startswith("s3://"):
         return fetch_s3_object(store, uri, scratch / "data", field)
@@ -360,7 +371,9 @@ def run_training(
 
     set_seed(spec.training.seed)  # LoRA's A matrices are random: same seed, same run
     zero3 = zero_stage(config.deepspeed) == 3
-    model = apply_lora(load_base_model(base, spec, place.local_rank, zero3), spec)
+    model = apply_lora(
+        load_base_model(base, spec, place.local_rank, zero3), spec, base_adapter(config, store)
+    )
     trainable, total = trainable_summary(model)
     loss_path = choose_loss_path(model, spec.training.chunked_loss, zero3)
     reporter.loss_path = loss_path.value

@@ -53,6 +53,7 @@ class RunContext:
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
     deepspeed: dict[str, Any] | None = None
     queue_name: str | None = None
+    base_adapter_uri: str | None = None  # spec.baseAdapter as resolved (base_adapter.py)
 
 
 def short_name(*parts: str, limit: int = MAX_NAME) -> str:
@@ -123,6 +124,7 @@ def trainer_config(ctx: RunContext) -> TrainerConfig:
         plan=ctx.plan,
         deepspeed=ctx.deepspeed,
         spec_hash=ctx.spec_hash or None,
+        base_adapter_uri=ctx.base_adapter_uri,
     )
 
 

@@ -59,6 +59,7 @@ from ..deepspeed_config import deepspeed_config
 from ..memory import GpuCatalog, PlanningError, plan_job
 from ..memory.forecast import completed_forecast, run_forecast
 from . import metrics
+from .base_adapter import BaseAdapterChoice, choose_base_adapter, owner_refusal
 from .children import ensure_run_children
 from .conditions import ConditionStatus, find, set_condition
 from .config import ConfigSource
@@ -552,7 +553,8 @@ class _Run:
             # again without a new admission; the trainer resumes from the latest checkpoint
             await self.create_workload(spec, run, self.plan(), self.queue_name(spec), True)
         elif job is None:
-            await self.launch(spec, run)
+            if await self.base_adapter_ready(spec, run):
+                await self.launch(spec, run)
         else:
             job, conflict = await self.keep_children(spec, run, job)
             await self.follow(spec, run, job)
@@ -872,7 +874,53 @@ class _Run:
             gpu_node_selector=selector,
             deepspeed=deepspeed_config(plan.applied_to(spec), plan.strategy),
             queue_name=self.queue_name(spec),
+            base_adapter_uri=run.base_adapter.uri if run.base_adapter else None,
         )
+
+    async def base_adapter_ready(self, spec: LoRAJobSpec, run: RunRecord) -> bool:
+        """spec.baseAdapter, resolved once, when the run is about to start (base_adapter.py)
+        and recorded in the run: False while it waits (Pending, looked at again every resync)
+        or when refused (the run fails to start: no Job, no quota held)."""
+        if spec.base_adapter is None or run.base_adapter is not None:
+            return True
+        base = await self.kube.get(LORAJOBS, self.namespace, spec.base_adapter.job)
+        choice = choose_base_adapter(spec, self.name, self.namespace, base)
+        if choice.record is not None:
+            choice = await self.base_adapter_owned(spec, choice)
+        if choice.refusal is not None:
+            run.phase = Phase.Failed
+            run.completion_time = self.status.completion_time = now_iso()
+            self.condition(ConditionType.Failed, True, Reason.BaseAdapterRefused, choice.refusal)
+            self.set_phase(Phase.Failed, choice.refusal)
+            self.event("Warning", Reason.BaseAdapterRefused, choice.refusal)
+            return False
+        if choice.wait is not None:
+            if self.condition(
+                ConditionType.Running, False, Reason.WaitingForBaseAdapter, choice.wait
+            ):
+                self.event("Normal", Reason.WaitingForBaseAdapter, choice.wait)
+            self.set_phase(Phase.Pending, choice.wait)
+            return False
+        run.base_adapter = choice.record
+        return True
+
+    async def base_adapter_owned(
+        self, spec: LoRAJobSpec, choice: BaseAdapterChoice
+    ) -> BaseAdapterChoice:
+        """The chosen folder's OWNER.json, read with this job's own credentials (never the
+        operator's): the named job's uid, or refused; unreadable for now, a wait."""
+        creds = await self.credentials(spec)
+        if creds is None:
+            return BaseAdapterChoice(wait=f"waiting for spec.baseAdapter: {self.status.message}")
+        try:
+            loc = S3Location.parse(choice.output_uri)
+            owner = await asyncio.to_thread(store_for(creds).job_owner, loc)
+        except StorageError as exc:
+            if exc.transient:
+                return BaseAdapterChoice(wait=f"waiting for spec.baseAdapter: {exc}")
+            return BaseAdapterChoice(refusal=f"spec.baseAdapter.job: {exc}")
+        refusal = owner_refusal(choice, self.namespace, owner)
+        return choice if refusal is None else BaseAdapterChoice(refusal=refusal)
 
     async def keep_children(
         self, spec: LoRAJobSpec, run: RunRecord, job: dict[str, Any]
