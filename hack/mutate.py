@@ -409,7 +409,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "export_job",
-        ("lora_operator.controller.export_job",),
+        ("lora_operator.controller.export_job", "lora_operator.memory.export_sizing"),
         ("tests/operator/test_export_job.py",),
         deselect=tuple(  # through the reconciler with the moto S3 server: its thread hangs mutmut
             f"tests/operator/test_export_job.py::{name}"
@@ -417,9 +417,11 @@ TARGETS: tuple[Target, ...] = (
                 "test_a_failed_export_sets_exported_false_and_the_run_stays_succeeded",
                 "test_a_succeeded_export_records_the_merged_uri",
                 "test_no_export_job_without_export_merged",
+                "test_a_later_runs_export_end_prunes_the_earlier_runs_export_job",
             )
         ),
-        note="the merged-export Job: its memory/disk sizing, shape, failed pod's message",
+        note="the merged-export Job: its memory/disk sizing, shape, failed pod's message, "
+        "which earlier runs' export Jobs are pruned",
     ),
 )
 

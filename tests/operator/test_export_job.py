@@ -22,15 +22,18 @@ from lora_devkit.s3server import S3Server
 from lora_operator.controller.export_job import (
     build_export_job,
     earlier_exported_runs,
-    export_disk_gib,
     export_failure_message,
     export_job_name,
-    export_memory_gib,
     merged_uri,
     prune_earlier_exports,
-    shard_bytes,
 )
 from lora_operator.controller.manifests import LABEL_RUN, RunContext, build_job
+from lora_operator.memory.export_sizing import (
+    export_disk_gib,
+    export_memory_gib,
+    export_memory_terms,
+    shard_bytes,
+)
 
 EIGHT_B = 8_000_000_000
 TOLERATION = {"key": "pool", "operator": "Equal", "value": "train", "effect": "NoSchedule"}
@@ -56,6 +59,12 @@ def test_sizing_by_hand() -> None:
     assert export_memory_gib(10**9, 10**9, small_shards) == 13
     # fp16 weighs what bf16 does
     assert export_memory_gib(EIGHT_B, ADAPTER, ExportSpec(dtype=ExportDtype.float16)) == 22
+    # the terms `lorajob plan` lists: 16e9 B of base, 2 x 40e6 x 4 = 320e6 B of adapter, 2e9 shard
+    assert export_memory_terms(EIGHT_B, ADAPTER, bf16) == {
+        "base": 16_000_000_000,
+        "adapter": 320_000_000,
+        "shard": 2_000_000_000,
+    }
 
 
 def sized(ctx: RunContext) -> RunContext:

@@ -2,21 +2,20 @@
 succeeded, on CPU. Pure builders and sizing, the failed pod's message, and the pruning of earlier
 runs' finished export Jobs; `reconcile._Run.export` creates and follows it.
 
-Sized from the plan's parameter counts (the memory model's): the base held in the export dtype,
-the adapter in fp32 twice (loaded, then the merge's delta), one shard being written, and a
-margin; the scratch disk holds the downloaded base (fp32 at worst) and the merged copy.
+Sized from the plan's parameter counts by `memory/export_sizing.py` (the one formula, which
+`lorajob plan` shows too).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from lora_contract import pod
 from lora_contract.layout import MERGED_DIR
-from lora_contract.types import ExportDtype, ExportSpec, Phase, RunRecord
+from lora_contract.types import Phase, RunRecord
 
+from ..memory.export_sizing import export_pod_resources
 from .kube import Kube
 from .manifests import (
     LABEL_JOB,
@@ -37,15 +36,7 @@ from .workload import JobObservation, JobState
 JOBS = "batch/v1/jobs"
 EXPORT_COMPONENT = "export"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-EXPORT_CPU = "2"
 EXPORT_BACKOFF_LIMIT = 2
-DTYPE_BYTES = {ExportDtype.bfloat16: 2, ExportDtype.float16: 2, ExportDtype.float32: 4}
-SOURCE_BYTES_PER_PARAM = 4  # the base as downloaded: fp32 at worst
-MEMORY_MARGIN = 1.2  # allocator and Python overhead over the counted bytes
-MEMORY_FLOOR_GIB = 1.0  # interpreter, torch and tokenizer before any weight
-DISK_FLOOR_GIB = 1.0
-GIB = 2**30
-SHARD_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9}
 # The trainer's rendezvous variables mean nothing to a single export process.
 RENDEZVOUS_ENV = {
     pod.ENV_MASTER_ADDR,
@@ -62,32 +53,8 @@ def export_job_name(job: str, run_id: str) -> str:
     return short_name(job, run_id, EXPORT_COMPONENT)
 
 
-def shard_bytes(max_shard_size: str) -> int:
-    """'2GB' -> 2_000_000_000 (the spec's pattern admits only KB, MB and GB)."""
-    return int(max_shard_size[:-2]) * SHARD_UNITS[max_shard_size[-2:]]
-
-
-def export_memory_gib(total_params: int, trainable_params: int, export: ExportSpec) -> int:
-    """Host memory for the merge, whole GiB rounded up."""
-    counted = (
-        total_params * DTYPE_BYTES[export.dtype]
-        + 2 * trainable_params * 4
-        + shard_bytes(export.max_shard_size)
-    )
-    return math.ceil(counted * MEMORY_MARGIN / GIB + MEMORY_FLOOR_GIB)
-
-
-def export_disk_gib(total_params: int, export: ExportSpec) -> int:
-    """Scratch disk: the downloaded base plus the merged copy, whole GiB rounded up."""
-    counted = total_params * (SOURCE_BYTES_PER_PARAM + DTYPE_BYTES[export.dtype])
-    return math.ceil(counted / GIB + DISK_FLOOR_GIB)
-
-
 def export_resources(ctx: RunContext) -> dict[str, dict[str, str]]:
-    memory = export_memory_gib(ctx.plan.total_params, ctx.plan.trainable_params, ctx.spec.export)
-    disk = export_disk_gib(ctx.plan.total_params, ctx.spec.export)
-    requests = {"cpu": EXPORT_CPU, "memory": f"{memory}Gi", "ephemeral-storage": f"{disk}Gi"}
-    return {"requests": requests, "limits": {"memory": f"{memory}Gi"}}
+    return export_pod_resources(ctx.plan.total_params, ctx.plan.trainable_params, ctx.spec.export)
 
 
 def merged_uri(output_uri: str) -> str:

@@ -18,6 +18,16 @@ from .catalog import GpuCatalog
 from .dataset_stats import read_dataset_stats
 from .errors import PlanningError
 from .estimate import TERM_HELP, estimate_memory
+from .export_sizing import (
+    DISK_FLOOR_GIB,
+    GIB,
+    MEMORY_FLOOR_GIB,
+    MEMORY_MARGIN,
+    export_disk_gib,
+    export_memory_gib,
+    export_memory_terms,
+    export_pod_resources,
+)
 from .fit import DEFAULT_MAX_SEQ, SEQ_STEP, longest_fitting
 from .local_config import read_config
 from .objective import SCALE_OUT_TOLERANCE
@@ -124,6 +134,8 @@ def render_table(job: LoRAJob, result: PlanResult) -> str:
     lines += ["", *forecast_lines(status.forecast, unit)]
     if status.serving is not None:
         lines += ["", *serving_lines(status.serving)]
+    if job.spec.export.merged:
+        lines += ["", *export_lines(job, status)]
     if status.warnings:
         lines += ["", "  warnings:"] + [f"    - {w}" for w in status.warnings]
     return "\n".join(lines)
@@ -216,6 +228,35 @@ def serving_lines(serving: ServingPlanStatus) -> list[str]:
         f"    predictor requests: {_amounts(serving.requests.to_wire())}",
         f"    predictor limits:   {_amounts(serving.limits.to_wire())}",
         f"    why: {serving.reason}",
+    ]
+    return lines
+
+
+EXPORT_TERM_HELP = {
+    "base": "the base model in the export dtype",
+    "adapter": "the adapter in fp32 twice (loaded, the merge's delta)",
+    "shard": "one safetensors shard being written (maxShardSize)",
+}
+
+
+def export_lines(job: LoRAJob, status: PlanStatus) -> list[str]:
+    """The "Export" section (spec.export.merged): the merge Job's pod, sized by the functions the
+    operator builds it with (memory/export_sizing.py)."""
+    export, total, trainable = job.spec.export, status.total_params, status.trainable_params
+    resources = export_pod_resources(total, trainable, export)
+    lines = [
+        f"  export (merged model, {export.dtype.value}): one CPU pod after the run succeeded",
+        "    host memory (GiB)",
+    ]
+    for term, counted in export_memory_terms(total, trainable, export).items():
+        lines.append(f"      {term:<18}{counted / GIB:>9.2f}  {EXPORT_TERM_HELP[term]}")
+    lines += [
+        f"      {'total':<18}{export_memory_gib(total, trainable, export):>9}  "
+        f"(counted x {MEMORY_MARGIN:g} + {MEMORY_FLOOR_GIB:g} GiB, rounded up)",
+        f"    scratch disk (GiB): {export_disk_gib(total, export)} (the base as downloaded, "
+        f"fp32 at worst, + the merged copy + {DISK_FLOOR_GIB:g} GiB)",
+        f"    pod requests: {_amounts(resources['requests'])}",
+        f"    pod limits:   {_amounts(resources['limits'])}",
     ]
     return lines
 
