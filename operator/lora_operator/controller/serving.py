@@ -14,7 +14,7 @@ Succeeded job, with Serving=False/KServeNotInstalled saying why nothing serves i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lora_contract.types import (
@@ -49,6 +49,51 @@ def vllm_lora_rank(r: int) -> int:
         if r <= rank:
             return rank
     raise ValueError(f"lora.r {r} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
+
+
+@dataclass(frozen=True)
+class ServerSize:
+    """What a vLLM server pod is sized to (dedicated and shared servers alike): the serving plan's
+    GPUs, sizing flags, pod requests/limits and node selector, or without a plan the old shape
+    (one GPU of the training's type, vLLM's defaults)."""
+
+    gpus: int
+    gpu_resource_name: str
+    vllm_args: tuple[str, ...] = ()
+    requests: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, str] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    planned: bool = False  # from a serving plan: requests/limits are declared even when empty
+
+    def resources(self) -> dict[str, Any]:
+        """The vLLM container's resources: the plan's cpu/memory and the GPUs."""
+        resources: dict[str, Any] = {}
+        if self.planned:
+            resources = {"requests": dict(self.requests), "limits": dict(self.limits)}
+        if self.gpus:
+            resources.setdefault("requests", {})[self.gpu_resource_name] = str(self.gpus)
+            resources.setdefault("limits", {})[self.gpu_resource_name] = str(self.gpus)
+        return resources
+
+
+def server_size(spec: LoRAJobSpec, plan: ServingPlanStatus | None) -> ServerSize:
+    """`plan`: status.plan.serving (memory/serving_plan.py); None (planned with serving off, or
+    by an operator before serving plans): one GPU of the training's type, vLLM's defaults. The
+    spec's own node selector labels win over the catalog type's."""
+    gpu_name = spec.resources.gpu_resource_name
+    own_labels = dict(spec.resources.node_selector)
+    if plan is None:
+        gpus = 0 if spec.resources.gpu_type == CPU_GPU_TYPE else 1
+        return ServerSize(gpus, gpu_name, node_selector=own_labels)
+    return ServerSize(
+        plan.gpus,
+        gpu_name,
+        tuple(plan.vllm_args),
+        plan.requests.to_kubernetes(),
+        plan.limits.to_kubernetes(),
+        {**plan.node_selector, **own_labels},
+        planned=True,
+    )
 
 
 def serving_account_name(job: str) -> str:
@@ -119,6 +164,7 @@ def build_inference_service(
     sizing flags, node selector and pod requests. None (a plan made with serving off, or by an
     operator before serving plans): one GPU of the training's type, vLLM's own defaults."""
     adapter = spec.serving.adapter_name or name
+    size = server_size(spec, plan)
     args = [
         "--backend=vllm",
         f"--model_name={spec.base_model.name}",
@@ -127,22 +173,10 @@ def build_inference_service(
         f"--max-lora-rank={vllm_lora_rank(spec.lora.r)}",
         "--lora-modules",
         f"{adapter}={SERVING_ADAPTER_PATH}",
+        *size.vllm_args,
     ]
-    gpus = "0" if spec.resources.gpu_type == CPU_GPU_TYPE else "1"
-    resources: dict[str, Any] = {}
-    node_selector = dict(spec.resources.node_selector)
-    if plan is not None:
-        args += plan.vllm_args
-        gpus = str(plan.gpus)
-        resources = {
-            "requests": plan.requests.to_kubernetes(),
-            "limits": plan.limits.to_kubernetes(),
-        }
-        node_selector = {**plan.node_selector, **node_selector}  # the spec's labels win
-    if gpus != "0":
-        gpu_name = spec.resources.gpu_resource_name
-        resources.setdefault("requests", {})[gpu_name] = gpus
-        resources.setdefault("limits", {})[gpu_name] = gpus
+    resources = size.resources()
+    node_selector = dict(size.node_selector)
     predictor: dict[str, Any] = {
         "minReplicas": spec.serving.replicas,
         "maxReplicas": max(spec.serving.replicas, 1),
