@@ -164,6 +164,12 @@ class PlatformPolicy(_Model):
 
 class OperatorConfig(_Model):
     trainer_image: str = "ghcr.io/lora-operator/trainer:0.1.0"
+    serving_image: str = Field(
+        default="kserve/huggingfaceserver:v0.15.2",
+        min_length=1,
+        description="The vLLM server image of shared servers' ServingRuntimes (KServe's "
+        "huggingface server: --backend=vllm, vLLM's filesystem LoRA resolver).",
+    )
     image_pull_policy: str = "IfNotPresent"
     gpu_catalog: list[GpuType] = Field(
         default_factory=list, description="Extra or overriding catalog entries."
