@@ -94,6 +94,8 @@ CORE_RESOURCES: list[tuple[str, str, bool]] = [
     ("coordination.k8s.io/v1/leases", "Lease", True),
 ]
 KSERVE_RESOURCE = ("serving.kserve.io/v1beta1/inferenceservices", "InferenceService", True)
+# a shared server's runtime (controller/shared_runtime.py), declared with KServe
+KSERVE_RUNTIME_RESOURCE = ("serving.kserve.io/v1alpha1/servingruntimes", "ServingRuntime", True)
 # The short names a real cluster serves in discovery (`kubectl get cm`, `describe sa`).
 BUILTIN_SHORT_NAMES = {
     "v1/namespaces": {"ns"},
@@ -1213,6 +1215,7 @@ class EmulatedCluster(Service):
             emulator.declare(key, kind, namespaced)
         if self.kserve:
             emulator.declare(*KSERVE_RESOURCE)
+            emulator.declare(*KSERVE_RUNTIME_RESOURCE)
         emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = lorajob_resource_info()
         async with emulator, Server(emulator, port=None) as server:
             self.emulator = emulator

@@ -100,6 +100,12 @@ INFERENCE_SERVICE = Plug(
     "serving.kserve.io/v1beta1/inferenceservices",
     (LABELS, Declared(("spec",))),
 )
+# A shared server's pods (vLLM and the adapter syncer), controlled by its registry.
+SERVING_RUNTIME = Plug(
+    "ServingRuntime",
+    "serving.kserve.io/v1alpha1/servingruntimes",
+    (LABELS, Declared(("spec",))),
+)
 
 
 def value_at(obj: Any, path: tuple[str, ...], default: Any = ABSENT) -> Any:
