@@ -316,3 +316,26 @@ def test_the_choice_leaves_the_named_job_as_it_was() -> None:
     before = copy.deepcopy(base)
     choose(dpo(), base)
     assert base == before
+
+
+def test_an_unreadable_record_first_does_not_hide_the_later_runs() -> None:
+    base = sft_job({"id": "r0", "phase": "Succeeded"}, run("r1", "Succeeded"))
+    assert choose(dpo(), base) == used("sft", "r1")
+
+
+def test_the_operator_default_endpoint_is_named_as_such() -> None:
+    base = sft_job(run("r1", "Succeeded"))
+    assert choose(dpo(**{"output.endpoint": "http://mine:9000"}), base).refusal == (
+        "spec.baseAdapter.job sft writes to S3 endpoint (operator default), this job to "
+        "http://mine:9000: the trainer reads the base adapter with this job's spec.output "
+        "endpoint and credentials"
+    )
+
+
+def test_a_named_job_read_without_uid_records_none() -> None:
+    base = sft_job(run("r1", "Succeeded"))
+    del base["metadata"]["uid"]
+    choice = choose(dpo(), base)
+    assert choice.base_uid == "" and choice.record is not None
+    owner = JobOwner(namespace=NS, name="sft", uid="")
+    assert owner_refusal(choice, NS, owner) is not None  # an empty uid is never trusted
