@@ -35,6 +35,12 @@ class Objective:
     arguments: Callable[[TrainerConfig, Any], Any]  # the shared TrainingArguments -> its own
     trainer: Callable[..., Any]
     callbacks: Callable[[ProgressReporter], list[Any]]
+    own_loss_path: str | None = None  # a method whose loss is not the SFT loss path (loss.py)
+
+    def loss_path(self, chosen: str) -> str:
+        """The loss path the run really takes, for the start-up log and metrics.jsonl: the SFT
+        path train.py chose (chunked, plain), unless the method computes its loss itself."""
+        return self.own_loss_path or chosen
 
 
 # ------------------------------------------------------------------------------------ sft
@@ -156,9 +162,6 @@ def _dpo_callbacks(reporter: ProgressReporter) -> list[Any]:
         """After ProgressCallback: the reward margin and accuracy into progress.json and the
         step's metrics.jsonl record."""
 
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            reporter.loss_path = DPO_LOSS_PATH  # not the SFT loss path train.py chose
-
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
         ) -> None:
@@ -186,6 +189,7 @@ OBJECTIVES = {
         arguments=dpo_arguments,
         trainer=_dpo_trainer,
         callbacks=_dpo_callbacks,
+        own_loss_path=DPO_LOSS_PATH,  # TRL's loss over its fused log-probs, not ours
     ),
 }
 

@@ -376,13 +376,14 @@ def run_training(
     )
     trainable, total = trainable_summary(model)
     loss_path = choose_loss_path(model, spec.training.chunked_loss, zero3)
-    reporter.loss_path = loss_path.value
+    loss_name = objective.loss_path(loss_path.value)  # DPO's is TRL's (objectives.py)
+    reporter.loss_path = loss_name
     offload_path = choose_offload_path(spec.training.activation_offloading, on_cuda)
     reporter.activation_offload = offload_path.value
     log(
         f"model {spec.base_model.name}: {trainable:,} trainable of {total:,} parameters; "
         f"{len(train_ds)} train / {len(eval_ds) if eval_ds else 0} eval sequences; "
-        f"world size {place.world_size}; {'cuda' if on_cuda else 'cpu'}; loss {loss_path.value}; "
+        f"world size {place.world_size}; {'cuda' if on_cuda else 'cpu'}; loss {loss_name}; "
         f"activation offload {offload_path.value}"
         + (
             f"; deepspeed ZeRO-{config.deepspeed['zero_optimization']['stage']}"
