@@ -37,7 +37,7 @@ BEFORE_NEW_FIELDS = {
     "tiny-cpu.yaml": "bb91a84c8b8f",
 }
 # Examples added with these fields: what their hash is with the fields set as they are there.
-NEW_EXAMPLES = {"scheduled-retrain.yaml", "dpo-tiny-cpu.yaml"}
+NEW_EXAMPLES = {"scheduled-retrain.yaml", "dpo-tiny-cpu.yaml", "sft-then-dpo-tiny-cpu.yaml"}
 
 
 def _spec(example: str) -> LoRAJobSpec:
