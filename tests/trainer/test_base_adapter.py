@@ -53,6 +53,7 @@ def test_dpo_starts_from_the_sft_adapter_and_trains(
     tmp_path: Path,
     model_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     sft = _train_sft(make_run, monkeypatch)
     final = sft.location.child("final")
@@ -78,19 +79,33 @@ def test_dpo_starts_from_the_sft_adapter_and_trains(
 
     # the DPO run itself, from the adapter in S3: it trains and says where it started from
     dpo = dpo_spec(data)
-    dpo["training"].update(maxSteps=4, checkpointInterval=4)
+    dpo["training"].update(maxSteps=4, checkpointInterval=2, logInterval=2)
     run = make_run(spec=dpo)
     with_base_adapter(run, final.uri)
     code, message = run.run_here(monkeypatch)
     assert code == 0, message
-    logged = [r for r in records(store, run) if "loss" in r]
-    assert [r["step"] for r in logged] == [4]
+    whole = {r["step"]: r for r in records(store, run) if "loss" in r}
+    assert sorted(whole) == [2, 4]
+    # as if the pod died after checkpoint-2: the run resumes from its own checkpoint (not from
+    # the SFT adapter again) with the same reference (the SFT adapter): the same step 4
+    saved_final = _download(store, run.location.child("final"), tmp_path / "dpo-whole")
+    store.delete_prefix(run.location.child("checkpoint-4"))
+    store.delete_prefix(run.location.child("final"))
+    capfd.readouterr()
+    code, message = run.run_here(monkeypatch)
+    assert code == 0, message
+    assert "resuming from checkpoint-2" in capfd.readouterr().err
+    resumed = {r["step"]: r for r in records(store, run) if "loss" in r}
+    for key in ("loss", "reward_margin"):
+        assert resumed[4][key] == pytest.approx(whole[4][key], rel=1e-4), (key, resumed, whole)
     manifest = store.get_json(run.location.child("final", "MANIFEST.json"))
     assert manifest["lineage"]["baseAdapterURI"] == final.uri
     card = store.get_bytes(run.location.child("final", "README.md"))
     assert card is not None and f"| baseAdapterURI | {final.uri} |" in card.decode()
     trained = load_file(str(_download(store, run.location.child("final"), tmp_path / "dpo")))
     assert any(not trained[k].equal(saved[k]) for k in saved)  # DPO moved the SFT adapter
+    first = load_file(str(saved_final))
+    assert all(trained[k].allclose(first[k], rtol=1e-4, atol=1e-6) for k in first)
 
 
 def _download(store: S3Store, where: Any, dest: Path) -> Path:
