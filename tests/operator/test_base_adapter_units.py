@@ -37,7 +37,7 @@ def spec_dict(**over: Any) -> dict[str, Any]:
     return spec
 
 
-def dpo(base: dict[str, Any] | None = None, **over: Any) -> LoRAJobSpec:
+def dpo(base: Any = None, **over: Any) -> LoRAJobSpec:
     raw = spec_dict(**over)
     raw["baseAdapter"] = base or {"job": "sft"}
     return LoRAJobSpec.model_validate(raw)
@@ -51,7 +51,7 @@ def run(id_: str, phase: str, adapter: bool = True, job: str = "sft") -> dict[st
     return record
 
 
-def sft_job(*runs: dict[str, Any], serving: str | None = None, **over: Any) -> dict[str, Any]:
+def sft_job(*runs: dict[str, Any], serving: Any = None, **over: Any) -> dict[str, Any]:
     status: dict[str, Any] = {"runs": list(runs)}
     if serving:
         status["servingRun"] = serving

@@ -99,6 +99,7 @@ def test_dpo_starts_from_the_sft_adapter_and_trains(
     for key in ("loss", "reward_margin"):
         assert resumed[4][key] == pytest.approx(whole[4][key], rel=1e-4), (key, resumed, whole)
     manifest = store.get_json(run.location.child("final", "MANIFEST.json"))
+    assert isinstance(manifest, dict)
     assert manifest["lineage"]["baseAdapterURI"] == final.uri
     card = store.get_bytes(run.location.child("final", "README.md"))
     assert card is not None and f"| baseAdapterURI | {final.uri} |" in card.decode()
