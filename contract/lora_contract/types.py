@@ -399,8 +399,9 @@ class PreferenceFields(_Model):
 
 
 class DPOSpec(_Model):
-    """Direct preference optimisation settings (`method: dpo`); the reference model is the base
-    model with the adapter disabled, so no second copy of it is loaded."""
+    """Direct preference optimisation settings (`method: dpo`); the reference model is the
+    starting adapter, frozen (TRL's `ref` copy: the base model for a fresh adapter, the SFT model
+    with `baseAdapter`), so no second copy of the base model is loaded."""
 
     beta: float = Field(
         default=0.1,
