@@ -235,8 +235,17 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "shared_serving",
         ("lora_operator.controller.shared_registry", "lora_operator.controller.shared_serving"),
-        ("tests/operator/test_shared_serving_units.py",),
+        (
+            "tests/operator/test_shared_serving_units.py",
+            "tests/operator/test_shared_sweep_units.py",
+        ),
         note="which server a shared adapter goes to, registry registration/sweep, ownership",
+    ),
+    Target(
+        "shared_sweep",
+        ("lora_operator.controller.shared_sweep",),
+        ("tests/operator/test_shared_sweep_units.py",),
+        note="which registries and uids a deleted shared job's sweep takes off, and retries",
     ),
     Target(
         "crd",

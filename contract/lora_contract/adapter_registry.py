@@ -26,6 +26,9 @@ class Entry:
     uri: str
     rank: int
     secret: str | None = None  # the job's credentials Secret, listed by name for the server
+    # the promoted run (status.servingRun) whose adapter `uri` is; entries written before
+    # promotion applied to shared serving have none and still parse
+    run: str | None = None
 
     def to_data(self) -> str:
         raw: dict[str, str | int] = {
@@ -36,6 +39,8 @@ class Entry:
         }
         if self.secret is not None:
             raw["secret"] = self.secret
+        if self.run is not None:
+            raw["run"] = self.run
         return json.dumps(raw, sort_keys=True)
 
     @classmethod
@@ -44,13 +49,14 @@ class Entry:
         (edited by hand): it is swept by the operator and never served."""
         try:
             raw = json.loads(text)
-            secret = raw.get("secret")
+            secret, run = raw.get("secret"), raw.get("run")
             entry = cls(
                 str(raw["job"]),
                 str(raw["adapter"]),
                 str(raw["uri"]),
                 int(raw["rank"]),
                 None if secret is None else str(secret),
+                None if run is None else str(run),
             )
         except (ValueError, KeyError, TypeError):
             return None

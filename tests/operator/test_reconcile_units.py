@@ -555,6 +555,25 @@ def test_a_running_runs_children_are_kept_as_declared(world: World) -> None:
     assert recreated is not None and recreated["metadata"]["uid"] != job["metadata"]["uid"]
 
 
+def test_a_deleted_shared_jobs_entry_is_swept_without_the_others_reconcile(world: World) -> None:
+    """What the watch's DELETED event and the resync loop run (shared_sweep.py): the registries
+    of the namespace, listed by label, lose the entry of a job that is gone."""
+    from lora_operator.controller.shared_sweep import sweep_registries
+
+    for name in ("u-sw1", "u-sw2"):
+        world.add(base_job(name, **{"serving.enabled": True, "serving.mode": "shared"}))
+        world.reconcile(name)
+        complete = [{"type": "Complete", "status": "True"}]
+        world.job_status(f"{name}-r1", succeeded=1, conditions=complete)
+        server = world.reconcile(name)["inferenceService"]
+    del world.kube.objects[LJ]["u-sw1"]
+    swept = asyncio.run(sweep_registries(world.kube, NS))
+    assert swept == [(NS, server, "uid-u-sw1")]
+    registry = world.kube.obj("/api/v1/namespaces/default/configmaps", server)
+    assert registry is not None
+    assert [k for k in registry["data"] if k.startswith("adapter.")] == ["adapter.uid-u-sw2"]
+
+
 SCENARIOS: list[Callable[..., None]] = [
     test_success_then_serving_then_serving_off,
     test_kserve_absent_still_succeeds,
@@ -574,6 +593,7 @@ SCENARIOS: list[Callable[..., None]] = [
     test_retrain_and_suspend_delete_only_their_own_jobs,
     test_a_finished_run_records_its_forecast_beside_the_actual,
     test_a_running_runs_children_are_kept_as_declared,
+    test_a_deleted_shared_jobs_entry_is_swept_without_the_others_reconcile,
 ]
 
 

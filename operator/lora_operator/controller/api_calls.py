@@ -21,6 +21,8 @@ API_CALLS: frozenset[Call] = frozenset(
         ("", "configmaps", "create"),
         ("", "configmaps", "get"),
         ("", "configmaps", "patch"),
+        # the shared servers' registries, by label: swept when a LoRAJob on one is deleted
+        ("", "configmaps", "list"),
         ("", "services", "create"),
         ("", "services", "get"),
         ("", "services", "patch"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ from lora_contract.types import GROUP, PLURAL, VERSION
 from .config import ConfigSource
 from .events import post_event
 from .kube import KubeHolder
-from .reconcile import Reconciler, lacks_summary, needs_reconcile
+from .reconcile import SERVED_RESYNC_SECONDS, Reconciler, lacks_summary, needs_reconcile
+from .shared_sweep import served_shared, sweep_registries
 
 log = logging.getLogger("lora_operator.handlers")
 
@@ -77,11 +79,28 @@ def register(registry: kopf.OperatorRegistry, options: Options) -> Reconciler:
         obj = dict(body)
         deleted = event.get("type") == "DELETED"
         reconciler.observe(obj, deleted=deleted)
+        if deleted and served_shared(obj):  # its entry off the shared server now, not at resync
+            meta = obj.get("metadata") or {}
+            await sweep_shared(reconciler, [str(meta.get("namespace") or "")])
         if not deleted and (needs_reconcile(obj) or lacks_summary(obj)):
             meta = obj.get("metadata") or {}
             await reconciler.reconcile(meta.get("namespace") or "", meta.get("name") or "")
 
     return reconciler
+
+
+async def sweep_shared(reconciler: Reconciler, namespaces: list[str | None]) -> None:
+    """Sweep the shared-server registries of `namespaces` (None: all) of jobs that are gone;
+    an error is logged, the next pass retries (shared_sweep.py)."""
+    kube = reconciler.kube_factory()
+    for namespace in namespaces:
+        try:
+            swept = await sweep_registries(kube, namespace)
+        except Exception:
+            log.exception("sweeping the shared-server registries of %s failed", namespace or "all")
+            continue
+        for ns, server, uid in swept:
+            log.info("took LoRAJob uid %s off %s/%s: it is gone", uid, ns, server)
 
 
 def configure_kopf(settings: kopf.OperatorSettings, concurrency: int) -> None:
@@ -115,8 +134,12 @@ async def resync_loop(reconciler: Reconciler, options: Options) -> None:
             except Exception:
                 log.exception("resync of %s/%s failed", namespace, name)
 
+    next_sweep = 0.0
     while True:
         await asyncio.sleep(options.resync_seconds)
+        if time.monotonic() >= next_sweep:  # a deletion missed while the operator was down
+            next_sweep = time.monotonic() + SERVED_RESYNC_SECONDS
+            await sweep_shared(reconciler, list(options.namespaces) or [None])
         keys = reconciler.periodic_keys()
         if keys:
             await asyncio.gather(*(one(ns, name) for ns, name in keys))

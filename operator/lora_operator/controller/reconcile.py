@@ -1205,20 +1205,22 @@ class _Run:
             inference_service=self.status.inference_service,
             serving_reason=serving.reason if serving is not None else None,
         )
-        if action is ServingAction.ENSURE and adapter and spec.serving.mode == "shared":
-            await self.serve_shared(spec, adapter)
-        elif action is ServingAction.ENSURE and adapter:
-            await self.leave_shared_server(None)  # switched from shared to dedicated
-            # listed by name in the serving ServiceAccount, never read or copied for serving
-            ref = s3_target(spec, self.config).secret
-            choice = await self.serving_choice(spec)  # serving.promote; vLLM can load it
+        if action is ServingAction.ENSURE and adapter:
+            # one choice for both modes: serving.promote, and whether vLLM can load it
+            choice = await self.serving_choice(spec)
             if choice.refusal is not None:
-                self.refuse_serving(choice.refusal)
+                self.refuse_serving(choice.refusal)  # nothing served or registered changes
                 return
             adapter = choice.promotion.adapter_uri or adapter
             serving_run = choice.promotion.run_id or serving_run_id(
                 self.status.runs, adapter, run.id
             )
+            if spec.serving.mode == "shared":
+                await self.serve_shared(spec, adapter, serving_run)
+                return
+            await self.leave_shared_server(None)  # switched from shared to dedicated
+            # listed by name in the serving ServiceAccount, never read or copied for serving
+            ref = s3_target(spec, self.config).secret
             state = await ensure_serving(
                 self.kube,
                 self.name,
@@ -1239,9 +1241,10 @@ class _Run:
         elif action is ServingAction.STOP:
             await self.stop_serving()
 
-    async def serve_shared(self, spec: LoRAJobSpec, adapter: str) -> None:
-        """serving.mode shared: this job's adapter on its base model's server (shared_serving.py);
-        a dedicated server or another shared server it was on before is left."""
+    async def serve_shared(self, spec: LoRAJobSpec, adapter: str, serving_run: str) -> None:
+        """serving.mode shared: the promoted run's adapter on its base model's server
+        (shared_serving.py; the entry names the run); a dedicated server or another shared
+        server it was on before is left."""
         ref = s3_target(spec, self.config).secret  # listed by name, never read or copied
         state, server = await ensure_shared_serving(
             self.kube,
@@ -1251,6 +1254,7 @@ class _Run:
             spec,
             adapter,
             ref.name if ref is not None else None,
+            run_id=serving_run,
         )
         if self.status.inference_service == self.name:
             await remove_serving(self.kube, self.name, self.namespace, self.uid)
@@ -1260,6 +1264,8 @@ class _Run:
             self.event(kind, f"Serving{state.reason}", state.message)
         if state.reason not in (Reason.KServeNotInstalled, Reason.NameConflict):
             self.status.inference_service = server
+            if state.reason != Reason.ServingError:  # the entry names serving_run now
+                self.promoted(serving_run)
 
     async def leave_shared_server(self, keep: str | None) -> None:
         """Take this job off the shared server it served on, unless that is `keep`."""

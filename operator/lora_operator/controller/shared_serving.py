@@ -32,6 +32,7 @@ from .serving import (
     vllm_lora_rank,
 )
 from .shared_registry import (
+    ServerKey,
     adapter_holder,
     build_registry,
     digest_of,
@@ -42,8 +43,8 @@ from .shared_registry import (
     listed_secrets,
     max_rank,
     patched,
-    registration_patch,
     server_key,
+    sweep_and_registration,
     sweep_patch,
 )
 
@@ -178,7 +179,7 @@ async def _patch_registry(
     kube: Kube, registry: dict[str, Any], patch: dict[str, Any]
 ) -> dict[str, Any]:
     """A merge patch carrying the resourceVersion read: two jobs registering at once cannot lose
-    each other's owner reference (the loser gets 409 and its reconcile is retried)."""
+    each other's owner reference (the loser gets 409 and decides again, `_register`)."""
     meta = registry["metadata"]
     body = {
         **patch,
@@ -188,26 +189,28 @@ async def _patch_registry(
     return obj
 
 
-async def ensure_shared_serving(
+# Two jobs registering at once: the loser's patch gets 409 and re-reads; a few tries suffice
+# (each retry follows another writer's success), the next resync after that.
+REGISTER_TRIES = 3
+
+
+async def _register(
     kube: Kube,
-    name: str,
     namespace: str,
+    key: ServerKey,
+    name: str,
     uid: str,
-    spec: LoRAJobSpec,
-    adapter_uri: str,
-    credentials_secret: str | None = None,
-) -> tuple[ServingState, str]:
-    """Register this job's adapter on its base model's server (creating registry and server
-    when missing), sweep the entries of jobs that left, keep the server (and its ServiceAccount
-    listing the jobs' credentials Secrets by name) as declared. Returns the Serving state and
-    the server's name."""
-    key = server_key(spec)
-    adapter = spec.serving.adapter_name or name
-    entry = Entry(name, adapter, adapter_uri, spec.lora.r, credentials_secret)
-    try:
+    entry: Entry,
+    shape: dict[str, Any],
+) -> dict[str, Any] | ServingState:
+    """The registry with this job's entry on it (created with it when missing), or the
+    NameConflict state of an adapter name another job serves there. A write that lost a race
+    (409: the registry changed since it was read) is decided again on a fresh read."""
+    tries = 1
+    while True:
         registry = await kube.get(CONFIG_MAPS, namespace, key.name)
         if registry is None:
-            body = build_registry(key, namespace, name, uid, entry, server_shape(spec))
+            body = build_registry(key, namespace, name, uid, entry, shape)
             registry, _ = await kube.create(CONFIG_MAPS, namespace, body)
         if not is_operator_registry(registry, key.digest):
             raise NameConflict.of(registry, "ConfigMap")
@@ -218,22 +221,41 @@ async def ensure_shared_serving(
                 Reason.NameConflict,
                 f"adapter name {entry.adapter} is already served on {key.name} by LoRAJob "
                 f"{holder}; set serving.adapterName to another name",
-            ), key.name
-        live = await live_shared_uids(kube, namespace) | {uid}
-        sweep = sweep_patch(registry, live) or {}
-        swept = patched(registry, sweep)
-        register = registration_patch(swept, name, uid, entry) or {}
-        if sweep or register:
-            patch: dict[str, Any] = {}
-            data = {**(sweep.get("data") or {}), **(register.get("data") or {})}
-            if data:
-                patch["data"] = data
-            references = (register.get("metadata") or sweep.get("metadata") or {}).get(
-                "ownerReferences"
             )
-            if references is not None:
-                patch["metadata"] = {"ownerReferences": references}
-            registry = await _patch_registry(kube, registry, patch)
+        live = await live_shared_uids(kube, namespace) | {uid}
+        patch = sweep_and_registration(registry, live, name, uid, entry)
+        if patch is None:
+            return registry
+        try:
+            return await _patch_registry(kube, registry, patch)
+        except KubeError as exc:
+            if exc.status != 409 or tries >= REGISTER_TRIES:
+                raise
+            tries += 1
+
+
+async def ensure_shared_serving(
+    kube: Kube,
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: LoRAJobSpec,
+    adapter_uri: str,
+    credentials_secret: str | None = None,
+    run_id: str | None = None,
+) -> tuple[ServingState, str]:
+    """Register this job's adapter on its base model's server (creating registry and server
+    when missing), sweep the entries of jobs that left, keep the server (and its ServiceAccount
+    listing the jobs' credentials Secrets by name) as declared. Returns the Serving state and
+    the server's name."""
+    key = server_key(spec)
+    adapter = spec.serving.adapter_name or name
+    entry = Entry(name, adapter, adapter_uri, spec.lora.r, credentials_secret, run_id)
+    try:
+        registered = await _register(kube, namespace, key, name, uid, entry, server_shape(spec))
+        if isinstance(registered, ServingState):
+            return registered, key.name
+        registry = registered
         controller = registry["metadata"]["uid"]
         account = build_shared_account(registry)
         if account is not None:
