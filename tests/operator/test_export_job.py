@@ -347,13 +347,15 @@ def run_record(run_id: str, phase: Phase, merged: str | None = None) -> RunRecor
 
 
 def test_pruning_deletes_only_finished_export_jobs_this_lorajob_controls() -> None:
-    """Six runs, r6 the latest: r1's export succeeded (deleted), r2 failed in training (no export
-    Job looked up), r3's export still runs (kept), r4's Job of that name is another owner's
-    (kept, untouched), r5's export succeeded after r6 started and was never followed (its
-    mergedURI recorded, then deleted), r6's own Job is not looked at."""
+    """Seven runs, r6 the latest: r0's export failed (deleted, no mergedURI), r1's export
+    succeeded (deleted), r2 failed in training (no export Job looked up), r3's export still runs
+    (kept), r4's Job of that name is another owner's (kept, untouched), r5's export succeeded
+    after r6 started and was never followed (its mergedURI recorded, then deleted), r6's own Job
+    is not looked at."""
     kube = FakeKube()
     path = "/apis/batch/v1/namespaces/ml/jobs"
     ours, theirs = "uid-j", "uid-other"
+    kube.put(path, job_named("j-r0-export", ours, FAILED))
     kube.put(path, job_named("j-r1-export", ours, COMPLETE))
     kube.put(path, job_named("j-r2-export", ours, COMPLETE))  # a stray: r2 never succeeded
     kube.put(path, job_named("j-r3-export", ours, None))
@@ -362,6 +364,7 @@ def test_pruning_deletes_only_finished_export_jobs_this_lorajob_controls() -> No
     kube.put(path, job_named("j-r6-export", ours, COMPLETE))
     foreign_before = dict(kube.obj(path, "j-r4-export") or {})
     runs = [
+        run_record("r0", Phase.Succeeded),
         run_record("r1", Phase.Succeeded, "s3://b/j/r1/merged"),
         run_record("r2", Phase.Failed),
         run_record("r3", Phase.Succeeded),
@@ -369,9 +372,9 @@ def test_pruning_deletes_only_finished_export_jobs_this_lorajob_controls() -> No
         run_record("r5", Phase.Succeeded),
         run_record("r6", Phase.Succeeded),
     ]
-    assert [r.id for r in earlier_exported_runs(runs)] == ["r1", "r3", "r4", "r5"]
+    assert [r.id for r in earlier_exported_runs(runs)] == ["r0", "r1", "r3", "r4", "r5"]
     pruned = asyncio.run(prune_earlier_exports(kube, "ml", "j", ours, runs))  # type: ignore[arg-type]
-    assert pruned == ["j-r1-export", "j-r5-export"]
+    assert pruned == ["j-r0-export", "j-r1-export", "j-r5-export"]
     assert sorted(kube.objects[path]) == [
         "j-r2-export",
         "j-r3-export",
@@ -379,10 +382,10 @@ def test_pruning_deletes_only_finished_export_jobs_this_lorajob_controls() -> No
         "j-r6-export",
     ]
     assert kube.obj(path, "j-r4-export") == foreign_before
-    assert ("batch", "jobs", "get") in kube.calls
     gets = [c for c in kube.calls if c == ("batch", "jobs", "get")]
-    assert len(gets) == 4 + 2  # one per earlier succeeded run, one more per delete_owned
+    assert len(gets) == 5 + 3  # one per earlier succeeded run, one more per delete_owned
     assert [r.merged_uri for r in runs] == [
+        None,  # a failed export leaves none
         "s3://b/j/r1/merged",
         None,
         None,
