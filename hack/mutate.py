@@ -242,6 +242,13 @@ TARGETS: tuple[Target, ...] = (
         note="which server a shared adapter goes to, registry registration/sweep, ownership",
     ),
     Target(
+        "shared_runtime",
+        ("lora_operator.controller.shared_runtime",),
+        ("tests/operator/test_shared_runtime_units.py",),
+        note="a shared server's ServingRuntime: vLLM sized by the recorded plan, the syncer's "
+        "image, env and one read-only Secret volume per listed Secret",
+    ),
+    Target(
         "shared_sweep",
         ("lora_operator.controller.shared_sweep",),
         ("tests/operator/test_shared_sweep_units.py",),

@@ -15,6 +15,12 @@ SERVER_DATA_KEY = "server.json"
 ENTRY_PREFIX = "adapter."  # data keys of adapters: adapter.<LoRAJob uid>
 # serving.adapterName's pattern: also a safe directory name for the resolver
 ADAPTER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# a Secret name the syncer may read as a folder under its credentials directory
+SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# a Secret key as Kubernetes allows it (also a safe file name in the mounted Secret)
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+DEFAULT_ACCESS_KEY_KEY = "accessKey"  # SecretRef's defaults
+DEFAULT_SECRET_KEY_KEY = "secretKey"
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,10 @@ class Entry:
     # the promoted run (status.servingRun) whose adapter `uri` is; entries written before
     # promotion applied to shared serving have none and still parse
     run: str | None = None
+    # the keys of `secret` holding the S3 keys (the job's SecretRef), read by the syncer from
+    # the mounted Secret; written only when not the defaults, so older entries read back equal
+    access_key_key: str = DEFAULT_ACCESS_KEY_KEY
+    secret_key_key: str = DEFAULT_SECRET_KEY_KEY
 
     def to_data(self) -> str:
         raw: dict[str, str | int] = {
@@ -41,12 +51,17 @@ class Entry:
             raw["secret"] = self.secret
         if self.run is not None:
             raw["run"] = self.run
+        if self.access_key_key != DEFAULT_ACCESS_KEY_KEY:
+            raw["accessKeyKey"] = self.access_key_key
+        if self.secret_key_key != DEFAULT_SECRET_KEY_KEY:
+            raw["secretKeyKey"] = self.secret_key_key
         return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_data(cls, text: str) -> Entry | None:
-        """None for an entry that does not parse or names an adapter that is not a DNS label
-        (edited by hand): it is swept by the operator and never served."""
+        """None for an entry that does not parse, names an adapter that is not a DNS label, or a
+        Secret (or key) that is not a Kubernetes name (edited by hand): it is swept by the
+        operator and never served, so no entry points a folder or a key file elsewhere."""
         try:
             raw = json.loads(text)
             secret, run = raw.get("secret"), raw.get("run")
@@ -57,7 +72,18 @@ class Entry:
                 int(raw["rank"]),
                 None if secret is None else str(secret),
                 None if run is None else str(run),
+                str(raw.get("accessKeyKey", DEFAULT_ACCESS_KEY_KEY)),
+                str(raw.get("secretKeyKey", DEFAULT_SECRET_KEY_KEY)),
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return None
-        return entry if ADAPTER_NAME.fullmatch(entry.adapter) else None
+        return entry if entry.is_safe() else None
+
+    def is_safe(self) -> bool:
+        """Every name in it is one the syncer may use as a path component."""
+        keys = (self.access_key_key, self.secret_key_key)
+        return bool(
+            ADAPTER_NAME.fullmatch(self.adapter)
+            and (self.secret is None or SECRET_NAME.fullmatch(self.secret))
+            and all(SECRET_KEY.fullmatch(key) and key not in (".", "..") for key in keys)
+        )

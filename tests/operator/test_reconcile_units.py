@@ -555,6 +555,35 @@ def test_a_running_runs_children_are_kept_as_declared(world: World) -> None:
     assert recreated is not None and recreated["metadata"]["uid"] != job["metadata"]["uid"]
 
 
+RUNTIMES = "/apis/serving.kserve.io/v1alpha1/namespaces/default/servingruntimes"
+
+
+def test_a_shared_servers_runtime_is_kept_and_goes_with_the_last_job(world: World) -> None:
+    """serving.mode shared: the registry's ServingRuntime sized by the job's serving plan (a CPU
+    plan: the flags and 4 cores, as the dedicated server above), put back when edited, deleted
+    when the last job on it turns serving off (shared_runtime.py, children.SERVING_RUNTIME)."""
+    world.add(base_job("u-sh", **{"serving.enabled": True, "serving.mode": "shared"}))
+    world.reconcile("u-sh")
+    world.job_status("u-sh-r1", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    server = world.reconcile("u-sh")["inferenceService"]
+    runtime = world.kube.obj(RUNTIMES, server)
+    assert runtime is not None
+    vllm, sync = runtime["spec"]["containers"]
+    assert vllm["args"][-3:] == ["--max-num-seqs=8", "--max-loras=4", "--max-cpu-loras=8"]
+    assert vllm["resources"]["requests"]["cpu"] == "4"
+    assert sync["image"] == "ghcr.io/lora-operator/trainer:0.1.0"  # the operator config's
+    sync["image"] = "someone/else:1"
+    world.reconcile("u-sh")
+    kept = world.kube.obj(RUNTIMES, server)
+    assert kept is not None
+    assert kept["spec"]["containers"][1]["image"] == "ghcr.io/lora-operator/trainer:0.1.0"
+    lj = world.kube.obj(LJ, "u-sh")
+    assert lj is not None
+    lj["spec"]["serving"]["enabled"] = False
+    world.reconcile("u-sh")
+    assert world.kube.obj(RUNTIMES, server) is None and world.kube.obj(ISVC, server) is None
+
+
 def test_a_deleted_shared_jobs_entry_is_swept_without_the_others_reconcile(world: World) -> None:
     """What the watch's DELETED event and the resync loop run (shared_sweep.py): the registries
     of the namespace, listed by label, lose the entry of a job that is gone."""
@@ -594,6 +623,7 @@ SCENARIOS: list[Callable[..., None]] = [
     test_a_finished_run_records_its_forecast_beside_the_actual,
     test_a_running_runs_children_are_kept_as_declared,
     test_a_deleted_shared_jobs_entry_is_swept_without_the_others_reconcile,
+    test_a_shared_servers_runtime_is_kept_and_goes_with_the_last_job,
 ]
 
 

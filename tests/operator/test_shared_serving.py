@@ -31,6 +31,7 @@ from lora_operator.controller.reconcile import Reconciler
 TEAM = "team-shared"
 CMS = "v1/configmaps"
 ISVCS = "serving.kserve.io/v1beta1/inferenceservices"
+RUNTIMES = "serving.kserve.io/v1alpha1/servingruntimes"
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,19 @@ def test_one_server_per_base_model_and_namespace(two_teams: Harness) -> None:
     assert isvc["spec"]["predictor"]["serviceAccountName"] == server
     # no dedicated server was made for either job
     assert h.client.get(ISVCS, home, "alpha") is None and h.client.get(ISVCS, home, "beta") is None
+    # the server's pods: the registry's own ServingRuntime, vLLM sized by alpha's serving plan
+    # (a CPU plan: maxLoras 4 by default, twice that on CPU) and the syncer on the platform image
+    assert isvc["spec"]["predictor"]["model"]["runtime"] == server
+    runtime = h.client.get(RUNTIMES, home, server)
+    assert runtime is not None
+    assert runtime["metadata"]["ownerReferences"] == isvc["metadata"]["ownerReferences"]
+    vllm, sync = runtime["spec"]["containers"]
+    assert "--max-loras=4" in vllm["args"] and "--max-cpu-loras=8" in vllm["args"]
+    assert (sync["name"], sync["image"]) == ("adapter-sync", "lora-trainer:test")
+    assert [v["secret"]["secretName"] for v in runtime["spec"]["volumes"] if "secret" in v] == [
+        SECRET
+    ]
+    h.client.delete(RUNTIMES, home, server)  # put back at the next reconcile (below)
 
     # an operator restart loses no registration and writes nothing to the registry
     version = reg["meta"]["resourceVersion"]
@@ -141,6 +155,8 @@ def test_one_server_per_base_model_and_namespace(two_teams: Harness) -> None:
         ),
     )
     assert registry_of(h, home, server)["meta"]["resourceVersion"] == version
+    restored = h.wait("runtime restored", lambda: h.client.get(RUNTIMES, home, server))
+    assert restored["spec"] == runtime["spec"]
 
     # deleting one job removes only its adapter: beta's next reconcile sweeps alpha's entry
     h.client.delete(LORAJOBS, home, "alpha")
@@ -153,10 +169,21 @@ def test_one_server_per_base_model_and_namespace(two_teams: Harness) -> None:
     assert servers(h, home) == [server]
     assert sorted(registry_of(h, TEAM, server)["entries"]) == ["alpha"]  # the other team untouched
 
-    # deleting the last job removes the registry and, with it, the server
+    # deleting the last job removes the registry and, with it, the server. First beta's
+    # reconcile finishes (its status written last): one still applying the server's objects
+    # after the delete would create them with a gone owner, which only a real cluster's
+    # garbage collector (not the emulator's, run on deletes) would then remove.
+    h.wait(
+        "beta's reconcile done",
+        lambda: (
+            h.status("beta").get("observedGeneration") == h.get("beta")["metadata"]["generation"]
+        ),
+    )
     h.client.delete(LORAJOBS, home, "beta")
     h.wait("server gone", lambda: servers(h, home) == [] and not h.client.get(CMS, home, server))
     assert h.client.get("v1/serviceaccounts", home, server) is None
+    h.wait("runtime gone", lambda: h.client.get(RUNTIMES, home, server) is None)
+    assert h.client.get(RUNTIMES, TEAM, server) is not None  # the other team's
     assert servers(h, TEAM) == [server]
     h.client.delete(LORAJOBS, TEAM, "alpha")
     h.wait("team server gone", lambda: servers(h, TEAM) == [])

@@ -43,6 +43,7 @@ CMS = "/api/v1/namespaces/{ns}/configmaps"
 ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices"
 LJS = "/apis/finetune.lora-operator.io/v1alpha1/namespaces/{ns}/lorajobs"
 ACCOUNTS = "/api/v1/namespaces/{ns}/serviceaccounts"
+RUNTIMES = "/apis/serving.kserve.io/v1alpha1/namespaces/{ns}/servingruntimes"
 SHAPE = {"baseModel": "m", "source": "pvc://m", "gpuResourceName": "nvidia.com/gpu", "gpus": 0}
 
 
@@ -194,7 +195,11 @@ def test_two_jobs_share_one_server_and_another_namespace_gets_its_own() -> None:
         isvc = kube.obj(ISVCS.format(ns=ns), server)
         assert isvc is not None
         assert isvc["metadata"]["ownerReferences"][0]["uid"] == registry["metadata"]["uid"]
-        assert "--max-lora-rank=8" in isvc["spec"]["predictor"]["model"]["args"]
+        assert isvc["spec"]["predictor"]["model"]["runtime"] == server
+        runtime = kube.obj(RUNTIMES.format(ns=ns), server)
+        assert runtime is not None
+        assert runtime["metadata"]["ownerReferences"] == isvc["metadata"]["ownerReferences"]
+        assert "--max-lora-rank=8" in runtime["spec"]["containers"][0]["args"]
     # an idle repeat writes nothing
     kube.calls.clear()
     ensure(kube, "team-a", "two")
@@ -278,19 +283,11 @@ GPU_SHAPE = {
     "gpus": 1,
     "replicas": 2,
 }
-CONTAINER_CONTEXT = {
-    "allowPrivilegeEscalation": False,
-    "privileged": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "capabilities": {"drop": ["ALL"]},
-}
 
 
 def test_the_shared_server_is_pinned_field_by_field() -> None:
     registry = registry_with(("a", "u1", "ad-a"), ("b", "u2", "ad-b"))
     registry["data"]["server.json"] = json.dumps(GPU_SHAPE)
-    registry["data"]["adapter.u2"] = Entry("b", "ad-b", "s3://b/b", 48).to_data()
     assert build_shared_inference_service(registry) == {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -313,29 +310,11 @@ def test_the_shared_server_is_pinned_field_by_field() -> None:
             "predictor": {
                 "minReplicas": 2,
                 "maxReplicas": 2,
+                # the containers are the registry's own ServingRuntime's (shared_runtime.py)
                 "model": {
                     "modelFormat": {"name": "huggingface"},
-                    "args": [
-                        "--backend=vllm",
-                        "--model_name=org/base",
-                        "--model_dir=/mnt/models/base",
-                        "--enable-lora",
-                        "--max-lora-rank=64",  # rank 48 needs vLLM's next size up
-                    ],
-                    "storageUris": [{"uri": "s3://models/base", "mountPath": "/mnt/models/base"}],
-                    "resources": {"requests": {"amd.com/gpu": "1"}, "limits": {"amd.com/gpu": "1"}},
-                    "env": [
-                        {"name": "HOME", "value": "/home/kserve"},
-                        {"name": "VLLM_PLUGINS", "value": "lora_filesystem_resolver"},
-                        {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": "/mnt/adapters"},
-                    ],
-                    "volumeMounts": [
-                        {"name": "tmp", "mountPath": "/tmp"},
-                        {"name": "home", "mountPath": "/home/kserve"},
-                        {"name": "dshm", "mountPath": "/dev/shm"},
-                        {"name": "adapters", "mountPath": "/mnt/adapters", "readOnly": True},
-                    ],
-                    "securityContext": CONTAINER_CONTEXT,
+                    "runtime": "lora-server-abc",
+                    "storageUri": "s3://models/base",
                 },
                 "securityContext": {
                     "runAsNonRoot": True,
@@ -345,28 +324,18 @@ def test_the_shared_server_is_pinned_field_by_field() -> None:
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "automountServiceAccountToken": False,
-                "volumes": [
-                    {"name": "tmp", "emptyDir": {}},
-                    {"name": "home", "emptyDir": {}},
-                    {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-                    {"name": "adapters", "emptyDir": {}},
-                ],
             }
         },
     }
 
 
-def test_a_registry_without_a_shape_gives_a_cpu_server_of_one_replica() -> None:
+def test_a_registry_without_a_shape_gives_one_replica() -> None:
     registry = registry_with(("a", "u1", "ad-a"))
     predictor = build_shared_inference_service(registry)["spec"]["predictor"]
-    assert predictor["model"]["resources"] == {}
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 1)
-    assert predictor["model"]["args"][1] == "--model_name="
-    assert predictor["model"]["storageUris"] == [{"uri": "", "mountPath": "/mnt/models/base"}]
+    assert predictor["model"]["storageUri"] == ""
     registry["data"]["server.json"] = json.dumps({"gpus": 2, "replicas": 0})
     predictor = build_shared_inference_service(registry)["spec"]["predictor"]
-    gpus = {"nvidia.com/gpu": "2"}  # the default resource name
-    assert predictor["model"]["resources"] == {"requests": gpus, "limits": gpus}
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (0, 1)
     assert max_rank({"data": {}}) == 1
 
@@ -577,6 +546,7 @@ def test_the_servers_account_lists_the_jobs_secrets_by_name_and_goes_with_the_la
     asyncio.run(leave_shared_serving(kube, "ns", server, "uid-ns-one"))
     assert kube.obj(ACCOUNTS.format(ns="ns"), server) is None
     assert kube.obj(ISVCS.format(ns="ns"), server) is None
+    assert kube.obj(RUNTIMES.format(ns="ns"), server) is None  # the last one out
 
 
 def test_an_entry_keeps_its_secret_and_one_without_lists_none() -> None:

@@ -15,7 +15,7 @@ from lora_contract.layout import S3Location
 from lora_contract.storage import S3Store
 from lora_devkit.vllm_standin import VllmStandIn
 from lora_operator.controller.shared_registry import ServerKey, build_registry, entry_key
-from lora_trainer.adapter_sync import SOURCE_MARKER, read_registry, sync_once
+from lora_trainer.adapter_sync import SOURCE_MARKER, credentials_stores, read_registry, sync_once
 
 BUCKET = "sync-test"
 BASE = "meta-llama/Llama-3.2-1B"
@@ -101,3 +101,58 @@ def test_an_adapter_vllm_cannot_load_is_reported_and_not_served(
     assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == []  # nothing half-made
     with VllmStandIn(BASE, tmp_path / "adapters") as server:
         assert served(server.url) == [BASE]
+
+
+def test_each_entry_is_downloaded_with_the_keys_of_its_own_secret(
+    store: S3Store, tmp_path: Path
+) -> None:
+    """--credentials: one folder per mounted Secret; an entry uses the key files its entry names
+    (custom key names included), and one whose Secret is not mounted is refused by name, never
+    downloaded with another team's keys."""
+    uri_a = upload_adapter(store, "runs/team/a/r1/final")
+    uri_b = upload_adapter(store, "runs/team/b/r1/final")
+    uri_c = upload_adapter(store, "runs/team/c/r1/final")
+    key = ServerKey(BASE, "", "pvc://m", "none")
+    registry = build_registry(
+        key, "ns", "a", "u1", Entry("a", "team-a", uri_a, 8, "a-creds"), SHAPE
+    )
+    custom = Entry("b", "team-b", uri_b, 8, "b-creds", access_key_key="id", secret_key_key="pw")
+    registry["data"][entry_key("u2")] = custom.to_data()
+    registry["data"][entry_key("u3")] = Entry("c", "team-c", uri_c, 8, "c-creds").to_data()
+    registry["data"][entry_key("u4")] = Entry("d", "team-d", uri_c, 8).to_data()  # no Secret
+    mount(registry, tmp_path / "registry")
+    credentials = tmp_path / "credentials"
+    for secret, files in (
+        ("a-creds", {"accessKey": "ak-a", "secretKey": "sk-a"}),
+        ("b-creds", {"id": "ak-b", "pw": "sk-b", "accessKey": "wrong", "secretKey": "wrong"}),
+    ):  # c-creds is not mounted
+        (credentials / secret).mkdir(parents=True)
+        for name, value in files.items():
+            (credentials / secret / name).write_text(value)
+
+    used: list[tuple[str, str, str]] = []  # (access key, secret key, prefix downloaded)
+
+    def recording(endpoint: str, access: str, secret: str, region: str | None) -> S3Store:
+        class Recording(S3Store):
+            def download_prefix(self, loc: S3Location, dest_dir: str | Path) -> list[Path]:
+                used.append((access, secret, loc.key))
+                return super().download_prefix(loc, dest_dir)
+
+        return Recording(endpoint, access, secret, region)
+
+    stores = credentials_stores(credentials, store.endpoint, None, make=recording)
+    result = sync_once(stores, tmp_path / "registry", tmp_path / "adapters")
+    assert result.added == ["team-a", "team-b"]
+    assert used == [
+        ("ak-a", "sk-a", "runs/team/a/r1/final"),
+        ("ak-b", "sk-b", "runs/team/b/r1/final"),
+    ]
+    assert result.failed == {
+        "team-c": f"credentials Secret c-creds is not mounted at {credentials / 'c-creds'}",
+        "team-d": "its entry names no credentials Secret",
+    }
+    assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["team-a", "team-b"]
+    (credentials / "a-creds" / "secretKey").unlink()  # a Secret without the key its job names
+    fresh = credentials_stores(credentials, store.endpoint, None, make=recording)
+    result = sync_once(fresh, tmp_path / "registry", tmp_path / "other")
+    assert result.failed["team-a"] == "credentials Secret a-creds has no key secretKey"

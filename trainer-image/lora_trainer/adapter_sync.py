@@ -4,19 +4,29 @@ keeps the files current), downloads each listed adapter from S3 into `<dir>/<ada
 its `adapter_config.json` so that vLLM's resolver accepts it (`base_model_name_or_path` = the
 served model name; `peft_type` must be LORA), and removes folders no longer listed. Level-based:
 a restarted pod starts with an empty directory and rebuilds it from the registry; no call to the
-operator or to vLLM. Run as `python -m lora_trainer.adapter_sync --registry DIR --dir DIR`.
+operator or to vLLM. Run as `python -m lora_trainer.adapter_sync --registry DIR --dir DIR
+[--credentials DIR]`.
+
+Credentials: with `--credentials DIR` (a shared server: one read-only Secret volume per listed
+Secret at `DIR/<secret>/`), each entry is downloaded with the keys of the Secret it names, read
+from the key files its entry records (the job's `accessKeyKey`/`secretKeyKey`); an entry whose
+Secret is not mounted, or that names none, is reported and never downloaded with another
+team's keys. Without it, one set of keys from the env (AWS_ACCESS_KEY_ID, ...), as before.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lora_contract import pod
 from lora_contract.adapter_registry import ENTRY_PREFIX, SERVER_DATA_KEY, Entry
 from lora_contract.layout import S3Location
 from lora_contract.storage import S3Store, StorageError
@@ -29,6 +39,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 class Registry:
     served_model: str
     adapters: dict[str, str]  # adapter name -> URI
+    entries: dict[str, Entry] = field(default_factory=dict)  # adapter name -> its entry
 
 
 def read_registry(registry_dir: Path) -> Registry:
@@ -36,12 +47,50 @@ def read_registry(registry_dir: Path) -> Registry:
     skipped; of two entries with one adapter name the first by file name wins (the operator
     refuses the second, this only keeps a hand-edited registry from flapping)."""
     server = json.loads((registry_dir / SERVER_DATA_KEY).read_text())
-    adapters: dict[str, str] = {}
+    listed: dict[str, Entry] = {}
     for path in sorted(registry_dir.glob(f"{ENTRY_PREFIX}*")):
         entry = Entry.from_data(path.read_text())
-        if entry is not None and entry.adapter not in adapters:
-            adapters[entry.adapter] = entry.uri
-    return Registry(str(server["baseModel"]), adapters)
+        if entry is not None and entry.adapter not in listed:
+            listed[entry.adapter] = entry
+    adapters = {name: entry.uri for name, entry in listed.items()}
+    return Registry(str(server["baseModel"]), adapters, listed)
+
+
+# The store an entry is downloaded with; raises CredentialsError when it has none.
+StoreFor = Callable[[Entry], S3Store]
+# Builds a store from (endpoint, access key, secret key, region): S3Store, or a test's recorder.
+StoreFactory = Callable[[str, str, str, str | None], S3Store]
+
+
+class CredentialsError(ValueError):
+    """An entry the syncer has no keys for (reported as failed, never downloaded)."""
+
+
+def credentials_stores(
+    directory: Path, endpoint: str, region: str | None, make: StoreFactory = S3Store
+) -> StoreFor:
+    """Each entry's store, with the keys of the Secret it names, as mounted under
+    `directory/<secret>/<key>`; one store per Secret and key names."""
+    made: dict[tuple[str, str, str], S3Store] = {}
+
+    def store_for(entry: Entry) -> S3Store:
+        if entry.secret is None:
+            raise CredentialsError("its entry names no credentials Secret")
+        folder = directory / entry.secret
+        if not folder.is_dir():
+            raise CredentialsError(f"credentials Secret {entry.secret} is not mounted at {folder}")
+        which = (entry.secret, entry.access_key_key, entry.secret_key_key)
+        if which not in made:
+            keys = []
+            for key in which[1:]:
+                path = folder / key
+                if not path.is_file():
+                    raise CredentialsError(f"credentials Secret {entry.secret} has no key {key}")
+                keys.append(path.read_text())
+            made[which] = make(endpoint, keys[0], keys[1], region)
+        return made[which]
+
+    return store_for
 
 
 @dataclass
@@ -63,10 +112,12 @@ def _accept(folder: Path, served_model: str) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def sync_once(store: S3Store, registry_dir: Path, adapter_dir: Path) -> SyncResult:
+def sync_once(store: S3Store | StoreFor, registry_dir: Path, adapter_dir: Path) -> SyncResult:
     """One pass: download what is listed and missing (or listed under a new URI), remove what is
-    no longer listed. A folder appears whole (downloaded beside it, then renamed)."""
+    no longer listed. A folder appears whole (downloaded beside it, then renamed). `store`: one
+    store for every entry, or each entry's own (`credentials_stores`)."""
     registry = read_registry(registry_dir)
+    store_for: StoreFor = (lambda _: store) if isinstance(store, S3Store) else store
     adapter_dir.mkdir(parents=True, exist_ok=True)
     result = SyncResult()
     for name, uri in sorted(registry.adapters.items()):
@@ -77,7 +128,7 @@ def sync_once(store: S3Store, registry_dir: Path, adapter_dir: Path) -> SyncResu
         staging = adapter_dir / f".staging-{name}"
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            store.download_prefix(S3Location.parse(uri), staging)
+            store_for(registry.entries[name]).download_prefix(S3Location.parse(uri), staging)
             _accept(staging, registry.served_model)
         except (StorageError, ValueError) as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -95,14 +146,35 @@ def sync_once(store: S3Store, registry_dir: Path, adapter_dir: Path) -> SyncResu
     return result
 
 
+def env_endpoint() -> str:
+    """S3_ENDPOINT, as the trainer pod gets it (the operator sets it from the job's target)."""
+    endpoint = os.environ.get(pod.ENV_S3_ENDPOINT)
+    if not endpoint:
+        raise SystemExit(f"adapter_sync: env {pod.ENV_S3_ENDPOINT} is not set")
+    return endpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adapter_sync", description=__doc__)
     parser.add_argument("--registry", type=Path, required=True, help="the mounted registry")
     parser.add_argument("--dir", type=Path, required=True, help="vLLM's resolver directory")
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        default=None,
+        help="mounted credentials Secrets, one folder each: each entry uses its own Secret's "
+        "keys (default: one set of keys from the env)",
+    )
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between passes")
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     args = parser.parse_args(argv)
-    store = S3Store.from_env()
+    store = (
+        S3Store.from_env()
+        if args.credentials is None
+        else credentials_stores(
+            args.credentials, env_endpoint(), os.environ.get(pod.ENV_AWS_REGION)
+        )
+    )
     while True:
         result = sync_once(store, args.registry, args.dir)
         for name in result.added:

@@ -149,7 +149,7 @@ compares them). Each rule's reason: docs/operating.md, "RBAC".
   resources: ["serviceaccounts"]
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["serving.kserve.io"]
-  resources: ["inferenceservices"]
+  resources: ["inferenceservices", "servingruntimes"]
   verbs: ["create", "get", "patch", "delete"]
 {{- if include "lora-operator.peering" . }}
 - apiGroups: ["kopf.dev"]

@@ -47,6 +47,11 @@ API_CALLS: frozenset[Call] = frozenset(
         (_KSERVE, "inferenceservices", "get"),
         (_KSERVE, "inferenceservices", "patch"),
         (_KSERVE, "inferenceservices", "delete"),
+        # a shared server's ServingRuntime (vLLM + adapter syncer), controlled by its registry
+        (_KSERVE, "servingruntimes", "create"),
+        (_KSERVE, "servingruntimes", "get"),
+        (_KSERVE, "servingruntimes", "patch"),
+        (_KSERVE, "servingruntimes", "delete"),
     }
 )
 _VERBS = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}

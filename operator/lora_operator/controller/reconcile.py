@@ -1253,8 +1253,10 @@ class _Run:
             self.uid,
             spec,
             adapter,
-            ref.name if ref is not None else None,
+            ref,
             run_id=serving_run,
+            plan=self.status.plan.serving if self.status.plan is not None else None,
+            config=self.config,
         )
         if self.status.inference_service == self.name:
             await remove_serving(self.kube, self.name, self.namespace, self.uid)

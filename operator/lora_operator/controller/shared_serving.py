@@ -10,27 +10,26 @@ record. How adapters reach vLLM (a resolver directory) is in docs/serving.md.
 from __future__ import annotations
 
 import contextlib
-import json
+from dataclasses import replace
 from typing import Any
 
-from lora_contract.adapter_registry import SERVER_DATA_KEY, Entry
-from lora_contract.types import GROUP, PLURAL, VERSION, LoRAJobSpec, Reason
-
-from .children import INFERENCE_SERVICE, SERVING_ACCOUNT, apply
-from .kube import Kube, KubeError
-from .manifests import container_security_context
-from .ownership import NameConflict, delete_owned
-from .serving import (
-    SERVING_BASE_PATH,
-    SERVING_HOME,
-    ServingState,
-    failed_state,
-    predictor_pod_security_context,
-    readiness,
-    scratch_mounts,
-    scratch_volumes,
-    vllm_lora_rank,
+from lora_contract.adapter_registry import Entry
+from lora_contract.types import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    LoRAJobSpec,
+    Reason,
+    SecretRef,
+    ServingPlanStatus,
 )
+
+from ..api.operator_config import OperatorConfig
+from .children import INFERENCE_SERVICE, SERVING_ACCOUNT, SERVING_RUNTIME, apply
+from .kube import Kube, KubeError
+from .ownership import NameConflict, delete_owned
+from .s3_target import s3_target
+from .serving import ServingState, failed_state, predictor_pod_security_context, readiness
 from .shared_registry import (
     ServerKey,
     adapter_holder,
@@ -41,18 +40,24 @@ from .shared_registry import (
     is_empty,
     is_operator_registry,
     listed_secrets,
-    max_rank,
     patched,
     server_key,
     sweep_and_registration,
     sweep_patch,
 )
+from .shared_runtime import (
+    build_shared_predictor_model,
+    build_shared_runtime,
+    registry_reference,
+    server_shape,
+    shape_of,
+)
 
 CONFIG_MAPS = "v1/configmaps"
 ISVC = INFERENCE_SERVICE.resource
 ACCOUNTS = SERVING_ACCOUNT.resource
+RUNTIMES = SERVING_RUNTIME.resource
 LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
-ADAPTER_DIR = "/mnt/adapters"  # vLLM's filesystem resolver reads adapters from here
 
 
 def is_shared(spec: dict[str, Any]) -> bool:
@@ -69,30 +74,6 @@ async def live_shared_uids(kube: Kube, namespace: str) -> set[str]:
         for job in jobs
         if is_shared(job.get("spec") or {})
         and not (job.get("metadata") or {}).get("deletionTimestamp")
-    }
-
-
-def server_shape(spec: LoRAJobSpec) -> dict[str, Any]:
-    """What the server is, taken from the job that creates it and kept in the registry, so that
-    every job on it declares the same InferenceService (no two jobs fighting over its spec)."""
-    return {
-        "baseModel": spec.base_model.name,
-        "source": spec.base_model.source,
-        "gpuResourceName": spec.resources.gpu_resource_name,
-        "gpus": 0 if spec.resources.gpu_type == "cpu" else 1,
-        "replicas": spec.serving.replicas,
-    }
-
-
-def registry_reference(registry: dict[str, Any]) -> dict[str, Any]:
-    meta = registry["metadata"]
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
     }
 
 
@@ -117,46 +98,20 @@ def build_shared_account(registry: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def build_shared_inference_service(registry: dict[str, Any]) -> dict[str, Any]:
-    """The shared server: vLLM with LoRA on, its filesystem resolver reading ADAPTER_DIR (filled
-    from the registry by an adapter syncer, docs/serving.md), controlled by the registry."""
+    """The shared server: the registry's own ServingRuntime (vLLM and the adapter syncer,
+    shared_runtime.py) on the base model, controlled by the registry. Only pod-level fields are
+    here; the containers, their size and volumes are the runtime's."""
     meta = registry["metadata"]
-    shape = json.loads((registry.get("data") or {}).get(SERVER_DATA_KEY) or "{}")
-    gpus = str(shape.get("gpus", 0))
-    resources: dict[str, Any] = {}
-    if gpus != "0":
-        name = shape.get("gpuResourceName", "nvidia.com/gpu")
-        resources = {"requests": {name: gpus}, "limits": {name: gpus}}
-    replicas = int(shape.get("replicas", 1))
+    replicas = int(shape_of(registry).get("replicas", 1))
     predictor: dict[str, Any] = {
         "minReplicas": replicas,
         "maxReplicas": max(replicas, 1),
-        "model": {
-            "modelFormat": {"name": "huggingface"},
-            "args": [
-                "--backend=vllm",
-                f"--model_name={shape.get('baseModel', '')}",
-                f"--model_dir={SERVING_BASE_PATH}",
-                "--enable-lora",
-                f"--max-lora-rank={vllm_lora_rank(max_rank(registry))}",
-            ],
-            "storageUris": [{"uri": shape.get("source", ""), "mountPath": SERVING_BASE_PATH}],
-            "resources": resources,
-            "env": [
-                {"name": "HOME", "value": SERVING_HOME},
-                {"name": "VLLM_PLUGINS", "value": "lora_filesystem_resolver"},
-                {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": ADAPTER_DIR},
-            ],
-            "volumeMounts": [
-                *scratch_mounts(),
-                {"name": "adapters", "mountPath": ADAPTER_DIR, "readOnly": True},
-            ],
-            "securityContext": container_security_context(),
-        },
+        "model": build_shared_predictor_model(registry),
+        # the pod-level context also covers KServe's storage-initializer
         "securityContext": predictor_pod_security_context(),
-        "automountServiceAccountToken": False,
-        "volumes": [*scratch_volumes(), {"name": "adapters", "emptyDir": {}}],
+        "automountServiceAccountToken": False,  # neither vLLM, the syncer nor the initializer
     }
-    if listed_secrets(registry):
+    if listed_secrets(registry):  # the storage initializer reads the base model with them
         predictor["serviceAccountName"] = meta["name"]
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
@@ -241,18 +196,31 @@ async def ensure_shared_serving(
     uid: str,
     spec: LoRAJobSpec,
     adapter_uri: str,
-    credentials_secret: str | None = None,
+    credentials_secret: str | SecretRef | None = None,
     run_id: str | None = None,
+    *,
+    plan: ServingPlanStatus | None = None,
+    config: OperatorConfig | None = None,
 ) -> tuple[ServingState, str]:
     """Register this job's adapter on its base model's server (creating registry and server
     when missing), sweep the entries of jobs that left, keep the server (and its ServiceAccount
     listing the jobs' credentials Secrets by name) as declared. Returns the Serving state and
-    the server's name."""
+    the server's name. `plan` (status.plan.serving) sizes a server this job creates;
+    `config`: the operator's, for the runtime's images and S3 endpoint (default: its defaults).
+    `credentials_secret` as a SecretRef also records its key names for the syncer."""
+    config = config or OperatorConfig()
     key = server_key(spec)
     adapter = spec.serving.adapter_name or name
-    entry = Entry(name, adapter, adapter_uri, spec.lora.r, credentials_secret, run_id)
+    ref = credentials_secret
+    if isinstance(ref, str):
+        ref = SecretRef(name=ref)  # the default key names
+    secret = None if ref is None else ref.name
+    entry = Entry(name, adapter, adapter_uri, spec.lora.r, secret, run_id)
+    if ref is not None:
+        entry = replace(entry, access_key_key=ref.access_key_key, secret_key_key=ref.secret_key_key)
+    shape = server_shape(spec, plan, s3_target(spec, config))
     try:
-        registered = await _register(kube, namespace, key, name, uid, entry, server_shape(spec))
+        registered = await _register(kube, namespace, key, name, uid, entry, shape)
         if isinstance(registered, ServingState):
             return registered, key.name
         registry = registered
@@ -260,6 +228,8 @@ async def ensure_shared_serving(
         account = build_shared_account(registry)
         if account is not None:
             await apply(kube, SERVING_ACCOUNT, namespace, account, controller)
+        runtime = build_shared_runtime(registry, config.serving_image, config.trainer_image)
+        await apply(kube, SERVING_RUNTIME, namespace, runtime, controller)
         body = build_shared_inference_service(registry)
         isvc = (await apply(kube, INFERENCE_SERVICE, namespace, body, controller)).obj
     except NameConflict as conflict:
@@ -271,9 +241,10 @@ async def ensure_shared_serving(
 
 async def leave_shared_serving(kube: Kube, namespace: str, server: str, uid: str) -> bool:
     """Take this job's entry off `server`'s registry (and its owner reference, unless it is the
-    last one). The last adapter out deletes the InferenceService the registry controls; the
-    empty registry stays until its last owner LoRAJob is deleted (the garbage collector) or a
-    job registers again, so the operator needs no right to delete ConfigMaps. False when the
+    last one). The last adapter out deletes what the registry controls (InferenceService,
+    ServingRuntime, ServiceAccount); the empty registry stays until its last owner LoRAJob is
+    deleted (the garbage collector) or a job registers again, so the operator needs no right to
+    delete ConfigMaps. False when the
     registry is absent or not the operator's (left alone), or lists nothing of this job."""
     registry = await kube.get(CONFIG_MAPS, namespace, server)
     if registry is None or not is_operator_registry(registry, digest_of(server)):
@@ -293,8 +264,9 @@ async def leave_shared_serving(kube: Kube, namespace: str, server: str, uid: str
         with contextlib.suppress(NameConflict):  # not the registry's server: left alone
             uid_ = registry["metadata"]["uid"]
             deleted = await delete_owned(kube, ISVC, namespace, server, uid_)
-        with contextlib.suppress(NameConflict):
-            await delete_owned(kube, ACCOUNTS, namespace, server, registry["metadata"]["uid"])
+        for resource in (RUNTIMES, ACCOUNTS):
+            with contextlib.suppress(NameConflict):
+                await delete_owned(kube, resource, namespace, server, registry["metadata"]["uid"])
     return bool(patch) or deleted
 
 
