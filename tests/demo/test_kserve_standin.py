@@ -1,11 +1,13 @@
 """The KServe stand-in against the emulated API server and moto's S3: a shared server's
-InferenceService on its ServingRuntime (adapter-sync container + vLLM) becomes a syncer process
-and a vLLM stand-in; `/v1/models` follows the registry ConfigMap as kubelet remounts it; the
+InferenceService on its ServingRuntime, as the operator builds them (shared_runtime.py,
+shared_serving.py: adapter-sync container + vLLM, one Secret volume per team), becomes a syncer
+process and a vLLM stand-in; `/v1/models` follows the registry ConfigMap as kubelet remounts it; the
 InferenceService's status is written the way KServe writes it; a deleted one stops its processes.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.error
@@ -30,6 +32,8 @@ from lora_devkit.kserve_standin import (
 from lora_devkit.s3server import S3Server
 from lora_operator.controller.serving import readiness
 from lora_operator.controller.shared_registry import ServerKey, build_registry, entry_key
+from lora_operator.controller.shared_runtime import build_shared_runtime
+from lora_operator.controller.shared_serving import build_shared_inference_service
 
 NS = "team-a"
 BUCKET = "standin"
@@ -52,54 +56,20 @@ def upload_adapter(store: S3Store, prefix: str) -> str:
     return f"s3://{BUCKET}/{prefix}"
 
 
-def shared_server(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A ServingRuntime and its InferenceService, shaped as the operator builds a shared server
-    (docs/serving.md): vLLM plus the adapter-sync sidecar over the registry ConfigMap."""
-    runtime = {
-        "apiVersion": "serving.kserve.io/v1alpha1",
-        "kind": "ServingRuntime",
+def secret(name: str, access: str, secret_key: str) -> dict[str, Any]:
+    data = {"accessKey": access, "secretKey": secret_key}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
         "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "supportedModelFormats": [{"name": "huggingface", "autoSelect": False}],
-            "containers": [
-                {
-                    "name": "kserve-container",
-                    "image": "kserve/huggingfaceserver:latest",
-                    "args": ["--backend=vllm", f"--model_name={BASE}", "--enable-lora"],
-                    "env": [{"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": "/mnt/adapters"}],
-                    "volumeMounts": [{"name": "adapters", "mountPath": "/mnt/adapters"}],
-                },
-                {
-                    "name": "adapter-sync",
-                    "image": "lora-operator/trainer:local",
-                    "command": [
-                        "python",
-                        "-m",
-                        "lora_trainer.adapter_sync",
-                        "--registry",
-                        "/etc/lora-registry",
-                        "--dir",
-                        "/mnt/adapters",
-                    ],
-                    "volumeMounts": [
-                        {"name": "registry", "mountPath": "/etc/lora-registry", "readOnly": True},
-                        {"name": "adapters", "mountPath": "/mnt/adapters"},
-                    ],
-                },
-            ],
-            "volumes": [
-                {"name": "registry", "configMap": {"name": name}},
-                {"name": "adapters", "emptyDir": {}},
-            ],
-        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
-    isvc = {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"predictor": {"model": {"modelFormat": {"name": "huggingface"}, "runtime": name}}},
-    }
-    return runtime, isvc
+
+
+def shared_server(registry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ServingRuntime and InferenceService the operator builds for a registry."""
+    runtime = build_shared_runtime(registry, "kserve/huggingfaceserver:v0", "trainer:local")
+    return runtime, build_shared_inference_service(registry)
 
 
 def served(url: str) -> list[str]:
@@ -122,33 +92,27 @@ def settle(kserve: KServeStandIn, url: str, expected: list[str]) -> None:
         raise AssertionError(f"served {served(url)}, expected {expected}\n{logs}") from None
 
 
-def declare_runtimes(cluster: EmulatedCluster) -> None:
-    emulator = cluster.emulator
-    assert emulator is not None
-    if SERVING_RUNTIMES not in emulator.resources:
-        emulator.declare(SERVING_RUNTIMES, "ServingRuntime", True)
-
-
 def test_a_shared_server_serves_its_registry_and_stops_when_deleted(
     cluster: EmulatedCluster, s3: S3Server, tmp_path: Path
 ) -> None:
-    declare_runtimes(cluster)
     client: RestClient = cluster.client()
     store = s3.store()
     uri_a = upload_adapter(store, "runs/team-a/a/r1/final")
     uri_b = upload_adapter(store, "runs/team-a/b/r1/final")
+    # each job's own credentials Secret (moto takes any keys; the syncer must read each)
+    client.create("v1/secrets", NS, secret("s3-a", s3.access_key, s3.secret_key))
+    client.create("v1/secrets", NS, secret("s3-b", s3.access_key, s3.secret_key))
     key = ServerKey(BASE, "", "pvc://m", "none")
-    registry = build_registry(key, NS, "a", "u1", Entry("a", "adapter-a", uri_a, 8), SHAPE)
-    registry["data"][entry_key("u2")] = Entry("b", "adapter-b", uri_b, 8).to_data()
-    client.create("v1/configmaps", NS, registry)
-    runtime, isvc = shared_server(key.name)
+    shape = {**SHAPE, "s3Endpoint": s3.endpoint}
+    entry_a = Entry("a", "adapter-a", uri_a, 8, "s3-a")
+    registry = build_registry(key, NS, "a", "u1", entry_a, shape)
+    registry["data"][entry_key("u2")] = Entry("b", "adapter-b", uri_b, 8, "s3-b").to_data()
+    registry = client.create("v1/configmaps", NS, registry)
+    runtime, isvc = shared_server(registry)
     client.create(SERVING_RUNTIMES, NS, runtime)
     client.create(INFERENCE_SERVICES, NS, isvc)
-    s3_env = {"S3_ENDPOINT": s3.endpoint, "S3_ACCESS_KEY": s3.access_key}
-    s3_env["S3_SECRET_KEY"] = s3.secret_key
 
     kserve = KServeStandIn(client, tmp_path / "kserve", namespace=NS, sync_interval=0.2)
-    kserve.translator.extra_env.update(s3_env)
     try:
         kserve.reconcile_once()
         url = kserve.url(NS, key.name)
@@ -175,6 +139,9 @@ def test_a_shared_server_serves_its_registry_and_stops_when_deleted(
         (server,) = kserve.servers.values()
         mounted = sorted(p.name for p in (server.pod_dir / "volumes" / "registry").iterdir())
         assert mounted == ["adapter.u1", "server.json"]
+        # each Secret volume where the syncer's --credentials folder shows it
+        keys = server.pod_dir / "rootfs" / "etc" / "lora-credentials" / "s3-b" / "secretKey"
+        assert keys.read_text() == s3.secret_key
 
         # the InferenceService is deleted: the syncer process and the server are gone
         process = server.process
@@ -194,14 +161,16 @@ def test_a_shared_server_serves_its_registry_and_stops_when_deleted(
 def test_an_inference_service_without_its_runtime_is_left_alone(
     cluster: EmulatedCluster, tmp_path: Path
 ) -> None:
-    declare_runtimes(cluster)
     client = cluster.client()
-    _, isvc = shared_server("lora-server-missing")
+    key = ServerKey(BASE, "", "pvc://m", "none")
+    registry = build_registry(key, NS, "a", "u1", Entry("a", "adapter-a", "s3://b/a", 8), SHAPE)
+    registry = client.create("v1/configmaps", NS, registry)
+    _, isvc = shared_server(registry)  # its runtime never created
     created = client.create(INFERENCE_SERVICES, NS, isvc)
     kserve = KServeStandIn(client, tmp_path / "kserve", namespace=NS)
     kserve.reconcile_once()
     assert kserve.servers == {}
-    stored = client.get(INFERENCE_SERVICES, NS, "lora-server-missing")
+    stored = client.get(INFERENCE_SERVICES, NS, key.name)
     assert stored is not None and "status" not in stored
     assert stored["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
 
