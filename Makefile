@@ -45,7 +45,7 @@ test: setup lint typecheck
 	$(VENV)/bin/pytest -q
 
 demo: setup
-	$(VENV)/bin/lorajob-demo
+	$(VENV)/bin/lorajob-demo --pipeline
 
 demo-kill: setup
 	$(VENV)/bin/lorajob-demo --kill-a-pod

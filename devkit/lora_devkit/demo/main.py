@@ -1,8 +1,10 @@
-"""`lorajob-demo [--kill-a-pod]`: the whole flow on one machine, no cluster, no GPU.
+"""`lorajob-demo [--kill-a-pod] [--pipeline]`: the whole flow on one machine, no cluster, no GPU.
 
 An emulated Kubernetes API and an S3 server on loopback; the CRD, the credentials Secret and the
 tiny CPU LoRAJob applied with the real kubectl; the real operator process; the pods it creates
 run as local processes by the executor. The tiny model trains for real across two "nodes".
+`--pipeline` goes on to a second job on the same shared server, a retrain and a rollback
+(pipeline.py), served by the KServe stand-in.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,6 +26,7 @@ from lora_contract.types import LoRAJob
 
 from ..emulator import EmulatedCluster
 from ..executor import LocalExecutor
+from ..kserve_standin import KServeStandIn
 from ..operator_process import start_operator
 from ..s3server import S3Server
 from .children import (
@@ -35,6 +39,7 @@ from .children import (
     tail,
 )
 from .follow import Follower
+from .pipeline import Pipeline, shared
 from .summary import collect, render
 from .workspace import (
     CRD,
@@ -71,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="keep the model, data and pod folders afterwards"
     )
     parser.add_argument("--example", type=Path, default=EXAMPLE, help="the LoRAJob to run")
+    parser.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="serve on a shared server, then a second job on it, a retrain (r2 promoted) and a "
+        "rollback to r1 with `lorajob promote`",
+    )
     parser.add_argument("--summary-json", type=Path, help="also write the outcome as JSON here")
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="give up after this many seconds"
@@ -110,6 +121,7 @@ class Demo:
         self.workdir: Path = args.workdir.resolve()
         self.logs = self.workdir / "logs"
         self.started = time.monotonic()
+        self.manifest: dict[str, Any] = {}  # the first LoRAJob as applied
 
     def say(self, message: str) -> None:
         print(f"[{time.monotonic() - self.started:5.1f}s] {message}", file=self.out, flush=True)
@@ -119,6 +131,13 @@ class Demo:
             kubectl_binary = find_kubectl()
             prepare_workdir(self.workdir)
             manifest = demo_manifest(self.args.example, self.args.steps)
+            if self.args.pipeline:
+                manifest = shared(
+                    manifest,
+                    manifest["spec"].get("serving", {}).get("adapterName")
+                    or manifest["metadata"]["name"],
+                )
+            self.manifest = manifest
             job = write_manifest(manifest, self.workdir / "lorajob.yaml")
         except DemoError as exc:
             print(f"lorajob-demo: {exc}", file=sys.stderr)
@@ -135,7 +154,7 @@ class Demo:
             self.print_log_tails()
         finally:
             if not self.args.keep and ok:
-                for scratch in ("pvc", "executor/pods", "cluster", "kube-cache"):
+                for scratch in ("pvc", "executor/pods", "kserve/pods", "cluster", "kube-cache"):
                     shutil.rmtree(self.workdir / scratch, ignore_errors=True)
         return 0 if ok else 1
 
@@ -180,8 +199,16 @@ class Demo:
             namespace=namespace,
             extra_env=self.trainer_env(),
         )
+        kserve = KServeStandIn(cluster.client(), self.workdir / "kserve", namespace=namespace)
         try:
-            with executor, log_to(self.logs / "executor.log", "lora_devkit.executor"):
+            with ExitStack() as stack:
+                stack.enter_context(executor)
+                stack.enter_context(log_to(self.logs / "executor.log", "lora_devkit.executor"))
+                if self.args.pipeline:
+                    stack.enter_context(kserve)
+                    stack.enter_context(
+                        log_to(self.logs / "kserve.log", "lora_devkit.kserve_standin")
+                    )
                 follower = Follower(
                     cluster.client(),
                     namespace,
@@ -194,10 +221,25 @@ class Demo:
                     started=self.started,
                 )
                 final = follower.follow(self.args.timeout - (time.monotonic() - self.started))
-            request_stop(operator)  # kopf takes seconds to stop: let it while we collect
-            summary = collect(
-                final, job, cluster.client(), s3.store(), self.workdir, executor.log_dir
-            )
+                summary = collect(
+                    final, job, cluster.client(), s3.store(), self.workdir, executor.log_dir
+                )
+                if self.args.pipeline:
+                    summary["pipeline"] = Pipeline(
+                        self.manifest,
+                        cluster,
+                        kubectl,
+                        executor,
+                        kserve,
+                        operator,
+                        self.workdir,
+                        self.out,
+                        self.say,
+                        self.args.steps,
+                        self.started + self.args.timeout,
+                        self.started,
+                    ).run()
+            request_stop(operator)  # kopf takes seconds to stop: let it while we finish
             summary["killedPod"] = follower.killed
             summary["seconds"] = round(time.monotonic() - self.started, 1)
             self.finish(summary, plan_table, kubectl)
@@ -246,6 +288,15 @@ class Demo:
             problems.append(f"adapter files missing at {summary['adapterURI']}")
         if self.args.kill_a_pod and not summary["killedPod"]:
             problems.append("--kill-a-pod: no pod was killed (training ended first)")
+        pipeline = summary.get("pipeline")
+        if self.args.pipeline and pipeline is not None:
+            rollback = pipeline["rollback"]
+            if not set(pipeline["adapters"]) <= set(pipeline["models"]):
+                problems.append(f"--pipeline: /v1/models lists {pipeline['models']}")
+            if rollback["entryURI"] != rollback["r1AdapterURI"]:
+                problems.append(
+                    f"--pipeline: the entry serves {rollback['entryURI']} after the rollback to r1"
+                )
         if problems:
             raise DemoError("; ".join(problems))
         self.say(f"demo finished in {summary['seconds']:.0f}s; files in {self.workdir}")
