@@ -135,6 +135,33 @@ def test_inference_service_and_summary_rendering(tmp_path: Path) -> None:
     assert "resumed from checkpoint-6" in text
     assert "--lora-modules tiny=/mnt/models/adapter" in text
     assert "PLAN TABLE" in text and "tiny-cpu Succeeded" in text
+    assert "shared server" not in text  # no --pipeline: nothing of it printed
+
+    # --pipeline: a shared server (no --lora-modules) and the pipeline's outcome
+    r1, r2 = "s3://b/demo/default/tiny-cpu/r1/final", "s3://b/demo/default/tiny-cpu/r2/final"
+    summary["inferenceService"] = {"name": "lora-server-1", "loraModules": None, "args": []}
+    summary["pipeline"] = {
+        "server": "lora-server-1",
+        "serverURL": "http://127.0.0.1:9",
+        "models": ["base", "tiny", "tiny-dpo"],
+        "secondJob": "sft-then-dpo-tiny-cpu",
+        "secondMethod": "dpo",
+        "secondStartedFrom": {"job": "tiny-cpu", "run": "r1", "uri": r1},
+        "retrain": {"servingRun": "r2", "entryURI": r2, "entryRun": "r2"},
+        "rollback": {"servingRun": "r1", "entryURI": r1, "syncedURI": r1},
+    }
+    lines = render(summary, "PLAN TABLE", "NAME PHASE\n").splitlines()
+    shared_line = (
+        "  serving:      InferenceService lora-server-1 (shared: its adapters from its registry)"
+    )
+    assert shared_line in lines
+    assert lines[-5:] == [
+        "  shared server: lora-server-1 at http://127.0.0.1:9",
+        "  /v1/models:    base, tiny, tiny-dpo",
+        "  second job:    sft-then-dpo-tiny-cpu (dpo, from r1)",
+        f"  retrain:       r2 promoted, entry {r2}",
+        f"  rollback:      servingRun r1, entry {r1}, synced {r1}",
+    ]
 
 
 def test_sigterm_becomes_interrupted_and_a_second_one_is_ignored() -> None:

@@ -137,11 +137,11 @@ def render(summary: dict[str, Any], plan_table: str, kubectl_get: str) -> str:
         loss = f"{first:.4f} at step {summary['losses'][0][0]} -> {final:.4f} at step "
         loss += f"{summary['losses'][-1][0]} ({trend})"
     isvc = summary.get("inferenceService") or {}
-    serving = (
-        f"InferenceService {isvc['name']}: --lora-modules {isvc.get('loraModules')}"
-        if isvc
-        else "no InferenceService"
-    )
+    serving = "no InferenceService"
+    if isvc.get("loraModules"):
+        serving = f"InferenceService {isvc['name']}: --lora-modules {isvc['loraModules']}"
+    elif isvc:
+        serving = f"InferenceService {isvc['name']} (shared: its adapters from its registry)"
     lines = [
         "",
         "=" * 78,
@@ -167,4 +167,22 @@ def render(summary: dict[str, Any], plan_table: str, kubectl_get: str) -> str:
         "$ kubectl get lj -o wide",
         kubectl_get.rstrip(),
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + pipeline_lines(summary.get("pipeline")))
+
+
+def pipeline_lines(pipeline: dict[str, Any] | None) -> list[str]:
+    """`--pipeline`'s outcome, read back from the API and the server (pipeline.py)."""
+    if not pipeline:
+        return []
+    rollback = pipeline["rollback"]
+    return [
+        "",
+        f"  shared server: {pipeline['server']} at {pipeline['serverURL']}",
+        f"  /v1/models:    {', '.join(pipeline['models'])}",
+        f"  second job:    {pipeline['secondJob']} ({pipeline['secondMethod']}, from "
+        f"{(pipeline.get('secondStartedFrom') or {}).get('run', '?')})",
+        f"  retrain:       {pipeline['retrain']['servingRun']} promoted, entry "
+        f"{pipeline['retrain']['entryURI']}",
+        f"  rollback:      servingRun {rollback['servingRun']}, entry {rollback['entryURI']}, "
+        f"synced {rollback['syncedURI']}",
+    ]
