@@ -271,13 +271,23 @@ class S3Store:
         )
 
     def exists(self, loc: S3Location) -> bool:
+        """Whether the object is there. A HEAD answers a bare 404 for a missing key and a
+        missing bucket alike (minio reads both as NoSuchKey): a missing bucket is a permanent
+        StorageError naming it, never False ("no checkpoint yet")."""
+
         def stat() -> bool:
             try:
                 self.client.stat_object(loc.bucket, loc.key)
             except S3Error as exc:
-                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                if exc.code not in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    raise
+                if self.client.bucket_exists(loc.bucket):
                     return False
-                raise
+                raise StorageError(
+                    f"S3 stat failed for s3://{loc.bucket}/{loc.key} at {self.endpoint}: "
+                    f"NoSuchBucket: bucket {loc.bucket} does not exist",
+                    transient=False,
+                ) from None
             return True
 
         return self._call("stat", loc, stat)

@@ -67,6 +67,20 @@ def test_missing_bucket_is_permanent(store: S3Store) -> None:
     assert "s3://no-such-bucket-here/x.json" in str(info.value)
 
 
+def test_exists_in_a_missing_bucket_is_an_error_naming_the_bucket(store: S3Store) -> None:
+    """A HEAD on a key says 404 whether the key or the whole bucket is missing: `exists` must
+    not answer False for a bucket that is not there (a mistyped output.bucket read as "no
+    checkpoint yet")."""
+    with pytest.raises(StorageError) as info:
+        store.exists(S3Location("no-such-bucket-here", "run/final/MANIFEST.json"))
+    assert str(info.value) == (
+        f"S3 stat failed for s3://no-such-bucket-here/run/final/MANIFEST.json at {store.endpoint}: "
+        "NoSuchBucket: bucket no-such-bucket-here does not exist"
+    )
+    assert info.value.transient is False
+    assert store.exists(S3Location(BUCKET, "no/such/key.json")) is False  # the bucket is there
+
+
 def test_unreachable_endpoint_is_transient() -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     store = S3Store(endpoint, "k", "s", retries=2, backoff_s=0.01)
