@@ -238,6 +238,7 @@ TARGETS: tuple[Target, ...] = (
         (
             "tests/operator/test_shared_serving_units.py",
             "tests/operator/test_shared_sweep_units.py",
+            "tests/operator/test_shared_runtime_units.py",  # ensure_shared_serving's runtime
         ),
         note="which server a shared adapter goes to, registry registration/sweep, ownership",
     ),

@@ -298,7 +298,12 @@ def put_job(kube: FakeKube, ns: str, name: str) -> None:
 
 
 def ensure(
-    kube: FakeKube, ns: str, name: str, secret: SecretRef | str | None, **overrides: Any
+    kube: FakeKube,
+    ns: str,
+    name: str,
+    secret: SecretRef | str | None,
+    plan: ServingPlanStatus | None = None,
+    **overrides: Any,
 ) -> str:
     spec = spec_of(name, **overrides)
     config = OperatorConfig(
@@ -308,7 +313,9 @@ def ensure(
     )
     uri = f"s3://bucket/runs/{ns}/{name}/r1/final"
     state, server = asyncio.run(
-        ensure_shared_serving(kube, name, ns, f"uid-{ns}-{name}", spec, uri, secret, config=config)
+        ensure_shared_serving(
+            kube, name, ns, f"uid-{ns}-{name}", spec, uri, secret, "r1", plan=plan, config=config
+        )
     )
     assert state.reason == "Deploying", state
     return server
@@ -319,7 +326,8 @@ def test_the_sidecar_runs_the_operators_image_and_each_namespace_lists_its_own_s
     for ns, name in (("team-a", "one"), ("team-a", "two"), ("team-b", "one")):
         put_job(kube, ns, name)
     custom = SecretRef(name="a-creds", access_key_key="id", secret_key_key="key")
-    server = ensure(kube, "team-a", "one", custom, trainerImage="team-a/own-trainer:1")
+    plan = ServingPlanStatus(gpu_type="cpu", gpus=0, vllm_args=["--max-loras=2"])
+    server = ensure(kube, "team-a", "one", custom, plan, trainerImage="team-a/own-trainer:1")
     ensure(kube, "team-a", "two", "a2-creds")
     ensure(kube, "team-b", "one", "b-creds", trainerImage="team-b/own-trainer:1")
     for ns, secrets in (("team-a", ["a-creds", "a2-creds"]), ("team-b", ["b-creds"])):
@@ -343,8 +351,13 @@ def test_the_sidecar_runs_the_operators_image_and_each_namespace_lists_its_own_s
         "job": "two",
         "rank": 8,
         "secret": "a2-creds",
+        "run": "r1",
         "uri": "s3://bucket/runs/team-a/two/r1/final",
     }  # default key names are not written: an older entry reads back equal
+    # the creating job's plan sized team-a's server; team-b's was created without one
+    runtimes = {ns: kube.obj(RUNTIMES.format(ns=ns), server) for ns in ("team-a", "team-b")}
+    assert runtimes["team-a"]["spec"]["containers"][0]["args"][-1] == "--max-loras=2"  # type: ignore[index]
+    assert runtimes["team-b"]["spec"]["containers"][0]["args"][-1] == "--max-lora-rank=8"  # type: ignore[index]
 
 
 def test_an_entry_naming_a_path_as_secret_or_key_never_parses() -> None:
