@@ -508,6 +508,19 @@ def test_the_trainers_chunked_loss_is_the_stock_loss_without_logits(tmp_path: Pa
     )
 
 
+@pytest.mark.parametrize("path", [LossPath.chunked, LossPath.standard])
+def test_a_batch_without_labels_is_a_clear_error(tmp_path: Path, path: LossPath) -> None:
+    """Both paths used to fail deep in transformers ('The model did not return a loss...')."""
+    trainer = lean_trainer(tmp_path, path, OffloadPath.off)
+    inputs = {k: v for k, v in one_batch().items() if k != "labels"}
+    with pytest.raises(ValueError) as info:
+        trainer.compute_loss(trainer.model, inputs)
+    assert str(info.value) == (
+        "LeanLossTrainer: the batch has no 'labels' (it holds attention_mask, input_ids): the "
+        "SFT loss needs the collator's labels (PadCollator; -100 where nothing is learned)"
+    )
+
+
 def test_the_stock_path_passes_num_items_in_batch_on(tmp_path: Path) -> None:
     stock = lean_trainer(tmp_path, LossPath.standard, OffloadPath.off)
     inputs = one_batch()

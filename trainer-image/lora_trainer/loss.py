@@ -312,7 +312,13 @@ class LeanLossTrainer(LeanStepsMixin, Trainer):  # type: ignore[misc]
         return_outputs: bool = False,
         num_items_in_batch: Any | None = None,
     ) -> Any:
-        if self._capture is None or "labels" not in inputs:
+        if "labels" not in inputs:  # else: transformers' "did not return a loss" or worse
+            raise ValueError(
+                f"LeanLossTrainer: the batch has no 'labels' (it holds {', '.join(sorted(inputs))})"
+                ": the SFT loss needs the collator's labels (PadCollator; -100 where nothing is "
+                "learned)"
+            )
+        if self._capture is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         no_logits = torch.zeros(0, dtype=torch.long, device=inputs["labels"].device)
         with self._capture.active():
