@@ -145,3 +145,27 @@ def test_qlora_under_zero3_loads_without_a_device_map_and_shards_in_the_compute_
     assert sharded["dtype"] == torch.bfloat16
     placed = load_kwargs(spec, local_rank=2, has_cuda=True, zero3=False)
     assert placed["device_map"] == {"": 2}
+
+
+def test_one_dtype_table_for_training_and_export() -> None:
+    """spec.quantization.computeDtype (bf16/fp16/fp32) and spec.export.dtype (torch's names)
+    resolve through the same table: export.py has no twin of its own."""
+    import torch
+
+    from lora_contract.types import ComputeDtype, ExportDtype
+    from lora_trainer import export, model
+
+    assert export.torch_dtype is model.torch_dtype and not hasattr(export, "export_dtype")
+    expected = {
+        ComputeDtype.bf16: torch.bfloat16,
+        ComputeDtype.fp16: torch.float16,
+        ComputeDtype.fp32: torch.float32,
+        ExportDtype.bfloat16: torch.bfloat16,
+        ExportDtype.float16: torch.float16,
+        ExportDtype.float32: torch.float32,
+    }
+    assert {dtype: model.torch_dtype(dtype) for dtype in expected} == expected
+    # a dtype added to one enum and not the other fails here, not in a pod
+    assert {model.torch_dtype(d) for d in ComputeDtype} == {
+        model.torch_dtype(d) for d in ExportDtype
+    }

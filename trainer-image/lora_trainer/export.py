@@ -27,18 +27,9 @@ from lora_contract.types import ExportDtype, TrainerConfig
 from .config import config_path, load_trainer_config, work_dir
 from .errors import TrainerError, TransientError
 from .main import write_termination_message
+from .model import torch_dtype
 
 SHA_CHUNK = 1 << 20
-
-
-def export_dtype(dtype: ExportDtype) -> Any:
-    import torch
-
-    return {
-        ExportDtype.bfloat16: torch.bfloat16,
-        ExportDtype.float16: torch.float16,
-        ExportDtype.float32: torch.float32,
-    }[dtype]
 
 
 def sha256_of(path: Path) -> str:
@@ -56,7 +47,7 @@ def merge(base: str, adapter: Path, dtype: ExportDtype, out: Path, max_shard_siz
 
     from .model import load_tokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=export_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(dtype))
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(out), max_shard_size=max_shard_size, safe_serialization=True)
     load_tokenizer(base).save_pretrained(str(out))

@@ -8,6 +8,7 @@ from typing import Any
 
 from lora_contract.types import (
     ComputeDtype,
+    ExportDtype,
     LoRAJobSpec,
     LoRASpec,
     QuantizationMode,
@@ -19,14 +20,17 @@ from .errors import InvalidConfigError
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def torch_dtype(dtype: ComputeDtype) -> Any:
+# The one dtype table, keyed by torch's name (spec.export.dtype's values): computeDtype's short
+# names map onto it, so training (model.py) and the merged export (export.py) cannot drift.
+TORCH_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def torch_dtype(dtype: ComputeDtype | ExportDtype) -> Any:
+    """The torch dtype of spec.quantization.computeDtype or spec.export.dtype."""
     import torch
 
-    return {
-        ComputeDtype.bf16: torch.bfloat16,
-        ComputeDtype.fp16: torch.float16,
-        ComputeDtype.fp32: torch.float32,
-    }[dtype]
+    name = TORCH_DTYPE_NAMES.get(dtype.value, dtype.value)
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
 def cuda_available() -> bool:
