@@ -714,6 +714,12 @@ class OutputSpec(_Model):
 
 # Shared by the pydantic validator and the CRD's CEL rule (lora_operator.api.crd).
 SERVING_RUN_WITH_MANUAL = "serving.run is set exactly when serving.promote is manual"
+# vLLM's bitsandbytes loader quantizes an unquantized checkpoint to 4-bit only (8-bit needs a
+# pre-quantized checkpoint): vllm-project/vllm#8799, #11655; docs.vllm.ai features/quantization/bnb.
+SERVING_INT8 = (
+    "int8 is not servable: vLLM quantizes a 16-bit checkpoint in flight to 4-bit only "
+    "(bitsandbytes); use nf4 or none"
+)
 
 
 class PromotePolicy(str, Enum):
@@ -808,6 +814,20 @@ class ServingSpec(_Model):
         description="GPU type to serve on (default: resources.gpuType when the server fits it, "
         "else the cheapest catalog type that does).",
     )
+    quantization: QuantizationMode = Field(
+        default=QuantizationMode.none,
+        description="Base weights vLLM serves, whatever the training used: none (16-bit; a "
+        "QLoRA adapter is usually served so), nf4 (quantized to 4-bit by bitsandbytes while "
+        "vLLM loads: --quantization=bitsandbytes, about a third of the weights' memory; "
+        "CUDA only). int8 is refused: vLLM quantizes in flight to 4-bit only.",
+    )
+
+    @field_validator("quantization")
+    @classmethod
+    def _servable_quantization(cls, mode: QuantizationMode) -> QuantizationMode:
+        if mode is QuantizationMode.int8:
+            raise ValueError(SERVING_INT8)
+        return mode
 
     @model_validator(mode="after")
     def _run_with_manual(self) -> ServingSpec:
@@ -954,6 +974,13 @@ class LoRAJobSpec(_Model):
             raise ValueError(
                 "8-bit and paged optimizers need a CUDA GPU (bitsandbytes): use adamw_torch "
                 f"with resources.gpuType 'cpu' (optimizer is {self.training.optimizer.value})"
+            )
+        serve_on = self.serving.gpu_type or self.resources.gpu_type
+        if serve_on == CPU_GPU_TYPE and self.serving.quantization != QuantizationMode.none:
+            raise ValueError(
+                f"spec.serving.quantization {self.serving.quantization.value} needs a CUDA GPU "
+                "(bitsandbytes): the server runs on 'cpu' (serving.gpuType, else "
+                "resources.gpuType); use none"
             )
         if self.serving.enabled and self.lora.r > VLLM_LORA_RANKS[-1]:
             raise ValueError(

@@ -27,6 +27,10 @@ LLAMA_70B = "meta-llama/Llama-3.1-70B"  # Llama 3.3 70B has the same shape
 KVPLAN = "https://pypi.org/project/kvplan/0.1.1/"
 NIM = "https://docs.nvidia.com/nim/large-language-models/latest/troubleshooting/memory.html"
 SPHERON = "https://www.spheron.network/blog/kv-cache-optimization-guide"
+LLAMA_1B = "meta-llama/Llama-3.2-1B"  # Llama-3.2-1B-Instruct has the same shape
+# vLLM's "Loading model weights took X GB" for Llama-3.2-1B-Instruct in 16-bit and from the
+# bitsandbytes 4-bit checkpoint unsloth/Llama-3.2-1B-Instruct-bnb-4bit; vLLM divides by 2**30.
+OUMI_BNB = "https://github.com/oumi-ai/oumi/pull/1223"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Row:
 
 def rows() -> list[Row]:
     small, large = load_architecture(LLAMA_8B, None), load_architecture(LLAMA_70B, None)
+    tiny = load_architecture(LLAMA_1B, None)
     # kvplan's L4 run: max_model_len 131072, max_num_seqs 256 (its defaults for the model)
     l4 = memory_terms(small, ServingKnobs(131072, 256, 1, 16), tp=1)
     runtime = l4["activations"] + l4["cuda_graphs"] + l4["runtime_other"]
@@ -89,6 +94,22 @@ def rows() -> list[Row]:
             10.7,
             kv_bytes_per_token(large) * 4096 * 8 / GB,
             "GB",
+        ),
+        Row(
+            "llama-3.2-1b-weights-bf16",
+            OUMI_BNB,
+            "weights vLLM loaded, 16-bit",
+            2.3185,
+            weight_bytes(tiny, 16) / GIB,
+            "GiB",
+        ),
+        Row(
+            "llama-3.2-1b-weights-bnb4",
+            OUMI_BNB,
+            "weights vLLM loaded, bitsandbytes 4-bit (serving.quantization nf4)",
+            0.9786,
+            weight_bytes(tiny, 4) / GIB,
+            "GiB",
         ),
         Row(
             "llama-3.1-8b-runtime-l4",

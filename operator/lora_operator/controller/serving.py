@@ -25,6 +25,7 @@ from lora_contract.types import (
     ServingPlanStatus,
 )
 
+from ..memory.serving_plan import quantization_flags
 from .children import INFERENCE_SERVICE, SERVING_ACCOUNT, apply
 from .conditions import ConditionStatus
 from .kube import Kube, KubeError
@@ -41,6 +42,7 @@ SERVING_ADAPTER_PATH = "/mnt/models/adapter"
 SERVING_UID = 1000
 SERVING_TMP = "/tmp"
 SERVING_HOME = "/home/kserve"
+QUANTIZATION_FLAGS = ("--quantization", "--load-format")  # the spec's, not a stale plan's
 
 
 def vllm_lora_rank(r: int) -> int:
@@ -79,16 +81,19 @@ class ServerSize:
 def server_size(spec: LoRAJobSpec, plan: ServingPlanStatus | None) -> ServerSize:
     """`plan`: status.plan.serving (memory/serving_plan.py); None (planned with serving off, or
     by an operator before serving plans): one GPU of the training's type, vLLM's defaults. The
-    spec's own node selector labels win over the catalog type's."""
+    spec's own node selector labels win over the catalog type's. The quantization flags follow
+    `spec.serving.quantization` (the shared server key's) even when the plan is older."""
     gpu_name = spec.resources.gpu_resource_name
     own_labels = dict(spec.resources.node_selector)
+    quantized = quantization_flags(spec.serving.quantization)
     if plan is None:
         gpus = 0 if spec.resources.gpu_type == CPU_GPU_TYPE else 1
-        return ServerSize(gpus, gpu_name, node_selector=own_labels)
+        return ServerSize(gpus, gpu_name, quantized, node_selector=own_labels)
+    sizing = tuple(a for a in plan.vllm_args if not a.startswith(QUANTIZATION_FLAGS))
     return ServerSize(
         plan.gpus,
         gpu_name,
-        tuple(plan.vllm_args),
+        sizing + quantized,
         plan.requests.to_kubernetes(),
         plan.limits.to_kubernetes(),
         {**plan.node_selector, **own_labels},

@@ -48,11 +48,13 @@ class ServerKey:
 
 
 def server_key(spec: LoRAJobSpec) -> ServerKey:
+    """The weights vLLM serves: `serving.quantization`, not the training's (a QLoRA adapter
+    and a LoRA adapter of one base model share one 16-bit server)."""
     return ServerKey(
         base_model=spec.base_model.name,
         revision=spec.base_model.revision or "",
         source=spec.base_model.source,
-        quantization=spec.quantization.mode.value,
+        quantization=spec.serving.quantization.value,
     )
 
 

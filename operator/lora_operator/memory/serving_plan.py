@@ -2,7 +2,8 @@
 training plan: GPU type, tensor-parallel size, vLLM's memory flags, and the pod's requests.
 
 Per GPU, with `tp` the tensor-parallel size (vLLM shards weights and KV heads over it):
-- `weights`: quantizable linears at 2 / 1 / 0.5 bytes (16 / 8 / 4-bit; 8-bit adds one fp32
+- `weights`: quantizable linears at 2 / 1 / 0.5 bytes (16 / 8 / 4-bit, by
+  spec.serving.quantization: none / int8 / nf4; 8-bit adds one fp32
   scale per row, 4-bit one fp32 absmax per 64 weights) + the rest (embeddings, norms, lm_head)
   in 16-bit, over `tp`.
 - `kv_cache`: 2 (K and V) x layers x kv heads on this GPU (max(1, kv_heads / tp): vLLM
@@ -30,6 +31,7 @@ from lora_contract.types import (
     CPU_GPU_TYPE,
     VLLM_LORA_RANKS,
     LoRAJobSpec,
+    QuantizationMode,
     ResourceAmounts,
     ServingPlanStatus,
 )
@@ -46,6 +48,12 @@ SERVING_DTYPE_BYTES = 2  # vLLM's dtype "auto" serves fp32 checkpoints in 16-bit
 KV_BYTES = 2  # --kv-cache-dtype auto: the model dtype
 WEIGHT_BYTES = {16: 2.0, 8: 1.0, 4: 0.5}
 NF4_BLOCK = 64
+# spec.serving.quantization -> the served weights' bits and vLLM's flags. vLLM quantizes a
+# 16-bit checkpoint in flight with bitsandbytes to 4-bit only (int8 is refused by the contract,
+# vllm-project/vllm#11655). vLLM 0.6's bnb page also sets `--load-format bitsandbytes`, 0.8's
+# only `--quantization`; later versions still accept both (vllm-project/vllm#29896, 2025).
+SERVED_BITS = {QuantizationMode.none: 16, QuantizationMode.int8: 8, QuantizationMode.nf4: 4}
+BNB_FLAGS = ("--quantization=bitsandbytes", "--load-format=bitsandbytes")
 
 # vLLM V1 profiles one forward of max_num_batched_tokens; 8192 is its default on the large
 # cards (2048 elsewhere), taken for all as the upper bound.
@@ -78,6 +86,11 @@ class ServingKnobs:
     max_loras: int
     lora_rank: int  # the vLLM --max-lora-rank the trained rank needs
     weight_bits: int = 16
+
+
+def quantization_flags(mode: QuantizationMode) -> tuple[str, ...]:
+    """vLLM's flags for serving the base weights at `mode` (none: 16-bit, no flag)."""
+    return () if mode is QuantizationMode.none else BNB_FLAGS
 
 
 def kv_bytes_per_token(arch: Architecture, tp: int = 1) -> int:
@@ -120,6 +133,7 @@ def knobs_for(spec: LoRAJobSpec, arch: Architecture) -> ServingKnobs:
         max_concurrency=serving.max_concurrency,
         max_loras=serving.max_loras,
         lora_rank=vllm_rank(spec.lora.r),
+        weight_bits=SERVED_BITS[serving.quantization],
     )
 
 
@@ -265,6 +279,11 @@ def plan_serving(
         f"--max-loras={knobs.max_loras}",
         f"--max-cpu-loras={2 * knobs.max_loras}",
     ]
+    if on_cpu and knobs.weight_bits != 16:  # a catalog type without a GPU resource
+        raise PlanningError(
+            f"spec.serving.quantization: {spec.serving.quantization.value} needs a CUDA GPU "
+            f"(bitsandbytes); {serve_on} has none"
+        )
     if on_cpu:
         requests, limits = host_resources(arch, knobs, adapter, 1, on_cpu=True)
         terms = cpu_terms(arch, knobs)
@@ -283,6 +302,7 @@ def plan_serving(
     flags += [
         f"--tensor-parallel-size={fit.tp}",
         f"--gpu-memory-utilization={fit.utilization:.2f}",
+        *quantization_flags(spec.serving.quantization),
     ]
     return ServingPlanStatus(
         gpu_type=fit.gpu.name,
