@@ -73,7 +73,7 @@ def test_a_users_s3_secret_is_never_touched_and_no_secret_is_created(harness: Ha
             "secrets": secrets(harness),
         }
         assert before["secrets"][f"{name}-s3"]  # resourceVersions exist: a write would show
-        harness.apply(base_job(name, **{"serving.enabled": True}))
+        harness.apply(base_job(name, **{"serving.enabled": True, "serving.mode": "dedicated"}))
         # the first reconcile of a module plans on the meta device (slow on a busy machine)
         harness.wait_phase(name, "Running", timeout=120)
         job = f"{name}-r1"

@@ -47,7 +47,7 @@ class World:
         self.reconciler = Reconciler(config=source, kube_factory=lambda: self.kube, emit=post_event)
         keys = {"accessKey": s3.access_key, "secretKey": s3.secret_key}
         self.kube.put(SECRETS, {"metadata": {"name": SECRET, "namespace": NS}, "stringData": keys})
-        job = base_job(NAME, **{"serving.enabled": True, **overrides})
+        job = base_job(NAME, **{"serving.enabled": True, "serving.mode": "dedicated", **overrides})
         job["metadata"].update({"uid": "uid-promo", "generation": 1})
         self.kube.put(LJ, job)
         # each test gets its own folder contents (the S3 server is shared by the session)

@@ -94,7 +94,7 @@ def world(s3: S3Server) -> Iterator[World]:
 
 
 def test_success_then_serving_then_serving_off(world: World) -> None:
-    world.add(base_job("u-ok", **{"serving.enabled": True}))
+    world.add(base_job("u-ok", **{"serving.enabled": True, "serving.mode": "dedicated"}))
     status = world.reconcile("u-ok")
     assert status["phase"] == "Running" and world.kube.obj(JOBS, "u-ok-r1")
     world.job_status("u-ok-r1", active=1)
@@ -418,7 +418,7 @@ def test_serving_never_takes_over_objects_it_does_not_own(world: World) -> None:
     world.kube.put(SECRETS, copy.deepcopy(secret))
     world.kube.put(ACCOUNTS, copy.deepcopy(account))
     world.kube.put(ISVC, copy.deepcopy(sklearn))
-    world.add(base_job("u-own", **{"serving.enabled": True}))
+    world.add(base_job("u-own", **{"serving.enabled": True, "serving.mode": "dedicated"}))
     world.reconcile("u-own")
     world.job_status("u-own-r1", succeeded=1, conditions=COMPLETE)
     status = world.reconcile("u-own")
@@ -457,12 +457,12 @@ def test_a_recreated_lorajob_does_not_adopt_what_its_namesake_left(world: World)
     uid's Job, ConfigMap and serving objects are not the new LoRAJob's. It neither follows the
     old Job (which would report the old run's result) nor creates its own beside them, and says
     why until they are gone."""
-    world.add(base_job("u-again", **{"serving.enabled": True}))
+    world.add(base_job("u-again", **{"serving.enabled": True, "serving.mode": "dedicated"}))
     world.reconcile("u-again")
     world.job_status("u-again-r1", succeeded=1, conditions=COMPLETE)
     assert world.reconcile("u-again")["phase"] == "Succeeded"
     world.kube.objects[LJ].pop("u-again")
-    world.add(base_job("u-again", **{"serving.enabled": True}))
+    world.add(base_job("u-again", **{"serving.enabled": True, "serving.mode": "dedicated"}))
     world.kube.obj(LJ, "u-again")["metadata"]["uid"] = "uid-u-again-2"  # type: ignore[index]
     left = copy.deepcopy({k: v for k, v in world.kube.objects.items() if k not in (LJ, EVENTS)})
 
@@ -584,6 +584,31 @@ def test_a_shared_servers_runtime_is_kept_and_goes_with_the_last_job(world: Worl
     assert world.kube.obj(RUNTIMES, server) is None and world.kube.obj(ISVC, server) is None
 
 
+LLMISVCS = "/apis/serving.kserve.io/v1alpha1/namespaces/default/llminferenceservices"
+
+
+def test_a_shared_llm_inference_service_where_the_cluster_serves_one(world: World) -> None:
+    """Discovery lists KServe's LLMInferenceService (serving_api.py): the shared server is one
+    (no InferenceService, no ServingRuntime), put back when edited, deleted when the last job
+    on it turns serving off (shared_llmisvc.py, children.LLM_INFERENCE_SERVICE)."""
+    world.kube.discovery = {"serving.kserve.io/v1alpha1": ["llminferenceservices"]}
+    world.add(base_job("u-llm", **{"serving.enabled": True, "serving.mode": "shared"}))
+    world.reconcile("u-llm")
+    world.job_status("u-llm-r1", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    server = world.reconcile("u-llm")["inferenceService"]
+    llmisvc = world.kube.obj(LLMISVCS, server)
+    assert llmisvc is not None and "router" not in llmisvc["spec"]
+    assert world.kube.obj(ISVC, server) is None and world.kube.obj(RUNTIMES, server) is None
+    llmisvc["spec"]["replicas"] = 5
+    world.reconcile("u-llm")
+    assert world.kube.obj(LLMISVCS, server)["spec"]["replicas"] == 1  # type: ignore[index]
+    lj = world.kube.obj(LJ, "u-llm")
+    assert lj is not None
+    lj["spec"]["serving"]["enabled"] = False
+    world.reconcile("u-llm")
+    assert world.kube.obj(LLMISVCS, server) is None
+
+
 def test_a_deleted_shared_jobs_entry_is_swept_without_the_others_reconcile(world: World) -> None:
     """What the watch's DELETED event and the resync loop run (shared_sweep.py): the registries
     of the namespace, listed by label, lose the entry of a job that is gone."""
@@ -624,6 +649,7 @@ SCENARIOS: list[Callable[..., None]] = [
     test_a_running_runs_children_are_kept_as_declared,
     test_a_deleted_shared_jobs_entry_is_swept_without_the_others_reconcile,
     test_a_shared_servers_runtime_is_kept_and_goes_with_the_last_job,
+    test_a_shared_llm_inference_service_where_the_cluster_serves_one,
 ]
 
 

@@ -59,7 +59,7 @@ class World:
         )
 
     def add(self, name: str, **overrides: Any) -> None:
-        job = base_job(name, **{"serving.enabled": True, **overrides})
+        job = base_job(name, **{"serving.enabled": True, "serving.mode": "dedicated", **overrides})
         job["metadata"].update({"uid": f"uid-{name}", "generation": 1})
         self.kube.put(LJ, job)
 
