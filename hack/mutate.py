@@ -79,6 +79,14 @@ API_HELPERS_SLOW = (
     "tests/api/test_api_helpers.py::test_validate_command",
     "tests/api/test_api_helpers.py::test_cli_unknown_command",
 )
+# Whole reconciles against an S3 server (seconds each); the file's unit tests cover the flags/key.
+QUANTIZATION_RECONCILES = tuple(
+    f"tests/operator/test_serving_quantization.py::{test}"
+    for test in (
+        "test_a_qlora_and_a_lora_job_share_one_16_bit_server",
+        "test_a_qlora_job_leaves_its_old_nf4_keyed_server_for_the_new_key",
+    )
+)
 # The trainer's whole entry point (run_here): loads a config and the model stack.
 OWNER_THROUGH_MAIN = (
     "tests/trainer/test_output_owner.py::test_the_trainer_refuses_a_recreated_jobs_old_folder"
@@ -214,8 +222,10 @@ TARGETS: tuple[Target, ...] = (
             "tests/operator/test_manifests.py",
             "tests/operator/test_manifest_details.py",
             "tests/operator/test_pod_security.py",
+            "tests/operator/test_serving_quantization.py",  # server_size's quantization flags
         ),
         deselect=(
+            *QUANTIZATION_RECONCILES,
             # whole reconciles against an S3 server: seconds each; the unit tests cover the module
             *(
                 f"tests/operator/test_serving_credentials.py::{test}"
@@ -239,7 +249,9 @@ TARGETS: tuple[Target, ...] = (
             "tests/operator/test_shared_serving_units.py",
             "tests/operator/test_shared_sweep_units.py",
             "tests/operator/test_shared_runtime_units.py",  # ensure_shared_serving's runtime
+            "tests/operator/test_serving_quantization.py",  # server_key by the served precision
         ),
+        deselect=QUANTIZATION_RECONCILES,
         note="which server a shared adapter goes to, registry registration/sweep, ownership",
     ),
     Target(
