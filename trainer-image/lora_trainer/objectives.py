@@ -5,9 +5,11 @@ preemption, exit codes) is shared.
 
 - sft: our completion-only examples, `PadCollator` and `LeanLossTrainer` (chunked loss).
 - dpo: preference pairs (`preference_data.py`) through TRL's `DPOTrainer`, with the PEFT model
-  and `ref_model=None`: TRL computes the reference log-probs with the adapter disabled, so no
-  second copy of the base model is loaded. TRL's collator pads the pairs; its fused LM head
-  computes the per-token log-probs in chunks.
+  and `ref_model=None`: TRL 1.16 adds a frozen `ref` adapter, a copy of the starting adapter
+  (B = 0 for a fresh one: the base model), and computes the reference log-probs through it, so no
+  second copy of the base model is loaded (under ZeRO-3 too: the copy is made before DeepSpeed
+  partitions the parameters). TRL's collator pads the pairs; its fused LM head computes the
+  per-token log-probs in chunks (gathering lm_head's weight under ZeRO-3).
 """
 
 from __future__ import annotations
@@ -132,13 +134,39 @@ def _dpo_trainer(
     def as_dataset(examples: ListDataset) -> Any:
         return Dataset.from_list(examples.examples)
 
-    return PreferenceTrainer(
+    trainer = PreferenceTrainer(
         ref_model=None,
         processing_class=tokenizer,
         train_dataset=as_dataset(train_dataset),
         eval_dataset=as_dataset(eval_dataset) if eval_dataset is not None else None,
         **kwargs,
     )
+    restore_adapter_dtype(trainer.model, bf16=bool(kwargs["args"].bf16))
+    return trainer
+
+
+def is_quantized(model: Any) -> bool:
+    return bool(
+        getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    )
+
+
+def restore_adapter_dtype(model: Any, bf16: bool) -> int:
+    """TRL 1.16's DPOTrainer casts a k-bit (QLoRA) model's trainable parameters to bf16, the QLoRA
+    paper's choice, whatever the compute dtype. Under bf16 compute that stands; under fp16 (a T4
+    has no bf16) or fp32 the adapters go back to fp32, as on the SFT path: fp16 mixed precision
+    keeps fp32 master weights. Before the optimizer exists (it is built in `train`). Returns how
+    many tensors were cast back."""
+    import torch
+
+    if bf16 or not is_quantized(model):
+        return 0
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
+            cast += 1
+    return cast
 
 
 def preference_metrics(logs: dict[str, Any]) -> dict[str, float]:
