@@ -96,6 +96,13 @@ CORE_RESOURCES: list[tuple[str, str, bool]] = [
 KSERVE_RESOURCE = ("serving.kserve.io/v1beta1/inferenceservices", "InferenceService", True)
 # a shared server's runtime (controller/shared_runtime.py), declared with KServe
 KSERVE_RUNTIME_RESOURCE = ("serving.kserve.io/v1alpha1/servingruntimes", "ServingRuntime", True)
+# KServe's LLM API and the Inference Extension's pool (controller/serving_api.py), each opt-in
+LLMISVC_RESOURCE = (
+    "serving.kserve.io/v1alpha1/llminferenceservices",
+    "LLMInferenceService",
+    True,
+)
+INFERENCE_POOL_RESOURCE = ("inference.networking.k8s.io/v1/inferencepools", "InferencePool", True)
 # The short names a real cluster serves in discovery (`kubectl get cm`, `describe sa`).
 BUILTIN_SHORT_NAMES = {
     "v1/namespaces": {"ns"},
@@ -1164,7 +1171,8 @@ class EmulatedCluster(Service):
 
     `with EmulatedCluster(tmp_path, kserve=True) as cluster: cluster.kubeconfig` — the CRD is
     created from `api.crd.build_crd`. Namespaces need not exist (kmock cannot serve
-    /api/v1/namespaces); every namespace is usable.
+    /api/v1/namespaces); every namespace is usable. `llm_inference_service`,
+    `inference_extension`: also serve KServe's LLMInferenceService / the InferencePool (off).
     """
 
     def __init__(
@@ -1172,9 +1180,13 @@ class EmulatedCluster(Service):
         workdir: str | Path,
         *,
         kserve: bool = True,
+        llm_inference_service: bool = False,
+        inference_extension: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.kserve = kserve
+        self.llm_inference_service = llm_inference_service
+        self.inference_extension = inference_extension
         self.kubeconfig = self.workdir / "kubeconfig.yaml"
         self.emulator: LoRAJobEmulator | None = None
         self.port = 0
@@ -1216,6 +1228,10 @@ class EmulatedCluster(Service):
         if self.kserve:
             emulator.declare(*KSERVE_RESOURCE)
             emulator.declare(*KSERVE_RUNTIME_RESOURCE)
+        if self.llm_inference_service:
+            emulator.declare(*LLMISVC_RESOURCE)
+        if self.inference_extension:
+            emulator.declare(*INFERENCE_POOL_RESOURCE)
         emulator.resources[f"{GROUP}/{VERSION}/{PLURAL}"] = lorajob_resource_info()
         async with emulator, Server(emulator, port=None) as server:
             self.emulator = emulator

@@ -13,6 +13,7 @@ import kopf
 from lora_contract.timestamps import now_iso
 from lora_operator.controller.api_calls import Call, api_call
 from lora_operator.controller.kube import Kube, KubeError
+from lora_operator.controller.serving_api import is_discovery
 
 
 def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +33,8 @@ class FakeKube(Kube):
         super().__init__(kopf.ConnectionInfo(server="http://fake"))
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}  # collection path -> name -> obj
         self.calls: list[Call] = []
+        # API discovery: group/version -> resources served there (absent: 404), not an RBAC call
+        self.discovery: dict[str, list[str]] = {}
 
     async def request(
         self,
@@ -41,6 +44,11 @@ class FakeKube(Kube):
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
+        if is_discovery(path):
+            group_version = path.split("/apis/", 1)[1].rstrip("/")
+            if group_version not in self.discovery:
+                raise KubeError(404, f"{group_version} is not served")
+            return {"resources": [{"name": r} for r in self.discovery[group_version]]}
         self.calls.append(api_call(method, path))
         parts = path.strip("/").split("/")
         start = 2 if parts[0] == "api" else 3

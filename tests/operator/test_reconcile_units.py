@@ -584,6 +584,31 @@ def test_a_shared_servers_runtime_is_kept_and_goes_with_the_last_job(world: Worl
     assert world.kube.obj(RUNTIMES, server) is None and world.kube.obj(ISVC, server) is None
 
 
+LLMISVCS = "/apis/serving.kserve.io/v1alpha1/namespaces/default/llminferenceservices"
+
+
+def test_a_shared_llm_inference_service_where_the_cluster_serves_one(world: World) -> None:
+    """Discovery lists KServe's LLMInferenceService (serving_api.py): the shared server is one
+    (no InferenceService, no ServingRuntime), put back when edited, deleted when the last job
+    on it turns serving off (shared_llmisvc.py, children.LLM_INFERENCE_SERVICE)."""
+    world.kube.discovery = {"serving.kserve.io/v1alpha1": ["llminferenceservices"]}
+    world.add(base_job("u-llm", **{"serving.enabled": True, "serving.mode": "shared"}))
+    world.reconcile("u-llm")
+    world.job_status("u-llm-r1", succeeded=1, conditions=[{"type": "Complete", "status": "True"}])
+    server = world.reconcile("u-llm")["inferenceService"]
+    llmisvc = world.kube.obj(LLMISVCS, server)
+    assert llmisvc is not None and "router" not in llmisvc["spec"]
+    assert world.kube.obj(ISVC, server) is None and world.kube.obj(RUNTIMES, server) is None
+    llmisvc["spec"]["replicas"] = 5
+    world.reconcile("u-llm")
+    assert world.kube.obj(LLMISVCS, server)["spec"]["replicas"] == 1  # type: ignore[index]
+    lj = world.kube.obj(LJ, "u-llm")
+    assert lj is not None
+    lj["spec"]["serving"]["enabled"] = False
+    world.reconcile("u-llm")
+    assert world.kube.obj(LLMISVCS, server) is None
+
+
 def test_a_deleted_shared_jobs_entry_is_swept_without_the_others_reconcile(world: World) -> None:
     """What the watch's DELETED event and the resync loop run (shared_sweep.py): the registries
     of the namespace, listed by label, lose the entry of a job that is gone."""
@@ -624,6 +649,7 @@ SCENARIOS: list[Callable[..., None]] = [
     test_a_running_runs_children_are_kept_as_declared,
     test_a_deleted_shared_jobs_entry_is_swept_without_the_others_reconcile,
     test_a_shared_servers_runtime_is_kept_and_goes_with_the_last_job,
+    test_a_shared_llm_inference_service_where_the_cluster_serves_one,
 ]
 
 

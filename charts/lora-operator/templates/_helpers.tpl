@@ -149,7 +149,7 @@ compares them). Each rule's reason: docs/operating.md, "RBAC".
   resources: ["serviceaccounts"]
   verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["serving.kserve.io"]
-  resources: ["inferenceservices", "servingruntimes"]
+  resources: ["inferenceservices", "servingruntimes", "llminferenceservices"]
   verbs: ["create", "get", "patch", "delete"]
 {{- if include "lora-operator.peering" . }}
 - apiGroups: ["kopf.dev"]

@@ -52,6 +52,12 @@ API_CALLS: frozenset[Call] = frozenset(
         (_KSERVE, "servingruntimes", "get"),
         (_KSERVE, "servingruntimes", "patch"),
         (_KSERVE, "servingruntimes", "delete"),
+        # a shared server where LLMInferenceService is served (serving_api.py; learning that
+        # is API discovery, a non-resource URL every authenticated client may read)
+        (_KSERVE, "llminferenceservices", "create"),
+        (_KSERVE, "llminferenceservices", "get"),
+        (_KSERVE, "llminferenceservices", "patch"),
+        (_KSERVE, "llminferenceservices", "delete"),
     }
 )
 _VERBS = {"POST": "create", "PATCH": "patch", "DELETE": "delete", "PUT": "update"}

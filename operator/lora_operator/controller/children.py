@@ -106,6 +106,13 @@ SERVING_RUNTIME = Plug(
     "serving.kserve.io/v1alpha1/servingruntimes",
     (LABELS, Declared(("spec",))),
 )
+# A shared server where the cluster serves KServe's LLMInferenceService (serving_api.py): vLLM and
+# the adapter syncer in its pod template, controlled by the registry (shared_llmisvc.py).
+LLM_INFERENCE_SERVICE = Plug(
+    "LLMInferenceService",
+    "serving.kserve.io/v1alpha1/llminferenceservices",
+    (LABELS, Declared(("spec",))),
+)
 
 
 def value_at(obj: Any, path: tuple[str, ...], default: Any = ABSENT) -> Any:

@@ -115,9 +115,36 @@ def credential_secrets(registry: dict[str, Any]) -> list[str]:
     return sorted({e.secret for e in entries(registry).values() if e.secret})
 
 
+def vllm_lora_flags(registry: dict[str, Any]) -> list[str]:
+    """LoRA on; `--max-lora-rank` covers every entry (a larger adapter rolls the server), the
+    plan's flags size it. Shared by both serving APIs (shared_llmisvc.py)."""
+    size = size_of(shape_of(registry))
+    return [
+        "--enable-lora",
+        f"--max-lora-rank={vllm_lora_rank(max_rank(registry))}",
+        *size.vllm_args,
+    ]
+
+
+def vllm_env() -> list[dict[str, Any]]:
+    """vLLM's filesystem resolver reading ADAPTER_DIR, adapters loadable at run time."""
+    return [
+        {"name": "HOME", "value": SERVING_HOME},
+        {"name": "VLLM_PLUGINS", "value": "lora_filesystem_resolver"},
+        {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": ADAPTER_DIR},
+        {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "true"},
+    ]
+
+
+def vllm_mounts() -> list[dict[str, Any]]:
+    return [
+        *scratch_mounts(),
+        {"name": "adapters", "mountPath": ADAPTER_DIR, "readOnly": True},  # the sidecar writes
+    ]
+
+
 def vllm_container(registry: dict[str, Any], image: str) -> dict[str, Any]:
-    """vLLM with LoRA on, its filesystem resolver reading ADAPTER_DIR; `--max-lora-rank` covers
-    every entry (a larger adapter rolls the server), the plan's flags size it."""
+    """vLLM with LoRA on, its filesystem resolver reading ADAPTER_DIR (`vllm_lora_flags`)."""
     shape = shape_of(registry)
     size = size_of(shape)
     return {
@@ -127,22 +154,12 @@ def vllm_container(registry: dict[str, Any], image: str) -> dict[str, Any]:
             "--backend=vllm",
             f"--model_name={shape.get('baseModel', '')}",
             f"--model_dir={MODEL_DIR}",
-            "--enable-lora",
-            f"--max-lora-rank={vllm_lora_rank(max_rank(registry))}",
-            *size.vllm_args,
+            *vllm_lora_flags(registry),
         ],
-        "env": [
-            {"name": "HOME", "value": SERVING_HOME},
-            {"name": "VLLM_PLUGINS", "value": "lora_filesystem_resolver"},
-            {"name": "VLLM_LORA_RESOLVER_CACHE_DIR", "value": ADAPTER_DIR},
-            {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "true"},
-        ],
+        "env": vllm_env(),
         "resources": size.resources(),
         "securityContext": container_security_context(),
-        "volumeMounts": [
-            *scratch_mounts(),
-            {"name": "adapters", "mountPath": ADAPTER_DIR, "readOnly": True},  # the sidecar writes
-        ],
+        "volumeMounts": vllm_mounts(),
     }
 
 

@@ -25,11 +25,19 @@ from lora_contract.types import (
 )
 
 from ..api.operator_config import OperatorConfig
-from .children import INFERENCE_SERVICE, SERVING_ACCOUNT, SERVING_RUNTIME, apply
+from .children import (
+    INFERENCE_SERVICE,
+    LLM_INFERENCE_SERVICE,
+    SERVING_ACCOUNT,
+    SERVING_RUNTIME,
+    apply,
+)
 from .kube import Kube, KubeError
-from .ownership import NameConflict, delete_owned
+from .ownership import NameConflict, controlled_by, delete_owned
 from .s3_target import s3_target
 from .serving import ServingState, failed_state, predictor_pod_security_context, readiness
+from .serving_api import serving_apis
+from .shared_llmisvc import build_shared_llm_inference_service
 from .shared_registry import (
     ServerKey,
     adapter_holder,
@@ -57,6 +65,7 @@ CONFIG_MAPS = "v1/configmaps"
 ISVC = INFERENCE_SERVICE.resource
 ACCOUNTS = SERVING_ACCOUNT.resource
 RUNTIMES = SERVING_RUNTIME.resource
+LLMISVC = LLM_INFERENCE_SERVICE.resource
 LORAJOBS = f"{GROUP}/{VERSION}/{PLURAL}"
 
 
@@ -124,6 +133,14 @@ def build_shared_inference_service(registry: dict[str, Any]) -> dict[str, Any]:
         },
         "spec": {"predictor": predictor},
     }
+
+
+async def _isvc_server(kube: Kube, namespace: str, name: str, controller: str) -> bool:
+    """Whether the registry already serves as an InferenceService (made before KServe's
+    LLMInferenceService was installed): it keeps that kind until its last job leaves, rather than
+    a second server on the same GPUs (docs/serving.md, "Which serving API")."""
+    isvc = await kube.get(ISVC, namespace, name)
+    return isvc is not None and controlled_by(isvc, controller)
 
 
 def _state_of_conflict(conflict: NameConflict) -> ServingState:
@@ -228,10 +245,19 @@ async def ensure_shared_serving(
         account = build_shared_account(registry)
         if account is not None:
             await apply(kube, SERVING_ACCOUNT, namespace, account, controller)
-        runtime = build_shared_runtime(registry, config.serving_image, config.trainer_image)
-        await apply(kube, SERVING_RUNTIME, namespace, runtime, controller)
-        body = build_shared_inference_service(registry)
-        isvc = (await apply(kube, INFERENCE_SERVICE, namespace, body, controller)).obj
+        apis = await serving_apis(kube)
+        if apis.llm_inference_service and not await _isvc_server(
+            kube, namespace, key.name, controller
+        ):
+            body = build_shared_llm_inference_service(
+                registry, config.trainer_image, apis.scheduler
+            )
+            isvc = (await apply(kube, LLM_INFERENCE_SERVICE, namespace, body, controller)).obj
+        else:
+            runtime = build_shared_runtime(registry, config.serving_image, config.trainer_image)
+            await apply(kube, SERVING_RUNTIME, namespace, runtime, controller)
+            body = build_shared_inference_service(registry)
+            isvc = (await apply(kube, INFERENCE_SERVICE, namespace, body, controller)).obj
     except NameConflict as conflict:
         return _state_of_conflict(conflict), key.name
     except KubeError as exc:
@@ -241,10 +267,10 @@ async def ensure_shared_serving(
 
 async def leave_shared_serving(kube: Kube, namespace: str, server: str, uid: str) -> bool:
     """Take this job's entry off `server`'s registry (and its owner reference, unless it is the
-    last one). The last adapter out deletes what the registry controls (InferenceService,
-    ServingRuntime, ServiceAccount); the empty registry stays until its last owner LoRAJob is
-    deleted (the garbage collector) or a job registers again, so the operator needs no right to
-    delete ConfigMaps. False when the
+    last one). The last adapter out deletes what the registry controls (InferenceService or
+    LLMInferenceService where that is served, ServingRuntime, ServiceAccount); the empty
+    registry stays until its last owner LoRAJob is deleted (the garbage collector) or a job
+    registers again, so the operator needs no right to delete ConfigMaps. False when the
     registry is absent or not the operator's (left alone), or lists nothing of this job."""
     registry = await kube.get(CONFIG_MAPS, namespace, server)
     if registry is None or not is_operator_registry(registry, digest_of(server)):
@@ -261,12 +287,15 @@ async def leave_shared_serving(kube: Kube, namespace: str, server: str, uid: str
         registry = await _patch_registry(kube, registry, patch)
     deleted = False
     if empty:  # also a server left behind by a restart between the patch and the delete
-        with contextlib.suppress(NameConflict):  # not the registry's server: left alone
-            uid_ = registry["metadata"]["uid"]
-            deleted = await delete_owned(kube, ISVC, namespace, server, uid_)
+        uid_ = registry["metadata"]["uid"]
+        # either kind: a server made before LLMInferenceService was installed is ours too
+        kinds = [ISVC, LLMISVC] if (await serving_apis(kube)).llm_inference_service else [ISVC]
+        for resource in kinds:
+            with contextlib.suppress(NameConflict):  # not the registry's server: left alone
+                deleted = await delete_owned(kube, resource, namespace, server, uid_) or deleted
         for resource in (RUNTIMES, ACCOUNTS):
             with contextlib.suppress(NameConflict):
-                await delete_owned(kube, resource, namespace, server, registry["metadata"]["uid"])
+                await delete_owned(kube, resource, namespace, server, uid_)
     return bool(patch) or deleted
 
 
