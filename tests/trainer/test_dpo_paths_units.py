@@ -2,8 +2,9 @@
 train.py builds it (our PEFT model, `ref_model=None`) over a real NF4 model (bitsandbytes' CPU
 kernels): TRL adds the frozen `ref` adapter as a copy of the starting adapter, and the trainable
 adapters keep the dtype the compute dtype calls for (TRL's blanket bf16 cast undone unless the
-run computes in bf16). The DeepSpeed ZeRO-3 path is trained for real by hand (docs/training.md,
-"DPO on two processes, ZeRO-3 and QLoRA"); its config round trip is in tests/api."""
+run computes in bf16). And the ConfigMap the operator renders for a planned DPO job (the 70B
+ZeRO-3 and 8B QLoRA examples as `method: dpo`) is one the trainer accepts. The ZeRO-3 path was
+trained for real on two CPU processes by hand (docs/training.md, "DPO on the other paths")."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import bitsandbytes  # noqa: F401  (NF4 on bitsandbytes' CPU kernels)
+import pytest
 import torch
 import transformers
+import yaml
 
 from lora_contract.types import TrainerConfig
 from lora_trainer.data import ListDataset
@@ -27,6 +30,8 @@ from lora_trainer.preference_data import load_pairs
 from lora_trainer.train import training_arguments
 
 from .test_dpo import dpo_spec, text_rows, write
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def qlora_dpo_config(tmp_path: Path) -> TrainerConfig:
@@ -127,3 +132,90 @@ def test_the_bf16_cast_stands_under_bf16_compute_and_a_plain_model_is_left_alone
             self.adapter = torch.nn.Linear(2, 2, bias=False).to(torch.bfloat16)
 
     assert is_quantized(EightBit()) and restore_adapter_dtype(EightBit(), bf16=False) == 1
+
+
+# ------------------------------------------- the trainer ConfigMap of a planned DPO job
+
+
+@pytest.mark.parametrize(
+    ("example", "world", "stage"),
+    [("lora-llama3-70b-zero3.yaml", 16, 3), ("qlora-llama3-8b-24gb.yaml", 1, None)],
+)
+def test_a_planned_dpo_jobs_config_map_is_what_the_trainer_accepts(
+    tmp_path: Path, example: str, world: int, stage: int | None
+) -> None:
+    """The operator's own path (parse, plan, render the DeepSpeed config from the planned spec,
+    the ConfigMap's YAML) into the trainer's loader, its batch check on the plan's world size
+    and the DPO arguments; the ZeRO-3 config then through DeepSpeed's own parser, as
+    `check_parsed` does in the pod."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+    from lora_contract import pod
+    from lora_operator.api.loading import parse_lorajob
+    from lora_operator.api.operator_config import OperatorConfig
+    from lora_operator.controller.manifests import RunContext, build_config_map
+    from lora_operator.deepspeed_config import deepspeed_config
+    from lora_operator.memory import GpuCatalog, plan_job
+    from lora_trainer.config import load_trainer_config
+    from lora_trainer.deepspeed_setup import check_batch, zero_stage
+    from lora_trainer.objectives import DPO_LOSS_PATH, objective_for
+
+    job = yaml.safe_load((EXAMPLES / example).read_text())
+    job["spec"]["method"] = "dpo"
+    job["spec"]["dpo"] = {"beta": 0.2}
+    job["spec"]["dataset"].pop("fields", None)
+    spec = parse_lorajob(job, "test").spec
+    plan = plan_job(spec, GpuCatalog.default()).to_status()
+    operator = OperatorConfig.model_validate(
+        {
+            "trainerImage": "t:1",
+            "s3": {"endpoint": "http://m:9000", "credentialsSecret": {"name": "s"}},
+        }
+    )
+    ctx = RunContext(
+        name=job["metadata"]["name"],
+        namespace=job["metadata"]["namespace"],
+        uid="u-1",
+        run_id="r1",
+        spec=spec,
+        plan=plan,
+        config=operator,
+        output_uri="s3://b/p/ns/j/r1",
+        deepspeed=deepspeed_config(plan.applied_to(spec), plan.strategy),
+    )
+    path = tmp_path / pod.CONFIG_FILE
+    path.write_text(build_config_map(ctx)["data"][pod.CONFIG_FILE])
+    config = load_trainer_config(path)
+    assert config.spec.method.value == "dpo" and config.spec.dpo is not None
+    assert config.spec.dpo.beta == 0.2
+    assert zero_stage(config.deepspeed) == stage and plan.nodes * plan.gpus_per_node == world
+    training = config.spec.training
+    check_batch(config.deepspeed, training.micro_batch_size, training.gradient_accumulation, world)
+    objective = objective_for(config)
+    assert objective.loss_path("chunked") == DPO_LOSS_PATH
+    shared = training_arguments(config, tmp_path / "out", False, False, 1)
+    args = dpo_arguments(config, shared)
+    assert (args.beta, args.max_length) == (0.2, spec.dataset.max_seq_length)
+    if config.deepspeed is None:
+        assert config.spec.quantization.mode.value == "nf4"
+        return
+    # what the Trainer fills from its arguments on `world` ranks, then DeepSpeed's parser
+    from types import SimpleNamespace
+
+    filled = HfTrainerDeepSpeedConfig(config.deepspeed)
+    on_gpu = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "ds"),
+        per_device_train_batch_size=training.micro_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation,
+        max_grad_norm=training.max_grad_norm,
+        bf16=True,
+        use_cpu=True,
+    )
+    filled.trainer_config_process(on_gpu)
+    filled.trainer_config_finalize(
+        on_gpu, SimpleNamespace(config=SimpleNamespace(hidden_size=8192)), 10
+    )
+    parsed = DeepSpeedConfig(filled.config)
+    assert parsed.zero_optimization_stage == 3
+    assert parsed.train_micro_batch_size_per_gpu == training.micro_batch_size
