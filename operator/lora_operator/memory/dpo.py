@@ -13,8 +13,9 @@
    Its backward makes a fp32 gradient of the hidden states and one tile again. On CUDA only the
    completion positions are scored; the plan does not know the prompt share, so every position
    counts (an upper bound). This replaces the `logits` term: `dpo_logprobs`.
-3. The reference forward runs after the policy's forward, under `no_grad` with the adapter
-   disabled (`use_adapter(..., None)`): the base model itself, no second copy, nothing saved.
+3. The reference forward runs after the policy's forward, under `no_grad` with TRL's frozen
+   `ref` adapter active (`use_adapter(..., "ref")`, a copy of the starting adapter; B = 0 for a
+   fresh one: the base model): no second copy of the base model, nothing saved.
    It is a transient on top of the policy's saved tensors: one layer's working set on the
    2 x micro-batch (layer input and output, the gated MLP's two inner tensors) and the log-prob
    kernel's tile and outputs. It happens before the backward, whose log-prob gradient buffers

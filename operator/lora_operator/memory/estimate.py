@@ -36,8 +36,9 @@ Term names (stable; they are the keys of `breakdown_gib`):
   as it exceeds the loss's buffers, which are not alive when it happens.
 - `dpo_logprobs`, `dpo_reference` (only with `method: dpo`; `memory/dpo.py`): the policy's
   terms above are taken at 2 x micro-batch (chosen and rejected in one forward) and `logits` is
-  0: TRL's fused log-prob head replaces it (`dpo_logprobs`), and the reference forward (the
-  base with the adapter disabled, no grad) adds what exceeds that head's backward buffers.
+  0: TRL's fused log-prob head replaces it (`dpo_logprobs`), and the reference forward (TRL's
+  frozen `ref` copy of the starting adapter, no grad) adds what exceeds that head's backward
+  buffers.
 - `allocator_overhead`, `cuda_context`: not in max_memory_allocated, seen by nvidia-smi.
 """
 
@@ -88,7 +89,7 @@ TERM_HELP: dict[str, str] = {
     "dora_activations": "DoRA's saved base/adapter outputs (and weight copies with dropout)",
     "dora_transient": "DoRA's largest module transient (B@A delta + weight norm) over the loss",
     "dpo_logprobs": "DPO: TRL's fused log-prob head on chosen + rejected (hidden states, tiles)",
-    "dpo_reference": "DPO: the no-grad reference forward (adapter off) over the log-prob backward",
+    "dpo_reference": "DPO: the no-grad reference forward (ref adapter) over the log-prob backward",
     "allocator_overhead": "PyTorch caching-allocator slack and fragmentation",
     "cuda_context": "CUDA context and kernels (seen by nvidia-smi, not by torch)",
 }

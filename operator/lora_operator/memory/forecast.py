@@ -293,7 +293,7 @@ def forecast_job(
         context,
         spec.training.gradient_checkpointing,
     )
-    if preference:  # TRL's reference forward (adapter off) on every pass, train and eval
+    if preference:  # the reference forward (frozen ref adapter) on every pass, train and eval
         per_token = replace(per_token, forward=2 * per_token.forward)
     eval_rows = rows * held_out if ds.eval_source is None else 0.0
     evaluations = int(steps // training.eval_interval)
@@ -335,7 +335,7 @@ def forecast_job(
         assumptions.append("DoRA's weight-norm work per step not counted (calibrate)")
     if preference:
         assumptions.append(
-            "dpo: chosen + rejected per row, and a reference forward (adapter off) per token"
+            "dpo: chosen + rejected per row, and a reference forward (frozen ref adapter) per token"
         )
     return Forecast(
         tokens=int(tokens),
