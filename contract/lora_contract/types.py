@@ -770,10 +770,10 @@ class ServingSpec(_Model):
         description="Name clients put in the OpenAI `model` field (default: the job's name).",
     )
     mode: Literal["dedicated", "shared"] = Field(
-        default="dedicated",
-        description="dedicated: an InferenceService of its own for this adapter; shared: one "
-        "server per base model (name, revision, source, quantization) in the namespace, holding "
-        "the adapters of every shared job on it (docs/serving.md).",
+        default="shared",
+        description="shared (the default): one server per base model (name, revision, source, "
+        "quantization) in the namespace, holding the adapters of every shared job on it; "
+        "dedicated: an InferenceService of its own for this adapter (docs/serving.md).",
     )
     promote: PromotePolicy = Field(
         default=PromotePolicy.latest,

@@ -253,7 +253,7 @@ def test_serving_objects_are_kept_while_serving(harness: Harness) -> None:
     """The InferenceService and the serving ServiceAccount: deleted -> made again, an edited
     spec -> put back (KServe has not reported Ready here, so the job resyncs every tick)."""
     name = "kept-serving"
-    running(harness, name, **{"serving.enabled": True})
+    running(harness, name, **{"serving.enabled": True, "serving.mode": "dedicated"})
     finishes(harness, name)
     isvc = harness.wait(
         "InferenceService", lambda: harness.client.get(ISVC, harness.namespace, name)

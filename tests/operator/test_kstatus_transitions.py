@@ -169,7 +169,7 @@ NONE = ("False", "False", "False")
 # fmt: off
 SCENARIOS: dict[str, list[Step]] = {  # step, action, phase, summary, reason, kstatus, Argo CD, says
     "served": [
-        Step("created", apply(**{"serving.enabled": True}), "Running", RUN, "Training", "InProgress", "Progressing"),  # noqa: E501
+        Step("created", apply(**{"serving.enabled": True, "serving.mode": "dedicated"}), "Running", RUN, "Training", "InProgress", "Progressing"),  # noqa: E501
         Step("training", start_with_progress, "Running", RUN, "Training", "InProgress", "Progressing", "20/40 (50%)"),  # noqa: E501
         Step("serving rolls out", succeed, "Succeeded", RUN, "ServingRollout", "InProgress", "Progressing"),  # noqa: E501
         Step("served", isvc_ready, "Succeeded", READY, "Serving", "Current", "Healthy", "serving at http://"),

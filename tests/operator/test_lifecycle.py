@@ -45,7 +45,12 @@ def running(harness: Harness, name: str, run: str = "r1") -> str:
 
 def test_happy_path_to_succeeded_and_served(harness: Harness) -> None:
     name = "happy"
-    harness.apply(base_job(name, **{"serving.enabled": True, "serving.adapterName": "tiny"}))
+    harness.apply(
+        base_job(
+            name,
+            **{"serving.enabled": True, "serving.mode": "dedicated", "serving.adapterName": "tiny"},
+        )
+    )
     status = harness.wait_phase(name, "Running")
     assert status["currentRun"] == "r1"
     assert condition(status, "Validated")["status"] == "True"

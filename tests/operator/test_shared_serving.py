@@ -238,8 +238,13 @@ def test_switching_modes_and_turning_serving_off_leave_nothing_behind(s3: S3Serv
     registry = kube.objects[FAKE_CMS][server]
     assert [k for k in registry["data"] if k.startswith("adapter.")] == []
 
-    # dedicated -> shared: the dedicated server deleted, the shared one back with its entry
-    assert reconcile(mode="shared")["inferenceService"] == server
+    # dedicated -> shared: registered on the shared server first, the dedicated one serving
+    # until the shared one is Ready (test_shared_upgrade.py), then deleted
+    assert reconcile(mode="shared")["inferenceService"] == "sw"
+    assert sorted(kube.objects[FAKE_ISVCS]) == sorted([server, "sw"])
+    ready = {"conditions": [{"type": "Ready", "status": "True"}]}
+    kube.obj(FAKE_ISVCS, server)["status"] = ready  # type: ignore[index]
+    assert reconcile()["inferenceService"] == server
     assert sorted(kube.objects[FAKE_ISVCS]) == [server]
     assert kube.obj(FAKE_CMS, server)["data"]["adapter.uid-sw"]  # type: ignore[index]
 

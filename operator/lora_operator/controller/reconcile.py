@@ -1243,8 +1243,9 @@ class _Run:
 
     async def serve_shared(self, spec: LoRAJobSpec, adapter: str, serving_run: str) -> None:
         """serving.mode shared: the promoted run's adapter on its base model's server
-        (shared_serving.py; the entry names the run); a dedicated server or another shared
-        server it was on before is left."""
+        (shared_serving.py; the entry names the run); another shared server it was on before
+        is left, and its own dedicated server only once the shared one is Ready (an upgrade from
+        the dedicated default never leaves the adapter unserved)."""
         ref = s3_target(spec, self.config).secret  # listed by name, never read or copied
         state, server = await ensure_shared_serving(
             self.kube,
@@ -1258,8 +1259,15 @@ class _Run:
             plan=self.status.plan.serving if self.status.plan is not None else None,
             config=self.config,
         )
-        if self.status.inference_service == self.name:
-            await remove_serving(self.kube, self.name, self.namespace, self.uid)
+        if self.status.inference_service == self.name:  # it served dedicated until now
+            if state.status != "True":  # its dedicated server serves until the shared one does
+                until = f"the dedicated InferenceService {self.name} serves until {server} is ready"
+                message = f"{state.message}; {until}"
+                if self.condition(ConditionType.Serving, state.status, state.reason, message):
+                    kind = "Normal" if state.status != "False" else "Warning"
+                    self.event(kind, f"Serving{state.reason}", message)
+                return
+            await remove_serving(self.kube, self.name, self.namespace, self.uid)  # only its own
         await self.leave_shared_server(server)
         if self.condition(ConditionType.Serving, state.status, state.reason, state.message):
             kind = "Normal" if state.status != "False" else "Warning"
