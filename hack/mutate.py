@@ -250,9 +250,17 @@ TARGETS: tuple[Target, ...] = (
             "tests/operator/test_shared_sweep_units.py",
             "tests/operator/test_shared_runtime_units.py",  # ensure_shared_serving's runtime
             "tests/operator/test_serving_quantization.py",  # server_key by the served precision
+            "tests/operator/test_shared_llmisvc_units.py",  # the LLMInferenceService path
         ),
         deselect=QUANTIZATION_RECONCILES,
         note="which server a shared adapter goes to, registry registration/sweep, ownership",
+    ),
+    Target(
+        "serving_api",
+        ("lora_operator.controller.serving_api", "lora_operator.controller.shared_llmisvc"),
+        ("tests/operator/test_shared_llmisvc_units.py",),
+        note="which serving API a shared server uses (discovery, its cache) and the "
+        "LLMInferenceService built for it (flags, sidecar, router only with the extension)",
     ),
     Target(
         "shared_runtime",

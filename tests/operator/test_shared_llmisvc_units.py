@@ -164,6 +164,14 @@ def test_the_router_asks_for_the_scheduler_only_with_the_extension() -> None:
     assert {k: v for k, v in scheduled["spec"].items() if k != "router"} == plain["spec"]
 
 
+def test_a_registry_without_server_json_names_no_model() -> None:
+    """As the ServingRuntime path's storageUri: empty strings, never 'None'."""
+    registry = registry_of({}, ("u1", Entry("a", "ad-a", "s3://b/a", 8)))
+    registry["data"].pop("server.json")
+    spec = build_shared_llm_inference_service(registry, "t", scheduler=False)["spec"]
+    assert spec["model"] == {"uri": "", "name": ""} and spec["replicas"] == 1
+
+
 def test_a_registry_without_a_plan_or_secret_keeps_the_old_shape() -> None:
     old = {"baseModel": "m", "source": "pvc://m", "gpuResourceName": "amd.com/gpu", "gpus": 1}
     registry = registry_of(old, ("u1", Entry("a", "ad-a", "s3://b/a", 16)))
@@ -229,10 +237,13 @@ def test_discovery_bodies_and_paths() -> None:
     assert resource_names(body) == {"llminferenceservices"}
     assert resource_names({"resources": [{"name": ""}, "x"]}) == set()
     assert resource_names(None) == set() and resource_names({}) == set()
+    assert resource_names({"resources": [{"kind": "LLMInferenceService"}]}) == set()  # no name
     assert is_discovery("/apis/serving.kserve.io/v1alpha1")
     assert is_discovery("/apis/inference.networking.x-k8s.io/v1alpha2/?timeout=5s")
     assert not is_discovery("/apis/serving.kserve.io/v1alpha1/namespaces/ns/servingruntimes")
     assert not is_discovery("/apis/serving.kserve.io/v1beta1")
+    assert is_discovery("/apis/serving.kserve.io/v1alpha1?a=?b")  # the query cut at its first ?
+    assert not is_discovery("/apis/serving.kserve.io/v1alpha1X")  # only the exact paths
 
 
 def test_an_answer_stands_for_one_resync_period() -> None:
@@ -248,7 +259,9 @@ class CountingKube(FakeKube):
         self.discoveries = 0
 
     async def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
-        self.discoveries += is_discovery(path)
+        if is_discovery(path):
+            assert method == "GET", method
+            self.discoveries += 1
         return await super().request(method, path, *args, **kwargs)
 
 
