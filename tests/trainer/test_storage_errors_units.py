@@ -534,3 +534,34 @@ def test_one_object_download_is_guarded_by_a_lock_beside_it(
     store.put_bytes(prefix.child("train.jsonl"), b"{}\n")
     got = fetch_s3_object(store, prefix.child("train.jsonl").uri, tmp_path, "dataset.source")
     assert sorted(p.name for p in got.parent.iterdir()) == ["train.jsonl", "train.jsonl.lock"]
+
+
+class StatClient:
+    """A minio client whose HEAD answers one S3 error code, and whose bucket is there or not."""
+
+    def __init__(self, code: str, bucket_there: bool) -> None:
+        self.code, self.bucket_there = code, bucket_there
+
+    def stat_object(self, bucket: str, key: str) -> None:
+        raise s3_error(self.code)
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return self.bucket_there
+
+
+@pytest.mark.parametrize("code", ["NoSuchKey", "NoSuchObject", "ResourceNotFound"])
+def test_each_not_found_code_is_false_or_names_the_missing_bucket(code: str) -> None:
+    store = S3Store(ENDPOINT, "k", "s", retries=1)
+    store.client = StatClient(code, bucket_there=True)  # type: ignore[assignment]
+    assert store.exists(LOC) is False
+    store.client = StatClient(code, bucket_there=False)  # type: ignore[assignment]
+    with pytest.raises(StorageError) as info:
+        store.exists(LOC)
+    assert str(info.value) == (
+        f"S3 stat failed for s3://bkt/runs/r1/progress.json at {ENDPOINT}: "
+        "NoSuchBucket: bucket bkt does not exist"
+    )
+    assert info.value.transient is False
+    store.client = StatClient("AccessDenied", bucket_there=True)  # type: ignore[assignment]
+    with pytest.raises(StorageError, match="AccessDenied: the server says no"):
+        store.exists(LOC)  # any other code is _call's, not "missing"
