@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 SERVER_DATA_KEY = "server.json"
 ENTRY_PREFIX = "adapter."  # data keys of adapters: adapter.<LoRAJob uid>
@@ -21,6 +22,26 @@ SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 DEFAULT_ACCESS_KEY_KEY = "accessKey"  # SecretRef's defaults
 DEFAULT_SECRET_KEY_KEY = "secretKey"
+
+
+def is_endpoint_url(endpoint: str) -> bool:
+    """An http(s) URL naming a host and nothing else (no user, path, query or fragment): what the
+    syncer may open a store on, never a file path or another scheme."""
+    if any(char.isspace() for char in endpoint):
+        return False
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number)
+    except ValueError:
+        return False
+    return bool(
+        parts.scheme in ("http", "https")
+        and parts.hostname
+        and "@" not in parts.netloc
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+    )
 
 
 @dataclass(frozen=True)
@@ -39,6 +60,19 @@ class Entry:
     # the mounted Secret; written only when not the defaults, so older entries read back equal
     access_key_key: str = DEFAULT_ACCESS_KEY_KEY
     secret_key_key: str = DEFAULT_SECRET_KEY_KEY
+    # the job's S3 endpoint and region (its resolved output target), written only when they
+    # differ from the server's (server.json's s3Endpoint/s3Region, which the syncer has in its
+    # env), so entries of the creating job's store read back as before; `region` goes with
+    # `endpoint` (None beside an endpoint: no region, not the server's)
+    endpoint: str | None = None
+    region: str | None = None
+
+    def on_server(self, endpoint: str | None, region: str | None) -> Entry:
+        """This entry on a server whose syncer downloads from `endpoint`/`region`: its own
+        location kept only where it differs, so the same store never rewrites an entry."""
+        if self.endpoint is None or (self.endpoint, self.region) == (endpoint, region):
+            return replace(self, endpoint=None, region=None)
+        return self
 
     def to_data(self) -> str:
         raw: dict[str, str | int] = {
@@ -55,16 +89,22 @@ class Entry:
             raw["accessKeyKey"] = self.access_key_key
         if self.secret_key_key != DEFAULT_SECRET_KEY_KEY:
             raw["secretKeyKey"] = self.secret_key_key
+        if self.endpoint is not None:
+            raw["endpoint"] = self.endpoint
+        if self.region is not None:
+            raw["region"] = self.region
         return json.dumps(raw, sort_keys=True)
 
     @classmethod
     def from_data(cls, text: str) -> Entry | None:
-        """None for an entry that does not parse, names an adapter that is not a DNS label, or a
-        Secret (or key) that is not a Kubernetes name (edited by hand): it is swept by the
-        operator and never served, so no entry points a folder or a key file elsewhere."""
+        """None for an entry that does not parse, names an adapter that is not a DNS label, a
+        Secret (or key) that is not a Kubernetes name, or an endpoint that is not an http(s) URL
+        (edited by hand): it is swept by the operator and never served, so no entry points a
+        folder, a key file or the syncer's store elsewhere."""
         try:
             raw = json.loads(text)
             secret, run = raw.get("secret"), raw.get("run")
+            endpoint, region = raw.get("endpoint"), raw.get("region")
             entry = cls(
                 str(raw["job"]),
                 str(raw["adapter"]),
@@ -74,16 +114,25 @@ class Entry:
                 None if run is None else str(run),
                 str(raw.get("accessKeyKey", DEFAULT_ACCESS_KEY_KEY)),
                 str(raw.get("secretKeyKey", DEFAULT_SECRET_KEY_KEY)),
+                None if endpoint is None else str(endpoint),
+                None if region is None else str(region),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         return entry if entry.is_safe() else None
 
     def is_safe(self) -> bool:
-        """Every name in it is one the syncer may use as a path component."""
+        """Every name in it is one the syncer may use as a path component, and its store (if it
+        names one) an http(s) URL; a region only beside an endpoint."""
         keys = (self.access_key_key, self.secret_key_key)
+        store = (
+            self.region is None
+            if self.endpoint is None
+            else is_endpoint_url(self.endpoint) and self.region != ""
+        )
         return bool(
             ADAPTER_NAME.fullmatch(self.adapter)
             and (self.secret is None or SECRET_NAME.fullmatch(self.secret))
             and all(SECRET_KEY.fullmatch(key) and key not in (".", "..") for key in keys)
+            and store
         )

@@ -562,3 +562,104 @@ def test_an_entry_keeps_its_secret_and_one_without_lists_none() -> None:
     registry = registry_with(("a", "u1", "ad-a"))
     assert build_shared_account(registry) is None
     assert "serviceAccountName" not in build_shared_inference_service(registry)["spec"]["predictor"]
+
+
+# ------------------------------------------- each entry's own S3 store (issue 21, endpoints)
+
+
+def test_an_entry_records_its_store_only_when_it_is_not_the_servers() -> None:
+    old = '{"adapter": "ad", "job": "a", "rank": 8, "secret": "creds", "uri": "s3://x"}'
+    parsed = Entry.from_data(old)  # written before entries had a store: reads back unchanged
+    assert parsed == Entry("a", "ad", "s3://x", 8, "creds")
+    assert parsed is not None and (parsed.endpoint, parsed.region) == (None, None)
+    assert parsed.to_data() == old  # same text: an upgrade rewrites no ConfigMap
+    own = Entry("a", "ad", "s3://x", 8, "creds", endpoint="https://s3.b:443", region="eu-1")
+    # the server's own store: dropped; another endpoint, or another region: kept whole
+    assert own.on_server("https://s3.b:443", "eu-1") == parsed
+    assert own.on_server("http://minio:9000", "eu-1") == own
+    assert own.on_server("https://s3.b:443", None) == own
+    assert json.loads(own.to_data()) == {
+        **json.loads(old),
+        "endpoint": "https://s3.b:443",
+        "region": "eu-1",
+    }
+    assert Entry.from_data(own.to_data()) == own
+    no_region = Entry("a", "ad", "s3://x", 8, endpoint="http://10.0.0.7:9000")
+    assert json.loads(no_region.to_data())["endpoint"] == "http://10.0.0.7:9000"
+    assert "region" not in json.loads(no_region.to_data())
+    assert Entry.from_data(no_region.to_data()) == no_region
+
+
+def test_an_endpoint_that_is_not_an_http_url_never_parses() -> None:
+    """A hand-edited registry cannot point the syncer at a file, another scheme or a host
+    hidden behind user info; nor give a region without the endpoint it belongs to."""
+    base = {"job": "a", "adapter": "ad", "uri": "s3://x", "rank": 8, "secret": "creds"}
+    for endpoint in (
+        "file:///etc/lora-credentials",
+        "/etc/passwd",
+        "minio:9000",
+        "ftp://minio:9000",
+        "http://",
+        "http://minio:9000/bucket",
+        "http://minio:9000?x=1",
+        "http://minio:9000#x",
+        "http://user:pw@evil:9000",
+        "http://minio:port",
+        "http://minio :9000",
+        "",
+        7,
+    ):
+        assert Entry.from_data(json.dumps({**base, "endpoint": endpoint})) is None, endpoint
+    assert Entry.from_data(json.dumps({**base, "region": "eu-1"})) is None  # no endpoint
+    assert Entry.from_data(json.dumps({**base, "endpoint": "http://m:9", "region": ""})) is None
+    for endpoint in ("http://minio:9000", "https://s3.example.com/", "http://[::1]:9000"):
+        entry = Entry.from_data(json.dumps({**base, "endpoint": endpoint}))
+        assert entry is not None and entry.endpoint == endpoint
+
+
+def test_the_operator_writes_a_jobs_endpoint_only_when_it_differs_from_the_servers() -> None:
+    """The creating job's store is server.json's (the syncer's env): its entry and that of a
+    second job on the same store name none; a third job writing to another allowed store gets
+    its endpoint and region in its entry; repeats write nothing; the registry's shape stays."""
+    kube = FakeKube()
+    for name in ("one", "two", "three"):
+        put_job(kube, "ns", name)
+    first = {"output.endpoint": "http://minio-a:9000", "output.region": "us-east-1"}
+    other = {"output.endpoint": "https://s3.team-b:443", "output.region": "eu-west-1"}
+    _, server = ensure(kube, "ns", "one", **first)
+    ensure(kube, "ns", "two", **first)
+    ensure(kube, "ns", "three", **other)
+    registry = registry_of_fake(kube, server)
+    data = registry["data"]
+    shape = json.loads(data["server.json"])
+    assert (shape["s3Endpoint"], shape["s3Region"]) == ("http://minio-a:9000", "us-east-1")
+    for name in ("one", "two"):
+        assert json.loads(data[f"adapter.uid-ns-{name}"]) == {
+            "job": name,
+            "adapter": name,
+            "uri": f"s3://bucket/runs/ns/{name}/r1/final",
+            "rank": 8,
+        }
+    assert json.loads(data["adapter.uid-ns-three"]) == {
+        "job": "three",
+        "adapter": "three",
+        "uri": "s3://bucket/runs/ns/three/r1/final",
+        "rank": 8,
+        "endpoint": "https://s3.team-b:443",
+        "region": "eu-west-1",
+    }
+    before = copy.deepcopy(registry)
+    kube.calls.clear()
+    for name, overrides in (("one", first), ("two", first), ("three", other)):
+        ensure(kube, "ns", name, **overrides)
+    assert [c for c in kube.calls if c[2] in ("create", "patch", "delete")] == []
+    assert registry_of_fake(kube, server) == before
+    # job two moves to team b's store (a retrain elsewhere): its entry follows, nothing else
+    ensure(kube, "ns", "two", **other)
+    patches = [c for c in kube.calls if c[2] in ("create", "patch", "delete")]
+    assert [(c[1], c[2]) for c in patches] == [("configmaps", "patch")]
+    after = registry_of_fake(kube, server)["data"]
+    assert json.loads(after["adapter.uid-ns-two"])["endpoint"] == "https://s3.team-b:443"
+    assert {k: v for k, v in after.items() if k != "adapter.uid-ns-two"} == {
+        k: v for k, v in before["data"].items() if k != "adapter.uid-ns-two"
+    }

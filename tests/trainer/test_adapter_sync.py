@@ -5,17 +5,28 @@ restarted with an empty directory gets every adapter back from the registry alon
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lora_contract.adapter_registry import Entry
 from lora_contract.layout import S3Location
 from lora_contract.storage import S3Store
+from lora_devkit.s3server import free_port, wait_for_port
 from lora_devkit.vllm_standin import VllmStandIn
 from lora_operator.controller.shared_registry import ServerKey, build_registry, entry_key
-from lora_trainer.adapter_sync import SOURCE_MARKER, credentials_stores, read_registry, sync_once
+from lora_trainer.adapter_sync import (
+    ADAPTER_CONFIG,
+    SOURCE_MARKER,
+    credentials_stores,
+    read_registry,
+    sync_once,
+)
 
 BUCKET = "sync-test"
 BASE = "meta-llama/Llama-3.2-1B"
@@ -156,3 +167,66 @@ def test_each_entry_is_downloaded_with_the_keys_of_its_own_secret(
     fresh = credentials_stores(credentials, store.endpoint, None, make=recording)
     result = sync_once(fresh, tmp_path / "registry", tmp_path / "other")
     assert result.failed["team-a"] == "credentials Secret a-creds has no key secretKey"
+
+
+@contextlib.contextmanager
+def moto_in_its_own_process() -> Iterator[S3Store]:
+    """A second S3 endpoint with its own objects: moto's servers in one process share one
+    backend, so this one runs as a child process (its buckets are not the session server's)."""
+    port = free_port()
+    code = "from moto.server import main; main()"
+    args = [sys.executable, "-c", code, "-H", "127.0.0.1", "-p", str(port)]
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port)
+        yield S3Store(f"http://127.0.0.1:{port}", "testing", "testing", retries=1)
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+
+
+def test_each_entry_is_downloaded_from_its_own_jobs_endpoint(
+    store: S3Store, tmp_path: Path
+) -> None:
+    """Two S3 endpoints: the server's (env S3_ENDPOINT) and team b's, recorded in b's entry with
+    its region. Each adapter exists on one endpoint only, so a download from the wrong store
+    fails; one store is made per (endpoint, region, Secret) within a pass."""
+    with moto_in_its_own_process() as store_b:
+        uri_a = upload_adapter(store, "runs/two/a/r1/final")
+        uri_b = upload_adapter(store_b, "runs/two/b/r1/final")
+        uri_b2 = upload_adapter(store_b, "runs/two/b2/r1/final")
+        assert not store.exists(S3Location.parse(uri_b).child(ADAPTER_CONFIG))  # b's store only
+        key = ServerKey(BASE, "", "pvc://m", "none")
+        shape = {**SHAPE, "s3Endpoint": store.endpoint}
+        registry = build_registry(key, "ns", "a", "u1", Entry("a", "a", uri_a, 8, "a-cr"), shape)
+        for uid, job, uri in (("u2", "b", uri_b), ("u3", "b2", uri_b2)):
+            entry = Entry(job, job, uri, 8, "b-cr", endpoint=store_b.endpoint, region="eu-1")
+            registry["data"][entry_key(uid)] = entry.to_data()
+        mount(registry, tmp_path / "registry")
+        credentials = tmp_path / "credentials"
+        for secret in ("a-cr", "b-cr"):
+            (credentials / secret).mkdir(parents=True)
+            (credentials / secret / "accessKey").write_text("testing")
+            (credentials / secret / "secretKey").write_text("testing")
+        made: list[tuple[str, str | None]] = []
+
+        def recording(endpoint: str, access: str, secret: str, region: str | None) -> S3Store:
+            made.append((endpoint, region))
+            return S3Store(endpoint, access, secret, region, retries=1)
+
+        stores = credentials_stores(credentials, store.endpoint, "us-east-1", make=recording)
+        result = sync_once(stores, tmp_path / "registry", tmp_path / "adapters")
+        assert (result.added, result.failed) == (["a", "b", "b2"], {})
+        assert made == [(store.endpoint, "us-east-1"), (store_b.endpoint, "eu-1")]
+        for name, uri in (("a", uri_a), ("b", uri_b), ("b2", uri_b2)):
+            assert (tmp_path / "adapters" / name / SOURCE_MARKER).read_text() == uri
+            assert (tmp_path / "adapters" / name / "adapter_model.safetensors").read_bytes() == (
+                b"weights"
+            )
+        # without an env endpoint, an entry naming none is refused by name; b's still syncs
+        bare = credentials_stores(credentials, None, None, make=recording)
+        result = sync_once(bare, tmp_path / "registry", tmp_path / "fresh")
+        assert result.added == ["b", "b2"]
+        assert result.failed == {
+            "a": "its entry names no S3 endpoint and env S3_ENDPOINT is not set"
+        }

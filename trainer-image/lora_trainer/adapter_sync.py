@@ -9,9 +9,11 @@ operator or to vLLM. Run as `python -m lora_trainer.adapter_sync --registry DIR 
 
 Credentials: with `--credentials DIR` (a shared server: one read-only Secret volume per listed
 Secret at `DIR/<secret>/`), each entry is downloaded with the keys of the Secret it names, read
-from the key files its entry records (the job's `accessKeyKey`/`secretKeyKey`); an entry whose
-Secret is not mounted, or that names none, is reported and never downloaded with another
-team's keys. Without it, one set of keys from the env (AWS_ACCESS_KEY_ID, ...), as before.
+from the key files its entry records (the job's `accessKeyKey`/`secretKeyKey`), from the S3
+endpoint and region it records (its job's store, when not the server's) or else the env's
+(S3_ENDPOINT, AWS_REGION: the server's); an entry whose Secret is not mounted, or that names
+none, is reported and never downloaded with another team's keys. Without it, one store from the
+env (AWS_ACCESS_KEY_ID, ..., S3_ENDPOINT) for every entry, as before.
 """
 
 from __future__ import annotations
@@ -66,12 +68,27 @@ class CredentialsError(ValueError):
     """An entry the syncer has no keys for (reported as failed, never downloaded)."""
 
 
+def entry_store_location(
+    entry: Entry, endpoint: str | None, region: str | None
+) -> tuple[str, str | None]:
+    """Where `entry`'s adapter is: its own endpoint and region when it records them (its job
+    writes to another store than the server's), else the env's (`endpoint`, `region`)."""
+    if entry.endpoint is not None:
+        return entry.endpoint, entry.region
+    if not endpoint:
+        raise CredentialsError(
+            f"its entry names no S3 endpoint and env {pod.ENV_S3_ENDPOINT} is not set"
+        )
+    return endpoint, region
+
+
 def credentials_stores(
-    directory: Path, endpoint: str, region: str | None, make: StoreFactory = S3Store
+    directory: Path, endpoint: str | None, region: str | None, make: StoreFactory = S3Store
 ) -> StoreFor:
-    """Each entry's store, with the keys of the Secret it names, as mounted under
-    `directory/<secret>/<key>`; one store per Secret and key names."""
-    made: dict[tuple[str, str, str], S3Store] = {}
+    """Each entry's store: its own endpoint/region (`entry_store_location`) with the keys of the
+    Secret it names, as mounted under `directory/<secret>/<key>`; one store per location, Secret
+    and key names (main calls it once per pass, so a rotated key is read at the next)."""
+    made: dict[tuple[str, str | None, str, str, str], S3Store] = {}
 
     def store_for(entry: Entry) -> S3Store:
         if entry.secret is None:
@@ -79,15 +96,16 @@ def credentials_stores(
         folder = directory / entry.secret
         if not folder.is_dir():
             raise CredentialsError(f"credentials Secret {entry.secret} is not mounted at {folder}")
-        which = (entry.secret, entry.access_key_key, entry.secret_key_key)
+        where = entry_store_location(entry, endpoint, region)
+        which = (*where, entry.secret, entry.access_key_key, entry.secret_key_key)
         if which not in made:
             keys = []
-            for key in which[1:]:
+            for key in which[3:]:
                 path = folder / key
                 if not path.is_file():
                     raise CredentialsError(f"credentials Secret {entry.secret} has no key {key}")
                 keys.append(path.read_text())
-            made[which] = make(endpoint, keys[0], keys[1], region)
+            made[which] = make(where[0], keys[0], keys[1], where[1])
         return made[which]
 
     return store_for
@@ -146,14 +164,6 @@ def sync_once(store: S3Store | StoreFor, registry_dir: Path, adapter_dir: Path) 
     return result
 
 
-def env_endpoint() -> str:
-    """S3_ENDPOINT, as the trainer pod gets it (the operator sets it from the job's target)."""
-    endpoint = os.environ.get(pod.ENV_S3_ENDPOINT)
-    if not endpoint:
-        raise SystemExit(f"adapter_sync: env {pod.ENV_S3_ENDPOINT} is not set")
-    return endpoint
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adapter_sync", description=__doc__)
     parser.add_argument("--registry", type=Path, required=True, help="the mounted registry")
@@ -168,14 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between passes")
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     args = parser.parse_args(argv)
-    store = (
-        S3Store.from_env()
-        if args.credentials is None
-        else credentials_stores(
-            args.credentials, env_endpoint(), os.environ.get(pod.ENV_AWS_REGION)
-        )
-    )
+    single = S3Store.from_env() if args.credentials is None else None
+    # the server's store (server.json, as the trainer gets it), for entries naming none
+    endpoint = os.environ.get(pod.ENV_S3_ENDPOINT) or None
+    region = os.environ.get(pod.ENV_AWS_REGION) or None
     while True:
+        # per-entry stores anew each pass: a rotated Secret's keys are read at the next one
+        store: S3Store | StoreFor = (
+            credentials_stores(args.credentials, endpoint, region) if single is None else single
+        )
         result = sync_once(store, args.registry, args.dir)
         for name in result.added:
             print(f"adapter_sync: added {name}", flush=True)

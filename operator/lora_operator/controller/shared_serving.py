@@ -166,6 +166,13 @@ async def _patch_registry(
 REGISTER_TRIES = 3
 
 
+def _on_server(entry: Entry, shape: dict[str, Any]) -> Entry:
+    """The entry as the server records it: the job's S3 endpoint/region only where they are not
+    the ones the server's syncer downloads from (`server.json`, its env), so an upgrade rewrites
+    no entry of the creating job's store."""
+    return entry.on_server(shape.get("s3Endpoint"), shape.get("s3Region"))
+
+
 async def _register(
     kube: Kube,
     namespace: str,
@@ -182,10 +189,11 @@ async def _register(
     while True:
         registry = await kube.get(CONFIG_MAPS, namespace, key.name)
         if registry is None:
-            body = build_registry(key, namespace, name, uid, entry, shape)
+            body = build_registry(key, namespace, name, uid, _on_server(entry, shape), shape)
             registry, _ = await kube.create(CONFIG_MAPS, namespace, body)
         if not is_operator_registry(registry, key.digest):
             raise NameConflict.of(registry, "ConfigMap")
+        here = _on_server(entry, shape_of(registry))
         holder = adapter_holder(registry, uid, entry.adapter)
         if holder is not None:
             return ServingState(
@@ -195,7 +203,7 @@ async def _register(
                 f"{holder}; set serving.adapterName to another name",
             )
         live = await live_shared_uids(kube, namespace) | {uid}
-        patch = sweep_and_registration(registry, live, name, uid, entry)
+        patch = sweep_and_registration(registry, live, name, uid, here)
         if patch is None:
             return registry
         try:
@@ -232,10 +240,13 @@ async def ensure_shared_serving(
     if isinstance(ref, str):
         ref = SecretRef(name=ref)  # the default key names
     secret = None if ref is None else ref.name
+    # the store the trainer Job wrote to (its env's resolution, already past the policy)
+    target = s3_target(spec, config)
     entry = Entry(name, adapter, adapter_uri, spec.lora.r, secret, run_id)
+    entry = replace(entry, endpoint=target.endpoint, region=target.region)
     if ref is not None:
         entry = replace(entry, access_key_key=ref.access_key_key, secret_key_key=ref.secret_key_key)
-    shape = server_shape(spec, plan, s3_target(spec, config))
+    shape = server_shape(spec, plan, target)
     try:
         registered = await _register(kube, namespace, key, name, uid, entry, shape)
         if isinstance(registered, ServingState):
