@@ -663,3 +663,17 @@ def test_the_operator_writes_a_jobs_endpoint_only_when_it_differs_from_the_serve
     assert {k: v for k, v in after.items() if k != "adapter.uid-ns-two"} == {
         k: v for k, v in before["data"].items() if k != "adapter.uid-ns-two"
     }
+
+
+def test_an_endpoint_the_syncer_cannot_use_is_refused_by_name_and_writes_nothing() -> None:
+    kube = FakeKube()
+    put_job(kube, "ns", "one")
+    state, server = ensure(kube, "ns", "one", **{"output.endpoint": "http://minio:9000/team"})
+    assert (state.status, state.reason) == ("False", "ServingError")
+    assert state.message == (
+        "S3 endpoint 'http://minio:9000/team' (spec.output.endpoint, else the operator's "
+        "s3.endpoint) is not an http(s) URL of a host alone (no user, path or query): the "
+        f"adapter syncer of {server} cannot download from it"
+    )
+    assert [c for c in kube.calls if c[2] in ("create", "patch", "delete")] == []
+    assert kube.obj(CMS.format(ns="ns"), server) is None

@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import replace
 from typing import Any
 
-from lora_contract.adapter_registry import Entry
+from lora_contract.adapter_registry import Entry, is_endpoint_url
 from lora_contract.types import (
     GROUP,
     PLURAL,
@@ -247,6 +247,15 @@ async def ensure_shared_serving(
     if ref is not None:
         entry = replace(entry, access_key_key=ref.access_key_key, secret_key_key=ref.secret_key_key)
     shape = server_shape(spec, plan, target)
+    if target.endpoint is not None and not is_endpoint_url(target.endpoint):
+        # an entry the syncer would refuse to parse: said once here, not rewritten each resync
+        return ServingState(
+            "False",
+            Reason.ServingError,
+            f"S3 endpoint {target.endpoint!r} (spec.output.endpoint, else the operator's "
+            "s3.endpoint) is not an http(s) URL of a host alone (no user, path or query): the "
+            f"adapter syncer of {key.name} cannot download from it",
+        ), key.name
     try:
         registered = await _register(kube, namespace, key, name, uid, entry, shape)
         if isinstance(registered, ServingState):
