@@ -360,3 +360,24 @@ def test_a_server_made_as_an_inference_service_keeps_its_kind_when_the_llm_api_a
     assert kube.objects[ISVCS] == {} and kube.objects[RUNTIMES] == {}
     assert ensure(kube, "three") == server  # the registry again: now the LLM API's kind
     assert sorted(kube.objects[LLMISVCS]) == [server] and kube.objects[ISVCS] == {}
+
+
+def test_leaving_looks_for_an_llm_inference_service_only_where_one_is_served() -> None:
+    kube = FakeKube()
+    server = ensure(kube, "one")
+    assert asyncio.run(leave_shared_serving(kube, "ns", server, "uid-one"))
+    assert kube.objects[ISVCS] == {}
+    assert [c for c in kube.calls if c[1] == "llminferenceservices"] == []
+
+
+def test_an_owner_without_an_entry_still_takes_the_llm_inference_service_with_it() -> None:
+    """A restart between the registry's patch and the delete: the registry lists no entry, only
+    this job as owner. Leaving deletes the server and says it did (True)."""
+    kube = FakeKube()
+    kube.discovery = {"serving.kserve.io/v1alpha1": ["llminferenceservices"]}
+    server = ensure(kube, "one")
+    registry = kube.obj("/api/v1/namespaces/ns/configmaps", server)
+    assert registry is not None
+    registry["data"] = {k: v for k, v in registry["data"].items() if not k.startswith("adapter.")}
+    assert asyncio.run(leave_shared_serving(kube, "ns", server, "uid-one")) is True
+    assert kube.objects[LLMISVCS] == {}
