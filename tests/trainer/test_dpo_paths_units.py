@@ -17,7 +17,8 @@ import torch
 import transformers
 import yaml
 
-from lora_contract.types import TrainerConfig
+from lora_contract.storage import S3Store
+from lora_contract.types import Progress, TrainerConfig
 from lora_trainer.data import ListDataset
 from lora_trainer.model import apply_lora, prepare_quantized_model, quantization_config
 from lora_trainer.objectives import (
@@ -219,3 +220,31 @@ def test_a_planned_dpo_jobs_config_map_is_what_the_trainer_accepts(
     parsed = DeepSpeedConfig(filled.config)
     assert parsed.zero_optimization_stage == 3
     assert parsed.train_micro_batch_size_per_gpu == training.micro_batch_size
+
+
+# ------------------------------------------------------------ on a GPU (pytest -m gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_qlora_dpo_under_zero3_trains_on_gpu(
+    make_run: Any, store: S3Store, tmp_path: Path, dtype: str
+) -> None:
+    """The CUDA part of the paths above: NF4 under ZeRO-3 (one rank), DPO through TRL's fused
+    log-prob head on lm_head's gathered weight, adapters bf16 (bf16) or fp32 (fp16: TRL's cast
+    undone). Not run on the CPU machines this was written on."""
+    from .test_zero3 import zero3_run
+
+    spec = dpo_spec(write(tmp_path / "pref.jsonl", text_rows(32)))
+    spec["resources"] = {"gpuType": "A100-80GB"}
+    spec["quantization"] = {"mode": "nf4", "computeDtype": dtype}
+    spec["training"].update(maxSteps=4, checkpointInterval=2, logInterval=1, microBatchSize=4)
+    run = zero3_run(make_run, spec)
+    result = run.run(module="lora_trainer.launch", extra_env={"NPROC_PER_NODE": "1"})
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "deepspeed ZeRO-3" in result.stderr and "; cuda" in result.stderr
+    assert "loss trl-fused-logprobs" in result.stderr
+    progress = Progress.model_validate(store.get_json(run.location.child("progress.json")))
+    assert progress.state == "succeeded" and progress.step == 4
+    assert progress.reward_margin is not None
+    assert store.exists(run.location.child("final", "adapter_model.safetensors"))
