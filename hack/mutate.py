@@ -466,6 +466,16 @@ TARGETS: tuple[Target, ...] = (
         ("tests/operator/test_base_adapter_units.py",),
         note="which run spec.baseAdapter starts from; wait or refuse (model, shape, folder, owner)",
     ),
+    Target(
+        "adapter_registry",
+        ("lora_contract.adapter_registry",),
+        (
+            "tests/operator/test_shared_serving_units.py",  # Entry round-trips and refusals
+            "tests/operator/test_shared_sweep_units.py",
+        ),
+        note="which registry entries parse (names, keys, an http(s) endpoint) and when an entry "
+        "records its own S3 endpoint/region",
+    ),
 )
 
 # mutmut's status names (mutmut.stats.status_by_exit_code) that count as a kill.

@@ -677,3 +677,13 @@ def test_an_endpoint_the_syncer_cannot_use_is_refused_by_name_and_writes_nothing
     )
     assert [c for c in kube.calls if c[2] in ("create", "patch", "delete")] == []
     assert kube.obj(CMS.format(ns="ns"), server) is None
+
+
+def test_an_entrys_own_key_names_round_trip_and_a_path_as_a_key_never_parses() -> None:
+    base = {"job": "a", "adapter": "ad", "uri": "s3://x", "rank": 8, "secret": "creds"}
+    custom = Entry("a", "ad", "s3://x", 8, "creds", access_key_key="id", secret_key_key="pw")
+    assert json.loads(custom.to_data()) == {**base, "accessKeyKey": "id", "secretKeyKey": "pw"}
+    assert Entry.from_data(custom.to_data()) == custom
+    for field in ("accessKeyKey", "secretKeyKey"):
+        for key in (".", "..", "a/b", "../creds"):
+            assert Entry.from_data(json.dumps({**base, field: key})) is None, (field, key)
