@@ -13,6 +13,13 @@ dpo_reference: max(layer N x (2 x 64 + 2 x 176) x 2 = 3,932,160,
                    head 24,576,000 + N x 25 = 24,678,400) = 24,678,400, below the backward's
   25,624,576: it adds 0. With micro-batch 4 x 8192 (N = 65,536): layer 65,536 x 960 =
   62,914,560 against 65,536 x 256 + 24,576,000 = 41,353,216: it adds 21,561,344.
+dpo_ref_adapter (TRL's frozen `ref` copy of the starting adapter, fp32, no grads or Adam states):
+  r 16 on q/k/v/o, head dim 64 / 4 = 16, k/v width 2 x 16 = 32: per layer q and o
+  16 x (64 + 64) = 2,048 each, k and v 16 x (64 + 32) = 1,536 each: 7,168 x 2 layers = 14,336
+  parameters x 4 bytes = 57,344 bytes; under ZeRO-3 on 4 ranks a quarter: 14,336 bytes.
+  The trainer's tiny model (r 8, all-linear, MLP 128): per layer q, o 8 x 128 = 1,024, k, v
+  8 x 96 = 768, gate, up, down 8 x 192 = 1,536: 8,192 x 2 = 16,384 parameters = 65,536 bytes
+  (measured on TRL's `ref` adapter: tests/trainer/test_dpo_paths_units.py).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_contract.types import LoRAJobSpec, TrainingMethod
+from lora_contract.types import LoRAJobSpec, Strategy, TrainingMethod
 from lora_operator.memory import Architecture, Assumptions, TrainingShape, dpo, estimate_memory
 from lora_operator.memory.estimate import activation_terms, dpo_shape
 from lora_operator.memory.placement import shape_for
@@ -58,9 +65,30 @@ def test_the_dpo_terms_by_hand(tiny: Architecture) -> None:
     assert dpo.reference_at_peak(big) == 62_914_560 - 41_353_216 == 21_561_344
 
 
-def test_estimate_doubles_the_policy_and_swaps_the_loss(tiny: Architecture) -> None:
-    sft = estimate_memory(tiny, BASE)
-    pref = estimate_memory(tiny, replace(BASE, preference=True))
+def test_the_ref_adapter_term_by_hand() -> None:
+    assert dpo.ref_adapter_bytes(16_384, 4.0, 1) == 65_536
+    assert dpo.ref_adapter_bytes(14_336, 4.0, 1) == 57_344
+    assert dpo.ref_adapter_bytes(14_336, 4.0, 4) == 14_336  # ZeRO-3 on 4 ranks
+    assert dpo.ref_adapter_bytes(14_336, 2.0, 1) == 28_672  # bf16 adapters (an assumption)
+    assert dpo.ref_adapter_bytes(14_336, 4.0, 0) == 57_344  # no ranks counted: one copy
+
+
+@pytest.mark.parametrize(
+    ("strategy", "ranks", "ref_bytes"),
+    [
+        (Strategy.ddp, 1, 57_344),
+        (Strategy.ddp, 4, 57_344),  # DDP: every rank holds the whole copy
+        (Strategy.deepspeed_zero3, 4, 14_336),
+    ],
+)
+def test_estimate_doubles_the_policy_and_swaps_the_loss(
+    tiny: Architecture, strategy: Strategy, ranks: int, ref_bytes: int
+) -> None:
+    placed = replace(BASE, strategy=strategy, data_parallel=ranks)
+    sft = estimate_memory(tiny, placed)
+    pref = estimate_memory(tiny, replace(placed, preference=True))
+    assert "dpo_ref_adapter" not in sft.breakdown_gib
+    assert pref.breakdown_gib["dpo_ref_adapter"] == round(ref_bytes / GIB, 3)
     assert "dpo_logprobs" not in sft.breakdown_gib  # SFT's breakdown is as before
     # chosen + rejected: the saved tensors of a 2-sequence batch (by hand in
     # test_estimate_terms: 2048 tokens x (2 x 64 x 2 + 2,096 + 512) per sequence)
@@ -79,6 +107,7 @@ def test_estimate_doubles_the_policy_and_swaps_the_loss(tiny: Architecture) -> N
         sum(two[k] for k in ("activations", "attention_scores", "lora_dropout"))
         - sum(sft_terms.values())
         + 26_251_264
+        + ref_bytes
     )
     assert pref.peak_allocated_gib * GIB == pytest.approx(sft.peak_allocated_gib * GIB + extra)
 
@@ -89,8 +118,6 @@ def test_the_spec_method_reaches_the_shape(tmp_path: Path) -> None:
         "dataset": {"source": "s3://d/train.jsonl", "format": "prompt-completion"},
         "output": {"bucket": "adapters"},
     }
-    from lora_contract.types import Strategy
-
     sft = LoRAJobSpec.model_validate(spec)
     dpo_job = LoRAJobSpec.model_validate({**spec, "method": "dpo"})
     assert dpo_job.method == TrainingMethod.dpo

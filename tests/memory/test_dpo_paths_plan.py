@@ -15,6 +15,14 @@ Hand-worked from memory/dpo.py's rules (bf16: 2 bytes; a pair is 2 sequences):
                + 805,306,368 = 1,208,164,352 B = 1.125 GiB.
   dpo_reference = layer 8192 x (2 x 8192 + 2 x 28672) x 2 = 1,207,959,552 over the backward's
                   268,435,456 + 805,306,368 = 1,073,741,824: 134,217,728 B = 0.125 GiB.
+- dpo_ref_adapter (TRL's frozen `ref` copy of the starting adapter: its parameters once more, fp32,
+  no gradients or optimizer states; ZeRO-3 shards it like the adapter):
+  8B r 16 all-linear (32 layers, k/v width 8 x 128 = 1024): per layer q, o 16 x 8192 = 131,072,
+  k, v 16 x 5120 = 81,920, gate, up, down 16 x 18,432 = 294,912: 1,310,720 x 32 = 41,943,040
+  parameters x 4 = 167,772,160 B = 0.156 GiB, on the one L4.
+  70B r 64 all-linear (80 layers, k/v width 1024): per layer q, o 64 x 16,384 = 1,048,576,
+  k, v 64 x 9216 = 589,824, gate, up, down 64 x 36,864 = 2,359,296: 10,354,688 x 80 =
+  828,375,040 parameters x 4 = 3,313,500,160 B over 16 ranks = 207,093,760 B = 0.193 GiB.
 Chosen and rejected go through one forward: the saved activations and adapter inputs double,
 the model states (weights, adapters, gradients, optimizer) do not, and SFT's `logits` term
 gives way to `dpo_logprobs` (TRL never materialises the logits).
@@ -57,13 +65,14 @@ def plan(tmp_path: Path, example: str, method: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("example", "placement", "logprobs", "reference", "doubled"),
+    ("example", "placement", "logprobs", "reference", "ref_adapter", "doubled"),
     [
         (
             "qlora-llama3-8b-24gb.yaml",
             ("ddp", 1, 1, "L4-24GB"),
             906_072_064,
             0,
+            167_772_160,
             ("activations", "lora_dropout"),
         ),
         (
@@ -71,6 +80,7 @@ def plan(tmp_path: Path, example: str, method: str) -> dict[str, Any]:
             ("deepspeed-zero3", 2, 8, "H100-80GB"),
             1_208_164_352,
             134_217_728,
+            207_093_760,
             ("activations", "lora_dropout"),
         ),
     ],
@@ -81,6 +91,7 @@ def test_dpo_plans_on_the_qlora_and_zero3_paths(
     placement: tuple[str, int, int, str],
     logprobs: int,
     reference: int,
+    ref_adapter: int,
     doubled: tuple[str, ...],
 ) -> None:
     sft, dpo = plan(tmp_path, example, "sft"), plan(tmp_path, example, "dpo")
@@ -91,6 +102,8 @@ def test_dpo_plans_on_the_qlora_and_zero3_paths(
     terms, sft_terms = dpo["breakdownGib"], sft["breakdownGib"]
     assert terms["dpo_logprobs"] == round(logprobs / GIB, 3)
     assert terms["dpo_reference"] == round(reference / GIB, 3)
+    assert terms["dpo_ref_adapter"] == round(ref_adapter / GIB, 3)
+    assert "dpo_ref_adapter" not in sft_terms
     assert terms["logits"] == 0 < sft_terms["logits"]
     assert "dpo_logprobs" not in sft_terms and "dpo_reference" not in sft_terms
     for name in STATES:

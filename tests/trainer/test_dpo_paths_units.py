@@ -104,6 +104,51 @@ def test_qlora_dpo_trainer_adds_the_ref_copy_and_keeps_fp32_adapters(
     trainable = {k: p for k, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all(".default." in k for k in trainable)  # ref is frozen
     assert {p.dtype for p in trainable.values()} == {torch.float32}  # TRL had made them bf16
+    # TRL's bf16 cast of a k-bit model (whatever args.bf16 says) skips the frozen ref: it stays
+    # in PEFT's fp32, as the memory plan's `dpo_ref_adapter` counts it under bf16 compute too
+    assert {t.dtype for t in ref.values()} == {torch.float32}
+
+
+def test_the_ref_adapter_is_what_the_memory_plan_counts(model_dir: Path, tmp_path: Path) -> None:
+    """The tiny model in bf16 (its dtype on a GPU), r 8 on all-linear: the `ref` adapter TRL adds
+    holds 16,384 fp32 parameters (hand-worked in tests/memory/test_dpo_memory.py), 65,536
+    bytes, the operator's `dpo_ref_adapter` for this model's config.json."""
+    from transformers import AutoTokenizer
+
+    from lora_operator.memory import Assumptions, dpo, load_architecture
+    from lora_operator.memory.estimate import lora_param_count
+    from lora_trainer.model import apply_lora
+
+    config = TrainerConfig.model_validate(
+        {
+            "jobName": "j",
+            "namespace": "n",
+            "runId": "r1",
+            "outputUri": "s3://b/p/n/j/r1",
+            "spec": dpo_spec(write(tmp_path / "pref.jsonl", text_rows(8))),
+        }
+    )
+    lora = config.spec.lora
+    assert (lora.r, lora.target_modules) == (8, ["all-linear"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pairs = load_pairs(tmp_path / "pref.jsonl", "dataset.source", config.spec, tokenizer)
+    base = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+    shared = training_arguments(config, tmp_path / "out", False, False, 1)
+    trainer = OBJECTIVES[config.spec.method].trainer(
+        tokenizer=tokenizer,
+        model=apply_lora(base, config.spec),
+        args=dpo_arguments(config, shared),
+        train_dataset=ListDataset(pairs),
+        eval_dataset=None,
+    )
+    ref = [p for k, p in trainer.model.named_parameters() if ".ref." in k]
+    assert not any(p.requires_grad for p in ref)
+    assert {p.dtype for p in ref} == {torch.float32}  # PEFT's upcast over a bf16 base
+    measured = sum(p.numel() * p.element_size() for p in ref)
+    assert sum(p.numel() for p in ref) == 16_384 and measured == 65_536
+    arch = load_architecture("tiny", str(model_dir / "config.json"))
+    params = lora_param_count(arch, tuple(lora.target_modules), lora.r, lora.use_dora)
+    assert dpo.ref_adapter_bytes(params, Assumptions().adapter_bytes, 1) == measured
 
 
 def test_the_bf16_cast_stands_under_bf16_compute_and_a_plain_model_is_left_alone() -> None:

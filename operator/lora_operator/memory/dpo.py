@@ -20,6 +20,12 @@
    2 x micro-batch (layer input and output, the gated MLP's two inner tensors) and the log-prob
    kernel's tile and outputs. It happens before the backward, whose log-prob gradient buffers
    are not allocated yet, so it raises the peak only by what exceeds them: `dpo_reference`.
+4. The `ref` adapter itself lives for the whole run: TRL builds it with `PeftModel.add_adapter`
+   and copies the starting adapter into it, so it has the adapter's parameter count, in PEFT's
+   adapter dtype (fp32: PEFT upcasts a new adapter; TRL's QLoRA bf16 cast touches trainable
+   parameters only, and `ref` is frozen), no gradients and no optimizer states. ZeRO-3
+   partitions it like the adapter (the copy is made before DeepSpeed partitions the model):
+   `dpo_ref_adapter`. Measured on the tiny model: tests/trainer/test_dpo_paths_units.py.
 """
 
 from __future__ import annotations
@@ -84,3 +90,9 @@ def reference_at_peak(s: DpoShape) -> float:
     """`dpo_reference`: what the reference forward adds beyond the log-prob backward buffers,
     which are not alive while it runs (it comes before the backward)."""
     return max(0.0, reference_forward_bytes(s) - logprob_backward_bytes(s))
+
+
+def ref_adapter_bytes(adapter_params: int, adapter_bytes: float, shards: int) -> float:
+    """`dpo_ref_adapter`: TRL's frozen `ref` copy of the starting adapter, as many parameters as
+    the adapter in the adapter's dtype, split over the ranks that shard it (ZeRO-3; else 1)."""
+    return adapter_params * adapter_bytes / max(shards, 1)

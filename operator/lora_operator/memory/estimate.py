@@ -34,11 +34,12 @@ Term names (stable; they are the keys of `breakdown_gib`):
   DoRA forward saves beyond LoRA (base and adapter outputs, with dropout a weight copy); and its
   largest module's transient (the full B@A delta and weight norm, or the scaling products) as far
   as it exceeds the loss's buffers, which are not alive when it happens.
-- `dpo_logprobs`, `dpo_reference` (only with `method: dpo`; `memory/dpo.py`): the policy's
-  terms above are taken at 2 x micro-batch (chosen and rejected in one forward) and `logits` is
-  0: TRL's fused log-prob head replaces it (`dpo_logprobs`), and the reference forward (TRL's
-  frozen `ref` copy of the starting adapter, no grad) adds what exceeds that head's backward
-  buffers.
+- `dpo_logprobs`, `dpo_reference`, `dpo_ref_adapter` (only with `method: dpo`; `memory/dpo.py`):
+  the policy's terms above are taken at 2 x micro-batch (chosen and rejected in one forward) and
+  `logits` is 0: TRL's fused log-prob head replaces it (`dpo_logprobs`), the reference forward
+  (TRL's frozen `ref` copy of the starting adapter, no grad) adds what exceeds that head's
+  backward buffers, and the `ref` copy's own weights (the adapter's parameters once more, in the
+  adapter dtype, no gradients or optimizer states; ZeRO-3 shards them) are `dpo_ref_adapter`.
 - `allocator_overhead`, `cuda_context`: not in max_memory_allocated, seen by nvidia-smi.
 """
 
@@ -74,7 +75,8 @@ OPTIMIZER_BYTES: dict[Optimizer, float | None] = {
     Optimizer.paged_adamw_8bit: 2.0,
 }
 
-DPO_TERMS = ("dpo_logprobs", "dpo_reference")  # in the breakdown of a DPO shape only
+# in the breakdown of a DPO shape only
+DPO_TERMS = ("dpo_logprobs", "dpo_reference", "dpo_ref_adapter")
 TERM_HELP: dict[str, str] = {
     "weights": "frozen base weights (quantized linears + 16-bit embeddings/norms/lm_head)",
     "zero3_gather": "what ZeRO-3 gathers at once: two decoder layers, or lm_head for the loss",
@@ -90,6 +92,7 @@ TERM_HELP: dict[str, str] = {
     "dora_transient": "DoRA's largest module transient (B@A delta + weight norm) over the loss",
     "dpo_logprobs": "DPO: TRL's fused log-prob head on chosen + rejected (hidden states, tiles)",
     "dpo_reference": "DPO: the no-grad reference forward (ref adapter) over the log-prob backward",
+    "dpo_ref_adapter": "DPO: TRL's frozen ref copy of the starting adapter (weights only, fp32)",
     "allocator_overhead": "PyTorch caching-allocator slack and fragmentation",
     "cuda_context": "CUDA context and kernels (seen by nvidia-smi, not by torch)",
 }
@@ -540,6 +543,9 @@ def estimate_memory(
         dora_terms["dora_transient"] = dora.transient_at_peak(
             dora_transient(arch, policy, a), on_gpu["logits"] + sum(dpo_terms.values())
         )
+    if shape.preference:  # after DoRA's transient, which sits over the loss buffers only
+        shards = ranks if zero3 else 1
+        dpo_terms["dpo_ref_adapter"] = dpo.ref_adapter_bytes(trainable, a.adapter_bytes, shards)
     if offloaded:
         host += offloaded
         notes.append("activation offloading: saved activations live in pinned host memory")
