@@ -23,7 +23,7 @@ from .manifests import container_security_context
 from .serving import predictor_pod_security_context
 from .shared_registry import listed_secrets
 from .shared_runtime import (
-    registry_reference,
+    registry_child_metadata,
     runtime_volumes,
     shape_of,
     size_of,
@@ -84,11 +84,6 @@ def build_shared_llm_inference_service(
     return {
         "apiVersion": LLMISVC_API_VERSION,
         "kind": "LLMInferenceService",
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": dict(meta.get("labels") or {}),
-            "ownerReferences": [registry_reference(registry)],
-        },
+        "metadata": registry_child_metadata(registry),
         "spec": spec,
     }

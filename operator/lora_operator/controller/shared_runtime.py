@@ -109,6 +109,18 @@ def registry_reference(registry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def registry_child_metadata(registry: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of each object the registry controls (runtime, server, ServiceAccount): its
+    name, namespace and labels, and the registry as controller."""
+    meta = registry["metadata"]
+    return {
+        "name": meta["name"],
+        "namespace": meta["namespace"],
+        "labels": dict(meta.get("labels") or {}),
+        "ownerReferences": [registry_reference(registry)],
+    }
+
+
 def credential_secrets(registry: dict[str, Any]) -> list[str]:
     """The credentials Secrets the registry's entries name, each once, sorted (their volumes
     are `cred-<index>` in this order)."""
@@ -220,7 +232,6 @@ def build_shared_runtime(
 ) -> dict[str, Any]:
     """The ServingRuntime `<registry name>`, controlled by the registry. `serving_image`: the
     operator config's servingImage; `sync_image`: its trainerImage (never a job's)."""
-    meta = registry["metadata"]
     size = size_of(shape_of(registry))
     spec: dict[str, Any] = {
         "supportedModelFormats": [{"name": MODEL_FORMAT, "autoSelect": False}],
@@ -236,12 +247,7 @@ def build_shared_runtime(
     return {
         "apiVersion": RUNTIME_API_VERSION,
         "kind": "ServingRuntime",
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": dict(meta.get("labels") or {}),
-            "ownerReferences": [registry_reference(registry)],
-        },
+        "metadata": registry_child_metadata(registry),
         "spec": spec,
     }
 

@@ -56,7 +56,7 @@ from .shared_registry import (
 from .shared_runtime import (
     build_shared_predictor_model,
     build_shared_runtime,
-    registry_reference,
+    registry_child_metadata,
     server_shape,
     shape_of,
 )
@@ -92,16 +92,10 @@ def build_shared_account(registry: dict[str, Any]) -> dict[str, Any] | None:
     secrets = listed_secrets(registry)
     if not secrets:
         return None
-    meta = registry["metadata"]
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": dict(meta.get("labels") or {}),
-            "ownerReferences": [registry_reference(registry)],
-        },
+        "metadata": registry_child_metadata(registry),
         "secrets": [{"name": secret} for secret in secrets],
     }
 
@@ -125,12 +119,7 @@ def build_shared_inference_service(registry: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "labels": dict(meta.get("labels") or {}),
-            "ownerReferences": [registry_reference(registry)],
-        },
+        "metadata": registry_child_metadata(registry),
         "spec": {"predictor": predictor},
     }
 
