@@ -145,7 +145,11 @@ TARGETS: tuple[Target, ...] = (
         ("tests/trainer/test_checkpoints.py", "tests/trainer/test_checkpoint_files.py"),
         note="latest/prune; each mutant's pytest run starts the moto S3 server fixture",
     ),
-    Target("estimate", ("lora_operator.memory.estimate",), MEMORY_TESTS),
+    Target(
+        "estimate",
+        ("lora_operator.memory.estimate",),
+        (*MEMORY_TESTS, "tests/memory/test_dpo_memory.py"),  # the DPO block of estimate_memory
+    ),
     Target("placement", ("lora_operator.memory.placement",), MEMORY_TESTS),
     Target(
         "dora",
