@@ -623,6 +623,7 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
                 response.headers.add("Warning", f'299 - "{quoted}"')
             if owner_uid is not None and self._current(request) is None:
                 await self._collect_garbage({owner_uid})
+            await self._collect_if_orphaned(served)
             return response
         finally:
             if specific and request.resource is not None and request.resource.plural == CRDS:
@@ -848,6 +849,47 @@ class LoRAJobEmulator(KubernetesEmulator, _RememberedRoutes):
                 ],
             },
         )
+
+    def _owner_alive(self, ref: dict[str, Any], namespace: str | None) -> bool:
+        """Whether the object an ownerReference names exists with that uid (a dict lookup by
+        its kind's resource, in the dependent's namespace or cluster-scoped)."""
+        group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
+        for resource, info in self.resources.items():
+            if not isinstance(resource, references.resource) or not isinstance(info, ResourceInfo):
+                continue
+            if info.kind != ref.get("kind") or resource.version != version:
+                continue
+            if (resource.group or "") != group:
+                continue
+            for where in (namespace, None):
+                found = self.objects._objects.get((resource, where, str(ref.get("name"))))
+                if found is None or found.deleted:
+                    continue
+                if (found.raw.get("metadata") or {}).get("uid") == ref.get("uid"):
+                    return True
+        return False
+
+    async def _collect_if_orphaned(self, request: rendering.Request) -> None:
+        """A real garbage collector also deletes an object written with owners that are all
+        gone (a controller that read its owner just before the owner's deletion and re-created
+        a child): collected here at once, as a deleted owner's dependents are."""
+        if request.action not in (enums.action.CREATE, enums.action.UPDATE):
+            return
+        if request.subresource is not None:
+            return
+        if request.resource is None or not isinstance(request.data, dict):
+            return
+        name = request.name or (request.data.get("metadata") or {}).get("name")
+        stored = self.objects._objects.get((request.resource, request.namespace, str(name)))
+        if stored is None or stored.deleted:
+            return
+        refs = (stored.raw.get("metadata") or {}).get("ownerReferences") or []
+        owners = [ref for ref in refs if isinstance(ref, dict) and ref.get("uid")]
+        if not owners or len(owners) != len(refs):
+            return
+        if any(self._owner_alive(ref, request.namespace) for ref in owners):
+            return
+        await self._collect_garbage({str(ref["uid"]) for ref in owners})
 
     async def _collect_garbage(self, deleted: set[str]) -> None:
         """The garbage collector, background propagation: delete every object whose owners are

@@ -319,6 +319,36 @@ def test_deleting_an_owner_collects_what_it_owns_recursively(cluster: EmulatedCl
     assert client.get("v1/configmaps", NS, "shared") is None
 
 
+def test_an_object_written_after_its_owners_deletion_is_collected(
+    cluster: EmulatedCluster,
+) -> None:
+    """A controller that read its LoRAJob just before the delete may re-create a child owned by
+    the gone uid; the garbage collector removes it, as a real one does. An
+    object with one live owner, or with a same-named owner of another uid alive, is kept."""
+    client = cluster.client()
+    gone = client.create(LORAJOBS, NS, lorajob("gone"))
+    live = client.create(LORAJOBS, NS, lorajob("live"))
+    client.delete(LORAJOBS, NS, "gone")
+    late = client.create("v1/configmaps", NS, _owned("ConfigMap", "v1", "late", gone))
+    assert client.get("v1/configmaps", NS, "late") is None
+    orphan_job = client.create("batch/v1/jobs", NS, _owned("Job", "batch/v1", "late-r1", live))
+    client.create("v1/pods", NS, _owned("Pod", "v1", "late-r1-0", orphan_job))
+    both = _owned("ConfigMap", "v1", "both", gone)
+    both["metadata"]["ownerReferences"].append(
+        _owned("X", "v1", "x", live)["metadata"]["ownerReferences"][0]
+    )
+    client.create("v1/configmaps", NS, both)
+    assert client.get("v1/configmaps", NS, "both") is not None
+    assert client.get("v1/pods", NS, "late-r1-0") is not None
+    recreated = client.create(LORAJOBS, NS, lorajob("gone"))  # same name, another uid
+    assert recreated["metadata"]["uid"] != gone["metadata"]["uid"]
+    client.create("v1/configmaps", NS, _owned("ConfigMap", "v1", "late", gone))
+    assert client.get("v1/configmaps", NS, "late") is None
+    client.create("v1/configmaps", NS, _owned("ConfigMap", "v1", "late", recreated))
+    assert client.get("v1/configmaps", NS, "late") is not None
+    assert late["metadata"]["uid"] != gone["metadata"]["uid"]
+
+
 def test_an_object_stored_under_a_looser_crd_can_still_be_annotated(
     cluster: EmulatedCluster,
 ) -> None:

@@ -38,6 +38,7 @@ from lora_operator.controller.shared_serving import build_shared_inference_servi
 NS = "team-a"
 BUCKET = "standin"
 BASE = "lora-operator/tiny-llama"
+LORAJOBS = "finetune.lora-operator.io/v1alpha1/lorajobs"
 SHAPE = {"baseModel": BASE, "source": "pvc://m", "gpuResourceName": "nvidia.com/gpu", "gpus": 0}
 
 
@@ -64,6 +65,24 @@ def secret(name: str, access: str, secret_key: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": NS},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
+
+
+def owner_job(client: RestClient, name: str) -> str:
+    """A LoRAJob to own the registry (the garbage collector removes a registry whose owners are
+    all gone, as it does on a real cluster); its uid."""
+    body = {
+        "apiVersion": "finetune.lora-operator.io/v1alpha1",
+        "kind": "LoRAJob",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "baseModel": {"name": BASE, "source": "pvc://m"},
+            "lora": {"r": 8, "alpha": 16},
+            "dataset": {"source": "pvc://data/train.jsonl", "format": "prompt-completion"},
+            "resources": {"gpuType": "cpu"},
+            "output": {"bucket": BUCKET, "prefix": "runs"},
+        },
+    }
+    return str(client.create(LORAJOBS, NS, body)["metadata"]["uid"])
 
 
 def shared_server(registry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -105,7 +124,8 @@ def test_a_shared_server_serves_its_registry_and_stops_when_deleted(
     key = ServerKey(BASE, "", "pvc://m", "none")
     shape = {**SHAPE, "s3Endpoint": s3.endpoint}
     entry_a = Entry("a", "adapter-a", uri_a, 8, "s3-a")
-    registry = build_registry(key, NS, "a", "u1", entry_a, shape)
+    u1 = owner_job(client, "a")
+    registry = build_registry(key, NS, "a", u1, entry_a, shape)
     registry["data"][entry_key("u2")] = Entry("b", "adapter-b", uri_b, 8, "s3-b").to_data()
     registry = client.create("v1/configmaps", NS, registry)
     runtime, isvc = shared_server(registry)
@@ -138,7 +158,7 @@ def test_a_shared_server_serves_its_registry_and_stops_when_deleted(
         settle(kserve, url, [BASE, "adapter-a"])
         (server,) = kserve.servers.values()
         mounted = sorted(p.name for p in (server.pod_dir / "volumes" / "registry").iterdir())
-        assert mounted == ["adapter.u1", "server.json"]
+        assert mounted == [f"adapter.{u1}", "server.json"]
         # each Secret volume where the syncer's --credentials folder shows it
         keys = server.pod_dir / "rootfs" / "etc" / "lora-credentials" / "s3-b" / "secretKey"
         assert keys.read_text() == s3.secret_key
@@ -163,7 +183,8 @@ def test_an_inference_service_without_its_runtime_is_left_alone(
 ) -> None:
     client = cluster.client()
     key = ServerKey(BASE, "", "pvc://m", "none")
-    registry = build_registry(key, NS, "a", "u1", Entry("a", "adapter-a", "s3://b/a", 8), SHAPE)
+    u1 = owner_job(client, "a")
+    registry = build_registry(key, NS, "a", u1, Entry("a", "adapter-a", "s3://b/a", 8), SHAPE)
     registry = client.create("v1/configmaps", NS, registry)
     _, isvc = shared_server(registry)  # its runtime never created
     created = client.create(INFERENCE_SERVICES, NS, isvc)
