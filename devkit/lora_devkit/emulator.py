@@ -27,7 +27,8 @@ API server does on top, and `LoRAJobEmulator` adds it:
   400 under Strict or dropped with a warning, mistyped 400, missing required 422);
 - a DELETE's preconditions (uid, resourceVersion in DeleteOptions) are checked (409 Conflict);
 - the garbage collector: deleting an object deletes (background propagation) every object whose
-  `ownerReferences` all point at deleted objects, recursively (a Job's Pods too).
+  `ownerReferences` all point at deleted objects, recursively (a Job's Pods too); an object
+  written with owners that are all gone (by uid) is collected at once.
 
 Still unlike a real API server: no admission webhooks, RBAC, quotas or namespace lifecycle;
 built-in kinds get only their schemas' checks (no Go validation: name formats, ranges,
