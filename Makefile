@@ -42,7 +42,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 test: setup lint typecheck
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 demo: setup
 	$(VENV)/bin/lorajob-demo --pipeline
