@@ -41,7 +41,7 @@ from lora_contract.timestamps import now_iso
 
 from .emulator import ApiError, RestClient
 from .job_policy import policy_action
-from .service import Service
+from .poller import Poller
 
 log = logging.getLogger(__name__)
 
@@ -410,12 +410,14 @@ class JobState:
     last_status: dict[str, Any] = field(default_factory=dict)
 
 
-class LocalExecutor(Service):
+class LocalExecutor(Poller):
     """Polls the API server for Jobs and runs their pods as local processes.
 
     `with LocalExecutor(client, workdir, pvc_root=...) as executor:` starts a background thread;
     `reconcile_once()` does a single pass (tests call it directly).
     """
+
+    thread_name = "local-executor"
 
     def __init__(
         self,
@@ -429,6 +431,7 @@ class LocalExecutor(Service):
         loopback_hosts: set[str] | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.client = client
         self.workdir = Path(workdir)
         self.pvc_root = Path(pvc_root) if pvc_root else self.workdir / "pvc"
@@ -437,10 +440,6 @@ class LocalExecutor(Service):
         self.grace_seconds = grace_seconds
         self.translator = PodTranslator(client, self.pvc_root, loopback_hosts or set(), extra_env)
         self.jobs: dict[str, JobState] = {}
-        self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.errors: list[str] = []
         self._missing_accounts: set[tuple[str, str, str]] = set()
 
     @property
@@ -450,29 +449,10 @@ class LocalExecutor(Service):
 
     # -- lifecycle
 
-    def start(self) -> LocalExecutor:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._loop, name="local-executor", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-        with self._lock:
-            for state in self.jobs.values():
-                for pod in state.running.values():
-                    self._terminate(pod)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile_once()
-            except (ApiError, OSError) as exc:  # the API server may be going away
-                self.errors.append(str(exc))
-                log.debug("executor pass failed: %s", exc)
-            self._stop.wait(self.poll_seconds)
+    def release(self) -> None:
+        for state in self.jobs.values():
+            for pod in state.running.values():
+                self._terminate(pod)
 
     # -- public helpers for demos and tests
 

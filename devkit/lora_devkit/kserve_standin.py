@@ -25,16 +25,15 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lora_contract.timestamps import now_iso
 
-from .emulator import ApiError, RestClient
+from .emulator import RestClient
 from .executor import PodSpecError, PodTranslator
-from .service import Service
+from .poller import Poller
 from .vllm_standin import VllmStandIn
 
 log = logging.getLogger(__name__)
@@ -172,12 +171,14 @@ class RunningServer:
         self.vllm.__exit__()
 
 
-class KServeStandIn(Service):
+class KServeStandIn(Poller):
     """Polls the API server for InferenceServices on a ServingRuntime and serves them locally.
 
     `with KServeStandIn(client, workdir, namespace=ns, extra_env=s3_env) as kserve:` starts a
     background thread; `reconcile_once()` does a single pass (tests call it directly).
     """
+
+    thread_name = "kserve-standin"
 
     def __init__(
         self,
@@ -189,6 +190,7 @@ class KServeStandIn(Service):
         sync_interval: float = 0.5,
         extra_env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.client = client
         self.workdir = Path(workdir)
         self.namespace = namespace
@@ -196,38 +198,15 @@ class KServeStandIn(Service):
         self.sync_interval = sync_interval
         self.translator = PodTranslator(client, self.workdir / "pvc", set(), extra_env)
         self.servers: dict[str, RunningServer] = {}  # by InferenceService uid
-        self.errors: list[str] = []
-        self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def log_dir(self) -> Path:
         return self.workdir / "logs"
 
-    def start(self) -> KServeStandIn:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._loop, name="kserve-standin", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
-        with self._lock:
-            for server in self.servers.values():
-                server.stop()
-            self.servers.clear()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile_once()
-            except (ApiError, OSError) as exc:  # the API server may be going away
-                self.errors.append(str(exc))
-                log.debug("kserve stand-in pass failed: %s", exc)
-            self._stop.wait(self.poll_seconds)
+    def release(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        self.servers.clear()
 
     def url(self, namespace: str, name: str) -> str | None:
         """Where the named InferenceService's stand-in listens (None: not served)."""
