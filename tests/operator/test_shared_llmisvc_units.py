@@ -8,12 +8,12 @@ Expected values are written out by hand, not computed by the code under test."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import pytest
 from fake_kube import FakeKube
 from operator_harness import base_job
+from registry_fixture import registry_of
 
 from lora_contract.adapter_registry import Entry
 from lora_operator.api.loading import parse_lorajob
@@ -55,21 +55,6 @@ PLANNED_SHAPE = {
     "nodeSelector": {"gpu": "h100"},
     "s3Endpoint": "http://minio.storage:9000",
 }
-
-
-def registry_of(shape: dict[str, Any], *entries_: tuple[str, Entry]) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": "lora-server-abc",
-            "namespace": "ns",
-            "uid": "reg-uid",
-            "labels": {"app.kubernetes.io/component": "lora-server"},
-        },
-        "data": {
-            "server.json": json.dumps(shape),
-            **{f"adapter.{uid}": entry.to_data() for uid, entry in entries_},
-        },
-    }
 
 
 ENTRIES = (

@@ -12,6 +12,7 @@ from typing import Any
 
 from fake_kube import FakeKube
 from operator_harness import base_job
+from registry_fixture import registry_of
 
 from lora_contract.adapter_registry import Entry
 from lora_contract.types import ResourceAmounts, SecretRef, ServingPlanStatus
@@ -58,21 +59,6 @@ PLANNED_SHAPE = {
     "s3Endpoint": "http://minio.storage:9000",
     "s3Region": "eu-1",
 }
-
-
-def registry_of(shape: dict[str, Any], *entries_: tuple[str, Entry]) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": "lora-server-abc",
-            "namespace": "ns",
-            "uid": "reg-uid",
-            "labels": {"app.kubernetes.io/component": "lora-server"},
-        },
-        "data": {
-            "server.json": json.dumps(shape),
-            **{f"adapter.{uid}": entry.to_data() for uid, entry in entries_},
-        },
-    }
 
 
 TWO_TEAMS = (
